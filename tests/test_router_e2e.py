@@ -1,0 +1,392 @@
+"""End to end through the router to real backend processes it started on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import RunningRouter, backend_token, on_the_fly_headers, wait_for
+
+TOKEN = {"x-waiter-token": "echo"}
+
+
+async def healthy_instances(r: RunningRouter, sid: str) -> list[dict[str, Any]]:
+    return [i for i in (await r.instances(sid))["active-instances"] if i["healthy?"]]
+
+
+async def instance_stats(r: RunningRouter, sid: str) -> list[dict[str, Any]]:
+    stats = []
+    for inst in (await r.instances(sid))["active-instances"]:
+        async with r.client.get(f"http://{inst['host']}:{inst['port']}/stats") as resp:
+            stats.append(await resp.json())
+    return stats
+
+
+async def test_cold_start_then_warm(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    async with r.client.get(r.url + "/hello", headers={**TOKEN, "x-cid": "my-cid"}) as resp:
+        assert resp.status == 200
+        body = await resp.text()
+        assert resp.headers["x-cid"] == "my-cid"
+    sid = await r.service_id(TOKEN)
+    assert body.startswith(f"hello from {sid}.")
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+        assert resp.headers["x-cid"]  # generated when the client sent none
+    apps = await r.get_json("/apps")
+    assert [a["service-id"] for a in apps] == [sid]
+    assert apps[0]["status"] == "Running"
+    assert apps[0]["request-metrics"]["total"] == 2
+
+
+async def test_200_concurrent_requests_before_first_instance_is_healthy(make_router) -> None:
+    token = backend_token("echo", env={"STARTUP_DELAY_MS": "1500"}, **{"concurrency-level": 10, "max-instances": 4})
+    r = await make_router([token])
+
+    async def one(i: int) -> str:
+        async with r.client.get(r.url + f"/sleep?ms=20&id={i}", headers=TOKEN) as resp:
+            assert resp.status == 200, await resp.text()
+            return await resp.text()
+
+    bodies = await asyncio.gather(*(one(i) for i in range(200)))
+    assert bodies == [f"slept {i}" for i in range(200)]
+    sid = await r.service_id(TOKEN)
+    stats = await instance_stats(r, sid)
+    assert sum(s["total"] for s in stats) == 200  # none duplicated
+    assert all(s["peak"] <= 10 for s in stats)
+    # Exactly the instances the need called for: ceil(200 / 10) capped at max-instances.
+    detail = await r.get_json(f"/apps/{sid}")
+    assert detail["num-active-instances"] == 4
+
+
+async def test_concurrency_level_is_never_exceeded(make_router) -> None:
+    r = await make_router([backend_token("echo", **{"concurrency-level": 2, "max-instances": 2, "min-instances": 2})])
+    sid = await r.service_id(TOKEN)
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    await wait_for(lambda: _count_healthy(r, sid, 2), what="two healthy instances")
+
+    async def one() -> int:
+        async with r.client.get(r.url + "/sleep?ms=100", headers=TOKEN) as resp:
+            return resp.status
+
+    assert await asyncio.gather(*(one() for _ in range(40))) == [200] * 40
+    stats = await instance_stats(r, sid)
+    assert len(stats) == 2
+    assert max(s["peak"] for s in stats) == 2  # the limit was reached ...
+    assert all(s["peak"] <= 2 for s in stats)  # ... and never exceeded
+
+
+async def _count_healthy(r: RunningRouter, sid: str, n: int) -> bool:
+    return len(await healthy_instances(r, sid)) >= n
+
+
+async def test_queue_full_answers_503(make_router) -> None:
+    r = await make_router([backend_token("echo", **{"max-queue-length": 2, "max-instances": 1})])
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    busy = asyncio.create_task(r.client.get(r.url + "/sleep?ms=3000", headers=TOKEN))
+    sid = await r.service_id(TOKEN)
+    service = r.router.registry.get(sid)
+    assert service is not None
+    await wait_for(_async(lambda: service.reservations.in_flight == 1), what="the slow request in flight")
+    queued = [asyncio.create_task(r.client.get(r.url + "/hello", headers=TOKEN)) for _ in range(2)]
+    await wait_for(_async(lambda: service.reservations.queued == 2), what="two queued requests")
+    async with r.client.get(r.url + "/hello", headers={**TOKEN, "accept": "application/json"}) as resp:
+        assert resp.status == 503
+        body = await resp.json()
+    assert body["waiter-error"]["message"] == "Max queue length exceeded"
+    assert body["waiter-error"]["details"] == {"current-queue-length": 2, "max-queue-length": 2}
+    for task in [busy, *queued]:
+        resp = await task
+        assert resp.status == 200
+        resp.release()
+
+
+def _async(pred):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return bool(pred())
+
+    return check
+
+
+async def test_queue_timeout_answers_503(make_router) -> None:
+    r = await make_router([backend_token("echo", **{"max-instances": 1})])
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    busy = asyncio.create_task(r.client.get(r.url + "/sleep?ms=2000", headers=TOKEN))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    headers = {**TOKEN, "x-waiter-queue-timeout": "300", "accept": "text/plain"}
+    async with r.client.get(r.url + "/hello", headers=headers) as resp:
+        assert resp.status == 503
+        text = await resp.text()
+    assert time.monotonic() - started < 1.5
+    assert "After 0.3 seconds, no instance available to handle request." in text
+    assert "Check that your service is able to scale properly!" in text
+    (await busy).release()
+
+
+async def test_backend_idle_timeout_answers_504(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    headers = {**TOKEN, "x-waiter-timeout": "300", "accept": "application/json"}
+    async with r.client.get(r.url + "/sleep?ms=3000", headers=headers) as resp:
+        assert resp.status == 504
+        assert (await resp.json())["waiter-error"]["message"] == "Request to service backend timed out"
+
+
+async def test_backend_crashing_mid_response_ends_cleanly_and_is_replaced(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    sid = await r.service_id(TOKEN)
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        first = await resp.text()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with asyncio.timeout(10):
+            async with r.client.get(r.url + "/crash", headers=TOKEN) as resp:
+                assert resp.status == 200
+                await resp.read()
+    # The crashed instance is replaced and serves again.
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+        second = await resp.text()
+    assert second != first
+    instances = await r.instances(sid)
+    failed = instances["failed-instances"]
+    assert failed and failed[0]["exit-code"] == 1 and failed[0]["failed?"] is True
+
+
+async def test_backend_crashing_before_answering_gives_502(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    async with r.client.get(r.url + "/crash-before", headers={**TOKEN, "accept": "application/json"}) as resp:
+        assert resp.status == 502
+        assert "Request to service backend failed" in (await resp.json())["waiter-error"]["message"]
+
+
+async def test_connection_refused_is_retried_on_another_instance(make_router) -> None:
+    r = await make_router([backend_token("echo", **{"min-instances": 2, "max-instances": 2})])
+    sid = await r.service_id(TOKEN)
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    await wait_for(lambda: _count_healthy(r, sid, 2), what="two healthy instances")
+    victim = (await healthy_instances(r, sid))[0]
+    async with r.client.get(f"http://{victim['host']}:{victim['port']}/close-listener") as resp:
+        assert resp.status == 200
+    statuses = []
+    for _ in range(10):
+        async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+            statuses.append(resp.status)
+            assert victim["id"] not in await resp.text()
+    assert statuses == [200] * 10
+
+
+async def _chunks(total: int, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    block = bytes(range(256)) * (size // 256)
+    sent = 0
+    while sent < total:
+        piece = block[: min(size, total - sent)]
+        sent += len(piece)
+        yield piece
+
+
+async def test_100_mb_streamed_each_way(make_router) -> None:
+    r = await make_router([backend_token("echo", mem=512)])
+    total = 100 * 1024 * 1024
+    expected = hashlib.sha256()
+    async for piece in _chunks(total):
+        expected.update(piece)
+    async with r.client.post(r.url + "/upload", data=_chunks(total), headers=TOKEN) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"bytes": total, "sha256": expected.hexdigest()}
+    for chunked in ("false", "true"):
+        received = 0
+        async with r.client.get(r.url + f"/download?bytes={total}&chunked={chunked}", headers=TOKEN) as resp:
+            assert resp.status == 200
+            async for piece in resp.content.iter_any():
+                received += len(piece)
+        assert received == total
+
+
+async def test_streaming_response_is_passed_through_as_it_arrives(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    async with r.client.get(r.url + "/stream?chunks=3&delay_ms=400", headers=TOKEN) as resp:
+        assert resp.status == 200
+        first = await resp.content.readline()
+        first_at = time.time()
+        rest = (await resp.read()).decode().splitlines()
+    assert first.startswith(b"chunk 0")
+    last_sent_at = float(rest[-1].split(" at ")[1])
+    assert first_at < last_sent_at  # the first chunk arrived before the backend wrote the last one
+
+
+async def test_websocket_echo(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    async with r.client.ws_connect(r.url + "/ws", headers=TOKEN) as ws:
+        await ws.send_str("ping")
+        assert (await ws.receive_str()) == "echo: ping"
+        await ws.send_bytes(b"\x00\x01")
+        assert (await ws.receive_bytes()) == b"\x00\x01"
+
+
+async def test_headers_forwarded_stripped_and_added(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    headers = {**TOKEN, "x-waiter-debug": "true", "x-cid": "abc", "x-custom": "kept", "connection": "keep-alive"}
+    async with r.client.get(r.url + "/headers", headers=headers) as resp:
+        assert resp.status == 200
+        seen = await resp.json()
+        assert resp.headers["x-cid"] == "abc"
+        assert resp.headers["x-waiter-service-id"] == await r.service_id(TOKEN)
+    assert seen["x-custom"] == "kept"
+    assert seen["x-cid"] == "abc"
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert not [k for k in seen if k.startswith("x-waiter-")]
+
+
+async def test_on_the_fly_service(make_router) -> None:
+    r = await make_router()
+    async with r.client.get(r.url + "/hello", headers=on_the_fly_headers()) as resp:
+        assert resp.status == 200
+        assert (await resp.text()).startswith("hello from waiter-service-fly-")
+
+
+async def test_on_the_fly_can_be_switched_off(make_router) -> None:
+    r = await make_router([backend_token("echo")], **{"allow-on-the-fly": False})
+    async with r.client.get(r.url + "/hello", headers=on_the_fly_headers(accept="application/json")) as resp:
+        assert resp.status == 403
+        message = (await resp.json())["waiter-error"]["message"]
+    assert "On-the-fly services are disabled" in message and "x-waiter-cmd" in message
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    assert len(r.router.registry.services) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        pytest.param({"x-waiter-cpus": "abc"}, "cpus", id="cpus-not-a-number"),
+        pytest.param({"x-waiter-cpus": "-1"}, "cpus", id="cpus-negative"),
+        pytest.param({"x-waiter-mem": "0"}, "mem", id="mem-zero"),
+        pytest.param({"x-waiter-concurrency-level": "0"}, "concurrency-level", id="concurrency-zero"),
+        pytest.param({"x-waiter-max-instances": "5000"}, "max-instances", id="max-instances-too-big"),
+        pytest.param({"x-waiter-load-balancing": "fastest"}, "load-balancing", id="bad-enum"),
+        pytest.param({"x-waiter-bogus": "1"}, "x-waiter-bogus", id="unknown-header"),
+        pytest.param({"x-waiter-env-HOME": "/x"}, "HOME", id="reserved-env"),
+        pytest.param({"x-waiter-timeout": "-5"}, "timeout", id="bad-timeout"),
+        pytest.param({"x-waiter-cmd": ""}, "cmd", id="empty-cmd"),
+    ],
+)
+async def test_bad_headers_answer_400_and_start_nothing(make_router, headers: dict[str, str], named: str) -> None:
+    r = await make_router()
+    all_headers = {**on_the_fly_headers(), **headers, "accept": "application/json"}
+    async with r.client.get(r.url + "/hello", headers=all_headers) as resp:
+        assert resp.status == 400
+        message = (await resp.json())["waiter-error"]["message"]
+    assert named in message
+    assert r.router.registry.services == {}
+    assert r.router.registry.scheduler.service_ids() == []
+
+
+async def test_several_bad_headers_are_all_named(make_router) -> None:
+    r = await make_router()
+    headers = {**on_the_fly_headers(), "x-waiter-cpus": "abc", "x-waiter-concurrency-level": "0"}
+    async with r.client.get(r.url + "/", headers={**headers, "accept": "text/plain"}) as resp:
+        assert resp.status == 400
+        text = await resp.text()
+    assert "cpus" in text and "concurrency-level" in text
+
+
+async def test_unknown_token_is_404(make_router) -> None:
+    r = await make_router()
+    async with r.client.get(r.url + "/", headers={"x-waiter-token": "nope", "accept": "application/json"}) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["waiter-error"]["message"] == "Couldn't find token nope"
+    assert r.router.registry.scheduler.service_ids() == []
+
+
+async def test_error_rendering_follows_accept(make_router) -> None:
+    r = await make_router()
+    headers = {"x-waiter-token": "nope"}
+    async with r.client.get(r.url + "/", headers={**headers, "accept": "text/html"}) as resp:
+        assert resp.content_type == "text/html"
+        assert "Couldn&#x27;t find token nope" in await resp.text()
+    async with r.client.get(r.url + "/", headers={**headers, "accept": "text/plain"}) as resp:
+        assert resp.content_type == "text/plain"
+        assert "Couldn't find token nope" in await resp.text()
+    async with r.client.get(r.url + "/", headers={**headers, "accept": "application/json"}) as resp:
+        body = await resp.json()
+        assert body["waiter-error"]["status"] == 404 and body["waiter-error"]["cid"] == resp.headers["x-cid"]
+
+
+async def test_failing_health_checks_replace_the_instance(make_router, tmp_path) -> None:
+    fail_file = tmp_path / "fail-health"
+    token = backend_token(
+        "echo",
+        env={"HEALTH_FAIL_FILE": str(fail_file)},
+        **{"health-check-interval-secs": 5, "health-check-max-consecutive-failures": 1},
+    )
+    r = await make_router([token])
+    sid = await r.service_id(TOKEN)
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        first = (await resp.text()).split()[-1]
+    fail_file.write_text("x")
+
+    async def replaced() -> bool:
+        inst = await r.instances(sid)
+        return any(i["id"] == first for i in inst["failed-instances"])
+
+    await wait_for(replaced, timeout=20, what="the unhealthy instance to be replaced")
+    fail_file.unlink()
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+        assert first not in await resp.text()
+    failed = [i for i in (await r.instances(sid))["failed-instances"] if i["id"] == first][0]
+    assert "consecutive health checks" in failed["message"]
+
+
+async def test_instance_that_never_passes_health_checks_is_replaced_after_grace(make_router) -> None:
+    token = backend_token("echo", env={"HEALTH_STATUS": "500"}, **{"grace-period-secs": 1})
+    r = await make_router([token])
+    sid = await r.service_id(TOKEN)
+    headers = {**TOKEN, "x-waiter-queue-timeout": "4000", "accept": "application/json"}
+    async with r.client.get(r.url + "/hello", headers=headers) as resp:
+        assert resp.status == 503
+        assert "Check that your service is able to start properly!" in (await resp.json())["waiter-error"]["message"]
+    failed = (await r.instances(sid))["failed-instances"]
+    assert failed and "Exceeded grace period of 1 seconds" in failed[0]["message"]
+    assert "never-passed-health-checks" in failed[0]["flags"]
+
+
+async def test_admin_endpoints(make_router) -> None:
+    r = await make_router([backend_token("echo")], **{"cluster-name": "test-cluster"})
+    assert (await r.get_json("/status"))["status"] == "ok"
+    settings = await r.get_json("/settings")
+    assert settings["cluster-config"]["name"] == "test-cluster"
+    assert settings["scheduler-config"]["kind"] == "local"
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    sid = await r.service_id(TOKEN)
+    assert "." not in sid and sid.startswith("waiter-service-echo-")
+    apps = await r.get_json("/apps?effective-parameters=true")
+    (app,) = apps
+    assert app["service-id"] == sid
+    assert app["url"].endswith(f"/apps/{sid}")
+    assert app["effective-parameters"]["concurrency-level"] == 1
+    assert app["source-tokens"][0][0]["token"] == "echo"
+    assert app["instance-counts"] == {"healthy-instances": 1, "unhealthy-instances": 0}
+    assert app["resource-usage"] == {"cpus": 0.1, "mem": 256.0}
+    detail = await r.get_json(f"/apps/{sid}")
+    (active,) = detail["instances"]["active-instances"]
+    assert active["id"].startswith(sid + ".") and active["healthy?"] is True
+    assert active["log-directory"] and "shell-scheduler/pid" in active
+    async with r.client.get(r.url + "/apps/waiter-service-nope", headers={"accept": "application/json"}) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["waiter-error"]["message"] == "Service not found"
+    async with r.client.get(r.url + "/no-such-endpoint") as resp:
+        assert resp.status == 404

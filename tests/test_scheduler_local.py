@@ -1,0 +1,598 @@
+"""The local scheduler against real processes in a temporary directory, plus table tests of its pure parts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+
+from waiter.scheduler.base import (
+    Instance,
+    InstanceFlag,
+    KillOutcome,
+    Scheduler,
+    SchedulerError,
+    ServiceSpec,
+    ServiceState,
+)
+from waiter.scheduler.local import (
+    LocalScheduler,
+    LocalSettings,
+    ServiceBook,
+    check_spec,
+    ended_instance,
+    exit_message,
+    format_number,
+    restart_delay,
+)
+from waiter.scheduler.ports import PortAllocator, port_is_bindable
+
+HTTP_SERVER = 'exec python3 -m http.server "$PORT0" --bind 127.0.0.1'
+SLEEPER = "exec sleep 1000"
+# Ignoring TERM in bash is inherited by sleep, so only SIGKILL ends this one; "ready" says the trap is set.
+TERM_IGNORER = "trap '' TERM; touch ready; sleep 1000"
+MEMORY = InstanceFlag.MEMORY_LIMIT_EXCEEDED.value
+
+
+def make_spec(cmd: str, service_id: str = "svc-test", **overrides: Any) -> ServiceSpec:
+    values: dict[str, Any] = {"cpus": 0.5, "mem": 256.0, **overrides}
+    return ServiceSpec(service_id=service_id, cmd=cmd, **values)
+
+
+class Changes:
+    """Listener that wakes waiters on every change the scheduler reports."""
+
+    def __init__(self, scheduler: LocalScheduler) -> None:
+        self.calls: list[str] = []
+        self._changed = asyncio.Event()
+        scheduler.subscribe(self)
+
+    def __call__(self, service_id: str) -> None:
+        self.calls.append(service_id)
+        self._changed.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def poll(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """For facts outside the scheduler (files, sockets) that send no event: check often until the deadline."""
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.02)
+
+
+async def file_exists(path: Path) -> None:
+    async def exists() -> bool:
+        return path.exists()
+
+    await poll(exists)
+
+
+def state_of(scheduler: LocalScheduler, service_id: str = "svc-test") -> ServiceState:
+    state = scheduler.service_state(service_id)
+    assert state is not None, f"service {service_id} is unknown"
+    return state
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group."""
+    members = []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(process.pid)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return members
+
+
+def pid_of(instance: Instance) -> int:
+    pid = instance.extras["shell-scheduler/pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+MakeScheduler = Callable[..., Awaitable[LocalScheduler]]
+
+
+@pytest.fixture
+async def make_scheduler(tmp_path: Path) -> AsyncIterator[MakeScheduler]:
+    made: list[LocalScheduler] = []
+    # A random slice of the range keeps parallel test runs on this machine from racing for the same ports.
+    low = random.randrange(20000, 29000)
+
+    async def make(**overrides: Any) -> LocalScheduler:
+        values: dict[str, Any] = {
+            "work_dir": tmp_path / "work",
+            "port_range": (low, low + 200),
+            "memory_check_interval_secs": 0.05,
+            "min_kill_grace_secs": 0.3,
+            "restart_backoff_base_secs": 0.2,
+            **overrides,
+        }
+        scheduler = LocalScheduler(LocalSettings(**values))
+        await scheduler.start()
+        made.append(scheduler)
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        await scheduler.close()
+
+
+# -- real processes --
+
+
+async def test_launches_a_reachable_http_backend_with_logs(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler()
+    assert isinstance(scheduler, Scheduler)
+    cmd = f"echo started; echo warming up >&2; {HTTP_SERVER}"
+    assert await scheduler.create_service(make_spec(cmd), 1) is True
+
+    state = state_of(scheduler)
+    assert (state.requested, len(state.active)) == (1, 1)
+    instance = state.active[0]
+    low, high = scheduler.settings.port_range
+    assert instance.host == "127.0.0.1" and low <= instance.port <= high
+    assert instance.id.startswith("svc-test.") and instance.id.count(".") == 1
+    sandbox = scheduler.settings.work_dir / "svc-test" / instance.id
+    assert instance.log_directory == str(sandbox)
+    assert instance.extras["shell-scheduler/working-directory"] == str(sandbox)
+    assert psutil.pid_exists(pid_of(instance))
+    assert (sandbox.parent / "run-service.sh").read_text() == f"#!/bin/bash\n\n{cmd}\n"
+
+    async with aiohttp.ClientSession() as session:
+
+        async def answers() -> bool:
+            try:
+                async with session.get(f"http://127.0.0.1:{instance.port}/") as response:
+                    return response.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await poll(answers)
+
+    async def logged_request() -> bool:
+        return "GET / " in (sandbox / "stderr").read_text()
+
+    await poll(logged_request)
+    assert (sandbox / "stdout").read_text() == "started\n"
+    assert (sandbox / "stderr").read_text().startswith("warming up\n")
+
+
+async def test_environment_of_an_instance(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler(cluster_name="test-cluster")
+    spec = make_spec(
+        "env > env.tmp && pwd > pwd.txt && mv env.tmp env.txt; " + SLEEPER,
+        ports=2,
+        cpus=1.0,
+        mem=512.0,
+        concurrency_level=3,
+        run_as_user="alice",
+        token="my-token",
+        env={"GREETING": "hello world", "HOME": "/elsewhere", "WAITER_CLUSTER": "spoofed"},
+    )
+    await scheduler.create_service(spec, 1)
+    instance = state_of(scheduler).active[0]
+    sandbox = Path(str(instance.log_directory))
+    await file_exists(sandbox / "env.txt")
+    env = dict(line.split("=", 1) for line in (sandbox / "env.txt").read_text().splitlines() if "=" in line)
+
+    assert env["GREETING"] == "hello world"
+    assert env["HOME"] == str(scheduler.settings.work_dir)
+    assert env["LOGNAME"] == env["USER"] == "alice"
+    assert env["WAITER_CLUSTER"] == "test-cluster"
+    assert env["WAITER_CONCURRENCY_LEVEL"] == "3"
+    assert (env["WAITER_CPUS"], env["WAITER_MEM_MB"]) == ("1", "512")
+    assert env["WAITER_SERVICE_ID"] == "svc-test"
+    assert env["WAITER_USERNAME"] == "waiter"
+    assert env["WAITER_TOKEN"] == "my-token"
+    assert env["WAITER_INSTANCE_ID"] == instance.id
+    assert env["WAITER_SANDBOX"] == env["MESOS_SANDBOX"] == str(sandbox)
+    assert (env["PORT0"], env["PORT1"]) == (str(instance.port), str(instance.extra_ports[0]))
+    assert "PORT2" not in env
+    assert env["PATH"] == os.environ["PATH"]
+    assert (sandbox / "pwd.txt").read_text().strip() == str(sandbox)
+
+
+async def test_scale_launches_at_once_and_create_is_idempotent(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler()
+    assert await scheduler.create_service(make_spec(SLEEPER), 1) is True
+    assert await scheduler.create_service(make_spec("exit 9"), 3) is False
+    state = state_of(scheduler)
+    assert (state.requested, len(state.active)) == (1, 1)
+    assert scheduler.service_ids() == ["svc-test"]
+
+    await scheduler.scale_service("svc-test", 3)
+    state = state_of(scheduler)
+    assert (state.requested, len(state.active)) == (3, 3)
+    assert len({i.port for i in state.active}) == 3
+    assert [i.started_at for i in state.active] == sorted(i.started_at for i in state.active)
+
+    await scheduler.scale_service("svc-test", 1)  # scaling down kills nothing
+    state = state_of(scheduler)
+    assert (state.requested, len(state.active)) == (1, 3)
+
+
+async def test_crash_is_recorded_and_replaced_after_a_growing_backoff(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler(restart_backoff_base_secs=0.2)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec("exit 3", restart_backoff_factor=2.0), 1)
+    await changes.until(lambda: len(state_of(scheduler).failed) >= 3)
+
+    state = state_of(scheduler)
+    first, second, third = state.failed[:3]
+    assert len({first.id, second.id, third.id}) == 3
+    for crashed in (first, second, third):
+        assert (crashed.exit_code, crashed.message) == (3, "Exited with code 3")
+        assert crashed.failed and not crashed.killed
+    assert state.requested == 1
+    assert second.started_at - first.started_at >= 0.19
+    assert third.started_at - second.started_at >= 0.39
+
+
+async def test_clean_exit_calls_listeners_and_is_replaced(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler()
+    changes = Changes(scheduler)
+    cmd = "while [ ! -e stop ]; do sleep 0.02; done; exit 0"
+    await scheduler.create_service(make_spec(cmd), 1)
+    first = state_of(scheduler).active[0]
+    await changes.until(lambda: "svc-test" in changes.calls)  # launch announced
+
+    changes.calls.clear()
+    (Path(str(first.log_directory)) / "stop").touch()
+    await changes.until(lambda: bool(state_of(scheduler).killed))
+    assert changes.calls  # the exit was announced
+    ended = state_of(scheduler).killed[0]
+    assert (ended.id, ended.exit_code, ended.message) == (first.id, 0, "Exited with code 0")
+    assert not ended.failed and not ended.killed
+    await changes.until(lambda: any(i.id != first.id for i in state_of(scheduler).active))
+
+
+async def test_children_of_an_exited_leader_are_killed(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler()
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec("sleep 1000 & touch ready; wait -n; exit 5"), 1)
+    leader = state_of(scheduler).active[0]
+    await file_exists(Path(str(leader.log_directory)) / "ready")
+    assert len(group_members(pid_of(leader))) == 2
+
+    os.kill(pid_of(leader), signal.SIGKILL)  # the leader dies by itself as far as the scheduler knows
+    await changes.until(lambda: bool(state_of(scheduler).failed))
+    assert state_of(scheduler).failed[0].message == "Killed by signal SIGKILL"
+    assert group_members(pid_of(leader)) == []
+
+
+async def test_kill_without_replace_lowers_requested(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler()
+    await scheduler.create_service(make_spec(SLEEPER), 2)
+    victim, survivor = state_of(scheduler).active
+
+    result = await scheduler.kill_instance("svc-test", victim.id)
+    assert result.outcome is KillOutcome.KILLED and result.success
+    state = state_of(scheduler)
+    assert state.requested == 1
+    assert [i.id for i in state.active] == [survivor.id]
+    ended = state.killed[0]
+    assert (ended.id, ended.killed, ended.failed) == (victim.id, True, False)
+    assert (ended.message, ended.exit_code) == ("Killed by request", -signal.SIGTERM)
+    assert group_members(pid_of(victim)) == []
+
+    again = await scheduler.kill_instance("svc-test", victim.id)
+    assert again.outcome is KillOutcome.ALREADY_KILLED
+    assert state_of(scheduler).requested == 1
+
+
+async def test_kill_with_replace_starts_a_new_instance(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler()
+    await scheduler.create_service(make_spec(SLEEPER), 1)
+    victim = state_of(scheduler).active[0]
+    flags = frozenset({InstanceFlag.NEVER_PASSED_HEALTH_CHECKS.value})
+
+    result = await scheduler.kill_instance(
+        "svc-test", victim.id, replace=True, message="Exceeded grace period", flags=flags, failed=True
+    )
+    assert result.success
+    state = state_of(scheduler)
+    assert state.requested == 1
+    assert len(state.active) == 1 and state.active[0].id != victim.id
+    ended = state.failed[0]
+    assert (ended.id, ended.message, ended.flags) == (victim.id, "Exceeded grace period", flags)
+    assert ended.failed and not ended.killed
+
+
+@pytest.mark.parametrize(
+    ("service_id", "instance_id"),
+    [("svc-missing", "svc-missing.1-2"), ("svc-test", "svc-test.1-2")],
+    ids=["unknown-service", "unknown-instance"],
+)
+async def test_kill_unknown_instance(make_scheduler: MakeScheduler, service_id: str, instance_id: str) -> None:
+    scheduler = await make_scheduler()
+    await scheduler.create_service(make_spec(SLEEPER), 1)
+    result = await scheduler.kill_instance(service_id, instance_id)
+    assert result.outcome is KillOutcome.NO_SUCH_INSTANCE and not result.success
+    assert instance_id in result.message
+
+
+async def test_term_ignoring_process_is_sigkilled_after_the_grace(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler(min_kill_grace_secs=0.3)
+    await scheduler.create_service(make_spec(TERM_IGNORER), 1)
+    victim = state_of(scheduler).active[0]
+    await file_exists(Path(str(victim.log_directory)) / "ready")
+
+    started = time.monotonic()
+    await scheduler.kill_instance("svc-test", victim.id)
+    elapsed = time.monotonic() - started
+    assert 0.3 <= elapsed < 3.0
+    assert state_of(scheduler).killed[0].exit_code == -signal.SIGKILL
+
+
+async def test_force_kill_is_immediate(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler(min_kill_grace_secs=0.3)
+    await scheduler.create_service(make_spec(TERM_IGNORER, termination_grace_period_secs=30), 1)
+    victim = state_of(scheduler).active[0]
+    await file_exists(Path(str(victim.log_directory)) / "ready")
+
+    started = time.monotonic()
+    await scheduler.kill_instance("svc-test", victim.id, force=True)
+    assert time.monotonic() - started < 2.0
+    assert state_of(scheduler).killed[0].exit_code == -signal.SIGKILL
+
+
+async def test_memory_hog_is_killed_flagged_and_replaced(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler(memory_check_interval_secs=0.05)
+    changes = Changes(scheduler)
+    hog = "exec python3 -c \"import time; data = b'x' * (200 << 20); time.sleep(1000)\""
+    await scheduler.create_service(make_spec(hog, mem=50.0), 1)
+    await changes.until(lambda: bool(state_of(scheduler).failed))
+
+    ended = state_of(scheduler).failed[0]
+    assert ended.failed and ended.flags == frozenset({MEMORY})
+    assert ended.exit_code == -signal.SIGKILL
+    assert ended.message is not None and ended.message.startswith("Exceeded allocated memory usage (")
+    assert ended.message.endswith(" MiB > 50 MiB)")
+    await changes.until(lambda: any(i.id != ended.id for i in state_of(scheduler).active))
+
+
+async def test_port_in_use_on_the_host_is_skipped(make_scheduler: MakeScheduler) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        scheduler = await make_scheduler(port_range=(busy, busy + 20))
+        await scheduler.create_service(make_spec(SLEEPER, ports=2), 1)
+        instance = state_of(scheduler).active[0]
+        assert busy not in (instance.port, *instance.extra_ports)
+        assert busy < instance.port <= busy + 20
+
+
+async def test_close_leaves_no_process_or_task_behind(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler(min_kill_grace_secs=0.3)
+    await scheduler.create_service(make_spec(f"sleep 1000 & {HTTP_SERVER}"), 1)
+    await scheduler.create_service(make_spec(TERM_IGNORER, service_id="svc-stubborn"), 1)
+    await scheduler.create_service(make_spec("exit 1", service_id="svc-crasher"), 1)
+    leaders = [pid_of(state_of(scheduler, sid).active[0]) for sid in ("svc-test", "svc-stubborn")]
+    stubborn = state_of(scheduler, "svc-stubborn").active[0]
+    await file_exists(Path(str(stubborn.log_directory)) / "ready")
+
+    async def grandchild_started() -> bool:
+        return len(group_members(leaders[0])) >= 2  # the background sleep and the http server
+
+    await poll(grandchild_started)
+
+    await scheduler.close()
+    assert [group_members(leader) for leader in leaders] == [[], []]
+    assert asyncio.all_tasks() == {asyncio.current_task()}
+    with pytest.raises(SchedulerError, match="shutting down"):
+        await scheduler.create_service(make_spec(SLEEPER, service_id="svc-late"), 1)
+
+
+async def test_delete_service_kills_every_instance_and_forgets_it(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler()
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(f"sleep 1000 & {SLEEPER}"), 2)
+    leaders = [pid_of(i) for i in state_of(scheduler).active]
+
+    async def grandchildren_started() -> bool:
+        return all(len(group_members(leader)) >= 2 for leader in leaders)
+
+    await poll(grandchildren_started)
+    changes.calls.clear()
+    assert await scheduler.delete_service("svc-test") is True
+    assert scheduler.service_state("svc-test") is None and scheduler.service_ids() == []
+    assert [group_members(leader) for leader in leaders] == [[], []]
+    await changes.until(lambda: "svc-test" in changes.calls)
+    assert await scheduler.delete_service("svc-test") is False
+
+
+async def test_scale_unknown_service_is_an_error(make_scheduler: MakeScheduler) -> None:
+    scheduler = await make_scheduler()
+    with pytest.raises(SchedulerError, match="svc-missing"):
+        await scheduler.scale_service("svc-missing", 2)
+
+
+async def test_no_free_port_is_shown_on_the_service(make_scheduler: MakeScheduler) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        scheduler = await make_scheduler(port_range=(busy, busy))
+        assert await scheduler.create_service(make_spec(SLEEPER), 1) is True
+        state = state_of(scheduler)
+        assert state.active == ()
+        assert state.error is not None and f"[{busy}, {busy}]" in state.error
+
+
+# -- pure parts --
+
+
+@pytest.mark.parametrize(
+    ("failures", "base", "factor", "expected"),
+    [
+        (1, 0.5, 2.0, 0.5),
+        (2, 0.5, 2.0, 1.0),
+        (4, 0.5, 2.0, 4.0),
+        (3, 0.5, 1.0, 0.5),
+        (0, 0.5, 2.0, 0.5),
+        (20, 0.5, 2.0, 60.0),
+        (5000, 0.5, 2.0, 60.0),
+    ],
+    ids=["first", "second", "fourth", "factor-one", "zero-as-first", "capped", "overflow-capped"],
+)
+def test_restart_delay(failures: int, base: float, factor: float, expected: float) -> None:
+    assert restart_delay(failures, base, factor) == expected
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "expected"),
+    [(0, "Exited with code 0"), (3, "Exited with code 3"), (-9, "Killed by signal SIGKILL"),
+     (-15, "Killed by signal SIGTERM"), (-200, "Killed by signal 200")],
+    ids=["clean", "error", "sigkill", "sigterm", "unknown-signal"],
+)
+def test_exit_message(exit_code: int, expected: str) -> None:
+    assert exit_message(exit_code) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(1.0, "1"), (0.5, "0.5"), (1536, "1536"), (0.1, "0.1")],
+    ids=["whole", "half", "int", "tenth"],
+)
+def test_format_number(value: float, expected: str) -> None:
+    assert format_number(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "instances", "field"),
+    [
+        (make_spec("true", service_id="../escape"), 1, "service-id"),
+        (make_spec("true", service_id="svc.dotted"), 1, "service-id"),
+        (make_spec("  "), 1, "cmd"),
+        (make_spec("true", ports=0), 1, "ports"),
+        (make_spec("true"), -1, "instances"),
+    ],
+    ids=["path", "dot", "empty-cmd", "no-ports", "negative-instances"],
+)
+def test_check_spec_refuses(spec: ServiceSpec, instances: int, field: str) -> None:
+    with pytest.raises(SchedulerError, match=field):
+        check_spec(spec, instances)
+
+
+def _instance(number: int) -> Instance:
+    return Instance(id=f"svc-test.{number}", service_id="svc-test", host="h", port=1, started_at=0.0)
+
+
+@pytest.mark.parametrize(
+    ("lifetimes", "expected"),
+    [([1.0], 1), ([1.0, 1.0, 1.0], 3), ([1.0, 1.0, 11.0], 1), ([11.0, 1.0], 2)],
+    ids=["first", "consecutive", "long-lived-resets", "after-reset"],
+)
+def test_service_book_counts_consecutive_crashes(lifetimes: list[float], expected: int) -> None:
+    book = ServiceBook(make_spec("true"), 1, 10)
+    assert [book.note_crash(lifetime) for lifetime in lifetimes][-1] == expected
+
+
+def test_service_book_keeps_the_newest_ended_and_excludes_stopping() -> None:
+    book = ServiceBook(make_spec("true"), 3, max_ended=2)
+    for number in range(4):
+        book.add(_instance(number))
+    book.stopping.add("svc-test.3")
+    assert book.missing() == 0
+    book.stopping.add("svc-test.2")
+    assert book.missing() == 1
+    for number in range(3):
+        book.end(ended_instance(_instance(number), 0, None))
+    state = book.snapshot()
+    assert [i.id for i in state.killed] == ["svc-test.1", "svc-test.2"]
+    assert [i.id for i in state.active] == ["svc-test.3"]
+    assert book.find_ended("svc-test.0") is None and book.find_ended("svc-test.2") is not None
+
+
+# -- ports --
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Step = tuple[str, Any]
+
+
+@pytest.mark.parametrize(
+    ("steps", "busy", "expected"),
+    [
+        ([("alloc", 2)], set(), (100, 101)),
+        ([("alloc", 2), ("alloc", 1)], set(), (102,)),
+        ([("alloc", 1)], {100, 101}, (102,)),
+        ([("alloc", 1), ("release", (100,)), ("advance", 119.0), ("alloc", 1)], set(), (101,)),
+        ([("alloc", 1), ("release", (100,)), ("advance", 120.0), ("alloc", 1)], set(), (100,)),
+        ([("alloc", 1), ("release-now", (100,)), ("alloc", 1)], set(), (100,)),
+        ([("alloc", 1)], {101, 103}, (100,)),
+        ([("alloc", 3)], {101, 103}, (100, 102, 104)),
+    ],
+    ids=["first-free", "held-by-instance", "bound-on-host", "on-hold", "hold-expired",
+         "released-without-hold", "lowest-first", "gaps"],
+)
+def test_port_allocator(steps: list[Step], busy: set[int], expected: tuple[int, ...]) -> None:
+    clock = FakeClock()
+    allocator = PortAllocator((100, 110), 120.0, clock=clock, probe=lambda port: port not in busy)
+    result: tuple[int, ...] = ()
+    for action, argument in steps:
+        if action == "alloc":
+            result = allocator.allocate(argument)
+        elif action == "release":
+            allocator.release(argument)
+        elif action == "release-now":
+            allocator.release(argument, hold=False)
+        else:
+            clock.now += argument
+    assert result == expected
+
+
+@pytest.mark.parametrize(
+    ("held", "busy", "count"),
+    [((), {100, 101, 102}, 1), ((100,), {102}, 2), ((), set(), 4)],
+    ids=["all-bound", "held-and-bound", "range-too-small"],
+)
+def test_port_allocator_exhaustion(held: tuple[int, ...], busy: set[int], count: int) -> None:
+    allocator = PortAllocator((100, 102), 120.0, clock=FakeClock(), probe=lambda port: port not in busy)
+    if held:
+        allocator.allocate(len(held))
+    reserved_before = allocator.reserved()
+    with pytest.raises(SchedulerError, match=r"port-range \[100, 102\]: an instance needs"):
+        allocator.allocate(count)
+    assert allocator.reserved() == reserved_before  # nothing was taken by the failed call
+
+
+@pytest.mark.parametrize(
+    ("port_range", "hold"), [((0, 10), 1.0), ((20, 10), 1.0), ((10, 70000), 1.0), ((10, 20), -1.0)],
+    ids=["zero", "reversed", "too-high", "negative-hold"],
+)
+def test_port_allocator_refuses_bad_settings(port_range: tuple[int, int], hold: float) -> None:
+    with pytest.raises(ValueError, match="port-range|port-hold-secs"):
+        PortAllocator(port_range, hold)
+
+
+def test_port_is_bindable_sees_a_listening_socket() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert port_is_bindable("127.0.0.1", port) is False
+    assert port_is_bindable("127.0.0.1", port) is True

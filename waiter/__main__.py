@@ -1,0 +1,62 @@
+"""``waiter-router``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from waiter.settings import SettingsError, load_settings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="waiter-router", description="A Waiter-compatible autoscaling HTTP router.")
+    parser.add_argument("--config", type=Path, help="router config file (YAML); flags override it")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default 9091)")
+    parser.add_argument("--tokens", type=Path, help="directory of token YAML files (default config/tokens)")
+    parser.add_argument("--router-id", help="this router's id (default: host-pid-random)")
+    parser.add_argument("--cluster-name", help="cluster name reported in /settings and tokens")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "tokens-dir": str(args.tokens) if args.tokens else None,
+        "router-id": args.router_id,
+        "cluster-name": args.cluster_name,
+    }
+    try:
+        settings = load_settings(args.config, overrides)
+    except SettingsError as exc:
+        print(f"waiter-router: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+    import uvloop
+
+    from waiter.app import build_app
+
+    web.run_app(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout=settings.drain_timeout_secs,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""JSON views of services and instances, shaped as Waiter's /apps answers them (waiter-api.md §1.6, §1.7, §7.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from waiter.errors import iso_millis
+from waiter.instances import TrackedInstance
+from waiter.scheduler.base import Instance
+from waiter.service import Service
+
+
+def instance_json(instance: Instance, tracked: TrackedInstance | None = None) -> dict[str, Any]:
+    healthy = bool(tracked and tracked.healthy)
+    body: dict[str, Any] = {
+        "id": instance.id,
+        "service-id": instance.service_id,
+        "started-at": iso_millis(instance.started_at),
+        "healthy?": healthy,
+        "status": "Healthy" if healthy else "Unhealthy",
+        "host": instance.host,
+        "port": instance.port,
+        "extra-ports": list(instance.extra_ports),
+        "log-directory": instance.log_directory,
+        "flags": sorted(instance.flags),
+        "killed?": instance.killed,
+        "failed?": instance.failed,
+    }
+    if tracked is not None and tracked.last_status is not None:
+        body["health-check-status"] = tracked.last_status
+    if instance.exit_code is not None:
+        body["exit-code"] = instance.exit_code
+    if instance.message:
+        body["message"] = instance.message
+    body.update(instance.extras)
+    return body
+
+
+def service_status(service: Service) -> str:
+    state = service.scheduler.service_state(service.id)
+    if service.start_error is not None:
+        return "Failing"
+    if state is None or (state.requested == 0 and state.scheduled == 0):
+        return "Inactive"
+    if service.tracker.healthy_count() == 0:
+        return "Starting"
+    return "Running"
+
+
+def scaling_state(service: Service) -> str:
+    state = service.scheduler.service_state(service.id)
+    if state is None:
+        return "stable"
+    if state.requested > state.scheduled:
+        return "scale-up"
+    if state.requested < state.scheduled:
+        return "scale-down"
+    return "stable"
+
+
+def _common(service: Service, effective: bool) -> dict[str, Any]:
+    state = service.scheduler.service_state(service.id)
+    running = state.scheduled if state else 0
+    cpus = float(service.resolved.effective.get("cpus", 0))
+    mem = float(service.resolved.effective.get("mem", 0))
+    body: dict[str, Any] = {
+        "service-id": service.id,
+        "status": service_status(service),
+        "request-metrics": {"outstanding": service.reservations.outstanding, "total": service.total_requests},
+        "resource-usage": {"cpus": running * cpus, "mem": running * mem},
+        "service-description": dict(service.resolved.core),
+        "last-request-time": iso_millis(service.last_request_time),
+        "scaling-state": scaling_state(service),
+    }
+    sources = [{"token": t, "version": v} for t, v in service.resolved.source_tokens]
+    if sources:
+        body["source-tokens"] = [sources]
+    if service.start_error:
+        body["deployment-error-message"] = f"Deployment error: {service.start_error}"
+    if effective:
+        body["effective-parameters"] = dict(service.resolved.effective)
+    return body
+
+
+def service_summary(service: Service, base_url: str, *, effective: bool, healthy_instances: bool) -> dict[str, Any]:
+    healthy = service.tracker.healthy_count()
+    body = _common(service, effective)
+    body["url"] = f"{base_url}/apps/{service.id}"
+    body["instance-counts"] = {
+        "healthy-instances": healthy,
+        "unhealthy-instances": len(service.tracker.tracked) - healthy,
+    }
+    if healthy_instances:
+        body["instances"] = {
+            "healthy-instances": [
+                {
+                    "id": t.instance.id,
+                    "host": t.instance.host,
+                    "port": t.instance.port,
+                    "started-at": iso_millis(t.instance.started_at),
+                }
+                for t in service.tracker.tracked.values()
+                if t.healthy
+            ]
+        }
+    return body
+
+
+def service_detail(service: Service, router_id: str, *, effective: bool) -> dict[str, Any]:
+    body = _common(service, effective)
+    state = service.scheduler.service_state(service.id)
+    tracked = service.tracker.tracked
+    active = [instance_json(i, tracked.get(i.id)) for i in (state.active if state else ())]
+    active.sort(key=lambda i: (not i["healthy?"], i["started-at"] or "", i["id"]))
+
+    def ended(instances: tuple[Instance, ...]) -> list[dict[str, Any]]:
+        return [instance_json(i) for i in sorted(instances, key=lambda i: (i.started_at, i.id))][-10:]
+
+    body.update(
+        {
+            "router-id": router_id,
+            "num-routers": 1,
+            "num-active-instances": len(active),
+            "instances": {
+                "active-instances": active,
+                "failed-instances": ended(state.failed) if state else [],
+                "killed-instances": ended(state.killed) if state else [],
+            },
+        }
+    )
+    return body

@@ -1,0 +1,488 @@
+"""Service descriptions: x-waiter-* headers, token merging, validation and service ids (API §2, §3).
+
+Pure logic, no I/O. A request's *core* description holds only the parameters somebody gave (token or header),
+so router defaults never change a service id; ``effective`` adds the defaults afterwards. Validation collects
+every problem and raises one ``DescriptorError``, each line naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from waiter.params import (
+    REQUIRED_PARAMS,
+    SERVICE_PARAMS,
+    SYSTEM_METADATA,
+    TOKEN_PARAMS,
+    Kind,
+    Param,
+    env_name_problems,
+    env_problems,
+    env_value_problems,
+    fmt_number,
+    is_number,
+    metadata_key_problems,
+    metadata_value_problems,
+    show,
+)
+
+__all__ = [
+    "REQUIRED_PARAMS",
+    "SERVICE_HEADLINE",
+    "SERVICE_PARAMS",
+    "SYSTEM_METADATA",
+    "TOKEN_PARAMS",
+    "DescriptorError",
+    "Param",
+    "RequestOptions",
+    "WaiterHeaders",
+    "build_core",
+    "effective",
+    "merge_tokens",
+    "parse_headers",
+    "service_id",
+    "split_token",
+    "token_defaults",
+    "validate_service",
+    "validate_token",
+]
+
+SERVICE_HEADLINE = "Service description using waiter headers/token improperly configured"
+TOKEN_HEADLINE = "Validation failed for token:"
+_HEADER_PREFIX = "x-waiter-"
+_MAP_PARAMS = ("env", "metadata")
+_STRING_LIMITS = {"cmd": 1200}
+_RUN_AS_REQUIRED = (*REQUIRED_PARAMS, "run-as-user")
+
+
+class DescriptorError(Exception):
+    """400-class problem with a service description, a token or x-waiter headers."""
+
+    def __init__(self, headline: str, problems: Sequence[str] = (), *, status: int = 400) -> None:
+        self.status = status
+        self.headline = headline
+        self.problems = list(problems)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join([self.headline, *self.problems])
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Per-request, non-service headers (§3.1)."""
+
+    timeout_ms: int | None = None
+    queue_timeout_ms: int | None = None
+    streaming_timeout_ms: int | None = None
+    fallback_period_secs: int | None = None
+    async_check_interval_secs: int | None = None
+    async_request_timeout_secs: int | None = None
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class WaiterHeaders:
+    tokens: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    param_env_keys: frozenset[str] = frozenset()
+    options: RequestOptions = field(default_factory=RequestOptions)
+
+    @property
+    def on_the_fly(self) -> bool:
+        """True iff any service param came from a header other than x-waiter-param-*."""
+        env = self.params.get("env", {})
+        return any(k != "env" for k in self.params) or any(k not in self.param_env_keys for k in env)
+
+
+# -- header parsing ------------------------------------------------------------------------------------------
+
+# header suffix -> (RequestOptions field, lowest, highest); async headers accepted with and without "-secs"
+_OPTIONS: dict[str, tuple[str, int, int]] = {
+    "timeout": ("timeout_ms", 1, 3_600_000),
+    "queue-timeout": ("queue_timeout_ms", 1, 3_600_000),
+    "streaming-timeout": ("streaming_timeout_ms", 1, 3_600_000),
+    "fallback-period-secs": ("fallback_period_secs", 0, 86_400),
+    "async-check-interval": ("async_check_interval_secs", 1, 14_400),
+    "async-check-interval-secs": ("async_check_interval_secs", 1, 14_400),
+    "async-request-timeout": ("async_request_timeout_secs", 1, 14_400),
+    "async-request-timeout-secs": ("async_request_timeout_secs", 1, 14_400),
+}
+_INT_RE = re.compile(r"-?[0-9]+")
+
+
+@dataclass
+class _HeaderParse:
+    tokens: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    param_env: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    unsupported: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+    def result(self) -> WaiterHeaders:
+        params = dict(self.params)
+        if self.env or self.param_env:
+            params["env"] = {**self.param_env, **self.env}
+        if self.metadata:
+            params["metadata"] = dict(self.metadata)
+        return WaiterHeaders(self.tokens, params, frozenset(set(self.param_env) - set(self.env)),
+                             RequestOptions(**self.options))
+
+
+def parse_headers(headers: Iterable[tuple[str, str]]) -> WaiterHeaders:
+    """Parse every x-waiter-* header (names case-insensitive, others ignored); report all bad ones at once."""
+    state = _HeaderParse()
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        if name.startswith(_HEADER_PREFIX):
+            _parse_header(state, name, name[len(_HEADER_PREFIX):], value)
+    problems = list(state.problems)
+    if state.unsupported:
+        problems.insert(0, "Unsupported waiter headers found: " + ", ".join(sorted(state.unsupported)))
+    if problems:
+        raise DescriptorError(SERVICE_HEADLINE, problems)
+    return state.result()
+
+
+def _parse_header(state: _HeaderParse, name: str, suffix: str, value: str) -> None:
+    if suffix == "token":
+        state.tokens = tuple(t.strip() for t in value.split(",") if t.strip())
+    elif suffix == "debug":
+        state.options["debug"] = value.strip().lower() == "true"
+    elif suffix in _OPTIONS:
+        _parse_option(state, name, suffix, value)
+    elif suffix.startswith("env-"):
+        _parse_env(state.env, state, name, suffix[len("env-"):].upper(), value)
+    elif suffix.startswith("param-"):
+        _parse_env(state.param_env, state, name, suffix[len("param-"):].upper(), value)
+    elif suffix.startswith("metadata-"):
+        key = suffix[len("metadata-"):]
+        problems = metadata_key_problems(key, name) or metadata_value_problems(key, value, name)
+        state.problems += problems
+        if not problems:
+            state.metadata[key] = value
+    elif suffix in SERVICE_PARAMS and suffix not in _MAP_PARAMS:
+        _parse_param(state, SERVICE_PARAMS[suffix], name, value)
+    else:
+        state.unsupported.add(name)
+
+
+def _parse_option(state: _HeaderParse, name: str, suffix: str, value: str) -> None:
+    attr, lo, hi = _OPTIONS[suffix]
+    text = value.strip()
+    if _INT_RE.fullmatch(text) and lo <= int(text) <= hi:
+        state.options[attr] = int(text)
+    else:
+        state.problems.append(f"{name} must be an integer in the range [{lo}, {hi}]. Got {show(value)}.")
+
+
+def _parse_env(target: dict[str, str], state: _HeaderParse, name: str, key: str, value: str) -> None:
+    problems = env_name_problems(key, name, user=True) or env_value_problems(key, value, name)
+    state.problems += problems
+    if not problems:
+        target[key] = value
+
+
+def _parse_param(state: _HeaderParse, param: Param, name: str, value: str) -> None:
+    parsed: Any
+    if param.kind is Kind.STRING_LIST:
+        parsed = [v.strip() for v in value.split(",") if v.strip()]
+    elif param.header_is_string:
+        parsed = value
+    else:
+        try:
+            parsed = json.loads(value, parse_constant=_reject_constant)
+        except ValueError:
+            state.problems.append(param.sentence(name, show(value)))
+            return
+    problems = param.problems(parsed, label=name, shown=show(value))
+    if not problems and param.name == "idle-timeout-mins" and parsed == 0:
+        # a never-idle service must be declared in a token, where somebody owns it
+        problems = [f"{name} must be an integer in the range [1, 43200] (0 is only allowed in tokens). "
+                    f"Got {show(value)}."]
+    state.problems += problems
+    if not problems:
+        state.params[param.name] = parsed
+
+
+def _reject_constant(text: str) -> Any:
+    raise ValueError(f"{text} is not a number")
+
+
+# -- tokens --------------------------------------------------------------------------------------------------
+
+
+def split_token(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a token record into (service params, token user metadata); system metadata, "token" dropped."""
+    params = {k: copy.deepcopy(v) for k, v in data.items() if k in SERVICE_PARAMS}
+    meta = {k: copy.deepcopy(v) for k, v in data.items() if k in TOKEN_PARAMS}
+    return params, meta
+
+
+def merge_tokens(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Merge token records left to right (later wins; env and metadata deep-merged)."""
+    merged: dict[str, Any] = {}
+    for record in records:
+        for key, value in record.items():
+            earlier = merged.get(key)
+            if key in _MAP_PARAMS and isinstance(value, Mapping) and isinstance(earlier, dict):
+                earlier.update(copy.deepcopy(dict(value)))
+            else:
+                merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def token_defaults(token_meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Token user metadata with the §2.2 defaults filled in."""
+    filled = {name: copy.deepcopy(p.default) for name, p in TOKEN_PARAMS.items() if p.default is not None}
+    filled.update(copy.deepcopy(dict(token_meta)))
+    return filled
+
+
+def validate_token(data: Mapping[str, Any], *, max_cpus: float = 32, max_mem: float = 131072) -> None:
+    """Validate a token body as POST /token would (a partial template: required params may be missing).
+
+    Unknown keys, service-param problems and user-metadata problems are all reported in one error; its
+    headline is the one of the only kind of problem found, or the service headline when kinds are mixed.
+    """
+    known = SERVICE_PARAMS.keys() | TOKEN_PARAMS.keys() | SYSTEM_METADATA | {"token"}
+    unknown = sorted(set(data) - known)
+    unknown_line = [f"Unsupported key(s) in token: {json.dumps(unknown)}"] if unknown else []
+    params, meta = split_token(data)
+    service = _service_problems(params, partial=True, user=True, max_cpus=max_cpus, max_mem=max_mem)
+    service += _token_rule_problems(params)
+    user = [p for name, value in meta.items() for p in TOKEN_PARAMS[name].problems(value)]
+    kinds = [k for k in (unknown_line, service, user) if k]
+    if not kinds:
+        return
+    if len(kinds) > 1:
+        raise DescriptorError(SERVICE_HEADLINE, [*unknown_line, *service, *user])
+    if unknown_line:
+        raise DescriptorError(unknown_line[0])
+    raise DescriptorError(SERVICE_HEADLINE if service else TOKEN_HEADLINE, kinds[0])
+
+
+def _token_rule_problems(params: Mapping[str, Any]) -> list[str]:
+    """Rules only a token has: it may serve requests without a caller-specific run-as-user being filled in."""
+    problems: list[str] = []
+    missing = [k for k in _RUN_AS_REQUIRED if k not in params]
+    if params.get("authentication") == "disabled":
+        if params.get("permitted-user") != "*":
+            problems.append("permitted-user must be '*' when authentication is 'disabled'. "
+                            f"Got {show(params.get('permitted-user'))}.")
+        if missing:
+            problems.append("Tokens with authentication 'disabled' must specify all required parameters; "
+                            f"missing: {', '.join(missing)}.")
+    interstitial = params.get("interstitial-secs")
+    if isinstance(interstitial, int) and interstitial > 0 and missing:
+        problems.append(f"interstitial-secs ({interstitial}) needs all required parameters; "
+                        f"missing: {', '.join(missing)}.")
+    return problems
+
+
+# -- building the core description ---------------------------------------------------------------------------
+
+
+def build_core(token_params: Mapping[str, Any], headers: WaiterHeaders, requester: str,
+               *, has_token: bool) -> dict[str, Any]:
+    """The core service description by the precedence of §3.3 (token, then headers, then param env).
+
+    ``has_token`` says a token was found (x-waiter-token or Host). A token named only by the Host header
+    leaves a missing or '*' run-as-user missing, so the caller can ask for consent (§3.3 step 3).
+    """
+    if not (has_token or headers.tokens or headers.on_the_fly):
+        raise DescriptorError("Unable to identify service using waiter headers/token")
+    core = {k: copy.deepcopy(v) for k, v in token_params.items() if k in SERVICE_PARAMS}
+    header_env = headers.params.get("env", {})
+    for key, value in headers.params.items():
+        if key == "metadata":
+            core["metadata"] = {**_as_dict(core.get("metadata")), **value}
+        elif key != "env":
+            core[key] = copy.deepcopy(value)
+    fly_env = {k: v for k, v in header_env.items() if k not in headers.param_env_keys}
+    param_env = {k: v for k, v in header_env.items() if k in headers.param_env_keys}
+    if fly_env:
+        core["env"] = {**_as_dict(core.get("env")), **fly_env}
+    if param_env:
+        _apply_param_env(core, param_env)
+    if isinstance(core.get("allowed-params"), list | tuple | set | frozenset):
+        # a set in meaning: one canonical order keeps the service id stable
+        core["allowed-params"] = sorted(set(core["allowed-params"]), key=str)
+    _resolve_users(core, headers, requester)
+    return core
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _apply_param_env(core: dict[str, Any], param_env: Mapping[str, str]) -> None:
+    allowed_raw = core.get("allowed-params")
+    allowed = set(allowed_raw) if isinstance(allowed_raw, list | tuple | set | frozenset) else set()
+    refused = sorted(set(param_env) - allowed)
+    if refused:
+        listed = ", ".join(sorted(allowed, key=str)) or "none"
+        raise DescriptorError(f"Some params cannot be configured: {', '.join(refused)}",
+                              [f"x-waiter-param-* may only set the allowed-params of the token ({listed})."])
+    core["env"] = {**_as_dict(core.get("env")), **param_env}
+
+
+def _resolve_users(core: dict[str, Any], headers: WaiterHeaders, requester: str) -> None:
+    if headers.on_the_fly:
+        core["run-as-user"] = headers.params.get("run-as-user", requester)
+        core["permitted-user"] = headers.params.get("permitted-user", requester)
+    if core.get("run-as-user") in (None, "*"):
+        core.pop("run-as-user", None)
+        if headers.on_the_fly or headers.tokens:
+            core["run-as-user"] = requester
+            core["permitted-user"] = requester
+    if core.get("namespace") == "*" and "run-as-user" in core:
+        core["namespace"] = core["run-as-user"]
+
+
+# -- validation ----------------------------------------------------------------------------------------------
+
+
+def validate_service(core: Mapping[str, Any], *, max_cpus: float = 32, max_mem: float = 131072) -> None:
+    """Full validation of a core description; every problem is reported, one line per bad field."""
+    problems = _service_problems(core, partial=False, user=False, max_cpus=max_cpus, max_mem=max_mem)
+    if problems:
+        raise DescriptorError(SERVICE_HEADLINE, problems)
+
+
+def _service_problems(params: Mapping[str, Any], *, partial: bool, user: bool,
+                      max_cpus: float, max_mem: float) -> list[str]:
+    problems: list[str] = []
+    if not partial:
+        missing = [k for k in _RUN_AS_REQUIRED if params.get(k) is None]
+        if missing:
+            problems.append(f"Missing required parameter(s): {', '.join(missing)}")
+        unknown = sorted(set(params) - SERVICE_PARAMS.keys())
+        if unknown:
+            problems.append(f"Unsupported key(s) in service description: {json.dumps(unknown)}")
+    for name, param in SERVICE_PARAMS.items():
+        if name not in params or (not partial and params[name] is None and name in _RUN_AS_REQUIRED):
+            continue
+        if param.kind is Kind.ENV:
+            problems += env_problems(params[name], user=user)
+        else:
+            problems += param.problems(params[name])
+    problems += _limit_problems(params, {"cpus": max_cpus, "mem": max_mem})
+    problems += _cross_field_problems(params, partial=partial)
+    return problems
+
+
+def _limit_problems(params: Mapping[str, Any], maxima: Mapping[str, float]) -> list[str]:
+    over: list[str] = []
+    for name in sorted({*maxima, *_STRING_LIMITS}):
+        value = params.get(name)
+        if name in _STRING_LIMITS and isinstance(value, str) and len(value) > _STRING_LIMITS[name]:
+            over.append(f"{name} must be at most {_STRING_LIMITS[name]} characters")
+        elif name in maxima and is_number(value) and value > maxima[name]:
+            over.append(f"{name} is {fmt_number(value)} but the max allowed is {fmt_number(maxima[name])}")
+    return ["The following fields exceed their allowed limits: " + ", ".join(over)] if over else []
+
+
+def _valid(params: Mapping[str, Any], name: str) -> Any:
+    """The given value if it passed its own check, else the code default (None when there is none)."""
+    value = params.get(name)
+    param = SERVICE_PARAMS[name]
+    return value if name in params and param.accepts(value) else param.default
+
+
+def _cross_field_problems(params: Mapping[str, Any], *, partial: bool) -> list[str]:
+    problems: list[str] = []
+    lo, hi = _valid(params, "min-instances"), _valid(params, "max-instances")
+    if ("min-instances" in params or "max-instances" in params) and lo > hi:
+        problems.append(f"min-instances ({lo}) must be less than or equal to max-instances ({hi}).")
+    for prefix in ("health-check-", "liveness-check-"):
+        problems += _check_rules(params, prefix)
+    problems += _namespace_problems(params, partial=partial)
+    return problems
+
+
+def _check_rules(params: Mapping[str, Any], prefix: str) -> list[str]:
+    problems: list[str] = []
+    auth = f"{prefix}authentication"
+    if _valid(params, "authentication") == "disabled" and params.get(auth) == "standard":
+        problems.append(f"{auth} must be 'disabled' when authentication is 'disabled'. Got \"standard\".")
+    index_key, proto_key = f"{prefix}port-index", f"{prefix}proto"
+    if prefix != "health-check-" and index_key not in params and proto_key not in params:
+        return problems  # liveness checks copy the health-check values, which are checked already
+    index = _valid(params, index_key if index_key in params else "health-check-port-index")
+    proto = _valid(params, proto_key if proto_key in params else "health-check-proto")
+    ports, backend = _valid(params, "ports"), _valid(params, "backend-proto")
+    if index_key in params and index is not None and index >= ports:
+        problems.append(f"{index_key} ({index}) must be smaller than ports ({ports}).")
+    if proto is not None and index == 0 and proto != backend:
+        problems.append(f"{proto_key} ({proto}) must equal backend-proto ({backend}) when {index_key} is 0.")
+    return problems
+
+
+def _namespace_problems(params: Mapping[str, Any], *, partial: bool) -> list[str]:
+    namespace, user = params.get("namespace"), params.get("run-as-user")
+    if namespace is None or (partial and (namespace == "*" or user is None)):
+        return []
+    if user == "*":
+        return [f"namespace ({namespace}) cannot be set when run-as-user is '*'; omit it or use '*'."]
+    if namespace != user:
+        return [f"namespace ({namespace}) must either be omitted or match run-as-user ({user})."]
+    return []
+
+
+# -- effective description and service id --------------------------------------------------------------------
+
+
+def effective(core: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """core + defaults (overrides: router defaults, applied before core); liveness-check-* copied over.
+
+    Never changes the service id, which is computed from the core alone.
+    """
+    result = {name: copy.deepcopy(p.default) for name, p in SERVICE_PARAMS.items() if p.default is not None}
+    result.update(copy.deepcopy(dict(overrides or {})))
+    if "max-instances" in core and "min-instances" not in core and _is_int(core["max-instances"]):
+        # a lone small max-instances must not clash with a default min-instances above it
+        result["min-instances"] = min(result["min-instances"], max(core["max-instances"], 1))
+    result.update(copy.deepcopy(dict(core)))
+    for name in SERVICE_PARAMS:
+        if name.startswith("liveness-check-") and name not in result:
+            source = name.replace("liveness-check-", "health-check-")
+            if result.get(source) is not None:
+                result[name] = copy.deepcopy(result[source])
+    return result
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def service_id(core: Mapping[str, Any], prefix: str = "waiter-service-") -> str:
+    """prefix + sanitised name + '-' (when named) + md5 of the canonical JSON of the core service params."""
+    params = {k: _canonical(v) for k, v in core.items() if k in SERVICE_PARAMS}
+    digest = hashlib.md5(json.dumps(params, sort_keys=True, separators=(",", ":")).encode(),
+                         usedforsecurity=False).hexdigest()
+    name = core.get("name")
+    label = re.sub(r"[^a-z0-9]", "", name.lower()) if isinstance(name, str) else ""
+    return f"{prefix}{label}-{digest}" if label else f"{prefix}{digest}"
+
+
+def _canonical(value: Any) -> Any:
+    """1.0 and 1 are the same cpus; sets hash in one order."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted((_canonical(v) for v in value), key=str)
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value

@@ -1,0 +1,120 @@
+"""Router-generated errors and their rendering as JSON, HTML or text (waiter-api.md §0.1)."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from waiter.version import SERVER_HEADER
+
+TITLES = {
+    "waiter.QueueLength": "Service Queue Length Exceeded",
+    "waiter.RequestTimeout": "Request Timeout",
+    "waiter.DeploymentError": "Deployment Error",
+    "waiter.Maintenance": "Service In Maintenance",
+    "waiter.ServiceForbidden": "Service Forbidden",
+    "waiter.ServiceMisconfigured": "Service Misconfigured",
+    "waiter.ServiceUnknown": "Service Unknown",
+    "waiter.BackendError": "Backend Error",
+    "waiter.RouterDraining": "Router Draining",
+}
+
+
+class WaiterError(Exception):
+    """An error the router answers itself. ``message`` is shown to users verbatim."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        error_class: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        service_id: str | None = None,
+        instance_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.error_class = error_class
+        self.details = dict(details or {})
+        self.service_id = service_id
+        self.instance_id = instance_id
+        self.headers = dict(headers or {})
+
+    @property
+    def title(self) -> str:
+        if self.error_class and self.error_class in TITLES:
+            return TITLES[self.error_class]
+        return f"Waiter Error {self.status}"
+
+
+def iso_millis(epoch_secs: float | None) -> str | None:
+    """Waiter's timestamp format: ISO-8601 UTC with milliseconds, e.g. 2023-03-22T16:56:20.123Z."""
+    if epoch_secs is None:
+        return None
+    millis = int(epoch_secs * 1000)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000))
+    return f"{base}.{millis % 1000:03d}Z"
+
+
+def _wants(request: web.BaseRequest) -> str:
+    accept = request.headers.get("accept", "")
+    for needle, kind in (("application/json", "json"), ("text/html", "html"), ("text/plain", "text")):
+        if needle in accept:
+            return kind
+    if "application/json" in request.headers.get("content-type", ""):
+        return "json"
+    return "text"
+
+
+def error_body(request: web.BaseRequest, err: WaiterError, cid: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "message": err.message,
+        "status": err.status,
+        "cid": cid,
+        "uri": request.path,
+        "host": request.headers.get("host", ""),
+        "request-method": request.method,
+        "query-string": request.query_string or None,
+        "timestamp": iso_millis(time.time()),
+        "title": err.title,
+    }
+    if err.service_id:
+        body["service-id"] = err.service_id
+    if err.instance_id:
+        body["instance-id"] = err.instance_id
+    if err.details:
+        body["details"] = err.details
+    return body
+
+
+def render_error(request: web.BaseRequest, err: WaiterError, cid: str) -> web.Response:
+    """The error as a response, in the representation the client's Accept header asks for."""
+    body = error_body(request, err, cid)
+    headers = {"x-cid": cid, "server": SERVER_HEADER, **err.headers}
+    kind = _wants(request)
+    if kind == "json":
+        text = json.dumps({"waiter-error": body}, indent=2)
+        return web.Response(status=err.status, text=text, content_type="application/json", headers=headers)
+    if kind == "html":
+        rows = "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in body.items()
+            if k != "message"
+        )
+        message = html.escape(err.message).replace("\n", "<br>")
+        page = (
+            f"<!DOCTYPE html><html><head><title>{html.escape(err.title)}</title></head><body>"
+            f"<h1>{html.escape(err.title)}</h1><p>{message}</p><table>{rows}</table></body></html>"
+        )
+        return web.Response(status=err.status, text=page, content_type="text/html", headers=headers)
+    lines = [f"{err.title}", "", err.message, ""]
+    lines += [f"{k}: {v}" for k, v in body.items() if k not in ("message", "title") and v is not None]
+    return web.Response(status=err.status, text="\n".join(lines) + "\n", content_type="text/plain", headers=headers)

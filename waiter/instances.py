@@ -1,0 +1,187 @@
+"""This router's view of one service's instances: which run, which are healthy, and the probes that decide it.
+
+The scheduler's snapshot says which instances run; the router probes each one itself: every
+``startup_interval`` while it has never been healthy (so a cold start costs little more than the backend's own
+start-up), then every ``health-check-interval-secs``. An instance that never passes within ``grace-period-secs``,
+or fails ``health-check-max-consecutive-failures`` checks in a row, is killed with ``replace`` so the scheduler
+starts another. Healthy instances are handed to the service's ``Reservations``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from waiter.health import ProbeResult, probe
+from waiter.scheduler.base import Instance, InstanceFlag, Scheduler, ServiceSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TrackedInstance:
+    instance: Instance
+    healthy: bool = False
+    ever_healthy: bool = False
+    failures: int = 0
+    last_status: int | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class InstanceTracker:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        scheduler: Scheduler,
+        session: aiohttp.ClientSession,
+        *,
+        startup_interval: float,
+        probe_timeout: float,
+        on_routable: Callable[[Instance], None],
+        on_unroutable: Callable[[str], None],
+    ) -> None:
+        self.spec = spec
+        self.scheduler = scheduler
+        self.session = session
+        self.startup_interval = startup_interval
+        self.probe_timeout = probe_timeout
+        self._on_routable = on_routable
+        self._on_unroutable = on_unroutable
+        self.tracked: dict[str, TrackedInstance] = {}
+        self._closed = False
+        self._kills: set[asyncio.Task[None]] = set()
+
+    def sync(self) -> None:
+        """Align the tracked set with the scheduler's snapshot (called on every scheduler change)."""
+        if self._closed:
+            return
+        state = self.scheduler.service_state(self.spec.service_id)
+        active = {i.id: i for i in state.active} if state else {}
+        for iid, tracked in list(self.tracked.items()):
+            if iid not in active:
+                self._forget(iid, tracked)
+        for iid, instance in active.items():
+            if iid not in self.tracked:
+                tracked = TrackedInstance(instance)
+                self.tracked[iid] = tracked
+                tracked.task = asyncio.create_task(self._probe_loop(tracked), name=f"health {iid}")
+
+    def healthy_count(self) -> int:
+        return sum(1 for t in self.tracked.values() if t.healthy)
+
+    def eject(self, instance_id: str) -> None:
+        """A request could not connect: stop routing to it and probe it quickly until it answers again."""
+        tracked = self.tracked.get(instance_id)
+        if tracked is not None and tracked.healthy:
+            tracked.healthy = False
+            self._on_unroutable(instance_id)
+            if tracked.task is not None:
+                tracked.task.cancel()
+            tracked.task = asyncio.create_task(self._probe_loop(tracked), name=f"health {instance_id}")
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t.task for t in self.tracked.values() if t.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._kills, return_exceptions=True)
+        self.tracked.clear()
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _forget(self, iid: str, tracked: TrackedInstance) -> None:
+        del self.tracked[iid]
+        if tracked.task is not None:
+            tracked.task.cancel()
+        self._on_unroutable(iid)
+
+    async def _probe_once(self, instance: Instance) -> ProbeResult:
+        spec = self.spec
+        port = instance.port
+        if spec.health_check_port_index > 0:
+            extra = instance.extra_ports
+            index = spec.health_check_port_index - 1
+            port = extra[index] if index < len(extra) else port
+        return await probe(
+            self.session, instance.host, port, spec.health_check_url, self.probe_timeout, instance_id=instance.id
+        )
+
+    async def _probe_loop(self, tracked: TrackedInstance) -> None:
+        spec = self.spec
+        instance = tracked.instance
+        while True:
+            result = await self._probe_once(instance)
+            tracked.last_status = result.status
+            if result.healthy:
+                tracked.failures = 0
+                if not tracked.healthy:
+                    tracked.healthy = tracked.ever_healthy = True
+                    self._on_routable(instance)
+                await asyncio.sleep(spec.health_check_interval_secs)
+                continue
+            if not tracked.ever_healthy:
+                age = time.time() - instance.started_at
+                if spec.grace_period_secs > 0 and age > spec.grace_period_secs:
+                    self._replace(
+                        instance,
+                        f"Exceeded grace period of {spec.grace_period_secs} seconds ({result.describe()})",
+                        _flags(result) | {InstanceFlag.NEVER_PASSED_HEALTH_CHECKS},
+                    )
+                    return
+                await asyncio.sleep(self.startup_interval)
+                continue
+            tracked.failures += 1
+            if result.error == "connect" and tracked.healthy:
+                # Nothing listens any more: stop sending requests there before the threshold is reached.
+                tracked.healthy = False
+                self._on_unroutable(instance.id)
+            if tracked.failures >= spec.health_check_max_consecutive_failures:
+                tracked.healthy = False
+                self._on_unroutable(instance.id)
+                self._replace(
+                    instance,
+                    f"Failed {tracked.failures} consecutive health checks ({result.describe()})",
+                    _flags(result) | {InstanceFlag.HEALTH_CHECKS_FAILED},
+                )
+                return
+            interval = self.startup_interval if not tracked.healthy else spec.health_check_interval_secs
+            await asyncio.sleep(interval)
+
+    def _replace(self, instance: Instance, message: str, flags: set[str]) -> None:
+        # The kill runs in its own task: the scheduler's change notification cancels this probe loop, and that
+        # must not cancel the kill half-way.
+        log.warning("replacing instance %s: %s", instance.id, message)
+        task = asyncio.create_task(self._kill(instance, message, flags))
+        self._kills.add(task)
+        task.add_done_callback(self._kills.discard)
+
+    async def _kill(self, instance: Instance, message: str, flags: set[str]) -> None:
+        try:
+            await self.scheduler.kill_instance(
+                self.spec.service_id,
+                instance.id,
+                replace=True,
+                failed=True,
+                message=message,
+                flags=frozenset(flags),
+            )
+        except Exception:
+            log.exception("could not replace instance %s", instance.id)
+
+
+def _flags(result: ProbeResult) -> set[str]:
+    flags: set[str] = set()
+    if result.connected:
+        flags.add(InstanceFlag.HAS_CONNECTED)
+    if result.responded:
+        flags.add(InstanceFlag.HAS_RESPONDED)
+    if result.error == "timeout":
+        flags.add(InstanceFlag.HEALTH_CHECK_TIMED_OUT)
+    if result.error == "connect":
+        flags.add(InstanceFlag.CANNOT_CONNECT)
+    return flags

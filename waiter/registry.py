@@ -1,0 +1,44 @@
+"""Every service this router knows, created exactly once however many requests arrive together."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from waiter.scheduler.base import Scheduler
+from waiter.service import ResolvedService, Service
+from waiter.settings import HealthConfig
+
+
+class ServiceRegistry:
+    def __init__(self, scheduler: Scheduler, session: aiohttp.ClientSession, health: HealthConfig) -> None:
+        self.scheduler = scheduler
+        self.session = session
+        self.health = health
+        self.services: dict[str, Service] = {}
+        scheduler.subscribe(self._on_change)
+
+    def get(self, service_id: str) -> Service | None:
+        return self.services.get(service_id)
+
+    def register(self, resolved: ResolvedService) -> Service:
+        """The service for ``resolved``, registered now if new. Synchronous, so two requests cannot both create it."""
+        service = self.services.get(resolved.service_id)
+        if service is None:
+            service = Service(resolved, self.scheduler, self.session, self.health)
+            self.services[resolved.service_id] = service
+        return service
+
+    def start(self, resolved: ResolvedService) -> Service:
+        service = self.register(resolved)
+        service.ensure_started()
+        return service
+
+    def _on_change(self, service_id: str) -> None:
+        service = self.services.get(service_id)
+        if service is not None:
+            service.on_scheduler_change()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.services.values()), return_exceptions=True)

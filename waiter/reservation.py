@@ -1,0 +1,170 @@
+"""Slots and the FIFO wait queue of one service on this router. No network, no clock.
+
+Each routable instance offers ``concurrency-level`` slots. A request takes a slot at once when one is free and
+nobody waits; otherwise it joins the FIFO queue and a released (or newly added) slot is handed straight to the
+oldest waiter, so wake-ups are never lost and order is kept. An instance taken out of rotation keeps its count of
+slots in use until its last request ends, so putting it back can never exceed its concurrency level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from waiter.scheduler.base import Instance
+
+
+class QueueFull(Exception):
+    """The wait queue already holds max-queue-length requests."""
+
+
+@dataclass(slots=True)
+class _Slots:
+    instance: Instance
+    in_use: int = 0
+    routable: bool = True
+
+
+@dataclass(slots=True)
+class Reservations:
+    concurrency_level: int
+    load_balancing: str = "oldest"
+    max_queue_length: int = 1_000_000
+    rng: random.Random = field(default_factory=random.Random)
+    _slots: dict[str, _Slots] = field(default_factory=dict)
+    _order: list[_Slots] = field(default_factory=list)  # routable instances, oldest first
+    _waiters: deque[asyncio.Future[Instance]] = field(default_factory=deque)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+    # -- instances -------------------------------------------------------------------------------------------
+
+    def add(self, instance: Instance) -> None:
+        """Put an instance in rotation (again); its in-flight count survives a removal."""
+        slots = self._slots.get(instance.id)
+        if slots is None:
+            slots = self._slots[instance.id] = _Slots(instance)
+        elif slots.routable:
+            return
+        slots.instance = instance
+        slots.routable = True
+        self._order.append(slots)
+        self._order.sort(key=lambda s: (s.instance.started_at, s.instance.id))
+        self._dispatch()
+
+    def remove(self, instance_id: str) -> None:
+        """Take an instance out of rotation; requests already on it finish normally."""
+        slots = self._slots.get(instance_id)
+        if slots is None or not slots.routable:
+            return
+        slots.routable = False
+        self._order.remove(slots)
+        if slots.in_use == 0:
+            del self._slots[instance_id]
+
+    def routable_ids(self) -> list[str]:
+        return [s.instance.id for s in self._order]
+
+    def in_use(self, instance_id: str) -> int:
+        slots = self._slots.get(instance_id)
+        return slots.in_use if slots else 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def outstanding(self) -> int:
+        return self.in_flight + len(self._waiters)
+
+    @property
+    def capacity(self) -> int:
+        return len(self._order) * self.concurrency_level
+
+    # -- requests --------------------------------------------------------------------------------------------
+
+    def try_acquire(self) -> Instance | None:
+        """A slot at once, or None. Never jumps the queue."""
+        if self._waiters:
+            return None
+        return self._take()
+
+    def enqueue(self) -> asyncio.Future[Instance]:
+        """Join the queue; the future resolves with the instance whose slot was reserved for this request."""
+        if len(self._waiters) >= self.max_queue_length:
+            raise QueueFull
+        fut: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._dispatch()
+        return fut
+
+    def abandon(self, fut: asyncio.Future[Instance]) -> None:
+        """A waiter gave up (timeout, client gone). If a slot was already handed to it, give the slot back."""
+        if fut.done():
+            if not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result().id)
+            return
+        fut.cancel()
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        """Answer every queued request with ``exc`` (e.g. a deployment error)."""
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def release(self, instance_id: str) -> None:
+        slots = self._slots.get(instance_id)
+        if slots is None or slots.in_use == 0:
+            return
+        slots.in_use -= 1
+        self.in_flight -= 1
+        if not slots.routable and slots.in_use == 0:
+            del self._slots[instance_id]
+            return
+        self._dispatch()
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _take(self) -> Instance | None:
+        level = self.concurrency_level
+        order = self._order
+        chosen: _Slots | None = None
+        if self.load_balancing == "youngest":
+            for slots in reversed(order):
+                if slots.in_use < level:
+                    chosen = slots
+                    break
+        elif self.load_balancing == "random":
+            free = [s for s in order if s.in_use < level]
+            if free:
+                chosen = self.rng.choice(free)
+        else:
+            for slots in order:
+                if slots.in_use < level:
+                    chosen = slots
+                    break
+        if chosen is None:
+            return None
+        chosen.in_use += 1
+        self.in_flight += 1
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+        return chosen.instance
+
+    def _dispatch(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            if waiters[0].done():
+                waiters.popleft()
+                continue
+            instance = self._take()
+            if instance is None:
+                return
+            waiters.popleft().set_result(instance)

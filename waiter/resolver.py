@@ -1,0 +1,115 @@
+"""Request headers -> the service they address (waiter-api.md §3), cached per distinct set of waiter headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from waiter import descriptor
+from waiter.descriptor import DescriptorError, RequestOptions
+from waiter.errors import WaiterError
+from waiter.service import ResolvedService
+from waiter.settings import Settings
+from waiter.tokens import TokenRegistry
+
+SERVICE_ID_TOKEN = "^SERVICE-ID#"
+_CACHE_LIMIT = 10_000
+
+CacheKey = tuple[tuple[tuple[str, str], ...], str | None]
+
+
+class Resolver:
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenRegistry,
+        core_by_service_id: Callable[[str], Mapping[str, Any] | None],
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.core_by_service_id = core_by_service_id
+        self._cache: dict[CacheKey, tuple[ResolvedService, RequestOptions]] = {}
+        self._generation = tokens.generation
+
+    def host_token(self, host: str | None) -> str | None:
+        """The Host header (port stripped) when it names a token and is not one of the router's own names."""
+        if not host:
+            return None
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.lower()
+        if name in ("localhost", "127.0.0.1", "[::1]") or name in self.settings.hostnames:
+            return None
+        return name if self.tokens.get(name) is not None else None
+
+    def resolve(
+        self, waiter_headers: tuple[tuple[str, str], ...], host: str | None
+    ) -> tuple[ResolvedService, RequestOptions]:
+        """Raises WaiterError (400 bad input, 403 not allowed, 404 unknown token)."""
+        if self._generation != self.tokens.generation or len(self._cache) > _CACHE_LIMIT:
+            self._cache.clear()
+            self._generation = self.tokens.generation
+        host_token = None if any(k == "x-waiter-token" for k, _ in waiter_headers) else self.host_token(host)
+        key = (waiter_headers, host_token)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._resolve(waiter_headers, host_token)
+            if not any(name.startswith(SERVICE_ID_TOKEN) for name, _ in hit[0].source_tokens):
+                self._cache[key] = hit
+        return hit
+
+    def _resolve(
+        self, waiter_headers: tuple[tuple[str, str], ...], host_token: str | None
+    ) -> tuple[ResolvedService, RequestOptions]:
+        try:
+            parsed = descriptor.parse_headers(waiter_headers)
+        except DescriptorError as exc:
+            raise _bad_request(exc) from None
+        if parsed.on_the_fly and not self.settings.allow_on_the_fly:
+            names = sorted(f"x-waiter-{k}" for k in parsed.params if k != "env" or parsed.params["env"])
+            raise WaiterError(
+                403,
+                "On-the-fly services are disabled on this router, so only registered tokens may run commands; "
+                f"remove the service-parameter header(s) {', '.join(names)} or register a token.",
+                error_class="waiter.ServiceForbidden",
+            )
+        names = parsed.tokens or ((host_token,) if host_token else ())
+        params_list: list[Mapping[str, Any]] = []
+        meta_list: list[Mapping[str, Any]] = []
+        sources: list[tuple[str, str]] = []
+        for name in names:
+            if name.startswith(SERVICE_ID_TOKEN):
+                core = self.core_by_service_id(name[len(SERVICE_ID_TOKEN) :])
+                if core is None:
+                    raise WaiterError(404, f"Couldn't find token {name}", error_class="waiter.ServiceUnknown")
+                params_list.append(core)
+                sources.append((name, ""))
+                continue
+            record = self.tokens.get(name)
+            if record is None:
+                raise WaiterError(404, f"Couldn't find token {name}", error_class="waiter.ServiceUnknown")
+            params, meta = descriptor.split_token(record.data)
+            params_list.append(params)
+            meta_list.append(meta)
+            sources.append((name, record.etag))
+        user = self.settings.run_as_user
+        try:
+            core = descriptor.build_core(
+                descriptor.merge_tokens(params_list), parsed, user, has_token=bool(names)
+            )
+            descriptor.validate_service(core, max_cpus=self.settings.max_cpus, max_mem=self.settings.max_mem)
+        except DescriptorError as exc:
+            raise _bad_request(exc) from None
+        meta = descriptor.token_defaults(descriptor.merge_tokens(meta_list))
+        resolved = ResolvedService(
+            service_id=descriptor.service_id(core, self.settings.service_prefix),
+            core=core,
+            effective=descriptor.effective(core, self.settings.service_defaults),
+            token_meta=meta,
+            source_tokens=tuple(sources),
+            on_the_fly=parsed.on_the_fly,
+        )
+        return resolved, parsed.options
+
+
+def _bad_request(exc: DescriptorError) -> WaiterError:
+    return WaiterError(exc.status, str(exc), error_class="waiter.ServiceMisconfigured")

@@ -1,0 +1,90 @@
+"""The front door: decide whether a request is the router's own (admin API) or a service's, and handle it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from aiohttp import web
+
+from waiter.api import admin
+from waiter.errors import WaiterError, render_error
+from waiter.proxy import Proxy
+from waiter.registry import ServiceRegistry
+from waiter.resolver import Resolver
+from waiter.service import ResolvedService
+from waiter.settings import Settings
+from waiter.tokens import TokenRegistry
+
+log = logging.getLogger(__name__)
+
+_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def new_cid() -> str:
+    return f"{time.monotonic_ns():x}-{os.urandom(6).hex()}"
+
+
+class Router:
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenRegistry,
+        registry: ServiceRegistry,
+        proxy: Proxy,
+    ) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.registry = registry
+        self.proxy = proxy
+        self.resolver = Resolver(settings, tokens, self._core_of)
+        self.draining = False
+        self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
+
+    def _core_of(self, service_id: str) -> dict[str, Any] | None:
+        service = self.registry.get(service_id)
+        return dict(service.resolved.core) if service else None
+
+    def _is_api(self, request: web.BaseRequest, headers: tuple[tuple[str, str], ...]) -> bool:
+        """waiter-api.md §0.2: own paths, or the router's own host with no service-addressing x-waiter-* header."""
+        path = request.path
+        if path in admin.ALWAYS_API:
+            return True
+        if any(name != "x-waiter-debug" for name, _ in headers):
+            return False
+        host = request.headers.get("host", "")
+        host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return host.lower() in self._own_hosts or self.resolver.host_token(host) is None
+
+    def check_maintenance(self, resolved: ResolvedService) -> None:
+        maintenance = resolved.token_meta.get("maintenance")
+        if isinstance(maintenance, dict):
+            raise WaiterError(
+                503,
+                str(maintenance.get("message", "The service is in maintenance.")),
+                error_class="waiter.Maintenance",
+                service_id=resolved.service_id,
+            )
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        cid = request.headers.get("x-cid") or new_cid()
+        headers = tuple(
+            (name.lower(), value) for name, value in request.headers.items() if name[:9].lower() == "x-waiter-"
+        )
+        try:
+            if self._is_api(request, headers):
+                response = await admin.dispatch(self, request, headers)
+                if not response.prepared:
+                    response.headers["x-cid"] = cid
+                return response
+            resolved, options = self.resolver.resolve(headers, request.headers.get("host"))
+            self.check_maintenance(resolved)
+            service = self.registry.start(resolved)
+            return await self.proxy.handle(request, service, options, cid)
+        except WaiterError as err:
+            return render_error(request, err, cid)
+        except Exception as exc:
+            log.exception("internal error on %s %s (cid %s)", request.method, request.path, cid)
+            return render_error(request, WaiterError(500, f"Internal error: {exc}"), cid)

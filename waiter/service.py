@@ -1,0 +1,217 @@
+"""One service as this router runs it: its description, slots and queue, instances, counters, and starting it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from waiter.errors import WaiterError
+from waiter.instances import InstanceTracker
+from waiter.reservation import QueueFull, Reservations
+from waiter.scheduler.base import Instance, Scheduler, SchedulerError, ServiceSpec
+from waiter.settings import HealthConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedService:
+    """What a request resolved to: the service id, its descriptions and where they came from."""
+
+    service_id: str
+    core: Mapping[str, Any]  # the parameters that make the id
+    effective: Mapping[str, Any]  # core + defaults, what runs
+    token_meta: Mapping[str, Any]  # token user metadata with defaults (timeouts, maintenance, fallback)
+    source_tokens: tuple[tuple[str, str], ...] = ()  # (token, version)
+    on_the_fly: bool = False
+
+
+def spec_from(resolved: ResolvedService) -> ServiceSpec:
+    d = resolved.effective
+    env = {str(k): str(v) for k, v in (d.get("env") or {}).items()}
+    return ServiceSpec(
+        service_id=resolved.service_id,
+        cmd=str(d["cmd"]),
+        cpus=float(d["cpus"]),
+        mem=float(d["mem"]),
+        ports=int(d.get("ports", 1)),
+        env=env,
+        run_as_user=str(d.get("run-as-user", "")),
+        version=str(d.get("version", "")),
+        concurrency_level=int(d.get("concurrency-level", 1)),
+        health_check_url=str(d.get("health-check-url", "/status")),
+        health_check_port_index=int(d.get("health-check-port-index", 0)),
+        health_check_interval_secs=int(d.get("health-check-interval-secs", 10)),
+        health_check_max_consecutive_failures=int(d.get("health-check-max-consecutive-failures", 5)),
+        grace_period_secs=int(d.get("grace-period-secs", 30)),
+        termination_grace_period_secs=int(d.get("termination-grace-period-secs", 0)),
+        restart_backoff_factor=float(d.get("restart-backoff-factor", 2)),
+        token=",".join(t for t, _ in resolved.source_tokens),
+    )
+
+
+def _secs(ms: int) -> str:
+    secs = ms / 1000
+    return str(int(secs)) if secs == int(secs) else f"{secs:g}"
+
+
+class Service:
+    def __init__(
+        self,
+        resolved: ResolvedService,
+        scheduler: Scheduler,
+        session: aiohttp.ClientSession,
+        health: HealthConfig,
+    ) -> None:
+        self.resolved = resolved
+        self.id = resolved.service_id
+        self.spec = spec_from(resolved)
+        self.scheduler = scheduler
+        d = resolved.effective
+        self.min_instances = int(d.get("min-instances", 1))
+        self.max_instances = int(d.get("max-instances", 500))
+        self.reservations = Reservations(
+            concurrency_level=self.spec.concurrency_level,
+            load_balancing=str(d.get("load-balancing", "oldest")),
+            max_queue_length=int(d.get("max-queue-length", 1_000_000)),
+        )
+        self.tracker = InstanceTracker(
+            self.spec,
+            scheduler,
+            session,
+            startup_interval=health.startup_interval_ms / 1000,
+            probe_timeout=health.timeout_ms / 1000,
+            on_routable=self.reservations.add,
+            on_unroutable=self.reservations.remove,
+        )
+        self.registered_at = time.time()
+        self.last_request_time: float | None = None
+        self.total_requests = 0
+        self.start_error: str | None = None
+        self._need = asyncio.Event()
+        self._started: asyncio.Task[None] | None = None
+        self._scaler: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def ensure_started(self) -> None:
+        """Create the service on the scheduler (once) and start following its instances."""
+        if self._started is None:
+            self._started = asyncio.create_task(self._create(), name=f"create {self.id}")
+        if self._scaler is None:
+            self._scaler = asyncio.create_task(self._scale_loop(), name=f"scale {self.id}")
+
+    async def _create(self) -> None:
+        try:
+            await self.scheduler.create_service(self.spec, self.min_instances)
+            self.start_error = None
+        except SchedulerError as exc:
+            self.start_error = str(exc)
+            log.error("could not create service %s: %s", self.id, exc)
+            self.reservations.fail_waiters(self._start_failure())
+            self._started = None  # the next request tries again
+            return
+        self.tracker.sync()
+
+    def on_scheduler_change(self) -> None:
+        self.tracker.sync()
+        self._need.set()
+
+    async def close(self) -> None:
+        for task in (self._started, self._scaler):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._started, self._scaler) if t), return_exceptions=True)
+        await self.tracker.close()
+
+    # -- requests --------------------------------------------------------------------------------------------
+
+    async def acquire(self, queue_timeout_ms: int) -> Instance:
+        """A slot on a healthy instance, waiting in the FIFO queue for at most ``queue_timeout_ms``."""
+        self.total_requests += 1
+        self.last_request_time = time.time()
+        instance = self.reservations.try_acquire()
+        if instance is not None:
+            return instance
+        if self.start_error is not None and self._started is None:
+            self.ensure_started()
+        try:
+            fut = self.reservations.enqueue()
+        except QueueFull:
+            raise WaiterError(
+                503,
+                "Max queue length exceeded",
+                error_class="waiter.QueueLength",
+                service_id=self.id,
+                details={
+                    "current-queue-length": self.reservations.queued,
+                    "max-queue-length": self.reservations.max_queue_length,
+                },
+            ) from None
+        self._need.set()
+        try:
+            done, _ = await asyncio.wait((fut,), timeout=queue_timeout_ms / 1000)
+        except BaseException:
+            self.reservations.abandon(fut)
+            raise
+        if not done:
+            self.reservations.abandon(fut)
+            raise self._queue_timeout(queue_timeout_ms)
+        return fut.result()
+
+    def release(self, instance_id: str) -> None:
+        self.reservations.release(instance_id)
+        self.last_request_time = time.time()
+
+    def eject(self, instance_id: str) -> None:
+        self.tracker.eject(instance_id)
+
+    def _queue_timeout(self, queue_timeout_ms: int) -> WaiterError:
+        message = f"After {_secs(queue_timeout_ms)} seconds, no instance available to handle request."
+        if self.tracker.healthy_count() > 0:
+            message += " Check that your service is able to scale properly!"
+        else:
+            message += " Check that your service is able to start properly!"
+        return WaiterError(503, message, error_class="waiter.RequestTimeout", service_id=self.id)
+
+    def _start_failure(self) -> WaiterError:
+        return WaiterError(
+            503,
+            f"Could not start the service: {self.start_error}",
+            error_class="waiter.DeploymentError",
+            service_id=self.id,
+        )
+
+    # -- interim scaling: enough instances for the outstanding requests ----------------------------------------
+
+    def needed_instances(self) -> int:
+        outstanding = self.reservations.outstanding
+        need = math.ceil(outstanding / self.spec.concurrency_level)
+        return max(self.min_instances, min(need, self.max_instances))
+
+    async def _scale_loop(self) -> None:
+        # One loop per service, so scale calls for one need are never issued twice.
+        while True:
+            await self._need.wait()
+            self._need.clear()
+            started = self._started
+            if started is None:
+                continue
+            if not started.done():
+                await asyncio.wait((started,))
+            state = self.scheduler.service_state(self.id)
+            if state is None:
+                continue
+            needed = self.needed_instances()
+            if needed > state.requested:
+                try:
+                    await self.scheduler.scale_service(self.id, needed)
+                except SchedulerError as exc:
+                    log.error("could not scale %s to %d: %s", self.id, needed, exc)
