@@ -177,8 +177,18 @@ async def test_connection_refused_is_retried_on_another_instance(make_router) ->
         assert resp.status == 200
     await wait_for(lambda: _count_healthy(r, sid, 2), what="two healthy instances")
     victim = (await healthy_instances(r, sid))[0]
-    async with r.client.get(f"http://{victim['host']}:{victim['port']}/close-listener") as resp:
+    victim_url = f"http://{victim['host']}:{victim['port']}"
+    async with r.client.get(victim_url + "/close-listener") as resp:
         assert resp.status == 200
+
+    async def refused() -> bool:
+        try:
+            async with aiohttp.ClientSession() as direct, direct.get(victim_url + "/hello"):
+                return False
+        except aiohttp.ClientConnectorError:
+            return True
+
+    await wait_for(refused, what="the victim to refuse connections")
     statuses = []
     for _ in range(10):
         async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:

@@ -293,11 +293,12 @@ def _token_rule_problems(params: Mapping[str, Any]) -> list[str]:
 
 
 def build_core(token_params: Mapping[str, Any], headers: WaiterHeaders, requester: str,
-               *, has_token: bool) -> dict[str, Any]:
+               *, has_token: bool, host_token_needs_consent: bool = False) -> dict[str, Any]:
     """The core service description by the precedence of §3.3 (token, then headers, then param env).
 
-    ``has_token`` says a token was found (x-waiter-token or Host). A token named only by the Host header
-    leaves a missing or '*' run-as-user missing, so the caller can ask for consent (§3.3 step 3).
+    ``has_token`` says a token was found (x-waiter-token or Host); a missing or '*' run-as-user then becomes
+    the requester. With ``host_token_needs_consent`` a token named only by the Host header leaves it missing
+    instead, so the caller can ask for consent (§3.3 step 3).
     """
     if not (has_token or headers.tokens or headers.on_the_fly):
         raise DescriptorError("Unable to identify service using waiter headers/token")
@@ -317,7 +318,9 @@ def build_core(token_params: Mapping[str, Any], headers: WaiterHeaders, requeste
     if isinstance(core.get("allowed-params"), list | tuple | set | frozenset):
         # a set in meaning: one canonical order keeps the service id stable
         core["allowed-params"] = sorted(set(core["allowed-params"]), key=str)
-    _resolve_users(core, headers, requester)
+    named = headers.on_the_fly or bool(headers.tokens)
+    fill_requester = named or (has_token and not host_token_needs_consent)
+    _resolve_users(core, headers, requester, fill_requester)
     return core
 
 
@@ -336,13 +339,14 @@ def _apply_param_env(core: dict[str, Any], param_env: Mapping[str, str]) -> None
     core["env"] = {**_as_dict(core.get("env")), **param_env}
 
 
-def _resolve_users(core: dict[str, Any], headers: WaiterHeaders, requester: str) -> None:
+def _resolve_users(core: dict[str, Any], headers: WaiterHeaders, requester: str,
+                   fill_requester: bool) -> None:
     if headers.on_the_fly:
         core["run-as-user"] = headers.params.get("run-as-user", requester)
         core["permitted-user"] = headers.params.get("permitted-user", requester)
     if core.get("run-as-user") in (None, "*"):
         core.pop("run-as-user", None)
-        if headers.on_the_fly or headers.tokens:
+        if fill_requester:
             core["run-as-user"] = requester
             core["permitted-user"] = requester
     if core.get("namespace") == "*" and "run-as-user" in core:

@@ -122,9 +122,15 @@ async def ws(request: web.Request) -> web.WebSocketResponse:
 
 
 async def close_listener(request: web.Request) -> web.Response:
-    # Stop accepting connections but keep running: the router must find connections refused.
-    for site in list(request.app["runner"].sites):
-        await site.stop()
+    # Stop accepting and drop every open connection but keep running: the router must find connections refused.
+    async def close() -> None:
+        await asyncio.sleep(0.05)
+        runner = request.app["runner"]
+        for site in list(runner.sites):
+            await site.stop()
+        await runner.cleanup()
+
+    request.app["closing"] = asyncio.create_task(close())
     return web.Response(text="closed")
 
 

@@ -1,0 +1,142 @@
+"""The router as users run it: the waiter-router command in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil
+import pytest
+import yaml
+
+from tests.conftest import backend_token, wait_for
+
+TOKEN = {"x-waiter-token": "echo"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RouterProcess:
+    def __init__(self, tmp_path: Path, tokens: list[dict[str, Any]]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        tokens_dir = tmp_path / "tokens"
+        tokens_dir.mkdir()
+        for token in tokens:
+            (tokens_dir / f"{token['token']}.yaml").write_text(yaml.safe_dump(token))
+        config = tmp_path / "router.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "port": self.port,
+                    "tokens-dir": str(tokens_dir),
+                    "drain-timeout-secs": 10,
+                    "scheduler": {"local": {"work-dir": str(tmp_path / "work")}},
+                    "health-check": {"startup-interval-ms": 50},
+                }
+            )
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "waiter", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def ready(self, client: aiohttp.ClientSession) -> None:
+        async def up() -> bool:
+            assert self.proc.poll() is None, self.proc.stdout.read().decode()  # type: ignore[union-attr]
+            try:
+                async with client.get(self.url + "/status") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await wait_for(up, timeout=20, what="the router to listen")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def router_process(tmp_path: Path) -> Iterator[RouterProcess]:
+    router = RouterProcess(tmp_path, [backend_token("echo", mem=512)])
+    yield router
+    router.stop()
+
+
+async def test_sigterm_drains_in_flight_requests_and_stops_instances(router_process: RouterProcess) -> None:
+    r = router_process
+    async with aiohttp.ClientSession() as client:
+        await r.ready(client)
+        async with client.get(r.url + "/hello", headers=TOKEN) as resp:
+            assert resp.status == 200
+        async with client.get(r.url + "/apps") as resp:
+            (app,) = await resp.json()
+        async with client.get(r.url + f"/apps/{app['service-id']}") as resp:
+            (instance,) = (await resp.json())["instances"]["active-instances"]
+        pid = instance["shell-scheduler/pid"]
+        pgid = os.getpgid(pid)
+        slow = asyncio.create_task(client.get(r.url + "/sleep?ms=1500&id=drained", headers=TOKEN))
+
+        async def in_flight() -> bool:
+            async with client.get(r.url + f"/apps/{app['service-id']}") as resp:
+                return bool((await resp.json())["request-metrics"]["outstanding"] == 1)
+
+        await wait_for(in_flight, what="the slow request to be in flight")
+        r.proc.send_signal(signal.SIGTERM)
+        resp = await slow
+        assert resp.status == 200
+        assert await resp.text() == "slept drained"
+        resp.release()
+    assert await asyncio.to_thread(r.proc.wait, 20) == 0
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    leftovers = [p.pid for p in psutil.process_iter() if _pgid(p.pid) == pgid]
+    assert leftovers == []
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+async def _chunks(total: int) -> AsyncIterator[bytes]:
+    block = os.urandom(1 << 20)
+    for _ in range(total // len(block)):
+        yield block
+
+
+async def test_large_bodies_leave_router_memory_flat(router_process: RouterProcess) -> None:
+    r = router_process
+    total = 256 * 1024 * 1024
+    async with aiohttp.ClientSession() as client:
+        await r.ready(client)
+        async with client.get(r.url + "/hello", headers=TOKEN) as resp:
+            assert resp.status == 200
+        before = psutil.Process(r.proc.pid).memory_info().rss
+        async with client.post(r.url + "/upload", data=_chunks(total), headers=TOKEN) as resp:
+            assert (await resp.json())["bytes"] == total
+        received = 0
+        async with client.get(r.url + f"/download?bytes={total}", headers=TOKEN) as resp:
+            async for piece in resp.content.iter_chunked(1 << 20):
+                received += len(piece)
+        assert received == total
+        grown = psutil.Process(r.proc.pid).memory_info().rss - before
+    assert grown < 48 * 1024 * 1024, f"router RSS grew by {grown / 2**20:.0f} MiB moving 256 MiB each way"

@@ -1,0 +1,80 @@
+"""Router configuration: the shipped example, flags over the file, and errors that name key, value and range."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from waiter.settings import SettingsError, load_settings
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_shipped_example_config_loads() -> None:
+    settings = load_settings(ROOT / "config" / "waiter.yaml")
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 9091
+    assert settings.scheduler_kind == "local"
+    assert settings.allow_on_the_fly is True
+    assert settings.router_id  # generated
+    assert settings.public()["cluster-config"]["name"] == "local"
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("port: 1234\ncluster-name: from-file\n")
+    settings = load_settings(config, {"port": 4321, "router-id": "r1", "cluster-name": None})
+    assert (settings.port, settings.router_id, settings.cluster_name) == (4321, "r1", "from-file")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        pytest.param("port: 70000", "port is 70000 but must be an integer in the range [0, 65535].", id="port"),
+        pytest.param("port: abc", "port is 'abc' but must be an integer", id="port-type"),
+        pytest.param("allow-on-the-fly: maybe", "allow-on-the-fly is 'maybe' but must be true or false.", id="bool"),
+        pytest.param("scheduler: {kind: k8s}", "scheduler.kind is 'k8s' but must be one of: local, marathon, mesos.",
+                     id="scheduler-kind"),
+        pytest.param("scheduler: {local: {port-range: [20, 10]}}", "scheduler.local.port-range is [20, 10]",
+                     id="port-range"),
+        pytest.param("colour: blue", "colour is not a known setting; allowed here:", id="unknown-key"),
+        pytest.param("health-check: {startup-interval-ms: 1}",
+                     "health-check.startup-interval-ms is 1 but must be an integer in the range [10, 10000].",
+                     id="nested-range"),
+        pytest.param("service-prefix: My.Prefix", "service-prefix is 'My.Prefix' but may hold only", id="prefix"),
+        pytest.param("- a list", "must hold a mapping of settings", id="not-a-mapping"),
+        pytest.param("port: [1", "is not valid YAML", id="bad-yaml"),
+    ],
+)
+def test_errors_name_key_value_and_range(tmp_path: Path, yaml_text: str, expected: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text + "\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(config)
+    assert expected in str(err.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("port: -1\ndrain-timeout-secs: -3\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(config)
+    assert "port is -1" in str(err.value) and "drain-timeout-secs is -3" in str(err.value)
+
+
+def test_command_line_reports_config_errors_and_exits_non_zero(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("port: 70000\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "waiter", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 2
+    assert "port is 70000 but must be an integer in the range [0, 65535]." in proc.stderr
+
+
+def test_missing_config_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="Cannot read the config file"):
+        load_settings(tmp_path / "absent.yaml")
