@@ -356,7 +356,7 @@ async def test_failing_health_checks_replace_the_instance(make_router, tmp_path)
     async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
         assert resp.status == 200
         assert first not in await resp.text()
-    failed = [i for i in (await r.instances(sid))["failed-instances"] if i["id"] == first][0]
+    failed = next(i for i in (await r.instances(sid))["failed-instances"] if i["id"] == first)
     assert "consecutive health checks" in failed["message"]
 
 

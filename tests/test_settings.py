@@ -36,14 +36,20 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         pytest.param("port: 70000", "port is 70000 but must be an integer in the range [0, 65535].", id="port"),
         pytest.param("port: abc", "port is 'abc' but must be an integer", id="port-type"),
         pytest.param("allow-on-the-fly: maybe", "allow-on-the-fly is 'maybe' but must be true or false.", id="bool"),
-        pytest.param("scheduler: {kind: k8s}", "scheduler.kind is 'k8s' but must be one of: local, marathon, mesos.",
-                     id="scheduler-kind"),
-        pytest.param("scheduler: {local: {port-range: [20, 10]}}", "scheduler.local.port-range is [20, 10]",
-                     id="port-range"),
+        pytest.param(
+            "scheduler: {kind: k8s}",
+            "scheduler.kind is 'k8s' but must be one of: local, marathon, mesos.",
+            id="scheduler-kind",
+        ),
+        pytest.param(
+            "scheduler: {local: {port-range: [20, 10]}}", "scheduler.local.port-range is [20, 10]", id="port-range"
+        ),
         pytest.param("colour: blue", "colour is not a known setting; allowed here:", id="unknown-key"),
-        pytest.param("health-check: {startup-interval-ms: 1}",
-                     "health-check.startup-interval-ms is 1 but must be an integer in the range [10, 10000].",
-                     id="nested-range"),
+        pytest.param(
+            "health-check: {startup-interval-ms: 1}",
+            "health-check.startup-interval-ms is 1 but must be an integer in the range [10, 10000].",
+            id="nested-range",
+        ),
         pytest.param("service-prefix: My.Prefix", "service-prefix is 'My.Prefix' but may hold only", id="prefix"),
         pytest.param("- a list", "must hold a mapping of settings", id="not-a-mapping"),
         pytest.param("port: [1", "is not valid YAML", id="bad-yaml"),

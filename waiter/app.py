@@ -44,7 +44,10 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
         watcher = asyncio.create_task(tokens.watch(), name="token files")
         log.info(
             "router %s serving on %s:%d with the %s scheduler",
-            settings.router_id, settings.host, settings.port, sched.kind,
+            settings.router_id,
+            settings.host,
+            settings.port,
+            sched.kind,
         )
         try:
             yield

@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError
 from waiter.scheduler.base import Instance
-from waiter.service import Service
+from waiter.service import Service, Timeouts
 from waiter.upstream import (
     ConnectError,
     UpstreamError,
@@ -58,19 +58,14 @@ _MAX_CONNECT_ATTEMPTS = 3
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    queue_ms: int
-    socket_ms: int
-    streaming_ms: int
-
-
-def timeouts(options: RequestOptions, token_meta: dict[str, object] | object) -> Timeouts:
-    meta = token_meta if isinstance(token_meta, dict) else {}
+def timeouts(options: RequestOptions, defaults: Timeouts) -> Timeouts:
+    """The request's headers override the token's timeouts (waiter-api.md §3.1)."""
+    if options.queue_timeout_ms is None and options.timeout_ms is None and options.streaming_timeout_ms is None:
+        return defaults
     return Timeouts(
-        queue_ms=options.queue_timeout_ms or int(meta.get("queue-timeout-ms", 300_000)),
-        socket_ms=options.timeout_ms or int(meta.get("socket-timeout-ms", 900_000)),
-        streaming_ms=options.streaming_timeout_ms or int(meta.get("streaming-timeout-ms", 20_000)),
+        queue_ms=options.queue_timeout_ms or defaults.queue_ms,
+        socket_ms=options.timeout_ms or defaults.socket_ms,
+        streaming_ms=options.streaming_timeout_ms or defaults.streaming_ms,
     )
 
 
@@ -86,8 +81,11 @@ def forward_headers(request: web.BaseRequest, cid: str, drop: frozenset[str] = _
     headers = [
         (name, value)
         for name, value in request.headers.items()
-        if not (lname := name.lower()) in drop and lname not in extra and not lname.startswith("x-waiter-")
-        and lname != "x-cid" and lname != "x-forwarded-for"
+        if (lname := name.lower()) not in drop
+        and lname not in extra
+        and not lname.startswith("x-waiter-")
+        and lname != "x-cid"
+        and lname != "x-forwarded-for"
     ]
     peer = request.remote or ""
     previous = request.headers.get("x-forwarded-for")
@@ -126,7 +124,7 @@ class Proxy:
     async def handle(
         self, request: web.BaseRequest, service: Service, options: RequestOptions, cid: str
     ) -> web.StreamResponse:
-        limits = timeouts(options, dict(service.resolved.token_meta))
+        limits = timeouts(options, service.timeouts)
         if request.headers.get("upgrade", "").lower() == "websocket":
             return await self._websocket(request, service, limits, cid)
         method = request.method
@@ -218,13 +216,19 @@ class Proxy:
                 data = await upstream.read_all(_SMALL_BODY)
             except UpstreamTimeout:
                 raise WaiterError(
-                    504, "Request to service backend timed out", error_class="waiter.BackendError",
-                    service_id=service.id, instance_id=instance.id,
+                    504,
+                    "Request to service backend timed out",
+                    error_class="waiter.BackendError",
+                    service_id=service.id,
+                    instance_id=instance.id,
                 ) from None
             except UpstreamError as exc:
                 raise WaiterError(
-                    502, f"Request to service backend failed: {exc}", error_class="waiter.BackendError",
-                    service_id=service.id, instance_id=instance.id,
+                    502,
+                    f"Request to service backend failed: {exc}",
+                    error_class="waiter.BackendError",
+                    service_id=service.id,
+                    instance_id=instance.id,
                 ) from None
             return web.Response(status=status, reason=upstream.reason, body=data, headers=headers)
         resp = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
@@ -261,14 +265,20 @@ class Proxy:
                 )
             except aiohttp.WSServerHandshakeError as exc:
                 raise WaiterError(
-                    502, f"The service backend refused the websocket upgrade with status {exc.status}",
-                    error_class="waiter.BackendError", service_id=service.id, instance_id=instance.id,
+                    502,
+                    f"The service backend refused the websocket upgrade with status {exc.status}",
+                    error_class="waiter.BackendError",
+                    service_id=service.id,
+                    instance_id=instance.id,
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
                 service.eject(instance.id)
                 raise WaiterError(
-                    502, f"Request failed to connect to service backend: {exc}",
-                    error_class="waiter.BackendError", service_id=service.id, instance_id=instance.id,
+                    502,
+                    f"Request failed to connect to service backend: {exc}",
+                    error_class="waiter.BackendError",
+                    service_id=service.id,
+                    instance_id=instance.id,
                 ) from None
             async with backend:
                 client = web.WebSocketResponse(protocols=[backend.protocol] if backend.protocol else ())
@@ -301,7 +311,7 @@ async def _pump(
 async def _pump_both(client: web.WebSocketResponse, backend: aiohttp.ClientWebSocketResponse) -> None:
     tasks = [asyncio.create_task(_pump(client, backend)), asyncio.create_task(_pump(backend, client))]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         # One side ended: give the other a moment to pass the close on, then stop it.
         await asyncio.wait(pending, timeout=5.0)
     finally:

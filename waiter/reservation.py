@@ -9,6 +9,7 @@ slots in use until its last request ends, so putting it back can never exceed it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -107,10 +108,8 @@ class Reservations:
                 self.release(fut.result().id)
             return
         fut.cancel()
-        try:
+        with contextlib.suppress(ValueError):
             self._waiters.remove(fut)
-        except ValueError:
-            pass
 
     def fail_waiters(self, exc: BaseException) -> None:
         """Answer every queued request with ``exc`` (e.g. a deployment error)."""

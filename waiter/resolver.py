@@ -65,14 +65,14 @@ class Resolver:
         except DescriptorError as exc:
             raise _bad_request(exc) from None
         if parsed.on_the_fly and not self.settings.allow_on_the_fly:
-            names = sorted(f"x-waiter-{k}" for k in parsed.params if k != "env" or parsed.params["env"])
+            given = sorted(f"x-waiter-{k}" for k in parsed.params if k != "env" or parsed.params["env"])
             raise WaiterError(
                 403,
                 "On-the-fly services are disabled on this router, so only registered tokens may run commands; "
-                f"remove the service-parameter header(s) {', '.join(names)} or register a token.",
+                f"remove the service-parameter header(s) {', '.join(given)} or register a token.",
                 error_class="waiter.ServiceForbidden",
             )
-        names = parsed.tokens or ((host_token,) if host_token else ())
+        names: tuple[str, ...] = parsed.tokens or ((host_token,) if host_token else ())
         params_list: list[Mapping[str, Any]] = []
         meta_list: list[Mapping[str, Any]] = []
         sources: list[tuple[str, str]] = []
@@ -93,9 +93,7 @@ class Resolver:
             sources.append((name, record.etag))
         user = self.settings.run_as_user
         try:
-            core = descriptor.build_core(
-                descriptor.merge_tokens(params_list), parsed, user, has_token=bool(names)
-            )
+            core = descriptor.build_core(descriptor.merge_tokens(params_list), parsed, user, has_token=bool(names))
             descriptor.validate_service(core, max_cpus=self.settings.max_cpus, max_mem=self.settings.max_mem)
         except DescriptorError as exc:
             raise _bad_request(exc) from None

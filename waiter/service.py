@@ -33,6 +33,21 @@ class ResolvedService:
     on_the_fly: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    queue_ms: int
+    socket_ms: int
+    streaming_ms: int
+
+
+def token_timeouts(meta: Mapping[str, Any]) -> Timeouts:
+    return Timeouts(
+        queue_ms=int(meta.get("queue-timeout-ms", 300_000)),
+        socket_ms=int(meta.get("socket-timeout-ms", 900_000)),
+        streaming_ms=int(meta.get("streaming-timeout-ms", 20_000)),
+    )
+
+
 def spec_from(resolved: ResolvedService) -> ServiceSpec:
     d = resolved.effective
     env = {str(k): str(v) for k, v in (d.get("env") or {}).items()}
@@ -73,6 +88,7 @@ class Service:
         self.resolved = resolved
         self.id = resolved.service_id
         self.spec = spec_from(resolved)
+        self.timeouts = token_timeouts(resolved.token_meta)
         self.scheduler = scheduler
         d = resolved.effective
         self.min_instances = int(d.get("min-instances", 1))

@@ -33,7 +33,7 @@ class LocalSchedulerConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    startup_interval_ms: int = 100  # probe period while an instance has never been healthy
+    startup_interval_ms: int = 50  # probe period while an instance has never been healthy
     timeout_ms: int = 1000  # one probe's deadline
 
 
@@ -207,9 +207,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
             problems.append(
                 f"scheduler.local.port-range is {raw_range!r} but must be [low, high] with 1 <= low <= high <= 65535."
             )
-    mem_interval = local_r.number(
-        "memory-check-interval-secs", base.local.memory_check_interval_secs, 0.05, 3600
-    )
+    mem_interval = local_r.number("memory-check-interval-secs", base.local.memory_check_interval_secs, 0.05, 3600)
     local_r.check_unknown()
     sched.check_unknown()
 

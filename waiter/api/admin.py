@@ -59,9 +59,7 @@ async def apps(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, st
     services = sorted(router.registry.services.values(), key=lambda s: s.id)
     if token is not None:
         services = [s for s in services if any(t == token for t, _ in s.resolved.source_tokens)]
-    return json_response(
-        [service_summary(s, base, effective=effective, healthy_instances=healthy) for s in services]
-    )
+    return json_response([service_summary(s, base, effective=effective, healthy_instances=healthy) for s in services])
 
 
 async def app_detail(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
@@ -114,7 +112,9 @@ def find(path: str) -> Handler | None:
     return None
 
 
-async def dispatch(router: Router, request: web.BaseRequest, headers: tuple[tuple[str, str], ...]) -> web.StreamResponse:
+async def dispatch(
+    router: Router, request: web.BaseRequest, headers: tuple[tuple[str, str], ...]
+) -> web.StreamResponse:
     handler = find(request.path)
     if handler is None:
         raise WaiterError(404, "Not found")
