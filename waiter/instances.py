@@ -30,6 +30,8 @@ class TrackedInstance:
     ever_healthy: bool = False
     failures: int = 0
     last_status: int | None = None
+    expired: bool = False
+    retired: bool = False
     task: asyncio.Task[None] | None = None
 
 
@@ -55,6 +57,7 @@ class InstanceTracker:
         self.tracked: dict[str, TrackedInstance] = {}
         self._closed = False
         self._kills: set[asyncio.Task[None]] = set()
+        self._became_healthy = asyncio.Event()
 
     def sync(self) -> None:
         """Align the tracked set with the scheduler's snapshot (called on every scheduler change)."""
@@ -71,18 +74,50 @@ class InstanceTracker:
                 self.tracked[iid] = tracked
                 tracked.task = asyncio.create_task(self._probe_loop(tracked), name=f"health {iid}")
 
+    async def wait_healthy(self, timeout: float) -> bool:
+        """Wait until some instance is healthy; False if none became healthy within ``timeout`` seconds."""
+        if self.healthy_count() > 0:
+            return True
+        self._became_healthy.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._became_healthy.wait()
+        except TimeoutError:
+            return False
+        return True
+
     def healthy_count(self) -> int:
         return sum(1 for t in self.tracked.values() if t.healthy)
 
     def eject(self, instance_id: str) -> None:
         """A request could not connect: stop routing to it and probe it quickly until it answers again."""
         tracked = self.tracked.get(instance_id)
-        if tracked is not None and tracked.healthy:
+        if tracked is not None and tracked.healthy and not tracked.retired:
             tracked.healthy = False
             self._on_unroutable(instance_id)
             if tracked.task is not None:
                 tracked.task.cancel()
             tracked.task = asyncio.create_task(self._probe_loop(tracked), name=f"health {instance_id}")
+
+    def retire(self, instance_id: str) -> None:
+        """The instance is being killed on purpose: out of rotation for good, no more probes."""
+        tracked = self.tracked.get(instance_id)
+        if tracked is None:
+            return
+        tracked.healthy = False
+        tracked.retired = True
+        if tracked.task is not None:
+            tracked.task.cancel()
+            tracked.task = None
+        self._on_unroutable(instance_id)
+
+    def expire(self, instance_id: str) -> bool:
+        """Flag an instance as expired (it is replaced, then killed). False if this router does not know it."""
+        tracked = self.tracked.get(instance_id)
+        if tracked is None:
+            return False
+        tracked.expired = True
+        return True
 
     async def close(self) -> None:
         self._closed = True
@@ -122,6 +157,7 @@ class InstanceTracker:
                 if not tracked.healthy:
                     tracked.healthy = tracked.ever_healthy = True
                     self._on_routable(instance)
+                    self._became_healthy.set()
                 await asyncio.sleep(spec.health_check_interval_secs)
                 continue
             if not tracked.ever_healthy:

@@ -35,6 +35,16 @@ class ServiceRegistry:
         service.ensure_started()
         return service
 
+    async def delete(self, service_id: str) -> bool:
+        """Stop every instance of the service and forget it. False if neither this router nor the scheduler knew it."""
+        service = self.services.pop(service_id, None)
+        if service is not None:
+            for instance_id in list(service.tracker.tracked):
+                service.tracker.retire(instance_id)
+            await service.close()
+        deleted = await self.scheduler.delete_service(service_id)
+        return deleted or service is not None
+
     def _on_change(self, service_id: str) -> None:
         service = self.services.get(service_id)
         if service is not None:

@@ -141,6 +141,9 @@ class Service:
         self._need.set()
 
     async def close(self) -> None:
+        self.reservations.fail_waiters(
+            WaiterError(503, "The service was stopped while this request waited for an instance.", service_id=self.id)
+        )
         for task in (self._started, self._scaler):
             if task is not None:
                 task.cancel()
@@ -185,6 +188,9 @@ class Service:
     def release(self, instance_id: str) -> None:
         self.reservations.release(instance_id)
         self.last_request_time = time.time()
+
+    def expire(self, instance_id: str) -> bool:
+        return self.tracker.expire(instance_id)
 
     def eject(self, instance_id: str) -> None:
         self.tracker.eject(instance_id)

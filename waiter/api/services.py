@@ -1,0 +1,314 @@
+"""Services as clients see them: /apps, /apps/{id}, instance signals, /waiter-ping, /state (waiter-api.md §1.6-1.10)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from waiter.api.common import base_url, included, json_response, query_true
+from waiter.api.views import service_detail, service_status, service_summary
+from waiter.errors import WaiterError, error_body
+from waiter.service import Service
+from waiter.upstream import UpstreamError
+from waiter.version import SERVER_HEADER, __version__
+
+if TYPE_CHECKING:
+    from waiter.api.admin import Handler
+    from waiter.router import Router
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def current_for_tokens(router: Router, service: Service) -> list[str]:
+    """Tokens whose current version is the one this service was reached with."""
+    names = []
+    for name, version in service.resolved.source_tokens:
+        record = router.tokens.get(name)
+        if record is not None and record.etag == version:
+            names.append(name)
+    return names
+
+
+def _matches(value: Any, pattern: str) -> bool:
+    """waiter-api.md §1.10: equal, '*' = any non-empty value, or a full-match regex."""
+    if value is None or value == "" or value == {} or value == []:
+        return pattern != "*" and pattern == ""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if pattern == "*" or text == pattern:
+        return True
+    try:
+        return re.fullmatch(pattern, text) is not None
+    except re.error:
+        return False
+
+
+def _lookup(description: Mapping[str, Any], dotted: str) -> Any:
+    value: Any = description
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+_NOT_FILTERS = frozenset({"effective-parameters", "include", "token", "token-version", "star-mode", "run-as-user"})
+
+
+def _selected(router: Router, request: web.BaseRequest) -> list[Service]:
+    query = request.query
+    services = sorted(router.registry.services.values(), key=lambda s: s.id)
+    if "token" in query:
+        services = [s for s in services if any(_matches(t, query["token"]) for t, _ in s.resolved.source_tokens)]
+    if "token-version" in query:
+        wanted = query["token-version"]
+        services = [s for s in services if any(_matches(v, wanted) for _, v in s.resolved.source_tokens)]
+    if "run-as-user" in query:
+        services = [s for s in services if _matches(s.resolved.effective.get("run-as-user"), query["run-as-user"])]
+    for key, pattern in query.items():
+        if key in _NOT_FILTERS:
+            continue
+        services = [s for s in services if _matches(_lookup(s.resolved.effective, key), pattern)]
+    return services
+
+
+async def apps(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
+    effective = query_true(request, "effective-parameters") or included(request, "effective-parameters")
+    healthy = included(request, "healthy-instances")
+    base = base_url(request)
+    body = []
+    for service in _selected(router, request):
+        item = service_summary(service, base, effective=effective, healthy_instances=healthy)
+        item["current-for-tokens"] = current_for_tokens(router, service)
+        body.append(item)
+    return json_response(body)
+
+
+def _service(router: Router, service_id: str) -> Service:
+    service = router.registry.get(service_id)
+    if service is None:
+        raise WaiterError(404, "Service not found", error_class="waiter.ServiceUnknown", service_id=service_id)
+    return service
+
+
+def _split(path: str) -> list[str]:
+    return [p for p in path[len("/apps/") :].split("/") if p]
+
+
+async def app_get(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
+    parts = _split(request.path)
+    if len(parts) != 1:
+        if len(parts) == 4 and parts[1] == "instance":
+            return json_response({"message": "Method not allowed"}, 405)
+        raise WaiterError(404, "Not found")
+    service = _service(router, parts[0])
+    effective = query_true(request, "effective-parameters") or included(request, "effective-parameters")
+    body = service_detail(service, router.settings.router_id, effective=effective)
+    body["current-for-tokens"] = current_for_tokens(router, service)
+    return json_response(body)
+
+
+def _timeout_ms(request: web.BaseRequest, *, positive: bool) -> int | None:
+    raw = request.query.get("timeout")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _TimeoutError(raw) from None
+    if positive and value <= 0:
+        raise _TimeoutError(raw)
+    return value
+
+
+class _TimeoutError(Exception):
+    def __init__(self, raw: str) -> None:
+        super().__init__(raw)
+        self.raw = raw
+
+
+async def app_delete(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
+    parts = _split(request.path)
+    if len(parts) != 1:
+        raise WaiterError(404, "Not found")
+    service_id = parts[0]
+    try:
+        timeout = _timeout_ms(request, positive=False)
+    except _TimeoutError as exc:
+        raise WaiterError(400, f"timeout is {exc.raw!r} but must be an integer number of milliseconds.") from None
+    if not await router.registry.delete(service_id):
+        return json_response(
+            {
+                "service-id": service_id,
+                "success": False,
+                "result": "no-such-service-exists",
+                "message": f"Service {service_id} does not exist.",
+            },
+            404,
+        )
+    body: dict[str, Any] = {
+        "service-id": service_id,
+        "success": True,
+        "result": "deleted",
+        "message": f"Deleted {service_id}",
+    }
+    if timeout is not None and timeout > 0:
+        # One router knows every service it runs; with several, each confirms through the shared state.
+        body["routers-agree"] = router.registry.get(service_id) is None
+    return json_response(body)
+
+
+async def app_post(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
+    parts = _split(request.path)
+    if len(parts) != 4 or parts[1] != "instance" or parts[3] not in ("kill", "expire"):
+        raise WaiterError(404, "Not found")
+    service_id, _, instance_id, signal = parts
+    try:
+        _timeout_ms(request, positive=True)
+    except _TimeoutError as exc:
+        return json_response({"message": f"Invalid timeout specified: {exc.raw}"}, 400)
+    service = router.registry.get(service_id)
+    if service is None or instance_id not in service.tracker.tracked:
+        response = {"success": False, "message": f"Instance {instance_id} of service {service_id} is not running."}
+        return json_response({"signal-response": response}, 404)
+    if signal == "expire":
+        service.expire(instance_id)
+        return json_response({"signal-response": {"success": True, "message": f"Flagged {instance_id} as expired"}})
+    force = query_true(request, "force")
+    service.tracker.retire(instance_id)
+    result = await router.registry.scheduler.kill_instance(
+        service_id, instance_id, force=force, message="Killed through the API"
+    )
+    status = 200 if result.success else 400
+    return json_response({"signal-response": {"success": result.success, "message": result.message}}, status)
+
+
+async def ping(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+    """Start the service if needed and GET its health check through the normal queue (waiter-api.md §1.9)."""
+    cid = request.headers.get("x-cid", "")
+    try:
+        resolved, options = router.resolver.resolve(headers, request.headers.get("host"))
+    except WaiterError as err:
+        result = {"result": "descriptor-error", "status": err.status, "body": err.message}
+        return json_response({"ping-response": result})
+    router.check_maintenance(resolved)
+    service = router.registry.start(resolved)
+    wait_ms = options.timeout_ms or 300_000
+    ping_response = await _ping(router, service, options.queue_timeout_ms or wait_ms, wait_ms, request, cid)
+    body: dict[str, Any] = {
+        "ping-response": ping_response,
+        "service-description": dict(resolved.core),
+    }
+    if "service-state" not in request.query.getall("exclude", []):
+        if ping_response["result"] == "received-response":
+            await service.tracker.wait_healthy(5.0)
+        body["service-state"] = {
+            "service-id": service.id,
+            "exists?": True,
+            "healthy?": service.tracker.healthy_count() > 0,
+            "status": service_status(service),
+        }
+    return json_response(body)
+
+
+async def _ping(
+    router: Router, service: Service, queue_ms: int, wait_ms: int, request: web.BaseRequest, cid: str
+) -> dict[str, Any]:
+    headers = [
+        ("accept", "application/json;q=1.0, */*;q=0.9"),
+        ("user-agent", f"waiter-ping/{__version__}"),
+        ("x-cid", cid),
+    ]
+    try:
+        async with asyncio.timeout(wait_ms / 1000):
+            instance = await service.acquire(queue_ms)
+            try:
+                upstream = await router.proxy.pool.request(
+                    instance.host,
+                    instance.port,
+                    "GET",
+                    service.spec.health_check_url,
+                    headers,
+                    None,
+                    idle_timeout=wait_ms / 1000,
+                )
+                try:
+                    data = await upstream.read_all(1 << 20)
+                finally:
+                    upstream.release()
+            finally:
+                service.release(instance.id)
+    except TimeoutError:
+        return {"result": "timed-out", "status": 503, "body": ""}
+    except WaiterError as err:
+        body = {"waiter-error": error_body(request, err, cid)}
+        return {"result": "waiter-response", "status": err.status, "body": str(body), "headers": {}}
+    except UpstreamError as exc:
+        return {"result": "ping-internal-error", "status": 502, "body": str(exc)}
+    return {
+        "result": "received-response",
+        "status": upstream.status,
+        "headers": {k.lower(): v for k, v in upstream.headers},
+        "body": data.decode("utf-8", "replace"),
+        "instance": {"host": instance.host, "id": instance.id, "port": instance.port},
+    }
+
+
+async def state(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
+    rid = router.settings.router_id
+    base = base_url(request)
+    return json_response(
+        {
+            "router-id": rid,
+            "routers": {rid: base},
+            "details": {"services": f"{base}/state/services", "scheduler": f"{base}/state/scheduler"},
+        }
+    )
+
+
+async def state_component(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
+    component = request.path[len("/state/") :].strip("/")
+    rid = router.settings.router_id
+    if component == "services":
+        body: Any = {
+            s.id: {
+                "outstanding": s.reservations.outstanding,
+                "queued": s.reservations.queued,
+                "in-flight": s.reservations.in_flight,
+                "routable-instances": s.reservations.routable_ids(),
+                "healthy-instances": s.tracker.healthy_count(),
+            }
+            for s in router.registry.services.values()
+        }
+    elif component == "scheduler":
+        sched = router.registry.scheduler
+        body = {"kind": sched.kind, "services": sorted(sched.service_ids())}
+    elif (service := router.registry.get(component)) is not None:
+        body = {
+            "outstanding": service.reservations.outstanding,
+            "queued": service.reservations.queued,
+            "routable-instances": service.reservations.routable_ids(),
+            "tracked": {
+                iid: {"healthy?": t.healthy, "expired?": t.expired, "failures": t.failures}
+                for iid, t in service.tracker.tracked.items()
+            },
+        }
+    else:
+        raise WaiterError(404, f"No state component or service named {component}.")
+    return json_response({"router-id": rid, "state": body})
+
+
+EXACT: dict[str, dict[str, Handler]] = {
+    "/apps": {"GET": apps},
+    "/apps/": {"GET": apps},
+    "/waiter-ping": {"GET": ping},
+    "/state": {"GET": state},
+}
+PREFIXES: list[tuple[str, dict[str, Handler]]] = [
+    ("/apps/", {"GET": app_get, "DELETE": app_delete, "POST": app_post}),
+    ("/state/", {"GET": state_component}),
+]
+__all__ = ["EXACT", "PREFIXES", "SERVER_HEADER"]
