@@ -141,3 +141,20 @@ async def test_never_more_than_concurrency_level(level: int) -> None:
     assert sum(w.done() for w in waiters) == 2 * level
     assert r.in_use(A.id) == level
     await asyncio.sleep(0)
+
+
+async def test_capacity_below_concurrency_level_is_respected_and_can_grow() -> None:
+    r = Reservations(concurrency_level=4)
+    r.add(A, capacity=1)
+    assert r.try_acquire() is A
+    assert r.try_acquire() is None
+    waiter = r.enqueue()
+    r.set_capacity(A.id, 2)  # a lease grew: the waiter is served at once
+    assert waiter.done() and waiter.result() is A
+    r.set_capacity(A.id, 1)  # shrinking never cuts requests short; it only stops new ones
+    r.release(A.id)
+    assert r.try_acquire() is None
+    r.release(A.id)
+    assert r.try_acquire() is A
+    r.set_capacity(A.id, 99)
+    assert r.capacity_of(A.id) == 4

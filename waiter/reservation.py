@@ -24,6 +24,7 @@ class QueueFull(Exception):
 @dataclass(slots=True)
 class _Slots:
     instance: Instance
+    capacity: int  # slots this router may use: concurrency-level, or its lease when routers share instances
     in_use: int = 0
     routable: bool = True
 
@@ -42,14 +43,19 @@ class Reservations:
 
     # -- instances -------------------------------------------------------------------------------------------
 
-    def add(self, instance: Instance) -> None:
-        """Put an instance in rotation (again); its in-flight count survives a removal."""
+    def add(self, instance: Instance, capacity: int | None = None) -> None:
+        """Put an instance in rotation (again) with ``capacity`` slots (default: concurrency-level).
+
+        Its in-flight count survives a removal, so it can never exceed its capacity by coming back."""
+        capacity = self.concurrency_level if capacity is None else min(capacity, self.concurrency_level)
         slots = self._slots.get(instance.id)
         if slots is None:
-            slots = self._slots[instance.id] = _Slots(instance)
+            slots = self._slots[instance.id] = _Slots(instance, capacity)
         elif slots.routable:
+            self.set_capacity(instance.id, capacity)
             return
         slots.instance = instance
+        slots.capacity = capacity
         slots.routable = True
         self._order.append(slots)
         self._order.sort(key=lambda s: (s.instance.started_at, s.instance.id))
@@ -64,6 +70,19 @@ class Reservations:
         self._order.remove(slots)
         if slots.in_use == 0:
             del self._slots[instance_id]
+
+    def set_capacity(self, instance_id: str, capacity: int) -> None:
+        """Change how many slots of a routable instance this router may use (requests above it finish normally)."""
+        slots = self._slots.get(instance_id)
+        if slots is None:
+            return
+        slots.capacity = min(capacity, self.concurrency_level)
+        if slots.routable:
+            self._dispatch()
+
+    def capacity_of(self, instance_id: str) -> int:
+        slots = self._slots.get(instance_id)
+        return slots.capacity if slots and slots.routable else 0
 
     def routable_ids(self) -> list[str]:
         return [s.instance.id for s in self._order]
@@ -82,7 +101,7 @@ class Reservations:
 
     @property
     def capacity(self) -> int:
-        return len(self._order) * self.concurrency_level
+        return sum(s.capacity for s in self._order)
 
     # -- requests --------------------------------------------------------------------------------------------
 
@@ -132,21 +151,20 @@ class Reservations:
     # -- internals -------------------------------------------------------------------------------------------
 
     def _take(self) -> Instance | None:
-        level = self.concurrency_level
         order = self._order
         chosen: _Slots | None = None
         if self.load_balancing == "youngest":
             for slots in reversed(order):
-                if slots.in_use < level:
+                if slots.in_use < slots.capacity:
                     chosen = slots
                     break
         elif self.load_balancing == "random":
-            free = [s for s in order if s.in_use < level]
+            free = [s for s in order if s.in_use < s.capacity]
             if free:
                 chosen = self.rng.choice(free)
         else:
             for slots in order:
-                if slots.in_use < level:
+                if slots.in_use < slots.capacity:
                     chosen = slots
                     break
         if chosen is None:

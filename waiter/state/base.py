@@ -1,0 +1,90 @@
+"""The shared-state protocol. One router uses the in-memory back-end; several share one Redis.
+
+Nothing here is called on the request path: a router's background loops publish what it counted and read what
+the others published (see ``waiter.coordinator``). Every call of the Redis back-end has a timeout and raises
+``StateUnavailable`` when Redis cannot be reached, so callers degrade instead of hanging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class StateUnavailable(Exception):
+    """The shared state cannot be reached (Redis down or too slow); the message says which call failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RouterStats:
+    """One router's counts for one service, as it last published them."""
+
+    outstanding: int  # in flight + queued on that router
+    queued: int
+    total: int  # requests received since the router started
+    last_request_time: float | None
+
+    def to_json(self) -> list[Any]:
+        return [self.outstanding, self.queued, self.total, self.last_request_time]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> RouterStats:
+        return cls(int(data[0]), int(data[1]), int(data[2]), None if data[3] is None else float(data[3]))
+
+
+class SharedState(Protocol):
+    kind: str
+    shared: bool  # True when other routers can see what this one writes
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- routers ---------------------------------------------------------------------------------------------
+    async def heartbeat(self, router_id: str, info: dict[str, Any], ttl_ms: int) -> None:
+        """Announce this router (its URL, start time) for ``ttl_ms``."""
+
+    async def routers(self) -> dict[str, dict[str, Any]]:
+        """Every live router's announced info."""
+
+    async def publish_stats(self, router_id: str, stats: dict[str, RouterStats], ttl_ms: int) -> None:
+        """Replace this router's published counts; they stay visible until ``ttl_ms`` passes without a publish."""
+
+    async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
+        """router id -> service id -> counts, for every router whose counts have not expired."""
+
+    # -- the scaling leader ------------------------------------------------------------------------------------
+    async def lead(self, router_id: str, ttl_ms: int) -> bool:
+        """Acquire or renew the leader lease; True iff ``router_id`` holds it now."""
+
+    async def resign(self, router_id: str) -> None: ...
+
+    async def leader(self) -> str | None: ...
+
+    async def load_scaling(self, service_id: str) -> dict[str, Any] | None: ...
+
+    async def save_scaling(self, service_id: str, data: dict[str, Any]) -> None: ...
+
+    # -- services ------------------------------------------------------------------------------------------------
+    async def register_service(self, service_id: str, record: dict[str, Any]) -> None:
+        """Remember a service's description so every router (and the leader) can manage it."""
+
+    async def services(self) -> dict[str, dict[str, Any]]: ...
+
+    async def forget_service(self, service_id: str) -> None: ...
+
+    # -- slot leases (no instance serves more than concurrency-level requests across routers) --------------------
+    async def lease(self, router_id: str, instance_id: str, want: int, capacity: int) -> int:
+        """Set this router's lease on an instance to at most ``want`` slots, never letting the live routers'
+        leases together exceed ``capacity``, and never granting slots of a blocked instance. Returns the number of
+        slots this router now holds (which may be less than it held before only if ``want`` was less)."""
+
+    async def leases(self, instance_id: str) -> dict[str, int]:
+        """Live routers' leases on an instance."""
+
+    async def block(self, instance_id: str, ttl_ms: int) -> int:
+        """Stop granting slots of an instance (it is about to be killed); returns the slots still leased."""
+
+    async def unblock(self, instance_id: str) -> None: ...
+
+    async def blocked(self) -> set[str]: ...

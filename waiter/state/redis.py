@@ -1,0 +1,233 @@
+"""Shared state in Redis, for several routers. Every call has a timeout and raises ``StateUnavailable`` on failure.
+
+Keys (``<p>`` = ``waiter:<namespace>:``):
+  <p>routers              set of router ids ever seen (pruned when their keys are gone)
+  <p>router:<rid>         JSON info, expires unless the router heartbeats
+  <p>stats:<rid>          JSON {service id: [outstanding, queued, total, last-request-time]}, expires likewise
+  <p>leader               the scaling leader's router id (SET NX PX, renewed)
+  <p>scaling:<sid>        the leader's smoothing state for a service (JSON)
+  <p>services             hash service id -> JSON record
+  <p>lease:<iid>          hash router id -> slots leased on that instance (only live routers' fields count)
+  <p>blocked              hash instance id -> epoch ms until which it gets no new slots (it is being killed)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as redis_asyncio
+from redis.exceptions import RedisError
+
+from waiter.state.base import RouterStats, StateUnavailable
+
+T = TypeVar("T")
+
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_RESIGN = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: lease hash, blocked hash. ARGV: router id, want, capacity, router key prefix, instance id, now (ms).
+_LEASE = """
+local leases = redis.call('HGETALL', KEYS[1])
+local others, held = 0, 0
+for i = 1, #leases, 2 do
+  local rid, n = leases[i], tonumber(leases[i + 1])
+  if rid == ARGV[1] then
+    held = n
+  elseif redis.call('EXISTS', ARGV[4] .. rid) == 1 then
+    others = others + n
+  else
+    redis.call('HDEL', KEYS[1], rid)
+  end
+end
+local want = tonumber(ARGV[2])
+local until_ms = tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0')
+if until_ms > tonumber(ARGV[6]) and want > held then want = held end
+local granted = math.max(0, math.min(want, tonumber(ARGV[3]) - others))
+if granted > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], granted)
+  redis.call('PEXPIRE', KEYS[1], 86400000)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return granted
+"""
+
+
+class RedisState:
+    kind = "redis"
+    shared = True
+
+    def __init__(self, url: str, namespace: str = "default", timeout: float = 0.5) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.p = f"waiter:{namespace}:"
+        # redis-py's async stubs type every reply as bytes | str | Awaitable; decode_responses makes them str.
+        self._redis: Any = redis_asyncio.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        )
+        self._lead: Any = self._redis.register_script(_LEAD)
+        self._resign = self._redis.register_script(_RESIGN)
+        self._lease = self._redis.register_script(_LEASE)
+
+    async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                return await fn()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StateUnavailable(f"Redis at {_safe(self.url)} failed to {what}: {exc or type(exc).__name__}") from exc
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        await self._call("answer PING", self._redis.ping)
+
+    # -- routers -------------------------------------------------------------------------------------------------
+
+    async def heartbeat(self, router_id: str, info: dict[str, Any], ttl_ms: int) -> None:
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(f"{self.p}router:{router_id}", json.dumps(info), px=ttl_ms)
+                pipe.sadd(f"{self.p}routers", router_id)
+                await pipe.execute()
+
+        await self._call("record a heartbeat", run)
+
+    async def _live(self, kind: str) -> dict[str, Any]:
+        ids = sorted(await self._redis.smembers(f"{self.p}routers"))
+        if not ids:
+            return {}
+        values = await self._redis.mget([f"{self.p}{kind}:{rid}" for rid in ids])
+        return {rid: json.loads(v) for rid, v in zip(ids, values, strict=True) if v is not None}
+
+    async def routers(self) -> dict[str, dict[str, Any]]:
+        return await self._call("list routers", lambda: self._live("router"))
+
+    async def publish_stats(self, router_id: str, stats: dict[str, RouterStats], ttl_ms: int) -> None:
+        body = json.dumps({sid: s.to_json() for sid, s in stats.items()})
+        await self._call("publish counts", lambda: self._redis.set(f"{self.p}stats:{router_id}", body, px=ttl_ms))
+
+    async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
+        raw = await self._call("read counts", lambda: self._live("stats"))
+        return {rid: {sid: RouterStats.from_json(v) for sid, v in data.items()} for rid, data in raw.items()}
+
+    async def prune_routers(self) -> None:
+        """Forget ids of routers whose heartbeat and counts have both expired."""
+
+        async def run() -> None:
+            ids = sorted(await self._redis.smembers(f"{self.p}routers"))
+            for rid in ids:
+                if not await self._redis.exists(f"{self.p}router:{rid}", f"{self.p}stats:{rid}"):
+                    await self._redis.srem(f"{self.p}routers", rid)
+
+        await self._call("prune routers", run)
+
+    # -- the scaling leader ----------------------------------------------------------------------------------------
+
+    async def lead(self, router_id: str, ttl_ms: int) -> bool:
+        result = await self._call(
+            "renew the leader lease", lambda: self._lead([f"{self.p}leader"], [router_id, ttl_ms])
+        )
+        return bool(result)
+
+    async def resign(self, router_id: str) -> None:
+        await self._call("release the leader lease", lambda: self._resign([f"{self.p}leader"], [router_id]))
+
+    async def leader(self) -> str | None:
+        value = await self._call("read the leader", lambda: self._redis.get(f"{self.p}leader"))
+        return str(value) if value is not None else None
+
+    async def load_scaling(self, service_id: str) -> dict[str, Any] | None:
+        value = await self._call("read scaling state", lambda: self._redis.get(f"{self.p}scaling:{service_id}"))
+        return json.loads(value) if value else None
+
+    async def save_scaling(self, service_id: str, data: dict[str, Any]) -> None:
+        body = json.dumps(data)
+        await self._call("save scaling state", lambda: self._redis.set(f"{self.p}scaling:{service_id}", body))
+
+    # -- services --------------------------------------------------------------------------------------------------
+
+    async def register_service(self, service_id: str, record: dict[str, Any]) -> None:
+        body = json.dumps(record, default=str)
+        await self._call(
+            "register a service",
+            lambda: self._redis.hsetnx(f"{self.p}services", service_id, body),
+        )
+
+    async def services(self) -> dict[str, dict[str, Any]]:
+        raw = await self._call("list services", lambda: self._redis.hgetall(f"{self.p}services"))
+        return {sid: json.loads(v) for sid, v in raw.items()}
+
+    async def forget_service(self, service_id: str) -> None:
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(f"{self.p}services", service_id)
+                pipe.delete(f"{self.p}scaling:{service_id}")
+                await pipe.execute()
+
+        await self._call("forget a service", run)
+
+    # -- slot leases -----------------------------------------------------------------------------------------------
+
+    async def lease(self, router_id: str, instance_id: str, want: int, capacity: int) -> int:
+        keys = [f"{self.p}lease:{instance_id}", f"{self.p}blocked"]
+        args: list[str | int] = [router_id, want, capacity, f"{self.p}router:", instance_id, int(time.time() * 1000)]
+        return int(await self._call("lease slots", lambda: self._lease(keys, args)))
+
+    async def leases(self, instance_id: str) -> dict[str, int]:
+        async def run() -> dict[str, int]:
+            raw: dict[str, str] = await self._redis.hgetall(f"{self.p}lease:{instance_id}")
+            if not raw:
+                return {}
+            ids = sorted(raw)
+            alive = await self._redis.mget([f"{self.p}router:{rid}" for rid in ids])
+            return {rid: int(raw[rid]) for rid, a in zip(ids, alive, strict=True) if a is not None}
+
+        return await self._call("read leases", run)
+
+    async def block(self, instance_id: str, ttl_ms: int) -> int:
+        until = int(time.time() * 1000) + ttl_ms
+        await self._call(
+            "block an instance",
+            lambda: self._redis.hset(f"{self.p}blocked", instance_id, until),
+        )
+        return sum((await self.leases(instance_id)).values())
+
+    async def unblock(self, instance_id: str) -> None:
+        await self._call(
+            "unblock an instance",
+            lambda: self._redis.hdel(f"{self.p}blocked", instance_id),
+        )
+
+    async def blocked(self) -> set[str]:
+        raw = await self._call("read blocked instances", lambda: self._redis.hgetall(f"{self.p}blocked"))
+        now = int(time.time() * 1000)
+        return {iid for iid, until in raw.items() if int(until) > now}
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages and /settings."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
