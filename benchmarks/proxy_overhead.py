@@ -18,6 +18,8 @@ import http.client
 import json
 import os
 import platform
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -141,6 +143,8 @@ class WrkResult:
 class Measurement:
     wrk: WrkResult
     cpu_us_per_request: float  # CPU of the server under test (backend, nginx proxy or router)
+    others_cores: float  # cores busy with programs not of this run, on average
+    steal_cores: float  # cores the hypervisor took, on average
 
     def mib_per_s(self, case: Case) -> float:
         return self.wrk.rps * case.body_bytes / MIB
@@ -176,10 +180,8 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -373,15 +375,96 @@ class Target:
     backend_cpu: int
 
 
-def measure(target: Target, case: Case, args: argparse.Namespace, backend: list[psutil.Process]) -> Measurement:
-    for process in backend:
-        process.cpu_affinity([target.backend_cpu])
-    url = target.base + case.path
-    run_wrk(url, case.connections, args.warmup, target.headers, args.wrk_script)
-    before = cpu_seconds(target.servers)
-    result = run_wrk(url, case.connections, args.duration, target.headers, args.wrk_script)
-    used = cpu_seconds(target.servers) - before
-    return Measurement(result, used / max(result.requests, 1) * 1e6)
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds so far: the machine's busy time, the hypervisor's steal, and all the processes of this run."""
+
+    busy: float
+    steal: float
+    ours: float
+
+    @classmethod
+    def take(cls, ours: list[psutil.Process]) -> CpuSnapshot:
+        machine = psutil.cpu_times()
+        own = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        return cls(
+            busy=machine.user + machine.nice + machine.system + machine.irq + machine.softirq,
+            steal=machine.steal,
+            ours=cpu_seconds(ours) + sum(usage.ru_utime + usage.ru_stime for usage in own),
+        )
+
+
+@dataclass(frozen=True)
+class Bench:
+    warmup: float
+    duration: float
+    wrk_script: Path
+    backend: list[psutil.Process]  # the instance's nginx master and worker
+    ours: list[psutil.Process]  # every long-lived process of the run (wrk is counted as a reaped child)
+
+    def measure(self, target: Target, case: Case) -> Measurement:
+        for process in self.backend:
+            process.cpu_affinity([target.backend_cpu])
+        url = target.base + case.path
+        run_wrk(url, case.connections, self.warmup, target.headers, self.wrk_script)
+        machine = CpuSnapshot.take(self.ours)
+        server = cpu_seconds(target.servers)
+        result = run_wrk(url, case.connections, self.duration, target.headers, self.wrk_script)
+        server = cpu_seconds(target.servers) - server
+        after = CpuSnapshot.take(self.ours)
+        # Other programs on a shared machine and a busy hypervisor both skew results: show how much of each.
+        others = (after.busy - machine.busy) - (after.ours - machine.ours)
+        return Measurement(
+            result,
+            server / max(result.requests, 1) * 1e6,
+            others_cores=max(others, 0.0) / result.seconds,
+            steal_cores=(after.steal - machine.steal) / result.seconds,
+        )
+
+
+def profile_router(bench: Bench, router: Target, out: Path) -> list[str]:
+    """py-spy on the router under the small-body, 64-connection load; the top frames by own (self) samples."""
+    if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
+        return ["proxy_overhead profile skipped: py-spy is not installed (pip install py-spy)"]
+    spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    case = Case("small", "/small", 6, 64)
+    for process in bench.backend:
+        process.cpu_affinity([router.backend_cpu])
+    run_wrk(router.base + case.path, case.connections, bench.warmup, router.headers, bench.wrk_script)
+    argv = [spy_bin, "record", "-p", str(router.servers[0].pid), "-d", f"{bench.duration:.0f}", "-r", "250",
+            "-f", "raw", "-o", str(out), "--nonblocking"]
+    spy = subprocess.Popen(pinned(WRK_CPU, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        run_wrk(router.base + case.path, case.connections, bench.duration, router.headers, bench.wrk_script)
+        _, err = spy.communicate(timeout=bench.duration + 30)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    if spy.returncode != 0 or not out.exists():
+        return [f"proxy_overhead profile failed: {err.decode(errors='replace').strip()}"]
+    return [f"proxy_overhead profile {line}" for line in top_frames(out.read_text(), 20)]
+
+
+def top_frames(collapsed: str, count: int) -> list[str]:
+    """Functions ranked by self samples, with inclusive share, from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(samples)
+        total += n
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    ranked = sorted(own.items(), key=lambda item: -item[1])[:count]
+    lines = [f"samples={total}"]
+    lines += [f"self={n / total:6.1%} incl={inclusive[f] / total:6.1%} {f}" for f, n in ranked]
+    return lines
 
 
 # -- the run -----------------------------------------------------------------------------------------------------
@@ -433,7 +516,7 @@ def result_line(case: Case, name: str, m: Measurement, refs: dict[str, Measureme
         line += f" errors={m.wrk.errors}"
     for ref, other in refs.items():
         line += f" {name}/{ref}={m.wrk.rps / other.wrk.rps:.2f}"
-    return line
+    return line + f" others_cores={m.others_cores:.2f} steal_cores={m.steal_cores:.2f}"
 
 
 def target_line(what: str, ratio: float, goal: float) -> str:
@@ -442,26 +525,29 @@ def target_line(what: str, ratio: float, goal: float) -> str:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:
-    args.wrk_script = workdir / "done.lua"
-    args.wrk_script.write_text(WRK_DONE_LUA)
+    wrk_script = workdir / "done.lua"
+    wrk_script.write_text(WRK_DONE_LUA)
     router = RouterProcess(workdir / "router", [nginx_token()], cpu=PROXY_CPU, **{"cluster-name": "bench"})
     try:
         router.wait_ready()
         backend_port, backend = start_backend(router)
         with nginx_proxy(workdir, backend_port, PROXY_CPU) as (proxy_port, proxy), PeakRss(router.pid) as rss:
+            router_proc, proxy_procs = psutil.Process(router.pid), tree(proxy.pid)
+            bench = Bench(args.warmup, args.duration, wrk_script, backend, [router_proc, *backend, *proxy_procs])
             targets = [
                 Target("direct", f"http://127.0.0.1:{backend_port}", {}, backend, PROXY_CPU),
-                Target("nginx", f"http://127.0.0.1:{proxy_port}", {}, tree(proxy.pid), WRK_CPU),
-                Target("router", router.url, {"x-waiter-token": TOKEN}, [psutil.Process(router.pid)], WRK_CPU),
+                Target("nginx", f"http://127.0.0.1:{proxy_port}", {}, proxy_procs, WRK_CPU),
+                Target("router", router.url, {"x-waiter-token": TOKEN}, [router_proc], WRK_CPU),
             ]
             verdicts: list[str] = []
             for case in cases(not args.skip_big_c1):
-                done: dict[str, Measurement] = {}
-                for target in targets:
-                    m = measure(target, case, args, backend)
-                    print(result_line(case, target.name, m, done if target.name == "router" else {}), flush=True)
-                    done[target.name] = m
+                done = {target.name: bench.measure(target, case) for target in targets}
+                for name, m in done.items():
+                    refs = {"nginx": done["nginx"], "direct": done["direct"]} if name == "router" else {}
+                    print(result_line(case, name, m, refs), flush=True)
                 verdicts += verdict_lines(case, done)
+            if args.profile:
+                verdicts += profile_router(bench, targets[2], workdir / "router.pyspy")
         for line in verdicts:
             print(line)
         print(f"proxy_overhead router peak_rss_mib={rss.peak / MIB:.1f}")
@@ -478,12 +564,20 @@ def verdict_lines(case: Case, done: dict[str, Measurement]) -> list[str]:
     return []
 
 
+def others_cores(seconds: float = 1.0) -> float:
+    """Cores busy with other programs right now, so a reader can tell a quiet run from a crowded one."""
+    before = CpuSnapshot.take([])
+    time.sleep(seconds)
+    after = CpuSnapshot.take([])
+    return max((after.busy - before.busy) - (after.ours - before.ours), 0.0) / seconds
+
+
 def header(args: argparse.Namespace) -> str:
     nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
     return (
         f"proxy_overhead machine nproc={os.cpu_count()} python={platform.python_version()} nginx={nginx} "
         f"warmup_s={args.warmup:g} duration_s={args.duration:g} cpus: wrk={WRK_CPU} proxy={PROXY_CPU} "
-        f"backend={PROXY_CPU}(direct)/{WRK_CPU}(proxied) loadavg_1m={os.getloadavg()[0]:.2f}"
+        f"backend={PROXY_CPU}(direct)/{WRK_CPU}(proxied) others_cores_before={others_cores():.2f}"
     )
 
 
@@ -496,6 +590,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per result (default 10)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each one (default 3)")
     parser.add_argument("--skip-big-c1", action="store_true", help="leave out the 1 MiB body at 1 connection")
+    parser.add_argument("--profile", action="store_true", help="then profile the router with py-spy (small, c=64)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
     args = parser.parse_args()
     if (os.cpu_count() or 1) < 2:

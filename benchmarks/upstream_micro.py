@@ -19,7 +19,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from waiter.upstream import UpstreamPool  # noqa: E402
+from waiter.upstream import UpstreamPool
 
 SERVER = """
 import socket, sys

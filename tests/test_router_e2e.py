@@ -21,6 +21,12 @@ async def healthy_instances(r: RunningRouter, sid: str) -> list[dict[str, Any]]:
 
 
 async def instance_stats(r: RunningRouter, sid: str) -> list[dict[str, Any]]:
+    """Each instance's own counts; waits until every active instance answers its health check."""
+
+    async def all_healthy() -> bool:
+        return all(i["healthy?"] for i in (await r.instances(sid))["active-instances"])
+
+    await wait_for(all_healthy, what="every instance to be healthy")
     stats = []
     for inst in (await r.instances(sid))["active-instances"]:
         async with r.client.get(f"http://{inst['host']}:{inst['port']}/stats") as resp:
@@ -151,14 +157,19 @@ async def test_backend_crashing_mid_response_ends_cleanly_and_is_replaced(make_r
             async with r.client.get(r.url + "/crash", headers=TOKEN) as resp:
                 assert resp.status == 200
                 await resp.read()
-    # The crashed instance is replaced and serves again.
+    # The crash is recorded, and a replacement serves again.
+
+    async def crash_recorded() -> bool:
+        return any(i["id"] in first for i in (await r.instances(sid))["failed-instances"])
+
+    await wait_for(crash_recorded, what="the crashed instance in failed-instances")
     async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
-        assert resp.status == 200
+        assert resp.status == 200, await resp.text()
         second = await resp.text()
     assert second != first
-    instances = await r.instances(sid)
-    failed = instances["failed-instances"]
-    assert failed and failed[0]["exit-code"] == 1 and failed[0]["failed?"] is True
+    failed = (await r.instances(sid))["failed-instances"]
+    assert failed[0]["exit-code"] == 1 and failed[0]["failed?"] is True
+    assert failed[0]["message"] == "Exited with code 1"
 
 
 async def test_backend_crashing_before_answering_gives_502(make_router) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import random
 import signal
@@ -68,18 +69,18 @@ class Changes:
                 await self._changed.wait()
 
 
-async def poll(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+async def poll(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
     """For facts outside the scheduler (files, sockets) that send no event: check often until the deadline."""
     async with asyncio.timeout(timeout):
-        while not await predicate():
+        while True:
+            outcome = predicate()
+            if await outcome if inspect.isawaitable(outcome) else outcome:
+                return
             await asyncio.sleep(0.02)
 
 
 async def file_exists(path: Path) -> None:
-    async def exists() -> bool:
-        return path.exists()
-
-    await poll(exists)
+    await poll(path.exists)
 
 
 def state_of(scheduler: LocalScheduler, service_id: str = "svc-test") -> ServiceState:
@@ -98,6 +99,11 @@ def group_members(pgid: int) -> list[int]:
         except (ProcessLookupError, psutil.Error):
             continue
     return members
+
+
+async def groups_end(*pgids: int) -> None:
+    """SIGKILLed members leave the process table a moment after the leader is reaped: wait for that, briefly."""
+    await poll(lambda: not any(group_members(pgid) for pgid in pgids), timeout=5.0)
 
 
 def pid_of(instance: Instance) -> int:
@@ -166,10 +172,7 @@ async def test_launches_a_reachable_http_backend_with_logs(make_scheduler: MakeS
 
         await poll(answers)
 
-    async def logged_request() -> bool:
-        return "GET / " in (sandbox / "stderr").read_text()
-
-    await poll(logged_request)
+    await poll(lambda: "GET / " in (sandbox / "stderr").read_text())
     assert (sandbox / "stdout").read_text() == "started\n"
     assert (sandbox / "stderr").read_text().startswith("warming up\n")
 
@@ -269,12 +272,12 @@ async def test_children_of_an_exited_leader_are_killed(make_scheduler: MakeSched
     await scheduler.create_service(make_spec("sleep 1000 & touch ready; wait -n; exit 5"), 1)
     leader = state_of(scheduler).active[0]
     await file_exists(Path(str(leader.log_directory)) / "ready")
-    assert len(group_members(pid_of(leader))) == 2
+    await poll(lambda: len(group_members(pid_of(leader))) >= 2)  # bash and the background sleep
 
     os.kill(pid_of(leader), signal.SIGKILL)  # the leader dies by itself as far as the scheduler knows
     await changes.until(lambda: bool(state_of(scheduler).failed))
     assert state_of(scheduler).failed[0].message == "Killed by signal SIGKILL"
-    assert group_members(pid_of(leader)) == []
+    await groups_end(pid_of(leader))
 
 
 async def test_kill_without_replace_lowers_requested(make_scheduler: MakeScheduler) -> None:
@@ -290,7 +293,7 @@ async def test_kill_without_replace_lowers_requested(make_scheduler: MakeSchedul
     ended = state.killed[0]
     assert (ended.id, ended.killed, ended.failed) == (victim.id, True, False)
     assert (ended.message, ended.exit_code) == ("Killed by request", -signal.SIGTERM)
-    assert group_members(pid_of(victim)) == []
+    await groups_end(pid_of(victim))
 
     again = await scheduler.kill_instance("svc-test", victim.id)
     assert again.outcome is KillOutcome.ALREADY_KILLED
@@ -389,14 +392,11 @@ async def test_close_leaves_no_process_or_task_behind(make_scheduler: MakeSchedu
     stubborn = state_of(scheduler, "svc-stubborn").active[0]
     await file_exists(Path(str(stubborn.log_directory)) / "ready")
 
-    async def grandchild_started() -> bool:
-        return len(group_members(leaders[0])) >= 2  # the background sleep and the http server
-
-    await poll(grandchild_started)
+    await poll(lambda: len(group_members(leaders[0])) >= 2)  # the background sleep and the http server
 
     await scheduler.close()
-    assert [group_members(leader) for leader in leaders] == [[], []]
     assert asyncio.all_tasks() == {asyncio.current_task()}
+    await groups_end(*leaders)
     with pytest.raises(SchedulerError, match="shutting down"):
         await scheduler.create_service(make_spec(SLEEPER, service_id="svc-late"), 1)
 
@@ -407,16 +407,23 @@ async def test_delete_service_kills_every_instance_and_forgets_it(make_scheduler
     await scheduler.create_service(make_spec(f"sleep 1000 & {SLEEPER}"), 2)
     leaders = [pid_of(i) for i in state_of(scheduler).active]
 
-    async def grandchildren_started() -> bool:
-        return all(len(group_members(leader)) >= 2 for leader in leaders)
-
-    await poll(grandchildren_started)
+    await poll(lambda: all(len(group_members(leader)) >= 2 for leader in leaders))
     changes.calls.clear()
     assert await scheduler.delete_service("svc-test") is True
     assert scheduler.service_state("svc-test") is None and scheduler.service_ids() == []
-    assert [group_members(leader) for leader in leaders] == [[], []]
+    await groups_end(*leaders)
     await changes.until(lambda: "svc-test" in changes.calls)
     assert await scheduler.delete_service("svc-test") is False
+
+
+async def test_relative_work_dir_is_made_absolute(
+    make_scheduler: MakeScheduler, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    scheduler = await make_scheduler(work_dir=Path("relative"))
+    assert scheduler.settings.work_dir == tmp_path / "relative"
+    await scheduler.create_service(make_spec("touch ran; " + SLEEPER), 1)
+    await file_exists(tmp_path / "relative" / "svc-test" / state_of(scheduler).active[0].id / "ran")
 
 
 async def test_scale_unknown_service_is_an_error(make_scheduler: MakeScheduler) -> None:
@@ -458,8 +465,13 @@ def test_restart_delay(failures: int, base: float, factor: float, expected: floa
 
 @pytest.mark.parametrize(
     ("exit_code", "expected"),
-    [(0, "Exited with code 0"), (3, "Exited with code 3"), (-9, "Killed by signal SIGKILL"),
-     (-15, "Killed by signal SIGTERM"), (-200, "Killed by signal 200")],
+    [
+        (0, "Exited with code 0"),
+        (3, "Exited with code 3"),
+        (-9, "Killed by signal SIGKILL"),
+        (-15, "Killed by signal SIGTERM"),
+        (-200, "Killed by signal 200"),
+    ],
     ids=["clean", "error", "sigkill", "sigterm", "unknown-signal"],
 )
 def test_exit_message(exit_code: int, expected: str) -> None:
@@ -467,7 +479,8 @@ def test_exit_message(exit_code: int, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [(1.0, "1"), (0.5, "0.5"), (1536, "1536"), (0.1, "0.1")],
+    ("value", "expected"),
+    [(1.0, "1"), (0.5, "0.5"), (1536, "1536"), (0.1, "0.1")],
     ids=["whole", "half", "int", "tenth"],
 )
 def test_format_number(value: float, expected: str) -> None:
@@ -481,9 +494,10 @@ def test_format_number(value: float, expected: str) -> None:
         (make_spec("true", service_id="svc.dotted"), 1, "service-id"),
         (make_spec("  "), 1, "cmd"),
         (make_spec("true", ports=0), 1, "ports"),
+        (make_spec("true", mem=0.0), 1, "mem"),
         (make_spec("true"), -1, "instances"),
     ],
-    ids=["path", "dot", "empty-cmd", "no-ports", "negative-instances"],
+    ids=["path", "dot", "empty-cmd", "no-ports", "no-mem", "negative-instances"],
 )
 def test_check_spec_refuses(spec: ServiceSpec, instances: int, field: str) -> None:
     with pytest.raises(SchedulerError, match=field):
@@ -546,8 +560,16 @@ Step = tuple[str, Any]
         ([("alloc", 1)], {101, 103}, (100,)),
         ([("alloc", 3)], {101, 103}, (100, 102, 104)),
     ],
-    ids=["first-free", "held-by-instance", "bound-on-host", "on-hold", "hold-expired",
-         "released-without-hold", "lowest-first", "gaps"],
+    ids=[
+        "first-free",
+        "held-by-instance",
+        "bound-on-host",
+        "on-hold",
+        "hold-expired",
+        "released-without-hold",
+        "lowest-first",
+        "gaps",
+    ],
 )
 def test_port_allocator(steps: list[Step], busy: set[int], expected: tuple[int, ...]) -> None:
     clock = FakeClock()
@@ -581,11 +603,12 @@ def test_port_allocator_exhaustion(held: tuple[int, ...], busy: set[int], count:
 
 
 @pytest.mark.parametrize(
-    ("port_range", "hold"), [((0, 10), 1.0), ((20, 10), 1.0), ((10, 70000), 1.0), ((10, 20), -1.0)],
+    ("port_range", "hold"),
+    [((0, 10), 1.0), ((20, 10), 1.0), ((10, 70000), 1.0), ((10, 20), -1.0)],
     ids=["zero", "reversed", "too-high", "negative-hold"],
 )
 def test_port_allocator_refuses_bad_settings(port_range: tuple[int, int], hold: float) -> None:
-    with pytest.raises(ValueError, match="port-range|port-hold-secs"):
+    with pytest.raises(ValueError, match=r"port-range|port-hold-secs"):
         PortAllocator(port_range, hold)
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from waiter.settings import SettingsError, load_settings
+from waiter.settings import SCHEDULER_KINDS, SettingsError, load_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,6 +21,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=Path, help="directory of token YAML files (default config/tokens)")
     parser.add_argument("--router-id", help="this router's id (default: host-pid-random)")
     parser.add_argument("--cluster-name", help="cluster name reported in /settings and tokens")
+    parser.add_argument("--redis", metavar="URL", help="keep tokens in this Redis, shared by routers (default: memory)")
+    parser.add_argument("--scheduler", choices=SCHEDULER_KINDS, help="where instances run (default local)")
+    parser.add_argument("--marathon-url", metavar="URL", help="Marathon's base URL, for --scheduler marathon")
+    parser.add_argument("--mesos-master", metavar="HOST:PORT", help="a Mesos master, for --scheduler mesos")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -33,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         "tokens-dir": str(args.tokens) if args.tokens else None,
         "router-id": args.router_id,
         "cluster-name": args.cluster_name,
+        "redis": args.redis,
+        "scheduler": {
+            "kind": args.scheduler,
+            "marathon": {"url": args.marathon_url},
+            "mesos": {"master": args.mesos_master},
+        },
     }
     try:
         settings = load_settings(args.config, overrides)

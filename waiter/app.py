@@ -10,13 +10,17 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from waiter.autoscaler import Autoscaler
+from waiter.coordinator import Coordinator
 from waiter.proxy import Proxy
 from waiter.registry import ServiceRegistry
 from waiter.router import Router
+from waiter.scaling import BurstSettings
 from waiter.scheduler import create_scheduler
 from waiter.scheduler.base import Scheduler
 from waiter.settings import Settings
-from waiter.tokens import TokenRegistry
+from waiter.state import StateUnavailable, open_state
+from waiter.tokens import open_registry
 from waiter.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -31,17 +35,40 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sched = scheduler or create_scheduler(settings)
-        tokens = TokenRegistry(settings.tokens_dir)
-        tokens.load()
+        tokens = open_registry(settings)
+        await tokens.start()
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         pool = UpstreamPool(connect_timeout=5.0)
         await sched.start()
         registry = ServiceRegistry(sched, session, settings.health)
         router = Router(settings, tokens, registry, Proxy(pool, session, settings.router_id))
+        state = open_state(settings)
+        await state.start()
+        scaling = settings.scaling
+        router.coordinator = Coordinator(
+            state,
+            registry,
+            settings.router_id,
+            f"http://{settings.host}:{settings.port}",
+            publish_interval=scaling.publish_interval_ms / 1000,
+            router_ttl_ms=scaling.router_ttl_ms,
+        )
+        router.autoscaler = Autoscaler(
+            state,
+            registry,
+            router.coordinator,
+            settings.router_id,
+            interval=scaling.interval_ms / 1000,
+            burst=BurstSettings(scaling.burst_enabled, scaling.burst_threshold, scaling.burst_stable_window_secs),
+            kill_interval=scaling.kill_interval_ms / 1000,
+        )
+        loops = [
+            asyncio.create_task(router.coordinator.run(), name="coordinator"),
+            asyncio.create_task(router.autoscaler.run(), name="autoscaler"),
+        ]
         app[ROUTER] = router
         app[SCHEDULER] = sched
-        watcher = asyncio.create_task(tokens.watch(), name="token files")
         log.info(
             "router %s serving on %s:%d with the %s scheduler",
             settings.router_id,
@@ -52,10 +79,14 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            with contextlib.suppress(StateUnavailable):
+                await state.resign(settings.router_id)
+            await state.close()
             await registry.close()
+            await tokens.close()
             await sched.close()
             await pool.close()
             await session.close()

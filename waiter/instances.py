@@ -111,6 +111,14 @@ class InstanceTracker:
             tracked.task = None
         self._on_unroutable(instance_id)
 
+    def reinstate(self, instance_id: str) -> None:
+        """Undo ``retire`` (a scale-down that did not happen): probe it again and route to it once healthy."""
+        tracked = self.tracked.get(instance_id)
+        if tracked is None or not tracked.retired or self._closed:
+            return
+        tracked.retired = False
+        tracked.task = asyncio.create_task(self._probe_loop(tracked), name=f"health {instance_id}")
+
     def expire(self, instance_id: str) -> bool:
         """Flag an instance as expired (it is replaced, then killed). False if this router does not know it."""
         tracked = self.tracked.get(instance_id)

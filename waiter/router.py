@@ -10,6 +10,9 @@ from typing import Any
 from aiohttp import web
 
 from waiter.api import admin
+from waiter.auth import Authenticator, create_authenticator
+from waiter.autoscaler import Autoscaler
+from waiter.coordinator import Coordinator
 from waiter.errors import WaiterError, render_error
 from waiter.proxy import Proxy
 from waiter.registry import ServiceRegistry
@@ -40,7 +43,11 @@ class Router:
         self.registry = registry
         self.proxy = proxy
         self.resolver = Resolver(settings, tokens, self._core_of)
+        self.auth: Authenticator = create_authenticator(settings)
         self.draining = False
+        # Set by the app's lifecycle once the shared state is open.
+        self.coordinator: Coordinator | None = None
+        self.autoscaler: Autoscaler | None = None
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
 
     def _core_of(self, service_id: str) -> dict[str, Any] | None:

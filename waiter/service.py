@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,13 +76,26 @@ def _secs(ms: int) -> str:
     return str(int(secs)) if secs == int(secs) else f"{secs:g}"
 
 
+SlotsPolicy = Callable[["Service"], int]
+DemandHook = Callable[["Service"], None]
+
+
+def all_slots(service: Service) -> int:
+    return service.reservations.concurrency_level
+
+
 class Service:
+    """One service on this router. Starting instances beyond the first ones is the autoscaler's job."""
+
     def __init__(
         self,
         resolved: ResolvedService,
         scheduler: Scheduler,
         session: aiohttp.ClientSession,
         health: HealthConfig,
+        *,
+        slots_policy: SlotsPolicy = all_slots,
+        on_demand: DemandHook | None = None,
     ) -> None:
         self.resolved = resolved
         self.id = resolved.service_id
@@ -98,31 +110,33 @@ class Service:
             load_balancing=str(d.get("load-balancing", "oldest")),
             max_queue_length=int(d.get("max-queue-length", 1_000_000)),
         )
+        self._slots_policy = slots_policy
+        self._on_demand = on_demand
         self.tracker = InstanceTracker(
             self.spec,
             scheduler,
             session,
             startup_interval=health.startup_interval_ms / 1000,
             probe_timeout=health.timeout_ms / 1000,
-            on_routable=self.reservations.add,
+            on_routable=self._routable,
             on_unroutable=self.reservations.remove,
         )
         self.registered_at = time.time()
         self.last_request_time: float | None = None
         self.total_requests = 0
         self.start_error: str | None = None
-        self._need = asyncio.Event()
         self._started: asyncio.Task[None] | None = None
-        self._scaler: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def ensure_started(self) -> None:
-        """Create the service on the scheduler (once) and start following its instances."""
+        """Create the service on the scheduler (once) and follow its instances."""
         if self._started is None:
             self._started = asyncio.create_task(self._create(), name=f"create {self.id}")
-        if self._scaler is None:
-            self._scaler = asyncio.create_task(self._scale_loop(), name=f"scale {self.id}")
+
+    def follow(self) -> None:
+        """Follow the instances of a service another router started."""
+        self.tracker.sync()
 
     async def _create(self) -> None:
         try:
@@ -138,16 +152,17 @@ class Service:
 
     def on_scheduler_change(self) -> None:
         self.tracker.sync()
-        self._need.set()
+
+    def _routable(self, instance: Instance) -> None:
+        self.reservations.add(instance, self._slots_policy(self))
 
     async def close(self) -> None:
         self.reservations.fail_waiters(
             WaiterError(503, "The service was stopped while this request waited for an instance.", service_id=self.id)
         )
-        for task in (self._started, self._scaler):
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*(t for t in (self._started, self._scaler) if t), return_exceptions=True)
+        if self._started is not None:
+            self._started.cancel()
+            await asyncio.gather(self._started, return_exceptions=True)
         await self.tracker.close()
 
     # -- requests --------------------------------------------------------------------------------------------
@@ -174,7 +189,8 @@ class Service:
                     "max-queue-length": self.reservations.max_queue_length,
                 },
             ) from None
-        self._need.set()
+        if self._on_demand is not None:
+            self._on_demand(self)
         try:
             done, _ = await asyncio.wait((fut,), timeout=queue_timeout_ms / 1000)
         except BaseException:
@@ -210,30 +226,3 @@ class Service:
             error_class="waiter.DeploymentError",
             service_id=self.id,
         )
-
-    # -- interim scaling: enough instances for the outstanding requests ----------------------------------------
-
-    def needed_instances(self) -> int:
-        outstanding = self.reservations.outstanding
-        need = math.ceil(outstanding / self.spec.concurrency_level)
-        return max(self.min_instances, min(need, self.max_instances))
-
-    async def _scale_loop(self) -> None:
-        # One loop per service, so scale calls for one need are never issued twice.
-        while True:
-            await self._need.wait()
-            self._need.clear()
-            started = self._started
-            if started is None:
-                continue
-            if not started.done():
-                await asyncio.wait((started,))
-            state = self.scheduler.service_state(self.id)
-            if state is None:
-                continue
-            needed = self.needed_instances()
-            if needed > state.requested:
-                try:
-                    await self.scheduler.scale_service(self.id, needed)
-                except SchedulerError as exc:
-                    log.error("could not scale %s to %d: %s", self.id, needed, exc)

@@ -8,16 +8,30 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 SCHEDULER_KINDS = ("local", "marathon", "mesos")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs, /status and /settings."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))
 
 
 class SettingsError(Exception):
@@ -31,10 +45,54 @@ class LocalSchedulerConfig:
     memory_check_interval_secs: float = 1.0
 
 
+MARATHON_APP_ID_PREFIX = re.compile(r"/(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?/)*")
+
+
+@dataclass(frozen=True)
+class MarathonSchedulerConfig:
+    url: str = ""  # Marathon's base URL (required with kind marathon), e.g. http://marathon.example.com:8080
+    # The Marathon group holding this router's apps: app id = prefix + service id. "/" puts them at the top, as
+    # Waiter does; a group keeps them apart from other apps and lets one GET list only them.
+    app_id_prefix: str = "/waiter/"
+    username: str | None = None  # HTTP basic auth, together with password
+    password: str | None = None
+    sync_interval_ms: int = 1000  # how often the app snapshot is refreshed when nothing is starting
+    request_timeout_ms: int = 10_000  # one HTTP call's deadline
+    retry_attempts: int = 5  # tries of a call that meets a deployment lock (409), a 5xx or a timeout
+    retry_backoff_ms: int = 100  # wait before the first retry; doubles each time, capped at 5 s
+    agent_work_dir: str = "/var/lib/mesos"  # the Mesos agents' --work_dir, for instances' log-directory
+
+
+MESOS_MASTER = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):(\d{1,5})")
+
+
+@dataclass(frozen=True)
+class MesosSchedulerConfig:
+    master: str = ""  # HOST:PORT of a Mesos master (required with kind mesos); a non-leader redirects to the leader
+    framework_name: str = "waiter"
+    role: str = "*"
+    user: str = ""  # the framework's user; empty means the router's run-as-user
+    failover_timeout_secs: float = 604800.0  # the master keeps the tasks this long while the router is away
+    offer_wait_secs: float = 60.0  # no offer fits an instance for this long -> the service shows a deployment error
+    request_timeout_ms: int = 10_000  # one call's deadline (and SUBSCRIBE's until the first event)
+    agent_work_dir: str = "/var/lib/mesos"  # the Mesos agents' --work_dir, for instances' log-directory
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     startup_interval_ms: int = 50  # probe period while an instance has never been healthy
     timeout_ms: int = 1000  # one probe's deadline
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    interval_ms: int = 1000  # the leader's decision period (Waiter: 1 s)
+    kill_interval_ms: int = 1000  # at most one scale-down kill per service this often
+    burst_enabled: bool = True
+    burst_threshold: float = 2.0  # burst when the need is at least this many times the healthy instances
+    burst_stable_window_secs: float = 60.0  # no scale-down until the burst condition has been gone this long
+    publish_interval_ms: int = 100  # how often a router shares its counts (and reads the others')
+    router_ttl_ms: int = 3000  # a router that stops heartbeating is forgotten after this
 
 
 @dataclass(frozen=True)
@@ -49,9 +107,14 @@ class Settings:
     run_as_user: str = field(default_factory=getpass.getuser)
     drain_timeout_secs: float = 30.0
     hostnames: tuple[str, ...] = ()
+    redis: str | None = None  # token store URL; None keeps tokens in memory (one router)
+    token_admins: tuple[str, ...] = ()  # load_settings defaults it to (run_as_user,), as Waiter's process user
     scheduler_kind: str = "local"
     local: LocalSchedulerConfig = LocalSchedulerConfig()
+    marathon: MarathonSchedulerConfig = MarathonSchedulerConfig()
+    mesos: MesosSchedulerConfig = MesosSchedulerConfig()
     health: HealthConfig = HealthConfig()
+    scaling: ScalingConfig = ScalingConfig()
     service_defaults: Mapping[str, Any] = field(default_factory=dict)
     max_cpus: float = 32.0
     max_mem: float = 131072.0
@@ -64,6 +127,8 @@ class Settings:
             "host": self.host,
             "port": self.port,
             "hostnames": list(self.hostnames),
+            "redis": redact_url(self.redis) if self.redis else None,
+            "token-admins": list(self.token_admins),
             "cluster-config": {"name": self.cluster_name},
             "tokens-dir": str(self.tokens_dir) if self.tokens_dir else None,
             "service-prefix": self.service_prefix,
@@ -77,6 +142,37 @@ class Settings:
                     "port-range": list(self.local.port_range),
                     "memory-check-interval-secs": self.local.memory_check_interval_secs,
                 },
+                "marathon": {
+                    "url": redact_url(self.marathon.url),
+                    "app-id-prefix": self.marathon.app_id_prefix,
+                    "username": self.marathon.username,
+                    "sync-interval-ms": self.marathon.sync_interval_ms,
+                    "request-timeout-ms": self.marathon.request_timeout_ms,
+                    "retry-attempts": self.marathon.retry_attempts,
+                    "retry-backoff-ms": self.marathon.retry_backoff_ms,
+                    "agent-work-dir": self.marathon.agent_work_dir,
+                },
+                "mesos": {
+                    "master": self.mesos.master,
+                    "framework-name": self.mesos.framework_name,
+                    "role": self.mesos.role,
+                    "user": self.mesos.user or self.run_as_user,
+                    "failover-timeout-secs": self.mesos.failover_timeout_secs,
+                    "offer-wait-secs": self.mesos.offer_wait_secs,
+                    "request-timeout-ms": self.mesos.request_timeout_ms,
+                    "agent-work-dir": self.mesos.agent_work_dir,
+                },
+            },
+            "autoscaler": {
+                "interval-ms": self.scaling.interval_ms,
+                "kill-interval-ms": self.scaling.kill_interval_ms,
+                "burst": {
+                    "enabled": self.scaling.burst_enabled,
+                    "threshold": self.scaling.burst_threshold,
+                    "stable-window-secs": self.scaling.burst_stable_window_secs,
+                },
+                "publish-interval-ms": self.scaling.publish_interval_ms,
+                "router-ttl-ms": self.scaling.router_ttl_ms,
             },
             "health-check-config": {
                 "startup-interval-ms": self.health.startup_interval_ms,
@@ -159,6 +255,103 @@ class _Reader:
                 self.problems.append(f"{self._key(str(key))} is not a known setting; allowed here: {allowed}.")
 
 
+def _scaling(r: _Reader, base: ScalingConfig) -> ScalingConfig:
+    burst = _Reader(r.mapping("burst"), "autoscaler.burst.", r.problems)
+    config = ScalingConfig(
+        interval_ms=r.integer("interval-ms", base.interval_ms, 50, 60_000),
+        kill_interval_ms=r.integer("kill-interval-ms", base.kill_interval_ms, 0, 600_000),
+        burst_enabled=burst.boolean("enabled", base.burst_enabled),
+        burst_threshold=burst.number("threshold", base.burst_threshold, 1.0, 100.0),
+        burst_stable_window_secs=burst.number("stable-window-secs", base.burst_stable_window_secs, 0, 86400),
+        publish_interval_ms=r.integer("publish-interval-ms", base.publish_interval_ms, 50, 250),
+        router_ttl_ms=r.integer("router-ttl-ms", base.router_ttl_ms, 500, 600_000),
+    )
+    burst.check_unknown()
+    r.check_unknown()
+    return config
+
+
+def _marathon(r: _Reader, base: MarathonSchedulerConfig, kind: str) -> MarathonSchedulerConfig:
+    url = r.string("url", base.url).rstrip("/")
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment):
+        r.problems.append(
+            f"scheduler.marathon.url is {redact_url(url)!r} but must be an http:// or https:// URL with a host, "
+            "e.g. http://marathon.example.com:8080."
+        )
+    elif not url and kind == "marathon":
+        r.problems.append("scheduler.marathon.url is not set but is required when scheduler.kind is marathon.")
+    prefix = r.string("app-id-prefix", base.app_id_prefix)
+    normalised = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+    if not MARATHON_APP_ID_PREFIX.fullmatch(normalised):
+        r.problems.append(
+            f"scheduler.marathon.app-id-prefix is {prefix!r} but must be '/' or a Marathon group path of segments "
+            "made of lowercase letters, digits and '-' (not starting or ending with '-'), e.g. /waiter/."
+        )
+    username = r.string("username", base.username or "") or None
+    password = r.string("password", base.password or "") or None
+    if (username is None) != (password is None):
+        r.problems.append("scheduler.marathon.username and scheduler.marathon.password must be set together.")
+    config = MarathonSchedulerConfig(
+        url=url,
+        app_id_prefix=normalised,
+        username=username,
+        password=password,
+        sync_interval_ms=r.integer("sync-interval-ms", base.sync_interval_ms, 10, 600_000),
+        request_timeout_ms=r.integer("request-timeout-ms", base.request_timeout_ms, 10, 600_000),
+        retry_attempts=r.integer("retry-attempts", base.retry_attempts, 1, 100),
+        retry_backoff_ms=r.integer("retry-backoff-ms", base.retry_backoff_ms, 1, 60_000),
+        agent_work_dir=r.string("agent-work-dir", base.agent_work_dir),
+    )
+    r.check_unknown()
+    return config
+
+
+def _mesos(r: _Reader, base: MesosSchedulerConfig, kind: str) -> MesosSchedulerConfig:
+    master = r.string("master", base.master)
+    match = MESOS_MASTER.fullmatch(master)
+    if master and (match is None or not 1 <= int(match.group(1)) <= 65535):
+        r.problems.append(
+            f"scheduler.mesos.master is {master!r} but must be HOST:PORT of a Mesos master (no scheme, port 1-65535), "
+            "e.g. mesos.example.com:5050."
+        )
+    elif not master and kind == "mesos":
+        r.problems.append("scheduler.mesos.master is not set but is required when scheduler.kind is mesos.")
+    role = r.string("role", base.role)
+    if role != "*" and (role in (".", "..") or role.startswith("-") or any(c.isspace() for c in role)):
+        r.problems.append(
+            f"scheduler.mesos.role is {role!r} but must be '*' or a Mesos role name: no whitespace, "
+            "not '.' or '..', not starting with '-'."
+        )
+    config = MesosSchedulerConfig(
+        master=master,
+        framework_name=r.string("framework-name", base.framework_name),
+        role=role,
+        user=r.string("user", base.user),
+        failover_timeout_secs=r.number("failover-timeout-secs", base.failover_timeout_secs, 0, 365 * 86400),
+        offer_wait_secs=r.number("offer-wait-secs", base.offer_wait_secs, 0.1, 86400),
+        request_timeout_ms=r.integer("request-timeout-ms", base.request_timeout_ms, 10, 600_000),
+        agent_work_dir=r.string("agent-work-dir", base.agent_work_dir),
+    )
+    r.check_unknown()
+    return config
+
+
+def _merge(into: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """Overrides win key by key; nested mappings merge, so ``--marathon-url`` keeps the file's other marathon keys."""
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        current = into.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            _merge(current, value)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
 def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     problems: list[str] = []
     top = _Reader(data, "", problems)
@@ -176,6 +369,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     allow = top.boolean("allow-on-the-fly", base.allow_on_the_fly)
     run_as_user = top.string("run-as-user", base.run_as_user)
     drain = top.number("drain-timeout-secs", base.drain_timeout_secs, 0, 3600)
+    redis_url, token_admins = _token_store(top, base, run_as_user, problems)
     hostnames = base.hostnames
     raw_hosts = top.get("hostnames")
     if raw_hosts is not None:
@@ -209,6 +403,8 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
             )
     mem_interval = local_r.number("memory-check-interval-secs", base.local.memory_check_interval_secs, 0.05, 3600)
     local_r.check_unknown()
+    marathon = _marathon(_Reader(sched.mapping("marathon"), "scheduler.marathon.", problems), base.marathon, kind)
+    mesos = _mesos(_Reader(sched.mapping("mesos"), "scheduler.mesos.", problems), base.mesos, kind)
     sched.check_unknown()
 
     health_r = _Reader(top.mapping("health-check"), "health-check.", problems)
@@ -217,6 +413,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         timeout_ms=health_r.integer("timeout-ms", base.health.timeout_ms, 10, 60000),
     )
     health_r.check_unknown()
+    scaling = _scaling(_Reader(top.mapping("autoscaler"), "autoscaler.", problems), base.scaling)
     defaults = dict(base.service_defaults)
     defaults.update(top.mapping("service-defaults"))
     top.check_unknown()
@@ -234,13 +431,44 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         run_as_user=run_as_user,
         drain_timeout_secs=drain,
         hostnames=hostnames,
+        redis=redis_url,
+        token_admins=token_admins,
         scheduler_kind=kind,
         local=LocalSchedulerConfig(work_dir=work_dir, port_range=port_range, memory_check_interval_secs=mem_interval),
+        marathon=marathon,
+        mesos=mesos,
         health=health,
+        scaling=scaling,
         service_defaults=defaults,
         max_cpus=max_cpus,
         max_mem=max_mem,
     )
+
+
+def _token_store(
+    top: _Reader, base: Settings, run_as_user: str, problems: list[str]
+) -> tuple[str | None, tuple[str, ...]]:
+    redis_url = base.redis
+    if top.has("redis"):
+        raw = top.get("redis")
+        if raw is None:
+            redis_url = None
+        elif isinstance(raw, str) and raw.startswith(REDIS_SCHEMES) and len(raw) > len("redis://"):
+            redis_url = raw
+        else:
+            shown = redact_url(raw) if isinstance(raw, str) else repr(raw)
+            problems.append(
+                f"redis is {shown!r} but must be a URL starting with {', '.join(REDIS_SCHEMES)} "
+                "(e.g. redis://127.0.0.1:6379/0), or null to keep tokens in memory."
+            )
+    admins = base.token_admins or (run_as_user,)
+    raw_admins = top.get("token-admins")
+    if raw_admins is not None:
+        if isinstance(raw_admins, list) and all(isinstance(a, str) and a for a in raw_admins):
+            admins = tuple(raw_admins)
+        else:
+            problems.append(f"token-admins is {raw_admins!r} but must be a list of user names (may be empty).")
+    return redis_url, admins
 
 
 def load_settings(config_file: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -256,7 +484,7 @@ def load_settings(config_file: Path | None = None, overrides: Mapping[str, Any] 
         if loaded is not None and not isinstance(loaded, dict):
             raise SettingsError(f"The config file {config_file} must hold a mapping of settings at its top level.")
         data.update(loaded or {})
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    _merge(data, overrides or {})
     settings = _parse(data, Settings(config_file=config_file))
     if not settings.router_id:
         settings = replace(settings, router_id=f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")

@@ -1,19 +1,17 @@
 """A lean asyncio HTTP/1.1 client for forwarding requests to backend instances.
 
-aiohttp's ClientSession spends 95-140 µs of CPU on a request; a reverse proxy needs far less of what it does
-(cookies, redirects, URL objects, multidicts). This client speaks HTTP/1.1 on ``asyncio.Protocol`` with
-``httptools`` parsing, keeps a LIFO pool of keep-alive connections per (host, port), and streams both
-bodies with flow control in both directions. It runs on the default loop and on uvloop.
-
-Exceptions::
+aiohttp's ClientSession spends 95-140 µs of CPU on a request, mostly on what a reverse proxy does not need (cookies,
+redirects, URL objects, multidicts). This client speaks HTTP/1.1 on ``asyncio.Protocol`` with ``httptools`` parsing,
+keeps a LIFO pool of keep-alive connections per (host, port), and streams both bodies with flow control. It runs on
+the default loop and on uvloop. Exceptions::
 
     UpstreamError
     ├── ConnectError      could not connect; nothing was sent, another instance may be tried
-    ├── UpstreamTimeout   the backend sent nothing (or accepted nothing) for idle_timeout seconds
+    ├── UpstreamTimeout   the backend sent (or accepted) nothing for idle_timeout seconds
     └── UpstreamClosed    the connection ended or broke before the response was complete
 
-Header names and values travel as ``str`` decoded/encoded as UTF-8 with ``surrogateescape``, the convention of
-aiohttp's own parser, so bytes a client sent reach the backend unchanged.
+Header names and values are ``str`` encoded and decoded as UTF-8 with ``surrogateescape``, aiohttp's own convention,
+so the bytes a client sent reach the backend unchanged.
 """
 
 from __future__ import annotations
@@ -26,9 +24,7 @@ from typing import cast
 
 import httptools
 
-__all__ = [
-    "ConnectError", "UpstreamClosed", "UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout",
-]
+__all__ = ["ConnectError", "UpstreamClosed", "UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]
 
 # Past this many buffered response bytes reading pauses: a slow client never makes the router hold a big body.
 _READ_HIGH_WATER = 256 * 1024
@@ -36,8 +32,8 @@ _READ_HIGH_WATER = 256 * 1024
 _COALESCE_LIMIT = 64 * 1024
 # A streamed request body is held for a transparent retry on a fresh connection while it stays this small.
 _REPLAY_LIMIT = 64 * 1024
-_ENC = "utf-8"
-_ERRORS = "surrogateescape"
+_ENC, _ERRORS = "utf-8", "surrogateescape"
+Body = bytes | AsyncIterator[bytes] | None
 
 
 class UpstreamError(Exception):
@@ -49,10 +45,7 @@ class ConnectError(UpstreamError):
 
 
 class UpstreamTimeout(UpstreamError):
-    """No byte from the backend for idle_timeout seconds (waiting for the head or between body chunks).
-
-    Also raised when the backend accepts no request body bytes for that long.
-    """
+    """No byte from the backend for idle_timeout seconds (waiting for the head, between body chunks, or to drain)."""
 
 
 class UpstreamClosed(UpstreamError):
@@ -62,10 +55,9 @@ class UpstreamClosed(UpstreamError):
 class _StaleConnection(Exception):
     """A pooled connection died before answering; the request may be replayed with ``body`` on a fresh one."""
 
-    def __init__(self, body: bytes | AsyncIterator[bytes] | None, consumed: bool) -> None:
+    def __init__(self, body: Body, consumed: bool) -> None:
         super().__init__("stale pooled connection")
-        self.body = body
-        self.consumed = consumed
+        self.body, self.consumed = body, consumed
 
 
 async def _replay_then(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -75,14 +67,14 @@ async def _replay_then(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIt
         yield chunk
 
 
-def _host_value(host: str, port: int) -> str:
-    name = f"[{host}]" if ":" in host else host
-    return name if port == 80 else f"{name}:{port}"
-
-
 def _build_head(
-    method: str, target: str, headers: list[tuple[str, str]], host: str, port: int,
-    body: bytes | AsyncIterator[bytes] | None, content_length: int | None,
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    host: str,
+    port: int,
+    body: Body,
+    content_length: int | None,
 ) -> bytes:
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     has_host = False
@@ -91,20 +83,15 @@ def _build_head(
             has_host = True
         lines.append(f"{name}: {value}\r\n")
     if not has_host:
-        lines.append(f"Host: {_host_value(host, port)}\r\n")
+        name = f"[{host}]" if ":" in host else host
+        lines.append(f"Host: {name}\r\n" if port == 80 else f"Host: {name}:{port}\r\n")
     if isinstance(body, bytes):
         if content_length is not None and content_length != len(body):
-            raise ValueError(
-                f"content_length {content_length} does not match the {len(body)}-byte body; pass the body's "
-                "length or None."
-            )
+            raise ValueError(f"content_length {content_length} does not match the {len(body)}-byte body.")
         lines.append(f"Content-Length: {len(body)}\r\n")
     elif content_length is not None:
         if content_length < 0 or (body is None and content_length != 0):
-            raise ValueError(
-                f"content_length {content_length} is not allowed here: it must be >= 0, and 0 when there is "
-                "no body."
-            )
+            raise ValueError(f"content_length {content_length} is not allowed here: >= 0, and 0 without a body.")
         lines.append(f"Content-Length: {content_length}\r\n")
     elif body is not None:
         lines.append("Transfer-Encoding: chunked\r\n")
@@ -113,67 +100,50 @@ def _build_head(
     # Each line brings exactly one CR and one LF; any more came from a value and would split the request.
     if text.count("\n") != len(lines) or text.count("\r") != len(lines):
         raise ValueError(
-            "The request method, target or a header contains a CR or LF character; such a request is refused "
+            "The request method, target or a header contains a CR or LF character; the request is refused "
             "because it could smuggle a second request to the backend."
         )
     return text.encode(_ENC, _ERRORS)
 
 
 class _Conn(asyncio.Protocol):
-    """One keep-alive connection to a backend, carrying one request at a time.
-
-    It is also the httptools callback object: the ``on_*`` methods below are called from ``feed_data``.
-    """
+    """One keep-alive connection carrying one exchange at a time; also the httptools callback object."""
 
     transport: asyncio.Transport
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
-        self.pool = pool
-        self.key = key
-        self.loop = loop
-        self.reused = False
-        self.idle_since = 0.0
-        self.active = False
-        self.lost = False
-        self._lost_fut: asyncio.Future[None] | None = None
+        self.pool, self.key, self.loop = pool, key, loop
+        self.reused = self.lost = self._parser_dirty = self._write_paused = self._upgraded = False
+        self.idle_since = self._last_io = 0.0
+        self._timers: dict[bool, asyncio.TimerHandle] = {}  # the live idle timer of the read and the drain waits
         self._parser = httptools.HttpResponseParser(self)
-        self._parser_dirty = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._lost_fut: asyncio.Future[None] = loop.create_future()
         self._waiter: asyncio.Future[None] | None = None
-        self._upgraded = False
+        self._drain_waiter: asyncio.Future[None] | None = None
         self._tail: list[bytes] = []
         self._begin(False, 1.0)
         self.active = False
 
     def _begin(self, head_only: bool, idle_timeout: float) -> None:
+        """Reset the per-exchange state."""
         if self._parser_dirty:
             self._parser = httptools.HttpResponseParser(self)
             self._parser_dirty = False
         self.active = True
-        self._head_only = head_only
-        self._idle_timeout = idle_timeout
-        self._head_done = False
-        self._done = False
-        self._interim = False
-        self._got_byte = False
+        self._head_only, self._idle_timeout = head_only, idle_timeout
+        self._head_done = self._done = self._interim = self._got_byte = False
+        self._chunked = self._keep_alive = self._read_paused = False
         self._exc: BaseException | None = None
         self._body_exc: Exception | None = None
-        self._status = 0
-        self._reason = b""
+        self._status, self._reason, self._buffered, self._replay_size = 0, b"", 0, 0
         self._headers: list[tuple[str, str]] = []
         self._clen: int | None = None
-        self._chunked = False
-        self._keep_alive = False
         self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._read_paused = False
         self._body_task: asyncio.Task[None] | None = None
         self._body_iter: AsyncIterator[bytes] | None = None
         self._replay: list[bytes] | None = [] if self.reused else None
-        self._replay_size = 0
 
-    # -- asyncio.Protocol ------------------------------------------------------------------------------------
+    # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -192,6 +162,7 @@ class _Conn(asyncio.Protocol):
                 self.transport.abort()  # unsolicited bytes on an idle connection
             return
         self._got_byte = True
+        self._last_io = self.loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -209,8 +180,7 @@ class _Conn(asyncio.Protocol):
         self.lost = True
         if self.active and not self._done and self._exc is None:
             if exc is None and self._head_done and self._clen is None and not self._chunked:
-                # A body delimited by the end of the connection (HTTP/1.0 style) ended cleanly.
-                self._done = True
+                self._done = True  # the body was delimited by the end of the connection (HTTP/1.0 style)
             else:
                 where = "body" if self._head_done else "head"
                 reason = f" ({exc})" if exc is not None else ""
@@ -218,11 +188,9 @@ class _Conn(asyncio.Protocol):
                     f"The backend closed the connection before the response {where} was complete{reason}."
                 )
         self._wake()
-        drain = self._drain_waiter
-        if drain is not None and not drain.done():
-            drain.set_result(None)
+        self.resume_writing()
         self.pool._forget(self)
-        if self._lost_fut is not None and not self._lost_fut.done():
+        if not self._lost_fut.done():
             self._lost_fut.set_result(None)
 
     def pause_writing(self) -> None:
@@ -234,7 +202,7 @@ class _Conn(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
-    # -- httptools callbacks ---------------------------------------------------------------------------------
+    # httptools callbacks
 
     def on_status(self, reason: bytes) -> None:
         if self._done:
@@ -251,25 +219,17 @@ class _Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status < 200 and status != 101:
-            # Interim responses (100 Continue, 103 Early Hints) precede the real one; forget them.
-            self._interim = True
-            self._reason = b""
-            self._headers = []
-            self._clen = None
-            self._chunked = False
+            # An interim response (100 Continue, 103 Early Hints) precedes the real one; forget it.
+            self._interim, self._reason, self._headers, self._clen, self._chunked = True, b"", [], None, False
             return
-        self._status = status
+        self._status, self._head_done = status, True
         self._keep_alive = self._parser.should_keep_alive()
-        self._head_done = True
         if status == 101:
-            self._upgraded = True
-            self._done = True
-            self._keep_alive = False
+            self._upgraded, self._keep_alive = True, False
         elif self._head_only:
-            # llhttp cannot be told the request was HEAD, so it would wait for Content-Length bytes: end the
-            # message here and give the next request a fresh parser.
-            self._done = True
-            self._parser_dirty = True
+            # llhttp cannot be told the request was HEAD and would wait for Content-Length bytes: end the
+            # message here and give the next exchange a fresh parser.
+            self._done = self._parser_dirty = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
@@ -286,11 +246,11 @@ class _Conn(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
-            return
-        self._done = True
-        self._wake()
+        else:
+            self._done = True
+            self._wake()
 
-    # -- helpers ---------------------------------------------------------------------------------------------
+    # helpers
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -298,7 +258,7 @@ class _Conn(asyncio.Protocol):
             waiter.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
-        """End the exchange with ``exc`` (unless the response was complete already); drop the connection."""
+        """End the exchange with ``exc`` (unless its response is complete already); drop the connection."""
         if self.active and not self._done and self._exc is None:
             self._exc = exc
         self._wake()
@@ -306,13 +266,13 @@ class _Conn(asyncio.Protocol):
             self.transport.abort()
 
     async def _wait(self, limit_secs: float, what: str, drain: bool = False) -> None:
-        """Wait for a wake-up (data arrived, or the write buffer drained); fail past the limit."""
+        """Wait for a wake-up (data arrived, or the write buffer drained); fail after ``limit_secs`` without I/O."""
         fut = self.loop.create_future()
         if drain:
             self._drain_waiter = fut
         else:
             self._waiter = fut
-        timer = self.loop.call_later(limit_secs, self._expired, fut, limit_secs, what)
+        self._timers[drain] = self.loop.call_later(limit_secs, self._expired, fut, limit_secs, what, drain)
         try:
             await fut
         finally:
@@ -320,50 +280,48 @@ class _Conn(asyncio.Protocol):
                 self._drain_waiter = None
             else:
                 self._waiter = None
-            timer.cancel()
+            self._timers.pop(drain).cancel()
 
-    def _expired(self, fut: asyncio.Future[None], limit_secs: float, what: str) -> None:
-        if not fut.done():
-            fut.set_result(None)
-            self._fail(UpstreamTimeout(f"The backend {what} for {limit_secs:g} s (idle_timeout)."))
+    def _expired(self, fut: asyncio.Future[None], limit_secs: float, what: str, drain: bool) -> None:
+        if fut.done():
+            return
+        idle_for = self.loop.time() - self._last_io
+        if idle_for < limit_secs:
+            # Bytes moved meanwhile (say, a long upload the backend reads before answering): not idle yet.
+            self._timers[drain] = self.loop.call_later(
+                limit_secs - idle_for, self._expired, fut, limit_secs, what, drain
+            )
+            return
+        fut.set_result(None)
+        self._fail(UpstreamTimeout(f"The backend {what} for {limit_secs:g} s (idle_timeout)."))
 
     def take(self) -> bytes:
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
-        self._buffered = 0
+        self._chunks, self._buffered = [], 0
         if self._read_paused:
             self._read_paused = False
             if not self.transport.is_closing():
                 self.transport.resume_reading()
         return data
 
-    def closed_future(self) -> asyncio.Future[None]:
-        if self._lost_fut is None:
-            self._lost_fut = self.loop.create_future()
-            if self.lost:
-                self._lost_fut.set_result(None)
-        return self._lost_fut
-
-    # -- one exchange ----------------------------------------------------------------------------------------
+    # one exchange
 
     async def exchange(
-        self, head: bytes, body: bytes | AsyncIterator[bytes] | None, head_only: bool, idle_timeout: float,
-        content_length: int | None,
+        self, head: bytes, body: Body, head_only: bool, idle_timeout: float, content_length: int | None
     ) -> UpstreamResponse:
         self._begin(head_only, idle_timeout)
-        transport = self.transport
         try:
             if body is None:
-                transport.write(head)
+                self.transport.write(head)
             elif isinstance(body, bytes):
                 if len(body) <= _COALESCE_LIMIT:
-                    transport.write(head + body)
+                    self.transport.write(head + body)
                 else:
-                    transport.write(head)
-                    transport.write(body)
+                    self.transport.write(head)
+                    self.transport.write(body)
             else:
-                transport.write(head)
+                self.transport.write(head)
                 self._body_iter = body
                 self._body_task = self.loop.create_task(self._send_body(body, content_length))
             while not self._head_done:
@@ -375,19 +333,17 @@ class _Conn(asyncio.Protocol):
             raise
         return UpstreamResponse(self)
 
-    async def _raise_failure(self, body: bytes | AsyncIterator[bytes] | None) -> None:
+    async def _raise_failure(self, body: Body) -> None:
         task = self._body_task
         stale = self.reused and not self._got_byte and isinstance(self._exc, UpstreamClosed)
         if task is not None and stale:
-            await task  # it stops after at most one more chunk; that chunk is kept for the replay
+            await task  # it stops after at most one more chunk, which it keeps for the replay
         if self._body_exc is not None:
             raise self._body_exc
-        if stale:
-            if task is None:
-                raise _StaleConnection(body, False)
-            if self._replay is not None and self._body_iter is not None:
-                replay = self._replay
-                raise _StaleConnection(_replay_then(replay, self._body_iter), bool(replay))
+        if stale and task is None:
+            raise _StaleConnection(body, False)
+        if stale and self._replay is not None and self._body_iter is not None:
+            raise _StaleConnection(_replay_then(self._replay, self._body_iter), bool(self._replay))
         assert self._exc is not None
         raise self._exc
 
@@ -404,17 +360,14 @@ class _Conn(asyncio.Protocol):
                     self._hold(chunk)
                 if self._exc is not None or self.lost:
                     return  # the connection is gone; the chunk survives in the replay list if it still fits
-                if content_length is None:
-                    self.transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
-                else:
-                    self.transport.write(chunk)
+                self.transport.write(chunk if content_length is not None else b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                self._last_io = self.loop.time()
                 if self._write_paused:
                     await self._wait(self._idle_timeout, "accepted no request body bytes", drain=True)
+                    if self._exc is not None or self.lost:
+                        return
             if content_length is not None and sent != content_length:
-                raise ValueError(
-                    f"The request body ended after {sent} bytes, short of its declared content_length of "
-                    f"{content_length} bytes."
-                )
+                raise ValueError(f"The request body ended after {sent} of its content_length={content_length} bytes.")
             if content_length is None and self._exc is None and not self.lost:
                 self.transport.write(b"0\r\n\r\n")
         except Exception as exc:
@@ -432,8 +385,7 @@ class _Conn(asyncio.Protocol):
     def discard(self) -> None:
         """Close the connection and stop whatever this exchange still had running."""
         self.active = False
-        task = self._body_task
-        self._body_task = None
+        task, self._body_task = self._body_task, None
         if task is not None and not task.done():
             task.cancel()
         if not self.lost:
@@ -444,20 +396,16 @@ class _Conn(asyncio.Protocol):
         if not self.active:
             return
         task = self._body_task
+        clean = self._done and self._keep_alive and not self._chunks and self._exc is None
         if (
-            self._done
-            and self._keep_alive
-            and not self._chunks
-            and self._exc is None
+            clean
             and self._body_exc is None
             and not self.lost
             and (task is None or task.done())
             and self.transport.get_write_buffer_size() == 0
         ):
             self.active = False
-            self._body_task = None
-            self._body_iter = None
-            self._replay = None
+            self._body_task = self._body_iter = self._replay = None
             self.pool._put(self)
         else:
             self.discard()
@@ -465,20 +413,18 @@ class _Conn(asyncio.Protocol):
     def detach(self) -> tuple[asyncio.Transport, bytes]:
         self.active = False
         self.pool._forget(self)
-        tail = b"".join(self._tail)
-        self._tail = []
+        tail, self._tail = b"".join(self._tail), []
         return self.transport, tail
 
 
 class UpstreamResponse:
     """A backend's response, returned as soon as its head is parsed; the body is read with ``read_chunk``.
 
-    ``content_length`` echoes the header even for responses that have no body (HEAD, 204, 304); their body is
-    empty. ``idle_timeout`` starts as the request's and may be changed before reading the body.
+    ``content_length`` echoes the header even for responses that have no body (HEAD, 204, 304); their body is empty.
+    ``idle_timeout`` starts as the request's and may be changed before reading the body.
     """
 
-    __slots__ = ("_conn", "chunked", "content_length", "headers", "idle_timeout", "keep_alive", "reason",
-                 "status")
+    __slots__ = ("_conn", "chunked", "content_length", "headers", "idle_timeout", "keep_alive", "reason", "status")
 
     def __init__(self, conn: _Conn) -> None:
         self._conn: _Conn | None = conn
@@ -521,18 +467,16 @@ class UpstreamResponse:
     def release(self) -> None:
         """Pool the connection if the body was read to its end and the backend keeps it alive, else close it.
 
-        Must always be called; calling it again does nothing.
-        """
-        conn = self._conn
+        Must always be called; calling it again does nothing."""
+        conn, self._conn = self._conn, None
         if conn is not None:
-            self._conn = None
             conn.finish()
 
     def detach(self) -> tuple[asyncio.Transport, bytes]:
         """Hand over a 101 Switching Protocols connection: its transport and the bytes after the head.
 
-        Call ``transport.set_protocol(...)`` before the next await: until then new bytes still reach this
-        client and would be lost. The pool forgets the connection; closing it is the caller's job.
+        Call ``transport.set_protocol(...)`` before the next await: until then new bytes still reach this client and
+        would be lost. The pool forgets the connection; closing it is the caller's job.
         """
         conn = self._conn
         if conn is None or conn._status != 101 or conn.lost:
@@ -545,8 +489,7 @@ class UpstreamPool:
     """Keep-alive connections to backends, reused last-in first-out per (host, port)."""
 
     def __init__(
-        self, *, connect_timeout: float = 5.0, max_idle_per_endpoint: int = 256,
-        idle_keepalive_secs: float = 30.0,
+        self, *, connect_timeout: float = 5.0, max_idle_per_endpoint: int = 256, idle_keepalive_secs: float = 30.0
     ) -> None:
         limits = {"connect_timeout": connect_timeout, "idle_keepalive_secs": idle_keepalive_secs}
         for name, value in limits.items():
@@ -557,34 +500,38 @@ class UpstreamPool:
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle_per_endpoint
         self._keepalive = idle_keepalive_secs
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}  # oldest first; reuse pops the newest
         self._conns: set[_Conn] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def request(
-        self, host: str, port: int, method: str, target: str, headers: list[tuple[str, str]],
-        body: bytes | AsyncIterator[bytes] | None, *, idle_timeout: float, content_length: int | None = None,
+        self,
+        host: str,
+        port: int,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        body: Body,
+        *,
+        idle_timeout: float,
+        content_length: int | None = None,
     ) -> UpstreamResponse:
         """Send the request and return once the response head is parsed; the caller must release() it.
 
-        The head gets Host (unless given) and framing: Content-Length for a bytes body or a given
-        content_length, else chunked for an async iterator. A streamed body is sent by a task, so the backend
-        may answer before it ends. A pooled connection found dead before any response byte is replaced by a
-        fresh one, replaying the body if all of it consumed so far is still held (up to 64 KiB). Raises
-        ConnectError, UpstreamTimeout, UpstreamClosed, ValueError for a malformed request, and whatever the
-        body iterator raises.
+        The head gets Host (unless given) and framing: Content-Length for a bytes body or a given content_length,
+        else chunked for an async iterator. A streamed body is sent by a task, so the backend may answer before it
+        ends. A pooled connection found dead before any response byte is replaced by a fresh one, replaying the body
+        if all of it consumed so far is still held (up to 64 KiB). Raises ConnectError, UpstreamTimeout,
+        UpstreamClosed, ValueError for a malformed request, and whatever the body iterator raises.
         """
         if self._closed:
             raise UpstreamError("The upstream pool is closed; it sends no new requests.")
         if not idle_timeout > 0:
             raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}.")
         head = _build_head(method, target, headers, host, port, body, content_length)
-        head_only = method == "HEAD"
-        key = (host, port)
-        conn = self._pop_idle(key)
-        if conn is None:
-            conn = await self._connect(key)
+        key, head_only = (host, port), method == "HEAD"
+        conn = self._pop_idle(key) or await self._connect(key)
         try:
             return await conn.exchange(head, body, head_only, idle_timeout, content_length)
         except _StaleConnection as stale:
@@ -605,12 +552,10 @@ class UpstreamPool:
             self._sweeper = None
         self._idle.clear()
         conns = list(self._conns)
-        waits = [conn.closed_future() for conn in conns]
         for conn in conns:
             conn._fail(UpstreamClosed("The upstream pool was closed while the response was being read."))
             conn.discard()
-        if waits:
-            await asyncio.gather(*waits)
+        await asyncio.gather(*(conn._lost_fut for conn in conns))
 
     def endpoint_count(self) -> int:
         """How many idle connections the pool holds, over all endpoints."""
@@ -645,14 +590,11 @@ class UpstreamPool:
         return None
 
     def _put(self, conn: _Conn) -> None:
-        idle = self._idle.get(conn.key)
-        if idle is None:
-            idle = self._idle[conn.key] = []
+        idle = self._idle.setdefault(conn.key, [])
         if self._closed or len(idle) >= self._max_idle:
             conn.transport.close()
             return
-        conn.reused = True
-        conn.idle_since = conn.loop.time()
+        conn.reused, conn.idle_since = True, conn.loop.time()
         idle.append(conn)
         if self._sweeper is None:
             self._sweeper = conn.loop.call_at(conn.idle_since + self._keepalive, self._sweep, conn.loop)
@@ -660,14 +602,12 @@ class UpstreamPool:
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close connections idle for idle_keepalive_secs; lists are oldest first, so only fronts expire."""
         self._sweeper = None
-        deadline = loop.time() - self._keepalive
-        next_due = float("inf")
+        deadline, next_due = loop.time() - self._keepalive, float("inf")
         for key, idle in list(self._idle.items()):
             expired = 0
             while expired < len(idle) and idle[expired].idle_since <= deadline:
+                idle[expired].transport.close()
                 expired += 1
-            for conn in idle[:expired]:
-                conn.transport.close()
             del idle[:expired]
             if idle:
                 next_due = min(next_due, idle[0].idle_since + self._keepalive)

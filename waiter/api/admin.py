@@ -20,13 +20,18 @@ Handler = Callable[["Router", web.BaseRequest, tuple[tuple[str, str], ...]], Awa
 async def status(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
     if router.draining:
         return json_response({"message": "Router is in drain mode."}, 503)
-    return json_response({"status": "ok", "router-id": router.settings.router_id})
+    return json_response(
+        {
+            "status": "ok",
+            "router-id": router.settings.router_id,
+            "token-file-errors": router.tokens.file_problems(),
+            "token-store": router.tokens.store_status(),
+        }
+    )
 
 
 async def settings(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
-    body = router.settings.public()
-    body["token-file-errors"] = router.tokens.errors
-    return json_response(body)
+    return json_response(router.settings.public())
 
 
 async def service_id(router: Router, request: web.BaseRequest, headers: tuple[tuple[str, str], ...]) -> web.Response:
@@ -59,7 +64,7 @@ EXACT: dict[str, dict[str, Handler]] = {
 PREFIXES: list[tuple[str, dict[str, Handler]]] = []
 
 # Paths that are always the router's own, whatever the Host and headers (waiter-api.md §0.2 rule 1).
-ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping"}
+ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping", "/token", "/tokens"}
 
 
 def find(path: str) -> dict[str, Handler] | None:
@@ -89,9 +94,10 @@ async def dispatch(
 
 
 def _register() -> None:
-    from waiter.api import services
+    from waiter.api import services, tokens
 
     EXACT.update(services.EXACT)
+    EXACT.update(tokens.EXACT)
     PREFIXES.extend(services.PREFIXES)
 
 

@@ -1,0 +1,360 @@
+"""The scaling decision: Waiter's scale-service cases, burst mode, state and settings (time injected)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from waiter.descriptor import effective
+from waiter.scaling import (
+    BurstSettings,
+    Counts,
+    Decision,
+    ScalingSettings,
+    ScalingState,
+    decide,
+    ideal_instances,
+    smoothing_factor,
+)
+
+NOW = 1_700_000_000.0
+NO_BURST = BurstSettings(enabled=False)
+
+# Waiter's scaling_test.clj: jitter 0.9, factors 0.5, max 50, burst off (the port checks Waiter's behaviour).
+DEFAULT = ScalingSettings(
+    min_instances=1,
+    max_instances=50,
+    concurrency_level=1,
+    scale_factor=1,
+    scale_up_factor=0.5,
+    scale_down_factor=0.5,
+    jitter_threshold=0.9,
+    expired_instance_restart_rate=0.1,
+    burst=NO_BURST,
+)
+FAST = dataclasses.replace(DEFAULT, scale_up_factor=0.999, scale_down_factor=0.999)
+SLOW_DOWN = dataclasses.replace(DEFAULT, scale_down_factor=0.001, scale_up_factor=0.1)
+# Waiter's shipped defaults, and ours (the same plus burst mode with its defaults).
+WAITER = ScalingSettings(1, 500, 1, 1, 0.1, 0.001, 0.5, 0.1, burst=NO_BURST)
+OURS = dataclasses.replace(WAITER, burst=BurstSettings())
+
+
+def cfg(base: ScalingSettings = DEFAULT, **changes: Any) -> ScalingSettings:
+    return dataclasses.replace(base, **changes)
+
+
+def run(
+    settings: ScalingSettings,
+    total: int,
+    outstanding: int,
+    target: float,
+    healthy: int,
+    expired: int = 0,
+    *,
+    ticks: int = 1,
+    expired_unhealthy: int = 0,
+    burst_last_seen: float | None = None,
+) -> Decision:
+    counts = Counts(outstanding, total, total, healthy, expired, expired_unhealthy)
+    return decide(settings, counts, ScalingState(target, NOW - ticks, burst_last_seen), NOW)
+
+
+# (amount, scale_to, target) expected; then settings, total, outstanding, target, healthy, expired (Waiter's order).
+WAITER_CASES = [
+    pytest.param((5, 10, 10), FAST, 5, 10, 5, 5, 0, 1, id="scale-whole-way"),
+    pytest.param((0, 5, 7), cfg(scale_up_factor=0.999), 5, 4, 10, 5, 0, 1, id="enough-instances-for-outstanding"),
+    pytest.param((5, 15, 15), DEFAULT, 10, 20, 10, 10, 0, 1, id="scale-half-way"),
+    pytest.param((15, 15, 15), DEFAULT, 0, 20, 0, 0, 0, 2, id="three-quarters-two-ticks"),
+    pytest.param((0, 50, 50), DEFAULT, 50, 100, 50, 50, 0, 1, id="not-above-max"),
+    pytest.param((0, 1, 1), DEFAULT, 1, 0, 1, 1, 0, 1, id="not-below-min"),
+    pytest.param((-10, 50, 50), DEFAULT, 60, 100, 60, 60, 0, 1, id="scale-down-to-max"),
+    pytest.param((1, 1, 1), DEFAULT, 0, 0, 0, 0, 0, 1, id="scale-up-to-min"),
+    pytest.param((0, 1, 1.89), cfg(scale_up_factor=0.89), 1, 2, 1.0, 1, 0, 1, id="jitter-up-not-met"),
+    pytest.param((1, 2, 1.91), cfg(scale_up_factor=0.91), 1, 2, 1.0, 1, 0, 1, id="jitter-up-met"),
+    pytest.param((0, 2, 1.02), cfg(scale_down_factor=0.98), 2, 1, 2.0, 2, 0, 1, id="jitter-down-not-met"),
+    pytest.param((-1, 1, 1), cfg(scale_down_factor=1), 2, 1, 2.0, 2, 0, 1, id="jitter-down-met"),
+    pytest.param((-1, 1, 1.005), DEFAULT, 2, 1, 1.01, 1, 0, 1, id="epsilon"),
+    pytest.param((10, 20, 20), cfg(scale_factor=0.5), 10, 60, 10, 10, 0, 1, id="scale-factor"),
+    pytest.param((10, 20, 20), cfg(concurrency_level=2), 10, 60, 10, 10, 0, 1, id="concurrency-2"),
+    pytest.param((20, 30, 29.98), cfg(FAST, concurrency_level=2), 10, 60, 10, 10, 0, 1, id="concurrency-2-fast"),
+    pytest.param((4, 6, 6), cfg(concurrency_level=5), 2, 50, 2, 2, 0, 1, id="concurrency-5"),
+    pytest.param((8, 10, 9.992), cfg(FAST, concurrency_level=5), 2, 50, 2, 2, 0, 1, id="concurrency-5-fast"),
+    pytest.param((2, 3, 2.998), cfg(FAST, concurrency_level=2, scale_factor=0.1), 1, 45, 1, 1, 0, 1,
+                 id="concurrency-and-scale-factor-a"),
+    pytest.param((1, 2, 1.999), cfg(FAST, concurrency_level=5, scale_factor=0.166666666), 1, 45, 1, 1, 0, 1,
+                 id="concurrency-and-scale-factor-b"),
+    pytest.param((1, 2, 1.999), cfg(FAST, concurrency_level=5, scale_factor=0.1), 1, 95, 1, 1, 0, 1,
+                 id="concurrency-and-scale-factor-c1"),
+    pytest.param((2, 3, 2.998), cfg(FAST, concurrency_level=5, scale_factor=0.1), 1, 150, 1, 1, 0, 1,
+                 id="concurrency-and-scale-factor-c2"),
+    pytest.param((1, 2, 1), DEFAULT, 1, 0, 1.2, 1, 1, 1, id="expired-scale-up"),
+    pytest.param((2, 3, 2), FAST, 1, 2, 0.9, 1, 1, 1, id="expired-with-queued-requests"),
+    pytest.param((-4, 1, 1), FAST, 5, 0, 5.3, 5, 5, 1, id="expired-scale-down-all-healthy"),
+    pytest.param((-2, 8, 7.919), SLOW_DOWN, 10, 0, 7.927, 9, 0, 1, id="scale-down-two-without-expired"),
+    pytest.param((-1, 8, 7.919), SLOW_DOWN, 9, 0, 7.927, 8, 0, 1, id="scale-down-one-without-expired"),
+    pytest.param((0, 2, 1), DEFAULT, 2, 0, 1.3, 1, 1, 1, id="scale-down-spares-unhealthy"),
+    pytest.param((-1, 1, 1), DEFAULT, 2, 0, 1.1, 2, 1, 1, id="scale-down-replacement-for-expired"),
+    pytest.param((2, 22, 19.95), DEFAULT, 20, 20, 19.9, 20, 20, 1, id="expired-restart-rate"),
+    pytest.param((20, 40, 20), cfg(expired_instance_restart_rate=1), 20, 20, 20, 20, 20, 1, id="expired-rate-1"),
+    pytest.param((0, 1, 1), cfg(expired_instance_restart_rate=0), 1, 0, 1, 1, 1, 1, id="expired-rate-0"),
+    pytest.param((1, 2, 1), cfg(expired_instance_restart_rate=1), 1, 1, 1, 0, 1, 1, id="expired-none-healthy"),
+    pytest.param((3, 6, 5), cfg(expired_instance_restart_rate=1), 3, 5, 5, 2, 1, 1, id="expired-some-healthy"),
+    pytest.param((0, 20, 20), DEFAULT, 20, 40, 20, 20, 0, 0, id="zero-ticks-keep-target"),
+    pytest.param((3, 13, 12.71), cfg(SLOW_DOWN, jitter_threshold=0.5), 10, 20, 10, 10, 0, 3, id="three-ticks-up"),
+    pytest.param((0, 10, 9.97), cfg(SLOW_DOWN, jitter_threshold=0.5), 10, 0, 10, 10, 0, 3, id="three-ticks-down"),
+    pytest.param((0, 55, 55), cfg(FAST, scale_factor=1.1, max_instances=100), 55, 50, 55, 55, 0, 1,
+                 id="float-noise-50x1.1-is-55"),
+]
+
+
+@pytest.mark.parametrize(
+    ("expected", "settings", "total", "outstanding", "target", "healthy", "expired", "ticks"), WAITER_CASES
+)
+def test_waiter_scale_service(expected, settings, total, outstanding, target, healthy, expired, ticks):
+    decision = run(settings, total, outstanding, target, healthy, expired, ticks=ticks)
+    amount, scale_to, new_target = expected
+    assert (decision.amount, decision.scale_to) == (amount, scale_to)
+    assert decision.state.target == pytest.approx(new_target, abs=1e-2)
+    assert decision.state.last_tick == NOW
+    assert decision.scaling_state == {1: "scale-up", -1: "scale-down", 0: "stable"}[(amount > 0) - (amount < 0)]
+    assert decision.burst is False and decision.state.burst_last_seen is None
+    assert decision.reason.endswith(".")
+
+
+@pytest.mark.parametrize(
+    ("expired_healthy", "expired_unhealthy", "scale_to"),
+    [
+        pytest.param(7, 4, 21, id="seven-healthy-plus-two-of-four-unhealthy"),
+        pytest.param(0, 5, 14, id="unhealthy-capped-at-two"),
+        pytest.param(3, 1, 16, id="all-counted-below-cap"),
+    ],
+)
+def test_expired_unhealthy_capped_at_two(expired_healthy, expired_unhealthy, scale_to):
+    # Restart rate 1 replaces every counted expired instance; total 14 of which 10 healthy (Waiter's app5).
+    settings = cfg(expired_instance_restart_rate=1, max_instances=20)
+    decision = run(settings, 14, 12, 12, 10, expired_healthy, expired_unhealthy=expired_unhealthy)
+    assert decision.scale_to == scale_to
+
+
+@pytest.mark.parametrize(
+    ("total", "min_instances", "scale_to", "state"),
+    [
+        pytest.param(3, 1, 3, "stable", id="keeps-total"),
+        pytest.param(0, 1, 1, "scale-up", id="up-to-min"),
+        pytest.param(2, 4, 4, "scale-up", id="up-to-larger-min"),
+        pytest.param(600, 1, 600, "stable", id="above-max-waits-for-next-cycle"),
+    ],
+)
+def test_first_cycle_does_not_scale(total, min_instances, scale_to, state):
+    settings = cfg(OURS, min_instances=min_instances)
+    decision = decide(settings, Counts(outstanding=300, total=total, scheduled=total, healthy=0), None, NOW)
+    assert (decision.scale_to, decision.amount, decision.scaling_state) == (scale_to, scale_to - total, state)
+    assert decision.state == ScalingState(target=float(scale_to), last_tick=NOW)
+    assert decision.burst is False
+
+
+@pytest.mark.parametrize(
+    ("last_tick", "now", "ticks", "last_tick_after"),
+    [
+        pytest.param(100.0, 101.0, 1, 101.0, id="one-second"),
+        pytest.param(100.0, 101.7, 1, 101.0, id="fraction-carried"),
+        pytest.param(100.0, 100.6, 0, 100.0, id="early-cycle-no-tick"),
+        pytest.param(100.3, 104.2, 3, 103.3, id="three-ticks"),
+        pytest.param(100.0, 90.0, 0, 90.0, id="clock-back-reanchors"),
+    ],
+)
+def test_ticks_are_whole_seconds(last_tick, now, ticks, last_tick_after):
+    counts = Counts(outstanding=20, total=10, scheduled=10, healthy=10)
+    decision = decide(SLOW_DOWN, counts, ScalingState(target=10.0, last_tick=last_tick), now)
+    assert decision.state.last_tick == pytest.approx(last_tick_after)
+    expected_target = 10 + smoothing_factor(0.1, ticks) * (20 - 10)
+    assert decision.state.target == pytest.approx(expected_target)
+
+
+@pytest.mark.parametrize(
+    ("factor", "ticks", "expected"),
+    [
+        pytest.param(0.5, 0, 0.0, id="no-ticks"),
+        pytest.param(0.5, 1, 0.5, id="one"),
+        pytest.param(0.5, 2, 0.75, id="two"),
+        pytest.param(0.6, 3, 0.936, id="three"),
+        pytest.param(0.1, 10_000, 1.0, id="long-gap-reaches-ideal"),
+    ],
+)
+def test_smoothing_factor(factor, ticks, expected):
+    assert smoothing_factor(factor, ticks) == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("outstanding", "scale_factor", "level", "expected"),
+    [
+        pytest.param(0, 1, 1, 0, id="none"),
+        pytest.param(7, 1, 1, 7, id="one-each"),
+        pytest.param(7, 1, 2, 4, id="rounds-up"),
+        pytest.param(45, 0.1, 2, 3, id="scale-factor"),
+        pytest.param(50, 1.1, 1, 55, id="float-noise"),
+        pytest.param(10, 2, 1, 20, id="scale-factor-above-one"),
+    ],
+)
+def test_ideal_instances(outstanding, scale_factor, level, expected):
+    settings = cfg(scale_factor=scale_factor, concurrency_level=level)
+    assert ideal_instances(settings, outstanding) == expected
+
+
+# Burst mode. (scale_to, target, burst, burst_last_seen relative to NOW or None) expected.
+BURST_CASES = [
+    pytest.param((60, 60, True, 0), OURS, dict(total=5, outstanding=60, target=5, healthy=5),
+                 id="entry-scales-to-need"),
+    pytest.param((11, 10.5, False, None), WAITER, dict(total=5, outstanding=60, target=5, healthy=5),
+                 id="disabled-is-waiter"),
+    pytest.param((50, 50, True, 0), cfg(OURS, max_instances=50), dict(total=5, outstanding=90, target=5, healthy=5),
+                 id="entry-clamped-to-max"),
+    pytest.param((3, 3, True, 0), cfg(OURS, min_instances=3), dict(total=0, outstanding=2, target=0, healthy=0),
+                 id="entry-clamped-to-min"),
+    pytest.param((2, 2, True, 0), OURS, dict(total=1, outstanding=2, target=1, healthy=0),
+                 id="entry-with-no-healthy-instance"),
+    pytest.param((5, 5.4, False, None), OURS, dict(total=5, outstanding=9, target=5, healthy=5),
+                 id="below-threshold-is-waiter"),
+    pytest.param((50, 50, False, None), OURS, dict(total=50, outstanding=50, target=50, healthy=1),
+                 id="need-already-requested-no-entry"),
+    pytest.param((200, 200, True, 0), cfg(OURS, burst=BurstSettings(threshold=4)),
+                 dict(total=50, outstanding=200, target=50, healthy=50), id="custom-threshold-entry"),
+    pytest.param((55, 55, False, None), cfg(OURS, burst=BurstSettings(threshold=4)),
+                 dict(total=50, outstanding=100, target=50, healthy=50), id="custom-threshold-no-entry"),
+    pytest.param((60, 60, True, -10), OURS, dict(total=60, outstanding=5, target=60, healthy=60, seen=-10),
+                 id="hold-keeps-target"),
+    pytest.param((60, 60, True, -59), cfg(OURS, scale_down_factor=0.9),
+                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-59), id="hold-no-scale-down"),
+    pytest.param((33, 32.5, False, None), cfg(OURS, scale_down_factor=0.5),
+                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-60), id="exit-after-window"),
+    pytest.param((61, 61, True, -10), OURS, dict(total=60, outstanding=70, target=60, healthy=60, seen=-10),
+                 id="hold-allows-waiter-scale-up"),
+    pytest.param((61, 60, True, -10), OURS,
+                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-10, expired=3),
+                 id="hold-replaces-expired"),
+    pytest.param((40, 40, True, -10), cfg(OURS, max_instances=40),
+                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="hold-yields-to-lower-max"),
+    pytest.param((33, 32.5, False, None), cfg(OURS, scale_down_factor=0.5, burst=NO_BURST),
+                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="disabled-ignores-stored-burst"),
+    pytest.param((33, 32.5, False, None), cfg(OURS, scale_down_factor=0.5, burst=BurstSettings(stable_window_secs=0)),
+                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="zero-window-no-hold"),
+    pytest.param((60, 60, True, 0), cfg(OURS, burst=BurstSettings(stable_window_secs=0)),
+                 dict(total=5, outstanding=60, target=5, healthy=5), id="zero-window-still-jumps"),
+]
+
+
+@pytest.mark.parametrize(("expected", "settings", "case"), BURST_CASES)
+def test_burst(expected, settings, case):
+    seen = case.get("seen")
+    decision = run(
+        settings,
+        case["total"],
+        case["outstanding"],
+        case["target"],
+        case["healthy"],
+        case.get("expired", 0),
+        burst_last_seen=None if seen is None else NOW + seen,
+    )
+    scale_to, target, burst, last_seen = expected
+    assert decision.scale_to == scale_to
+    assert decision.amount == scale_to - case["total"]
+    assert decision.state.target == pytest.approx(target, abs=1e-2)
+    assert decision.burst is burst
+    assert decision.state.burst_last_seen == (None if last_seen is None else NOW + last_seen)
+
+
+def test_burst_lifecycle_step_load():
+    """1 instance, load jumps to 50: burst at once, holds 60 s after the last burst cycle, then decays."""
+    settings = cfg(OURS, scale_down_factor=0.1)  # fast decay so that the exit shows within a few cycles
+    state = decide(settings, Counts(0, 1, 1, 1), None, 0.0).state
+    history: list[tuple[float, Decision]] = []
+    total, healthy = 1, 1
+    for second in range(1, 80):
+        outstanding = 50 if second < 30 else 0
+        decision = decide(settings, Counts(outstanding, total, total, healthy), state, float(second))
+        history.append((second, decision))
+        state, total = decision.state, decision.scale_to
+        healthy = total if second >= 6 else 1  # new instances turn healthy 5 s later
+    scale_tos = [d.scale_to for _, d in history]
+    assert scale_tos[0] == 50 and history[0][1].burst
+    # The load ends at t=30, but nothing goes below 50 until 60 s after the burst cycle at t=1.
+    assert all(d.scale_to == 50 and d.burst for t, d in history if t < 61)
+    assert all(not d.burst and d.state.burst_last_seen is None for t, d in history if t >= 61)
+    assert history[60][1].scale_to < 50  # t=61: Waiter's formula resumes from the kept target of 50
+    assert history[60][1].state.target == pytest.approx(45.0)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param(ScalingState(target=12.345, last_tick=NOW), id="no-burst"),
+        pytest.param(ScalingState(target=60.0, last_tick=NOW - 1, burst_last_seen=NOW - 0.5), id="burst"),
+    ],
+)
+def test_state_json_round_trip(state):
+    assert ScalingState.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        pytest.param({"last_tick": 1.0}, "state target is None", id="missing-target"),
+        pytest.param({"target": "3", "last_tick": 1.0}, "state target is '3'", id="string-target"),
+        pytest.param({"target": 3, "last_tick": None}, "state last_tick is None", id="null-last-tick"),
+        pytest.param({"target": 3, "last_tick": 1, "burst_last_seen": "x"}, "burst_last_seen is 'x'", id="bad-seen"),
+    ],
+)
+def test_state_from_json_rejects(data, message):
+    with pytest.raises(ValueError, match=message):
+        ScalingState.from_json(data)
+
+
+def test_settings_from_effective_description():
+    description = effective({"cmd": "true", "cpus": 1, "mem": 64, "version": "1", "min-instances": 2})
+    settings = ScalingSettings.from_description(description)
+    assert settings == cfg(OURS, min_instances=2)
+    assert ScalingSettings.from_description(description, NO_BURST).burst == NO_BURST
+
+
+def test_settings_from_description_names_missing_parameters():
+    description = effective({"cmd": "true", "cpus": 1, "mem": 64, "version": "1"})
+    del description["jitter-threshold"], description["scale-factor"]
+    with pytest.raises(ValueError, match="lacks the scaling parameters scale-factor, jitter-threshold"):
+        ScalingSettings.from_description(description)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        pytest.param({"min_instances": -1}, "min-instances is -1, but it must be a whole number >= 0", id="min"),
+        pytest.param({"min_instances": 60}, "min-instances is 60, but it must be at most max-instances", id="min>max"),
+        pytest.param({"max_instances": 2.5}, "max-instances is 2.5", id="max-float"),
+        pytest.param({"concurrency_level": 0}, "concurrency-level is 0", id="concurrency"),
+        pytest.param({"scale_factor": 0}, "scale-factor is 0, but it must be a number > 0", id="scale-factor"),
+        pytest.param({"scale_up_factor": 1.5}, "scale-up-factor is 1.5, but it must be a number from 0 to 1",
+                     id="up-factor"),
+        pytest.param({"scale_down_factor": -0.1}, "scale-down-factor is -0.1", id="down-factor"),
+        pytest.param({"jitter_threshold": 1}, "jitter-threshold is 1, but it must be a number >= 0 and < 1",
+                     id="jitter"),
+        pytest.param({"expired_instance_restart_rate": True}, "expired-instance-restart-rate is True", id="rate"),
+    ],
+)
+def test_settings_reject(changes, message):
+    with pytest.raises(ValueError, match=message):
+        cfg(**changes)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"threshold": 0.5}, "burst threshold is 0.5, but it must be a number >= 1", id="threshold"),
+        pytest.param({"stable_window_secs": -1}, "burst stable-window-secs is -1", id="window"),
+        pytest.param({"enabled": "yes"}, "burst enabled is 'yes', but it must be true or false", id="enabled"),
+    ],
+)
+def test_burst_settings_reject(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BurstSettings(**kwargs)

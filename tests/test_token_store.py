@@ -1,0 +1,366 @@
+"""The token store contract, run against both back-ends, plus what only Redis does (followers, outages).
+
+Redis tests use a test-owned ``redis-server`` on a free port (never the shared one on 6379), killed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as redis
+
+from waiter.tokens import (
+    HISTORY_LIMIT,
+    MemoryTokenStore,
+    RedisTokenStore,
+    StaleWrite,
+    StoreUnavailable,
+    TokenRecord,
+    TokenStore,
+    token_etag,
+)
+from waiter.tokens.records import cap_history, name_problem, new_record, parse_time, shown, soft_deleted
+
+REDIS_SERVER = shutil.which("redis-server")
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A redis-server this test owns: no persistence, loopback only, on its own port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                with contextlib.suppress(redis.ConnectionError, OSError):
+                    if await client.ping():
+                        return
+                assert self.process.poll() is None, f"redis-server on port {self.port} exited"
+                assert time.monotonic() < deadline, f"redis-server on port {self.port} did not answer PING"
+                await asyncio.sleep(0.02)
+        finally:
+            await client.aclose()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@contextlib.asynccontextmanager
+async def running_redis() -> AsyncIterator[RedisServer]:
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    async with running_redis() as server:
+        yield server
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 2.0, what: str = "condition") -> float:
+    """Poll ``check`` until true; the seconds it took. Fails after ``timeout``."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout, f"timed out after {timeout} s waiting for {what}"
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[TokenStore]:
+    if request.param == "memory":
+        yield MemoryTokenStore()
+        return
+    async with running_redis() as server:
+        redis_store = RedisTokenStore(server.url, timeout=1.0)
+        await redis_store.start()
+        try:
+            yield redis_store
+        finally:
+            await redis_store.close()
+
+
+def data(owner: str = "alice", **fields: Any) -> dict[str, Any]:
+    record = {"cmd": "run", "cpus": 1, "mem": 64, "version": "1", "owner": owner, "last-update-time": 1000}
+    record.update(fields)
+    return record
+
+
+# -- the contract, for every back-end -------------------------------------------------------------------------
+
+
+async def test_write_then_read_and_cached_view(store: TokenStore) -> None:
+    before = store.generation
+    assert await store.read("t") is None and store.cached("t") is None
+    await store.write("t", data(), expected=None)
+    record = await store.read("t")
+    assert record is not None and record.data == data()
+    assert record.etag == token_etag(data()) and record.etag.startswith("E-") and len(record.etag) == 34
+    assert store.cached("t") == record  # the writer sees its own write at once, synchronously
+    assert store.generation > before
+    assert [r.name for r in store.cached_records()] == ["t"]
+
+
+async def test_compare_and_set_refuses_a_stale_writer(store: TokenStore) -> None:
+    await store.write("t", data(version="1"), expected=None)
+    first = await store.read("t")
+    with pytest.raises(StaleWrite):
+        await store.write("t", data(version="x"), expected=None)  # creating over an existing token
+    await store.write("t", data(version="2"), expected=first)
+    with pytest.raises(StaleWrite) as err:
+        await store.write("t", data(version="3"), expected=first)  # first is no longer what is stored
+    current = await store.read("t")
+    assert current is not None and current.data["version"] == "2"
+    assert err.value.current_etag == current.etag
+
+
+async def test_hard_delete_removes_record_and_index_entry(store: TokenStore) -> None:
+    await store.write("t", data(), expected=None)
+    await store.write("t", None, expected=await store.read("t"))
+    assert await store.read("t") is None and store.cached("t") is None
+    assert await store.index() == []
+
+
+async def test_owner_index_follows_owner_changes_and_flags(store: TokenStore) -> None:
+    await store.write("a1", data("alice"), expected=None)
+    await store.write("b1", data("bob", maintenance={"message": "down"}), expected=None)
+    await store.write("a2", data("alice", deleted=True, **{"last-update-time": 5000}), expected=None)
+    entries = {e.token: e for e in await store.index()}
+    assert set(entries) == {"a1", "a2", "b1"}
+    assert entries["b1"].maintenance and not entries["a1"].maintenance
+    assert entries["a2"].deleted and entries["a2"].last_update_time == 5000
+    assert entries["a1"].etag == token_etag(data("alice"))
+    assert {e.token for e in await store.index(["alice"])} == {"a1", "a2"}
+    # a1 changes hands: it leaves alice's index and joins carol's
+    await store.write("a1", data("carol"), expected=await store.read("a1"))
+    assert {e.token for e in await store.index(["alice"])} == {"a2"}
+    assert [(e.token, e.owner) for e in await store.index(["carol"])] == [("a1", "carol")]
+    assert await store.index(["nobody"]) == []
+
+
+async def test_status_reports_kind_and_connection(store: TokenStore) -> None:
+    await store.write("t", data(), expected=None)
+    status = store.status().json()
+    assert status["kind"] == store.kind and status["connected"] is True and status["cached-tokens"] == 1
+
+
+# -- pure record rules -----------------------------------------------------------------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    record: dict[str, Any] = {"version": "0"}
+    for level in range(1, depth + 1):
+        record = {"version": str(level), "previous": record}
+    return record
+
+
+def depth_of(record: dict[str, Any]) -> int:
+    depth = 0
+    while "previous" in record:
+        record, depth = record["previous"], depth + 1
+    return depth
+
+
+@pytest.mark.parametrize(
+    ("depth", "kept"),
+    [
+        pytest.param(0, 0, id="no-history"),
+        pytest.param(3, 3, id="short"),
+        pytest.param(HISTORY_LIMIT, HISTORY_LIMIT, id="at-limit"),
+        pytest.param(HISTORY_LIMIT + 3, HISTORY_LIMIT, id="trimmed"),
+    ],
+)
+def test_history_is_capped(depth: int, kept: int) -> None:
+    capped = cap_history(nested(depth))
+    assert depth_of(capped) == kept and capped["version"] == str(depth)
+
+
+def test_new_record_fills_system_metadata_and_pushes_history() -> None:
+    old = {"cmd": "a", "owner": "alice", "root": "elsewhere", "last-update-time": 1}
+    record = new_record({"cmd": "b", "allowed-params": ["B", "A", "B"]}, owner="alice", user="bob",
+                        now_ms=2000, cluster="c1", existing=old)
+    assert record == {
+        "cmd": "b",
+        "allowed-params": ["A", "B"],
+        "owner": "alice",
+        "cluster": "c1",
+        "root": "elsewhere",  # the root is kept across updates
+        "last-update-time": 2000,
+        "last-update-user": "bob",
+        "previous": old,
+    }
+    assert "previous" not in new_record({"cmd": "b"}, owner="a", user="a", now_ms=1, cluster="c", existing=None)
+
+
+def test_soft_delete_marks_and_keeps_the_live_record_as_history() -> None:
+    live = {"cmd": "a", "owner": "alice", "last-update-time": 1, "previous": {"cmd": "z"}}
+    record = soft_deleted(live, user="bob", now_ms=9)
+    assert record["deleted"] is True and record["last-update-user"] == "bob" and record["last-update-time"] == 9
+    assert record["previous"] == live and record["cmd"] == "a"
+
+
+def test_shown_body_with_and_without_metadata() -> None:
+    record = {"cmd": "a", "run-as-user": "legacy", "last-update-time": 1679504180123, "last-update-user": "u",
+              "previous": {"cmd": "z", "last-update-time": 0, "previous": {"last-update-time": 1000}}}
+    assert shown(record, metadata=False, cluster="c") == {"cmd": "a", "run-as-user": "legacy", "owner": "legacy"}
+    full = shown(record, metadata=True, cluster="c")
+    assert full["cluster"] == "c" and full["root"] == "c" and full["last-update-user"] == "u"
+    assert full["last-update-time"] == "2023-03-22T16:56:20.123Z"
+    assert full["previous"]["last-update-time"] == "1970-01-01T00:00:00.000Z"
+    assert full["previous"]["previous"]["last-update-time"] == "1970-01-01T00:00:01.000Z"
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        pytest.param("my-token.v2_$", None, id="valid"),
+        pytest.param("a", "Token must match pattern", id="too-short"),
+        pytest.param("1abc", "Token must match pattern", id="leading-digit"),
+        pytest.param("ab/c", 'Token contains invalid character: "/"', id="slash"),
+        pytest.param("ab c", 'Token contains invalid character: " "', id="space"),
+    ],
+)
+def test_token_names(name: str, problem: str | None) -> None:
+    found = name_problem(name)
+    assert (found is None) if problem is None else (found is not None and found.startswith(problem))
+
+
+@pytest.mark.parametrize(
+    ("value", "millis"),
+    [
+        pytest.param(5, 5, id="epoch-millis"),
+        pytest.param("2023-03-22T16:56:20.123Z", 1679504180123, id="iso-z"),
+        pytest.param("2023-03-22T17:56:20.123+01:00", 1679504180123, id="iso-offset"),
+        pytest.param("2023-03-22T16:56:20", None, id="no-zone"),
+        pytest.param("yesterday", None, id="garbage"),
+        pytest.param(-1, None, id="negative"),
+        pytest.param(True, None, id="bool"),
+    ],
+)
+def test_parse_time(value: Any, millis: int | None) -> None:
+    if millis is None:
+        with pytest.raises(ValueError, match="last-update-time is .* but must be epoch milliseconds"):
+            parse_time(value)
+    else:
+        assert parse_time(value) == millis
+
+
+# -- Redis only: followers, missed messages, outages ---------------------------------------------------------
+
+
+@needs_redis
+async def test_a_write_on_one_store_reaches_anothers_cache_within_milliseconds(redis_server: RedisServer) -> None:
+    a, b = RedisTokenStore(redis_server.url), RedisTokenStore(redis_server.url)
+    await a.start()
+    await b.start()
+    try:
+        before = b.generation
+        await a.write("t", data(), expected=None)
+        took = await eventually(lambda: b.cached("t") is not None, what="b to see a's write")
+        assert took < 0.5 and b.generation > before
+        record = b.cached("t")
+        assert isinstance(record, TokenRecord) and record.etag == token_etag(data())
+        await b.write("t", None, expected=record)
+        await eventually(lambda: a.cached("t") is None, what="a to see b's delete")
+    finally:
+        await a.close()
+        await b.close()
+
+
+@needs_redis
+async def test_a_missed_message_is_caught_by_the_version_counter(redis_server: RedisServer) -> None:
+    follower = RedisTokenStore(redis_server.url, poll_interval=0.05)
+    await follower.start()
+    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        # a write that publishes nothing, as if the message were lost during a reconnect
+        await raw.hset("waiter:tokens:data", "quiet", '{"cmd": "x", "owner": "alice"}')
+        await raw.incr("waiter:tokens:version")
+        await eventually(lambda: follower.cached("quiet") is not None, what="the version poll to reload")
+    finally:
+        await raw.aclose()
+        await follower.close()
+
+
+@needs_redis
+async def test_redis_outage_keeps_the_cache_and_recovers(redis_server: RedisServer) -> None:
+    store = RedisTokenStore(redis_server.url, timeout=0.5, poll_interval=0.05)
+    await store.start()
+    try:
+        await store.write("t", data(), expected=None)
+        redis_server.stop()
+        await eventually(lambda: not store.status().connected, what="the outage to show")
+        assert store.cached("t") is not None  # still served
+        status = store.status().json()
+        assert status["error"] and status["down-since"] and "cached tokens" in status["serving"]
+        with pytest.raises(StoreUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0\) is unavailable"):
+            await store.read("t")
+        await redis_server.start()  # back, empty (no persistence): the cache follows Redis
+        await eventually(lambda: store.status().connected, timeout=5, what="reconnection")
+        await eventually(lambda: store.cached("t") is None, what="the reload after reconnecting")
+        await store.write("u", data(), expected=None)
+        assert (await store.read("u")) is not None
+    finally:
+        await store.close()
+
+
+async def test_every_redis_call_has_a_deadline() -> None:
+    """A server that accepts connections but never answers must not hang the router."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisTokenStore(f"redis://127.0.0.1:{port}/0", timeout=0.2)
+    try:
+        started = time.monotonic()
+        await store.start()  # gives up waiting for the first load, keeps retrying in the background
+        assert time.monotonic() - started < 2
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="no answer within the deadline"):
+            await store.read("t")
+        assert time.monotonic() - started < 2
+        assert store.status().connected is False
+    finally:
+        await store.close()
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()

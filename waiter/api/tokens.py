@@ -1,0 +1,353 @@
+"""GET/POST/DELETE /token and GET /tokens (waiter-api.md §1.2-1.5, §2.4, §2.5).
+
+Messages start with the sentence Waiter clients know (``Cannot modify stale token``, ...) and, where it helps,
+add what to do after a newline, as Waiter's own friendlier explanations do (§0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from waiter.api.common import included, json_response, query_true
+from waiter.auth import Caller, Permissions
+from waiter.descriptor import DescriptorError, validate_token
+from waiter.errors import WaiterError, iso_millis
+from waiter.tokens import StaleWrite, StoreUnavailable, TokenRecord, token_etag
+from waiter.tokens.records import EDITABLE, editable, name_problem, new_record, parse_time, service_params, shown
+from waiter.tokens.records import soft_deleted as soft_deleted_record
+
+if TYPE_CHECKING:
+    from waiter.api.admin import Handler
+    from waiter.router import Router
+
+Headers = tuple[tuple[str, str], ...]
+
+LIMIT_PER_OWNER = 1000  # live tokens one owner may hold (outside update-mode=admin)
+PROTECTED = ("last-update-time", "last-update-user", "root", "previous", "deleted")  # update-mode=admin only
+_ATTEMPTS = 5  # compare-and-set retries when another writer changes the token between read and write
+_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+# -- small helpers -------------------------------------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _header_token(headers: Headers) -> str | None:
+    value = next((v for k, v in headers if k == "x-waiter-token"), "").strip()
+    return value or None
+
+
+def _host_token(router: Router, request: web.BaseRequest) -> str | None:
+    """The Host header (port stripped) when it is not one of the router's own names (waiter-api.md §1.2)."""
+    host = request.headers.get("host", "")
+    host = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower()
+    settings = router.settings
+    if host in _LOCAL_HOSTS or host in settings.hostnames or host == settings.host.lower():
+        return None
+    return host
+
+
+def _reply(body: Any, *, etag: str | None = None, result: str | None = None) -> web.Response:
+    response = json_response(body)
+    if etag:
+        response.headers["etag"] = etag
+    if result:
+        response.headers["x-waiter-operation-result"] = result
+    return response
+
+
+def _unavailable(exc: StoreUnavailable) -> WaiterError:
+    return WaiterError(503, str(exc))
+
+
+async def _read(router: Router, name: str) -> TokenRecord | None:
+    try:
+        return await router.tokens.read(name)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+
+
+async def _write(router: Router, name: str, data: Mapping[str, Any] | None, expected: TokenRecord | None) -> bool:
+    """False when another writer got there first (read again and redo the checks)."""
+    try:
+        await router.tokens.store.write(name, data, expected=expected)
+    except StaleWrite:
+        return False
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    return True
+
+
+def _refuse_file_token(router: Router, name: str) -> None:
+    record = router.tokens.file_token(name)
+    if record is not None:
+        raise WaiterError(
+            409,
+            f"Token {name} is defined in {record.source} and is read-only through the API; edit the file instead.",
+        )
+
+
+def _check_if_match(if_match: str | None, current: str, name: str) -> None:
+    if if_match is not None and if_match != current:
+        state = f"is now at {current}" if current else "does not exist (send an empty If-Match to create it)"
+        raise WaiterError(
+            412,
+            f"Cannot modify stale token\nThe If-Match header is {if_match or 'empty'} but token {name} {state}; "
+            "read it again (GET /token) and retry with its ETag.",
+        )
+
+
+def _too_busy(name: str) -> WaiterError:
+    return WaiterError(503, f"Token {name} kept changing while this request tried to save it; try again.")
+
+
+# -- GET /token ----------------------------------------------------------------------------------------------
+
+
+async def get_token(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+    await router.auth.authenticate(request)
+    name = request.query.get("token") or _header_token(headers) or _host_token(router, request)
+    if not name:
+        raise WaiterError(400, "Couldn't find token in request\nGive it as ?token=NAME or in x-waiter-token.")
+    record = await _read(router, name)
+    if record is None or (record.deleted and not included(request, "deleted")):
+        raise WaiterError(404, f"Couldn't find token {name}")
+    body = shown(record.data, metadata=included(request, "metadata"), cluster=router.settings.cluster_name)
+    return _reply(body, etag=None if record.deleted else record.etag)
+
+
+# -- POST /token ---------------------------------------------------------------------------------------------
+
+
+async def _json_object(request: web.BaseRequest) -> dict[str, Any]:
+    text = await request.text()
+    try:
+        body = json.loads(text) if text.strip() else {}
+    except ValueError as exc:
+        raise WaiterError(
+            400, f"The request body is not valid JSON ({exc}); send a JSON object of token fields."
+        ) from None
+    if not isinstance(body, dict):
+        raise WaiterError(400, f"The request body must be a JSON object of token fields, not {type(body).__name__}.")
+    return body
+
+
+def _post_name(request: web.BaseRequest, body: dict[str, Any]) -> str:
+    in_query = request.query.get("token")
+    in_body = body.pop("token", None)
+    if in_query is not None and in_body is not None:
+        raise WaiterError(400, "The token should be provided only as a query parameter or in the json payload")
+    name = in_query if in_query is not None else in_body
+    if not isinstance(name, str) or not name.strip():
+        raise WaiterError(400, "Must provide the token\nGive it as ?token=NAME or as \"token\" in the JSON body.")
+    return name
+
+
+def _update_mode(request: web.BaseRequest) -> bool:
+    """True for update-mode=admin."""
+    mode = request.query.get("update-mode")
+    if mode not in (None, "admin"):
+        raise WaiterError(400, f"Invalid update-mode\nupdate-mode is {mode!r} but the only mode is 'admin'.")
+    return mode == "admin"
+
+
+def _validate(router: Router, name: str, body: Mapping[str, Any], admin: bool) -> None:
+    """waiter-api.md §2.5, in its order."""
+    if name.lower() in router.settings.hostnames:
+        raise WaiterError(403, f"Token name is reserved\n{name} is one of this router's host names.")
+    if not EDITABLE & body.keys():
+        raise WaiterError(400, f"No parameters provided for {name}")
+    problem = name_problem(name)
+    if problem:
+        raise WaiterError(400, problem)
+    try:
+        validate_token(body, max_cpus=router.settings.max_cpus, max_mem=router.settings.max_mem)
+    except DescriptorError as exc:
+        raise WaiterError(exc.status, str(exc), error_class="waiter.ServiceMisconfigured") from None
+    protected = [key for key in PROTECTED if key in body]
+    if protected and not admin:
+        raise WaiterError(400, f"Cannot modify {protected[0]} token metadata\nOnly update-mode=admin may set it.")
+    for key in ("cluster", "root", "last-update-user"):
+        if key in body and (not isinstance(body[key], str) or not body[key]):
+            raise WaiterError(400, f"{key} is {json.dumps(body[key])} but must be a non-empty string.")
+    if "previous" in body and not isinstance(body["previous"], dict):
+        raise WaiterError(400, f"Token previous must be a map, not {json.dumps(body['previous'])}.")
+    if "deleted" in body and not isinstance(body["deleted"], bool):
+        raise WaiterError(400, f"deleted is {json.dumps(body['deleted'])} but must be true or false.")
+
+
+def _new_data(
+    router: Router, body: Mapping[str, Any], caller: Caller, owner: str, existing: TokenRecord | None, admin: bool
+) -> dict[str, Any]:
+    data = new_record(
+        body,
+        owner=owner,
+        user=caller.user,
+        now_ms=_now_ms(),
+        cluster=router.settings.cluster_name,
+        existing=existing.data if existing else None,
+    )
+    if admin and "last-update-time" in body:
+        try:
+            data["last-update-time"] = parse_time(body["last-update-time"])
+        except ValueError as exc:
+            raise WaiterError(400, str(exc)) from None
+    return data
+
+
+def _check_post_permission(
+    perms: Permissions, caller: Caller, name: str, live: TokenRecord | None, data: Mapping[str, Any]
+) -> None:
+    if live is None:
+        problem = perms.create_problem(caller.user, name, str(data["owner"]))
+    else:
+        before, after = editable(live.data), editable(data)
+        changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+        problem = perms.update_problem(caller.user, name, live.data, changed)
+    if problem:
+        raise WaiterError(403, problem)
+
+
+async def _check_owner_limit(router: Router, name: str, owner: str, live: TokenRecord | None) -> None:
+    if live is not None and live.owner == owner:
+        return
+    try:
+        entries = await router.tokens.index([owner])
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    count = sum(1 for e in entries if not e.deleted and e.token != name)
+    if count >= LIMIT_PER_OWNER:
+        raise WaiterError(
+            403,
+            f"You have reached the limit of number of tokens allowed\nOwner '{owner}' already has {count} tokens "
+            f"and the limit is {LIMIT_PER_OWNER}; delete some first.",
+        )
+
+
+async def post_token(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+    caller = await router.auth.authenticate(request)
+    body = await _json_object(request)
+    name = _post_name(request, body)
+    admin = _update_mode(request)
+    _validate(router, name, body, admin)
+    _refuse_file_token(router, name)
+    perms = Permissions.of(router.settings)
+    problem = (
+        perms.admin_problem(caller.user, f"update token {name} in update-mode=admin")
+        if admin
+        else perms.run_as_problem(caller.user, body.get("run-as-user"))
+    )
+    if problem:
+        raise WaiterError(403, problem)
+    if_match = request.headers.get("if-match")
+    for _ in range(_ATTEMPTS):
+        existing = await _read(router, name)
+        live = existing if existing is not None and not existing.deleted else None
+        if admin and live is not None and if_match is None:
+            raise WaiterError(400, "Must specify if-match header for admin mode token updates")
+        owner = body.get("owner") or (live.owner if live else None) or caller.user
+        data = _new_data(router, body, caller, owner, existing, admin)
+        if not admin:
+            _check_post_permission(perms, caller, name, live, data)
+        _check_if_match(if_match, live.etag if live else "", name)
+        if not admin and live is not None and editable(live.data) == editable(data):
+            body_out = {"message": f"No changes detected for {name}", "service-description": service_params(live.data)}
+            return _reply(body_out, etag=live.etag, result="token-no-op")
+        if not admin:
+            await _check_owner_limit(router, name, owner, live)
+        if await _write(router, name, data, existing):
+            verb = "updated" if live is not None else "created"
+            return _reply(
+                {"message": f"Successfully {verb} {name}", "service-description": service_params(data)},
+                etag=token_etag(data),
+                result=f"token-{verb}",
+            )
+    raise _too_busy(name)
+
+
+# -- DELETE /token -------------------------------------------------------------------------------------------
+
+
+def _check_delete_permission(
+    perms: Permissions, caller: Caller, name: str, existing: TokenRecord, hard: bool, if_match: str | None
+) -> None:
+    if hard:
+        if not existing.deleted and if_match is None:
+            raise WaiterError(
+                400, "Must specify if-match header for token hard deletes\nSend the ETag from GET /token as If-Match."
+            )
+        problem = perms.admin_problem(caller.user, f"hard-delete token {name}")
+    else:
+        problem = perms.manage_problem(caller.user, name, existing.data, "delete")
+    if problem:
+        raise WaiterError(403, problem)
+
+
+async def delete_token(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+    caller = await router.auth.authenticate(request)
+    name = _header_token(headers) or _host_token(router, request)
+    if not name:
+        raise WaiterError(400, "Couldn't find token in request\nName the token in the x-waiter-token header.")
+    hard = query_true(request, "hard-delete")
+    _refuse_file_token(router, name)
+    perms = Permissions.of(router.settings)
+    if_match = request.headers.get("if-match")
+    for _ in range(_ATTEMPTS):
+        existing = await _read(router, name)
+        if existing is None or (existing.deleted and not hard):
+            raise WaiterError(404, f"Token {name} does not exist")
+        _check_delete_permission(perms, caller, name, existing, hard, if_match)
+        _check_if_match(if_match, existing.etag, name)
+        data = None if hard else soft_deleted_record(existing.data, user=caller.user, now_ms=_now_ms())
+        if await _write(router, name, data, existing):
+            return _reply(
+                {"delete": name, "hard-delete": hard, "success": True}, etag=if_match, result="token-deleted"
+            )
+    raise _too_busy(name)
+
+
+# -- GET /tokens ---------------------------------------------------------------------------------------------
+
+
+async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+    await router.auth.authenticate(request)
+    owners = request.query.getall("owner", []) or None
+    deleted, metadata = included(request, "deleted"), included(request, "metadata")
+    maintenance = request.query.get("maintenance")
+    try:
+        entries = await router.tokens.index(owners)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    listed = []
+    for entry in entries:
+        if (entry.deleted and not deleted) or (
+            maintenance is not None and entry.maintenance != (maintenance.lower() == "true")
+        ):
+            continue
+        item: dict[str, Any] = {
+            "token": entry.token,
+            "owner": entry.owner,
+            "maintenance": entry.maintenance,
+            "reference-type->reference-name": {},
+        }
+        if metadata:
+            updated = entry.last_update_time
+            item["deleted"] = entry.deleted
+            item["etag"] = entry.etag
+            item["last-update-time"] = iso_millis(updated / 1000) if updated is not None else None
+        listed.append(item)
+    return json_response(listed)
+
+
+EXACT: dict[str, dict[str, Handler]] = {
+    "/token": {"GET": get_token, "POST": post_token, "DELETE": delete_token},
+    "/tokens": {"GET": list_tokens},
+}

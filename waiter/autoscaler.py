@@ -1,0 +1,207 @@
+"""The scaling loop: the leader among routers reads counts, calls the pure decision and applies it.
+
+Every router runs this loop, but only the holder of the leader lease acts, so scale calls for one need are never
+issued twice. The smoothing state lives in the shared state, so a new leader continues where the old one stopped.
+Scale-down picks its victim itself (``choose_victim``): never an instance serving a request on any router; it is
+taken out of every router's rotation (blocked in the shared state, so no router leases its slots any more) and
+killed only once no router holds a lease on it, at most one kill per service per ``kill_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+
+from waiter.coordinator import Coordinator
+from waiter.instances import TrackedInstance
+from waiter.registry import ServiceRegistry
+from waiter.scaling import BurstSettings, Counts, ScalingSettings, ScalingState, decide
+from waiter.scheduler.base import SchedulerError
+from waiter.service import Service
+from waiter.state.base import SharedState, StateUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    instance_id: str
+    started_at: float
+    healthy: bool
+    expired: bool
+    in_use: int  # requests this router has on it right now
+
+
+def choose_victim(candidates: Sequence[Candidate]) -> str | None:
+    """The instance to kill on scale-down: idle ones only; unhealthy first, then expired, then the youngest."""
+    idle = [c for c in candidates if c.in_use == 0]
+    if not idle:
+        return None
+    best = min(idle, key=lambda c: (c.healthy, not c.expired, -c.started_at, c.instance_id))
+    return best.instance_id
+
+
+def _candidate(tracked: TrackedInstance, in_use: int) -> Candidate:
+    return Candidate(tracked.instance.id, tracked.instance.started_at, tracked.healthy, tracked.expired, in_use)
+
+
+@dataclass
+class _PendingKill:
+    instance_id: str
+    since: float
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        state: SharedState,
+        registry: ServiceRegistry,
+        coordinator: Coordinator,
+        router_id: str,
+        *,
+        interval: float = 1.0,
+        burst: BurstSettings | None = None,
+        kill_interval: float = 1.0,
+        drain_wait: float = 10.0,
+    ) -> None:
+        self.state = state
+        self.registry = registry
+        self.coordinator = coordinator
+        self.router_id = router_id
+        self.interval = interval
+        self.burst = burst or BurstSettings()
+        self.kill_interval = kill_interval
+        self.drain_wait = drain_wait
+        self.is_leader = False
+        self.decisions: dict[str, str] = {}  # service id -> scaling-state of the last decision
+        self._states: dict[str, ScalingState] = {}
+        self._last_kill: dict[str, float] = {}
+        self._pending: dict[str, _PendingKill] = {}
+        self._wake = asyncio.Event()
+        registry.demand_hooks.append(self._on_demand)
+
+    def _on_demand(self, service: Service) -> None:
+        # A request waits and nothing can serve it yet: decide now instead of at the next tick (bursts, cold starts).
+        if service.reservations.capacity == 0 or service.reservations.queued > service.reservations.capacity:
+            self._wake.set()
+
+    async def run(self) -> None:
+        last = 0.0
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, last + self.interval - time.monotonic())):
+                    await self._wake.wait()
+                await asyncio.sleep(max(0.0, last + 0.1 - time.monotonic()))  # at most 10 decisions a second
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            last = time.monotonic()
+            try:
+                await self.tick(time.time())
+            except StateUnavailable as exc:
+                if self.is_leader:
+                    log.error("lost contact with the shared state; not scaling until it returns: %s", exc)
+                self.is_leader = False
+            except Exception:
+                log.exception("autoscaler cycle failed")
+
+    async def tick(self, now: float) -> None:
+        leading = await self.state.lead(self.router_id, int(max(3.0, self.interval * 3) * 1000))
+        if leading != self.is_leader:
+            log.info("router %s %s the scaling leader", self.router_id, "is now" if leading else "is no longer")
+            self._states.clear()  # a new leader reads the smoothing state from the shared state
+            self._pending.clear()
+        self.is_leader = leading
+        if not leading:
+            return
+        for service in list(self.registry.services.values()):
+            await self._scale(service, now)
+
+    def counts(self, service: Service) -> Counts | None:
+        state = service.scheduler.service_state(service.id)
+        if state is None:
+            return None
+        elsewhere = self.coordinator.view.outstanding_elsewhere.get(service.id, 0)
+        tracked = service.tracker.tracked.values()
+        return Counts(
+            outstanding=service.reservations.outstanding + elsewhere,
+            total=state.requested,
+            scheduled=state.scheduled,
+            healthy=sum(1 for t in tracked if t.healthy and not t.expired),
+            expired_healthy=sum(1 for t in tracked if t.healthy and t.expired),
+            expired_unhealthy=sum(1 for t in tracked if not t.healthy and t.expired),
+        )
+
+    async def _scale(self, service: Service, now: float) -> None:
+        counts = self.counts(service)
+        if counts is None:
+            return
+        sid = service.id
+        previous = self._states.get(sid)
+        if previous is None:
+            saved = await self.state.load_scaling(sid)
+            previous = ScalingState.from_json(saved) if saved else None
+        settings = ScalingSettings.from_description(service.resolved.effective, self.burst)
+        decision = decide(settings, counts, previous, now)
+        self._states[sid] = decision.state
+        if decision.state != previous:
+            await self.state.save_scaling(sid, decision.state.to_json())
+        self.decisions[sid] = decision.scaling_state
+        if decision.amount > 0 and counts.scheduled >= counts.total:
+            log.info("scaling %s up to %d: %s", sid, decision.scale_to, decision.reason)
+            await self._call(service.scheduler.scale_service(sid, decision.scale_to), f"scale {sid} up")
+        elif decision.amount < 0 and counts.scheduled > decision.scale_to:
+            await self._scale_down(service, now)
+        else:
+            await self._cancel_pending(service)
+
+    async def _scale_down(self, service: Service, now: float) -> None:
+        sid = service.id
+        pending = self._pending.get(sid)
+        if pending is None:
+            if now - self._last_kill.get(sid, 0.0) < self.kill_interval:
+                return
+            res = service.reservations
+            victim = choose_victim([_candidate(t, res.in_use(iid)) for iid, t in service.tracker.tracked.items()])
+            if victim is None:
+                return
+            # Out of this router's rotation first (atomic with the in-use check: no await in between) ...
+            service.tracker.retire(victim)
+            pending = self._pending[sid] = _PendingKill(victim, now)
+            if self.state.shared:
+                # ... then out of every other router's: no new leases, existing ones given back when idle.
+                await self.state.block(victim, int(self.drain_wait * 3000))
+        if self.state.shared:
+            leases = await self.state.leases(pending.instance_id)
+            others = {rid: n for rid, n in leases.items() if rid != self.router_id}
+            if others:
+                if now - pending.since > self.drain_wait:
+                    log.warning("scale-down of %s gave up on %s: still leased by %s", sid, pending.instance_id, others)
+                    await self._cancel_pending(service)
+                return
+        del self._pending[sid]
+        self._last_kill[sid] = now
+        log.info("scaling %s down: killing idle instance %s", sid, pending.instance_id)
+        await self._call(
+            service.scheduler.kill_instance(sid, pending.instance_id, message="Killed to scale down"),
+            f"kill {pending.instance_id}",
+        )
+        if self.state.shared:
+            await self.state.unblock(pending.instance_id)
+
+    async def _cancel_pending(self, service: Service) -> None:
+        pending = self._pending.pop(service.id, None)
+        if pending is None:
+            return
+        service.tracker.reinstate(pending.instance_id)
+        if self.state.shared:
+            await self.state.unblock(pending.instance_id)
+
+    async def _call(self, call: Awaitable[object], what: str) -> None:
+        try:
+            await call
+        except SchedulerError as exc:
+            log.error("could not %s: %s", what, exc)

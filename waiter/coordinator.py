@@ -1,0 +1,237 @@
+"""This router's link to the others: publishes its counts, reads theirs, and manages its slot leases.
+
+Runs every ``publish_interval`` (and at once when a service needs slots), never on the request path. With one
+router (the in-memory state) there is nothing to lease: each healthy instance offers all its slots at once.
+With several, an instance's slots are leased through the shared state so that the leases of all live routers
+never exceed its concurrency-level; each router only uses the slots it holds. A router with queued requests
+leases every free slot it can get; a router whose peers have queued requests gives back the slots it is not
+using (beyond its fair share), so a queued request is served as soon as a slot is free anywhere, one tick later
+at most. When the shared state is unreachable, the router keeps serving with the slots it holds and counts it
+knows, says so in /status, and catches up when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from waiter.registry import ServiceRegistry
+from waiter.service import ResolvedService, Service
+from waiter.state.base import RouterStats, SharedState, StateUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GlobalView:
+    """What this router last read of all routers: summed outstanding counts, last request times, routers."""
+
+    outstanding: dict[str, int] = field(default_factory=dict)
+    last_request_time: dict[str, float] = field(default_factory=dict)
+    queued_elsewhere: dict[str, int] = field(default_factory=dict)
+    outstanding_elsewhere: dict[str, int] = field(default_factory=dict)
+    routers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    read_at: float = 0.0
+
+
+def summed(all_stats: Mapping[str, Mapping[str, RouterStats]], me: str) -> GlobalView:
+    """Sum the live routers' counts; a router's last value counts until its key expires (never 'unknown = 0')."""
+    view = GlobalView(read_at=time.time())
+    for rid, services in all_stats.items():
+        for sid, stats in services.items():
+            view.outstanding[sid] = view.outstanding.get(sid, 0) + stats.outstanding
+            if stats.last_request_time is not None:
+                view.last_request_time[sid] = max(view.last_request_time.get(sid, 0.0), stats.last_request_time)
+            if rid != me:
+                view.queued_elsewhere[sid] = view.queued_elsewhere.get(sid, 0) + stats.queued
+                view.outstanding_elsewhere[sid] = view.outstanding_elsewhere.get(sid, 0) + stats.outstanding
+    return view
+
+
+def lease_wants(service: Service, queued_elsewhere: int, outstanding_elsewhere: int) -> dict[str, int]:
+    """How many slots this router wants on each routable instance of ``service`` (pure apart from reading it)."""
+    res = service.reservations
+    level = res.concurrency_level
+    wants: dict[str, int] = {}
+    mine = res.outstanding
+    if queued_elsewhere <= 0:
+        # Nobody else waits: keep every slot we can get, so our own bursts need no round trip.
+        return dict.fromkeys(res.routable_ids(), level)
+    total = mine + outstanding_elsewhere
+    share = math.ceil(level * mine / total) if total else 0
+    for iid in res.routable_ids():
+        wants[iid] = max(res.in_use(iid), share if res.queued else min(share, res.in_use(iid)))
+    return wants
+
+
+class Coordinator:
+    def __init__(
+        self,
+        state: SharedState,
+        registry: ServiceRegistry,
+        router_id: str,
+        router_url: str,
+        *,
+        publish_interval: float = 0.1,
+        router_ttl_ms: int = 3000,
+        service_sync_interval: float = 1.0,
+    ) -> None:
+        self.state = state
+        self.registry = registry
+        self.router_id = router_id
+        self.router_url = router_url
+        self.publish_interval = publish_interval
+        self.router_ttl_ms = router_ttl_ms
+        self.stats_ttl_ms = max(1000, int(publish_interval * 10_000))
+        self.service_sync_interval = service_sync_interval
+        self.view = GlobalView()
+        self.available = True
+        self.last_error: str | None = None
+        self.blocked: set[str] = set()
+        self.started_at = time.time()
+        self._wake = asyncio.Event()
+        self._last_service_sync = 0.0
+        self._registered: set[str] = set()
+        self._leases: dict[str, dict[str, int]] = {}  # service id -> instance id -> slots leased in the state
+        registry.slots_policy = self.initial_slots
+        registry.demand_hooks.append(lambda _service: self._wake.set())
+
+    # -- hooks used by services ---------------------------------------------------------------------------------
+
+    def initial_slots(self, service: Service) -> int:
+        """Slots a newly healthy instance offers at once: all of them alone, none until leased when shared."""
+        if not self.state.shared:
+            return service.reservations.concurrency_level
+        self._wake.set()
+        return 0
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        next_tick = 0.0
+        while True:
+            woken = time.monotonic() < next_tick
+            if not woken:
+                next_tick = time.monotonic() + self.publish_interval
+            try:
+                if woken:
+                    # A request queued: lease what it needs now; the full exchange waits for the next tick.
+                    if self.state.shared:
+                        await self._lease_all()
+                else:
+                    await self.tick()
+                if not self.available:
+                    log.info("shared state %s is reachable again", self.state.kind)
+                self.available, self.last_error = True, None
+            except StateUnavailable as exc:
+                if self.available:
+                    log.error("shared state unavailable, serving with what this router knows: %s", exc)
+                self.available, self.last_error = False, str(exc)
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> None:
+        state = self.state
+        info = {"url": self.router_url, "started-at": self.started_at}
+        await state.heartbeat(self.router_id, info, self.router_ttl_ms)
+        await state.publish_stats(self.router_id, self.local_stats(), self.stats_ttl_ms)
+        all_stats = await state.all_stats()
+        view = summed(all_stats, self.router_id)
+        view.routers = await state.routers()
+        self.view = view
+        now = time.monotonic()
+        if now - self._last_service_sync >= self.service_sync_interval or self._unregistered():
+            self._last_service_sync = now
+            await self._sync_services()
+        await self._apply_blocks(await state.blocked())
+        if state.shared:
+            await self._lease_all()
+
+    def local_stats(self) -> dict[str, RouterStats]:
+        return {
+            sid: RouterStats(s.reservations.outstanding, s.reservations.queued, s.total_requests, s.last_request_time)
+            for sid, s in self.registry.services.items()
+        }
+
+    def _unregistered(self) -> bool:
+        return any(sid not in self._registered for sid in self.registry.services)
+
+    async def _sync_services(self) -> None:
+        """Share the services this router registered; take on those others registered (for /apps and scaling)."""
+        for sid, service in list(self.registry.services.items()):
+            if sid not in self._registered:
+                await self.state.register_service(sid, service_record(service.resolved))
+                self._registered.add(sid)
+        shared = await self.state.services()
+        for sid, record in shared.items():
+            if sid not in self.registry.services:
+                self.registry.adopt(resolved_from_record(record))
+                self._registered.add(sid)
+        for sid in list(self.registry.services):
+            if sid not in shared and sid in self._registered:
+                # Deleted through another router.
+                self._registered.discard(sid)
+                await self.registry.forget(sid)
+
+    async def _apply_blocks(self, blocked: set[str]) -> None:
+        """Instances the leader is about to kill leave this router's rotation; unblocked ones come back."""
+        for service in self.registry.services.values():
+            for iid in list(service.tracker.tracked):
+                if iid in blocked and iid not in self.blocked:
+                    service.tracker.retire(iid)
+                elif iid in self.blocked and iid not in blocked:
+                    service.tracker.reinstate(iid)
+        self.blocked = blocked
+
+    async def _lease_all(self) -> None:
+        view = self.view
+        for sid in [s for s in self._leases if s not in self.registry.services]:
+            del self._leases[sid]
+        for sid, service in list(self.registry.services.items()):
+            res = service.reservations
+            held_by_iid = self._leases.setdefault(sid, {})
+            wants = lease_wants(service, view.queued_elsewhere.get(sid, 0), view.outstanding_elsewhere.get(sid, 0))
+            for iid in list(held_by_iid):
+                if iid not in wants and res.in_use(iid) == 0:
+                    wants[iid] = 0  # out of rotation and idle: give its slots back
+            for iid, want in wants.items():
+                held = held_by_iid.get(iid, 0)
+                if want == held and not (res.queued and held < res.concurrency_level):
+                    continue
+                granted = await self.state.lease(self.router_id, iid, want, res.concurrency_level)
+                if granted:
+                    held_by_iid[iid] = granted
+                else:
+                    held_by_iid.pop(iid, None)
+                res.set_capacity(iid, granted)
+
+
+def service_record(resolved: ResolvedService) -> dict[str, Any]:
+    return {
+        "service-id": resolved.service_id,
+        "core": dict(resolved.core),
+        "effective": dict(resolved.effective),
+        "token-meta": dict(resolved.token_meta),
+        "source-tokens": [list(t) for t in resolved.source_tokens],
+        "on-the-fly": resolved.on_the_fly,
+    }
+
+
+def resolved_from_record(record: Mapping[str, Any]) -> ResolvedService:
+    return ResolvedService(
+        service_id=str(record["service-id"]),
+        core=dict(record["core"]),
+        effective=dict(record["effective"]),
+        token_meta=dict(record.get("token-meta", {})),
+        source_tokens=tuple((str(t), str(v)) for t, v in record.get("source-tokens", [])),
+        on_the_fly=bool(record.get("on-the-fly", False)),
+    )

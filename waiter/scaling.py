@@ -1,0 +1,326 @@
+"""The scaling decision: Waiter's smoothed formula plus a burst mode modelled on Knative's panic mode.
+
+Pure: no I/O, no clock, no asyncio. The autoscaler loop gathers the counts, passes the time in, applies the
+returned ``Decision`` and keeps ``Decision.state`` (in Redis, as JSON) for the next cycle.
+
+Waiter's formula (waiter-api.md §5.2), with worked numbers for Waiter's defaults (scale-up-factor 0.1,
+scale-down-factor 0.001, jitter-threshold 0.5, scale-factor 1, concurrency-level 1)::
+
+    ticks  = whole seconds since the previous cycle
+    f_up   = 1 - (1 - scale-up-factor)^ticks            1 tick: 0.1     3 ticks: 1 - 0.9^3 = 0.271
+    f_down = 1 - (1 - scale-down-factor)^ticks          1 tick: 0.001
+    ideal  = ceil(outstanding * scale-factor / concurrency-level)
+    up     = f_up * ideal + (1 - f_up) * target
+    down   = f_down * ideal + (1 - f_down) * target
+    target'= clamp(up if up >= target else down, min-instances, max-instances)
+
+* Scale up. total 5, target 5.0, outstanding 12, 1 tick: ideal 12, up = 0.1*12 + 0.9*5 = 5.7 >= 5, so
+  target' 5.7; delta = 5.7 - 5 = 0.7 >= jitter 0.5, so amount = ceil(0.7 - 0.01) = 1: six instances.
+  After 3 ticks instead: up = 0.271*12 + 0.729*5 = 6.90, amount = ceil(1.90 - 0.01) = 2.
+* Scale down is slow on purpose. total 10, target 10.0, outstanding 0: each tick multiplies the target by
+  0.999. amount = ceil(delta - 0.01) only reaches -1 once delta <= -0.99, i.e. after ln(9.01/10)/ln(0.999) =
+  105 ticks; the next instance follows about 110 ticks later.
+* Jitter. |delta| < jitter-threshold gives amount 0 (target 5.3 with 5 instances stays at 5).
+* Enough instances. delta > 0 but ideal <= total (and total >= min-instances): the smoothed target still
+  lags an earlier peak, yet the instances already cover the need, so no scale-up (the target still moves).
+* Expired instances are replaced gradually: expired = expired_healthy + min(2, expired_unhealthy);
+  unless scaling down with every instance healthy, scale_to += ceil(expired * expired-instance-restart-rate)
+  - max(0, healthy - scale_to). 20 healthy of which 20 expired, rate 0.1: scale_to 20 -> 22.
+
+Burst mode (what Waiter lacks; Knative's panic mode). The need is ``ideal``. The burst condition holds when
+``need >= threshold * max(healthy, 1)`` and ``need > total``: the smoothed target lags far behind the need.
+Then the target jumps to the need at once (clamped to min/max-instances) and ``burst_last_seen = now``.
+While ``now - burst_last_seen < stable_window_secs`` the service is in burst: the target never falls below the
+previous cycle's target and the amount is never negative (unless max-instances was lowered below the total),
+so a burst that drops away does not shed the instances just started. When the window has passed, Waiter's
+formula resumes from the kept target.
+
+* Entry. healthy 5, total 5, target 5.0, outstanding 60, threshold 2: 60 >= 2*5 and 60 > 5, so target' 60
+  and amount +55 in one cycle. Waiter alone: up = 0.1*60 + 0.9*5 = 10.5, amount +6, and about 30 ticks to
+  reach 57 (60 - 55*0.9^30).
+* Hold. Ten seconds later outstanding is back to 5: Waiter's down would be 0.999*60 + 0.001*5 = 59.945;
+  burst keeps 60 and amount >= 0 until 60 s after the last burst cycle.
+* Exit. From then on the target decays from 60 at 0.001 a tick, like Waiter's would from its own peak.
+
+Knative's defaults are the model for ours: panic at 200% of the ready capacity, a 60 s stable window.
+``BurstSettings(enabled=False)`` gives exactly Waiter's behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "MAX_EXPIRED_UNHEALTHY",
+    "BurstSettings",
+    "Counts",
+    "Decision",
+    "ScalingSettings",
+    "ScalingState",
+    "decide",
+    "ideal_instances",
+    "smoothing_factor",
+]
+
+# Waiter counts at most this many expired unhealthy instances for replacement: they may never become healthy.
+MAX_EXPIRED_UNHEALTHY = 2
+# Waiter's epsilon: a delta of 1.005 asks for one instance, not two.
+_EPSILON = 1e-2
+# Absorbs float noise only (50 * 1.1 = 55.00000000000001 must not ceil to 56).
+_ROUND_OFF = 1e-9
+
+
+def _ceil(value: float) -> int:
+    return math.ceil(value - _ROUND_OFF)
+
+
+def _check(ok: bool, name: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"Scaling setting {name} is {value!r}, but it must be {allowed}.")
+
+
+@dataclass(frozen=True)
+class BurstSettings:
+    """Burst mode: scale to the need at once when it is far above the ready instances (see module doc)."""
+
+    enabled: bool = True
+    # burst when need >= threshold * max(ready, 1)   (ready = healthy instances)
+    threshold: float = 2.0
+    # no scale-down until the burst condition has been absent this long
+    stable_window_secs: float = 60
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.enabled, bool), "burst enabled", self.enabled, "true or false")
+        _check(_is_number(self.threshold) and self.threshold >= 1, "burst threshold", self.threshold,
+               "a number >= 1")
+        _check(_is_number(self.stable_window_secs) and self.stable_window_secs >= 0, "burst stable-window-secs",
+               self.stable_window_secs, "a number of seconds >= 0")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_DEFAULT_BURST = BurstSettings()
+_DESCRIPTION_KEYS = {
+    "min_instances": "min-instances",
+    "max_instances": "max-instances",
+    "concurrency_level": "concurrency-level",
+    "scale_factor": "scale-factor",
+    "scale_up_factor": "scale-up-factor",
+    "scale_down_factor": "scale-down-factor",
+    "jitter_threshold": "jitter-threshold",
+    "expired_instance_restart_rate": "expired-instance-restart-rate",
+}
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """A service's scaling parameters (waiter-api.md §2.1).
+
+    Checked against the preconditions of Waiter's ``scale-service``, which are wider than what a token may
+    hold (a factor of exactly 0 or 1 is allowed here), so that every case of Waiter's own tests can run.
+    """
+
+    min_instances: int
+    max_instances: int
+    concurrency_level: int
+    scale_factor: float
+    scale_up_factor: float
+    scale_down_factor: float
+    jitter_threshold: float
+    expired_instance_restart_rate: float
+    burst: BurstSettings = field(default_factory=BurstSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("min-instances", "max-instances"):
+            value = getattr(self, name.replace("-", "_"))
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0, name, value,
+                   "a whole number >= 0")
+        _check(self.min_instances <= self.max_instances, "min-instances", self.min_instances,
+               f"at most max-instances ({self.max_instances})")
+        level = self.concurrency_level
+        _check(isinstance(level, int) and not isinstance(level, bool) and level >= 1, "concurrency-level", level,
+               "a whole number >= 1")
+        _check(_is_number(self.scale_factor) and self.scale_factor > 0, "scale-factor", self.scale_factor,
+               "a number > 0")
+        for name in ("scale-up-factor", "scale-down-factor", "expired-instance-restart-rate"):
+            value = getattr(self, name.replace("-", "_"))
+            _check(_is_number(value) and 0 <= value <= 1, name, value, "a number from 0 to 1")
+        jitter = self.jitter_threshold
+        _check(_is_number(jitter) and 0 <= jitter < 1, "jitter-threshold", jitter, "a number >= 0 and < 1")
+
+    @classmethod
+    def from_description(cls, effective: Mapping[str, Any], burst: BurstSettings = _DEFAULT_BURST) -> ScalingSettings:
+        """Settings from a service's effective description (kebab-case keys, defaults already filled)."""
+        missing = [key for key in _DESCRIPTION_KEYS.values() if key not in effective]
+        if missing:
+            raise ValueError(f"Service description lacks the scaling parameters {', '.join(missing)}.")
+        values = {attr: effective[key] for attr, key in _DESCRIPTION_KEYS.items()}
+        return cls(**values, burst=burst)
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the autoscaler knows about one service this cycle."""
+
+    outstanding: int  # in-flight + queued, summed over all routers
+    total: int  # instances requested from the scheduler
+    scheduled: int  # instances the scheduler actually runs (task-count)
+    healthy: int
+    expired_healthy: int = 0
+    expired_unhealthy: int = 0
+
+
+@dataclass(frozen=True)
+class ScalingState:
+    """What the leader keeps between cycles (in Redis, as JSON), so a new leader continues the smoothing."""
+
+    target: float  # the smoothed instance count (a float: fractions accumulate over ticks)
+    # Epoch seconds the smoothing has been applied up to. It advances by whole ticks, so a cycle that runs
+    # 0.99 s after the previous one loses nothing: its fraction counts in the next cycle's ticks.
+    last_tick: float
+    burst_last_seen: float | None = None  # last time the burst condition held (None = not in burst)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "last_tick": self.last_tick, "burst_last_seen": self.burst_last_seen}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ScalingState:
+        for name in ("target", "last_tick"):
+            value = data.get(name)
+            _check(_is_number(value), f"state {name}", value, "a finite number")
+        seen = data.get("burst_last_seen")
+        _check(seen is None or _is_number(seen), "state burst_last_seen", seen, "null or a finite number")
+        return cls(float(data["target"]), float(data["last_tick"]), None if seen is None else float(seen))
+
+
+@dataclass(frozen=True)
+class Decision:
+    scale_to: int  # instances the service should have after this cycle
+    amount: int  # scale_to - total
+    state: ScalingState  # to keep for the next cycle
+    scaling_state: str  # "scale-up" | "scale-down" | "stable"
+    burst: bool  # burst mode active this cycle
+    reason: str  # one short sentence for logs / debugging
+
+
+def smoothing_factor(factor: float, ticks: int) -> float:
+    """A per-tick factor applied ``ticks`` times: 1 - (1 - factor)^ticks (Waiter's ``normalize-factor``)."""
+    return 1 - (1 - factor) ** ticks
+
+
+def ideal_instances(settings: ScalingSettings, outstanding: int) -> int:
+    """Instances the outstanding requests call for: ceil(outstanding * scale-factor / concurrency-level)."""
+    return max(0, _ceil(outstanding * settings.scale_factor / settings.concurrency_level))
+
+
+def _clamp(settings: ScalingSettings, value: float) -> float:
+    return float(min(max(value, settings.min_instances), settings.max_instances))
+
+
+def _smoothed_target(settings: ScalingSettings, ideal: int, target: float, ticks: int) -> float:
+    f_up = smoothing_factor(settings.scale_up_factor, ticks)
+    f_down = smoothing_factor(settings.scale_down_factor, ticks)
+    up = f_up * ideal + (1 - f_up) * target
+    down = f_down * ideal + (1 - f_down) * target
+    return _clamp(settings, up if up >= target else down)
+
+
+def _amount(settings: ScalingSettings, target: float, ideal: int, total: int) -> tuple[int, str]:
+    """Waiter's whole-instance step towards the target, with why it is zero when it is."""
+    delta = target - total
+    if delta > 0 and ideal <= total and total >= settings.min_instances:
+        return 0, f"the {total} instances already cover the need of {ideal}"
+    if abs(delta) < settings.jitter_threshold:
+        return 0, f"the gap of {delta:+.2f} is below the jitter threshold {settings.jitter_threshold:g}"
+    return math.ceil(delta - _EPSILON), ""
+
+
+def _with_expired(settings: ScalingSettings, counts: Counts, amount: int) -> int:
+    """scale_to after Waiter's gradual replacement of expired instances."""
+    scale_to = counts.total + amount
+    expired = counts.expired_healthy + min(MAX_EXPIRED_UNHEALTHY, counts.expired_unhealthy)
+    # Scaling down with every instance healthy: the instance killer prefers expired ones, nothing to add.
+    if expired > 0 and not (amount < 0 and counts.total == counts.healthy):
+        replace = _ceil(expired * settings.expired_instance_restart_rate)
+        scale_to += replace - max(0, counts.healthy - scale_to)
+    return scale_to
+
+
+def _ticks(previous: ScalingState, now: float) -> tuple[int, float]:
+    """Whole seconds since the previous cycle and the new ``last_tick``."""
+    if now < previous.last_tick:
+        # The clock went back (or a new leader's runs behind): restart from here rather than stall.
+        return 0, now
+    ticks = math.floor(now - previous.last_tick)
+    return ticks, previous.last_tick + ticks
+
+
+def _first_cycle(settings: ScalingSettings, counts: Counts, now: float) -> Decision:
+    if counts.total < settings.min_instances:
+        scale_to = settings.min_instances
+        reason = f"First cycle: scaling from {counts.total} to min-instances {scale_to}."
+    else:
+        scale_to = counts.total
+        reason = f"First cycle: no scaling; smoothing starts from the {scale_to} instances requested."
+    amount = scale_to - counts.total
+    state = ScalingState(target=float(scale_to), last_tick=now)
+    return Decision(scale_to, amount, state, _scaling_state(amount), False, reason)
+
+
+def _scaling_state(amount: int) -> str:
+    return "scale-up" if amount > 0 else "scale-down" if amount < 0 else "stable"
+
+
+def _burst_condition(settings: ScalingSettings, ideal: int, counts: Counts) -> bool:
+    burst = settings.burst
+    return burst.enabled and ideal >= burst.threshold * max(counts.healthy, 1) and ideal > counts.total
+
+
+def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | None, now: float) -> Decision:
+    """This cycle's decision for one service (see the module docstring for the maths).
+
+    ``previous`` None is the first cycle of this leader for this service: no scaling (Waiter), except up to
+    min-instances; the smoothing starts from ``counts.total``.
+    """
+    if previous is None:
+        return _first_cycle(settings, counts, now)
+    ticks, last_tick = _ticks(previous, now)
+    ideal = ideal_instances(settings, counts.outstanding)
+    target = _smoothed_target(settings, ideal, previous.target, ticks)
+    entered = _burst_condition(settings, ideal, counts)
+    seen = now if entered else previous.burst_last_seen
+    window = settings.burst.stable_window_secs
+    in_burst = entered or (settings.burst.enabled and seen is not None and now - seen < window)
+    if entered:
+        target = max(target, _clamp(settings, ideal))
+    if in_burst:
+        # Keep the burst level so that leaving burst mode decays smoothly instead of dropping.
+        target = _clamp(settings, max(target, previous.target))
+    amount, why_zero = _amount(settings, target, ideal, counts.total)
+    scale_to = _with_expired(settings, counts, amount)
+    if in_burst:
+        # Never scale down inside the stable window, except to obey a max-instances lowered since the burst.
+        scale_to = max(scale_to, min(counts.total, settings.max_instances))
+    amount = scale_to - counts.total
+    state = ScalingState(target=target, last_tick=last_tick, burst_last_seen=seen if in_burst else None)
+    reason = _reason(counts, ideal, target, amount, entered, in_burst, why_zero)
+    return Decision(scale_to, amount, state, _scaling_state(amount), in_burst, reason)
+
+
+def _reason(
+    counts: Counts, ideal: int, target: float, amount: int, entered: bool, in_burst: bool, why_zero: str
+) -> str:
+    head = f"Outstanding {counts.outstanding} needs {ideal} instances, target {target:.2f}, total {counts.total}"
+    if entered:
+        return f"{head}: burst, scaling straight to the need ({amount:+d})."
+    if amount != 0:
+        hold = " (burst hold)" if in_burst else ""
+        return f"{head}: scaling by {amount:+d}{hold}."
+    if in_burst:
+        return f"{head}: burst hold, no scale-down inside the stable window."
+    return f"{head}: stable, {why_zero}." if why_zero else f"{head}: stable."

@@ -1,0 +1,247 @@
+"""The Redis token store: every router sees every other router's token writes within milliseconds.
+
+Layout under ``prefix`` (default ``waiter:tokens:``): ``data`` hash (name -> record JSON), ``etag`` hash
+(name -> ETag, what compare-and-set compares), ``owner:<owner>`` hashes (name -> index entry), ``owners`` set,
+``version`` counter bumped by every write, and the ``changed`` channel on which each write publishes
+``<version> <name>``.
+
+The request path never waits on Redis: it reads the local cache, which a follower task keeps current from the
+channel, and re-reads in full whenever the version counter shows a missed message (after a reconnect, say).
+Every Redis call has a deadline. When Redis is down the cache keeps serving and ``status()`` says so; API writes
+fail with StoreUnavailable until it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Collection, Mapping
+from typing import Any, TypeVar
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from waiter.settings import redact_url
+from waiter.tokens.store import (
+    CachedStore,
+    IndexEntry,
+    StaleWrite,
+    StoreStatus,
+    StoreUnavailable,
+    TokenRecord,
+    make_record,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Compare-and-set of one token, its owner index entries and the version counter, atomically.
+# KEYS: data hash, etag hash, owners set, version key. ARGV: name, expected etag ('' = absent), new JSON
+# ('' = remove), new etag, new owner ('' = none), old owner ('' = none), index entry JSON, owner key prefix, channel.
+_CAS = """
+local name = ARGV[1]
+local current = redis.call('HGET', KEYS[2], name)
+if not current then current = '' end
+if current ~= ARGV[2] then return {0, current} end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], name)
+  redis.call('HDEL', KEYS[2], name)
+else
+  redis.call('HSET', KEYS[1], name, ARGV[3])
+  redis.call('HSET', KEYS[2], name, ARGV[4])
+end
+if ARGV[6] ~= '' then redis.call('HDEL', ARGV[8] .. ARGV[6], name) end
+if ARGV[5] ~= '' then
+  redis.call('HSET', ARGV[8] .. ARGV[5], name, ARGV[7])
+  redis.call('SADD', KEYS[3], ARGV[5])
+end
+local version = redis.call('INCR', KEYS[4])
+redis.call('PUBLISH', ARGV[9], version .. ' ' .. name)
+return {1, tostring(version)}
+"""
+
+
+class RedisTokenStore(CachedStore):
+    kind = "redis"
+
+    def __init__(
+        self, url: str, *, prefix: str = "waiter:tokens:", timeout: float = 2.0, poll_interval: float = 1.0
+    ) -> None:
+        super().__init__()
+        self.url = url
+        self.prefix = prefix
+        self.timeout = timeout  # deadline of every Redis call
+        self.poll_interval = poll_interval  # how often an idle follower double-checks the version counter
+        self._client = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._cas = self._client.register_script(_CAS)
+        self._version = -1  # the version counter value the cache reflects
+        self._error: str | None = "not connected yet"
+        self._down_since: float | None = time.time()
+        self._loaded = asyncio.Event()
+        self._follower: asyncio.Task[None] | None = None
+
+    def _key(self, suffix: str) -> str:
+        return self.prefix + suffix
+
+    # -- the API side: authoritative reads and compare-and-set writes --------------------------------------------
+
+    async def _call(self, awaitable: Awaitable[T], what: str) -> T:
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await awaitable
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            raise StoreUnavailable(
+                f"The token store (Redis at {redact_url(self.url)}) is unavailable, so the router cannot {what}: "
+                f"{_describe(exc)}. Tokens already known keep being served; try again when Redis is back."
+            ) from exc
+
+    async def read(self, name: str) -> TokenRecord | None:
+        raw = await self._call(self._client.hget(self._key("data"), name), f"read token {name}")
+        return make_record(name, json.loads(raw)) if raw is not None else None
+
+    async def write(self, name: str, data: Mapping[str, Any] | None, *, expected: TokenRecord | None) -> None:
+        record = make_record(name, dict(data)) if data is not None else None
+        args = [
+            name,
+            expected.etag if expected else "",
+            json.dumps(record.data, sort_keys=True) if record else "",
+            record.etag if record else "",
+            (record.owner or "") if record else "",
+            (expected.owner or "") if expected else "",
+            IndexEntry.of(record).dumps() if record else "",
+            self._key("owner:"),
+            self._key("changed"),
+        ]
+        keys = [self._key("data"), self._key("etag"), self._key("owners"), self._key("version")]
+        ok, value = await self._call(self._cas(keys=keys, args=args), f"save token {name}")
+        if not int(ok):
+            raise StaleWrite(name, str(value))
+        self._remember(name, record)  # this router sees its own write at once
+        if int(value) == self._version + 1:
+            self._version = int(value)
+
+    async def index(self, owners: Collection[str] | None = None) -> list[IndexEntry]:
+        return await self._call(self._index(owners), "list tokens")
+
+    async def _index(self, owners: Collection[str] | None) -> list[IndexEntry]:
+        if owners is None:
+            chosen = sorted(str(owner) for owner in await self._client.smembers(self._key("owners")))
+        else:
+            chosen = list(owners)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for owner in chosen:
+                pipe.hgetall(self._key(f"owner:{owner}"))
+            tables = await pipe.execute()
+        return [
+            IndexEntry.loads(str(token), owner, str(text))
+            for owner, table in zip(chosen, tables, strict=True)
+            for token, text in table.items()
+        ]
+
+    # -- the follower: keeps the cache current ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start following; wait briefly for the first load so the router starts with the stored tokens."""
+        self._follower = asyncio.create_task(self._follow(), name="redis token follower")
+        try:
+            async with asyncio.timeout(self.timeout * 2):
+                await self._loaded.wait()
+        except TimeoutError:
+            log.warning("token store at %s not reachable yet (%s); serving file tokens only until it is",
+                        redact_url(self.url), self._error)
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        await self._client.aclose()
+
+    async def _follow(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self._follow_once()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._mark_down(exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def _follow_once(self) -> None:
+        pubsub = self._client.pubsub()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await pubsub.subscribe(self._key("changed"))
+                await self._reload()  # after subscribing, so no write between the two is missed
+            self._mark_up()
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_interval)
+                async with asyncio.timeout(self.timeout):
+                    if message is None:
+                        await self._check_version()
+                    else:
+                        await self._apply(str(message["data"]))
+                self._mark_up()  # also clears a failure an API call saw while this connection kept working
+        finally:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(self.timeout):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _reload(self) -> None:
+        version = await self._client.get(self._key("version"))
+        table = await self._client.hgetall(self._key("data"))
+        self._replace_all({str(name): make_record(str(name), json.loads(raw)) for name, raw in table.items()})
+        self._version = int(version or 0)
+        self._loaded.set()
+
+    async def _check_version(self) -> None:
+        version = int(await self._client.get(self._key("version")) or 0)
+        if version != self._version:
+            await self._reload()
+
+    async def _apply(self, message: str) -> None:
+        version_text, _, name = message.partition(" ")
+        version = int(version_text)
+        if version > self._version + 1:
+            await self._reload()  # a message went missing: only a full read is sure to catch up
+            return
+        raw = await self._client.hget(self._key("data"), name)
+        self._remember(name, make_record(name, json.loads(raw)) if raw is not None else None)
+        self._version = max(self._version, version)
+
+    # -- health ---------------------------------------------------------------------------------------------------
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._error is None:
+            log.error("token store at %s unavailable: %s; serving cached tokens", redact_url(self.url), _describe(exc))
+            self._down_since = time.time()
+        self._error = _describe(exc)
+
+    def _mark_up(self) -> None:
+        if self._error is not None:
+            log.info("token store at %s connected; %d token(s) cached", redact_url(self.url), len(self._cache))
+        self._error = None
+        self._down_since = None
+
+    def status(self) -> StoreStatus:
+        return StoreStatus(
+            kind=self.kind,
+            connected=self._error is None,
+            tokens=len(self._cache),
+            error=self._error,
+            down_since=self._down_since,
+            location=redact_url(self.url),
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "no answer within the deadline"
+    return str(exc) or type(exc).__name__
