@@ -602,6 +602,9 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="waiter-bench-"))
     try:
         run(args, workdir)
+    except KeyboardInterrupt:
+        print("# interrupted: everything started was stopped", file=sys.stderr)
+        return 130
     finally:
         if args.keep:
             print(f"# work directory kept: {workdir}")

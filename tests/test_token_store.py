@@ -49,7 +49,9 @@ class RedisServer:
 
     async def start(self) -> None:
         assert REDIS_SERVER is not None
-        self.process = subprocess.Popen(
+        # Popen rather than asyncio's subprocess: stop() stays synchronous, which other test modules rely on,
+        # and spawning is instantaneous.
+        self.process = subprocess.Popen(  # noqa: ASYNC220
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -68,6 +70,7 @@ class RedisServer:
             await client.aclose()
 
     def stop(self) -> None:
+        """SIGKILL: the outage tests want Redis gone at once, not a graceful shutdown."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
@@ -274,7 +277,7 @@ def test_token_names(name: str, problem: str | None) -> None:
 )
 def test_parse_time(value: Any, millis: int | None) -> None:
     if millis is None:
-        with pytest.raises(ValueError, match="last-update-time is .* but must be epoch milliseconds"):
+        with pytest.raises(ValueError, match=r"last-update-time is .* but must be epoch milliseconds"):
             parse_time(value)
     else:
         assert parse_time(value) == millis

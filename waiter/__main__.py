@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scheduler", choices=SCHEDULER_KINDS, help="where instances run (default local)")
     parser.add_argument("--marathon-url", metavar="URL", help="Marathon's base URL, for --scheduler marathon")
     parser.add_argument("--mesos-master", metavar="HOST:PORT", help="a Mesos master, for --scheduler mesos")
+    parser.add_argument("--workers", type=int, help="router processes on one port, sharing Redis (default 1)")
+    parser.add_argument("--worker-of", metavar="URL", help=argparse.SUPPRESS)  # set by the supervisor
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         "router-id": args.router_id,
         "cluster-name": args.cluster_name,
         "redis": args.redis,
+        "workers": args.workers,
         "scheduler": {
             "kind": args.scheduler,
             "marathon": {"url": args.marathon_url},
@@ -49,13 +53,28 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"waiter-router: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    if settings.workers > 1 and not settings.redis and not args.worker_of:
+        print(
+            f"waiter-router: --workers {settings.workers} needs a redis URL (--redis or the config's redis key): "
+            "workers share tokens, counts and slot leases through it.",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
     import uvloop
 
+    if settings.workers > 1 and not args.worker_of:
+        from waiter.supervisor import Supervisor
+
+        worker_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+        return uvloop.run(Supervisor(settings, worker_argv).run())
+
     from waiter.app import build_app
 
+    if args.worker_of:
+        settings = replace(settings, scheduler_kind="agent", agent_url=args.worker_of, workers=1)
     web.run_app(
         build_app(settings),
         host=settings.host,
@@ -63,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         shutdown_timeout=settings.drain_timeout_secs,
         access_log=None,
         print=None,
+        reuse_port=bool(args.worker_of),
         loop=uvloop.new_event_loop(),
     )
     return 0

@@ -35,6 +35,7 @@ class GlobalView:
     last_request_time: dict[str, float] = field(default_factory=dict)
     queued_elsewhere: dict[str, int] = field(default_factory=dict)
     outstanding_elsewhere: dict[str, int] = field(default_factory=dict)
+    total_elsewhere: dict[str, int] = field(default_factory=dict)
     routers: dict[str, dict[str, Any]] = field(default_factory=dict)
     read_at: float = 0.0
 
@@ -50,6 +51,7 @@ def summed(all_stats: Mapping[str, Mapping[str, RouterStats]], me: str) -> Globa
             if rid != me:
                 view.queued_elsewhere[sid] = view.queued_elsewhere.get(sid, 0) + stats.queued
                 view.outstanding_elsewhere[sid] = view.outstanding_elsewhere.get(sid, 0) + stats.outstanding
+                view.total_elsewhere[sid] = view.total_elsewhere.get(sid, 0) + stats.total
     return view
 
 
@@ -166,21 +168,29 @@ class Coordinator:
         return any(sid not in self._registered for sid in self.registry.services)
 
     async def _sync_services(self) -> None:
-        """Share the services this router registered; take on those others registered (for /apps and scaling)."""
-        for sid, service in list(self.registry.services.items()):
-            if sid not in self._registered:
-                await self.state.register_service(sid, service_record(service.resolved))
-                self._registered.add(sid)
+        """Share the services this router knows; take on those others registered (for /apps and scaling).
+
+        A service missing from the shared state is registered again (Redis may have restarted empty); only a
+        tombstone, left by a deletion through any router, makes routers forget it."""
         shared = await self.state.services()
-        for sid, record in shared.items():
-            if sid not in self.registry.services:
-                self.registry.adopt(resolved_from_record(record))
-                self._registered.add(sid)
+        deleted = await self.state.deleted_services()
         for sid in list(self.registry.services):
-            if sid not in shared and sid in self._registered:
-                # Deleted through another router.
+            if sid in deleted and sid in self._registered:
                 self._registered.discard(sid)
                 await self.registry.forget(sid)
+        for sid, service in list(self.registry.services.items()):
+            if sid not in shared:
+                await self.state.register_service(sid, service_record(service.resolved))
+            self._registered.add(sid)
+        for sid, record in shared.items():
+            if sid not in self.registry.services and sid not in deleted:
+                self.registry.adopt(resolved_from_record(record))
+                self._registered.add(sid)
+
+    async def forget(self, service_id: str) -> None:
+        """A service was deleted through this router: tell the others."""
+        self._registered.discard(service_id)
+        await self.state.forget_service(service_id)
 
     async def _apply_blocks(self, blocked: set[str]) -> None:
         """Instances the leader is about to kill leave this router's rotation; unblocked ones come back."""

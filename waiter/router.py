@@ -65,6 +65,21 @@ class Router:
         host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return host.lower() in self._own_hosts or self.resolver.host_token(host) is None
 
+    def shared_state_status(self) -> dict[str, Any]:
+        """How this router shares counts and leases, and whether that works right now (for /status)."""
+        coordinator, autoscaler = self.coordinator, self.autoscaler
+        if coordinator is None or autoscaler is None:
+            return {"available": False, "message": "not started"}
+        body: dict[str, Any] = {
+            "kind": coordinator.state.kind,
+            "available": coordinator.available,
+            "leader?": autoscaler.is_leader,
+            "routers": sorted(coordinator.view.routers),
+        }
+        if coordinator.last_error:
+            body["message"] = coordinator.last_error
+        return body
+
     def check_maintenance(self, resolved: ResolvedService) -> None:
         maintenance = resolved.token_meta.get("maintenance")
         if isinstance(maintenance, dict):

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-SCHEDULER_KINDS = ("local", "marathon", "mesos")
+SCHEDULER_KINDS = ("local", "marathon", "mesos", "agent")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -107,9 +107,11 @@ class Settings:
     run_as_user: str = field(default_factory=getpass.getuser)
     drain_timeout_secs: float = 30.0
     hostnames: tuple[str, ...] = ()
-    redis: str | None = None  # token store URL; None keeps tokens in memory (one router)
+    redis: str | None = None  # what routers share (tokens, state); None keeps it in memory (one router)
     token_admins: tuple[str, ...] = ()  # load_settings defaults it to (run_as_user,), as Waiter's process user
     scheduler_kind: str = "local"
+    agent_url: str = ""  # kind "agent": the scheduler agent that shares one local scheduler between routers
+    workers: int = 1  # router processes on one port (SO_REUSEPORT); more than one needs redis
     local: LocalSchedulerConfig = LocalSchedulerConfig()
     marathon: MarathonSchedulerConfig = MarathonSchedulerConfig()
     mesos: MesosSchedulerConfig = MesosSchedulerConfig()
@@ -137,6 +139,7 @@ class Settings:
             "drain-timeout-secs": self.drain_timeout_secs,
             "scheduler-config": {
                 "kind": self.scheduler_kind,
+                "agent": {"url": self.agent_url},
                 "local": {
                     "work-dir": str(self.local.work_dir),
                     "port-range": list(self.local.port_range),
@@ -405,7 +408,13 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     local_r.check_unknown()
     marathon = _marathon(_Reader(sched.mapping("marathon"), "scheduler.marathon.", problems), base.marathon, kind)
     mesos = _mesos(_Reader(sched.mapping("mesos"), "scheduler.mesos.", problems), base.mesos, kind)
+    agent_r = _Reader(sched.mapping("agent"), "scheduler.agent.", problems)
+    agent_url = agent_r.string("url", base.agent_url)
+    if kind == "agent" and not agent_url.startswith(("http://", "https://")):
+        problems.append(f"scheduler.agent.url is {agent_url!r} but must be the agent's http:// URL with kind agent.")
+    agent_r.check_unknown()
     sched.check_unknown()
+    workers = top.integer("workers", base.workers, 1, 256)
 
     health_r = _Reader(top.mapping("health-check"), "health-check.", problems)
     health = HealthConfig(
@@ -434,6 +443,8 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         redis=redis_url,
         token_admins=token_admins,
         scheduler_kind=kind,
+        agent_url=agent_url,
+        workers=workers,
         local=LocalSchedulerConfig(work_dir=work_dir, port_range=port_range, memory_check_interval_secs=mem_interval),
         marathon=marathon,
         mesos=mesos,
@@ -459,7 +470,7 @@ def _token_store(
             shown = redact_url(raw) if isinstance(raw, str) else repr(raw)
             problems.append(
                 f"redis is {shown!r} but must be a URL starting with {', '.join(REDIS_SCHEMES)} "
-                "(e.g. redis://127.0.0.1:6379/0), or null to keep tokens in memory."
+                "(e.g. redis://127.0.0.1:6379/0), or null to keep everything in memory (one router)."
             )
     admins = base.token_admins or (run_as_user,)
     raw_admins = top.get("token-admins")

@@ -145,6 +145,11 @@ async def serve(app: web.Application, port: int) -> None:
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
+    # Record how many requests were still running when we were told to stop: a router must never kill a busy
+    # instance to scale down.
+    sandbox = os.environ.get("WAITER_SANDBOX", ".")
+    with open(os.path.join(sandbox, "busy-at-sigterm"), "w") as f:  # noqa: ASYNC230 - once, at exit
+        f.write(str(state["current"]))
     await runner.cleanup()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -10,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from waiter.api.common import base_url, included, json_response, query_true
-from waiter.api.views import service_detail, service_status, service_summary
+from waiter.api.views import Cluster, service_detail, service_status, service_summary
 from waiter.errors import WaiterError, error_body
 from waiter.service import Service
+from waiter.state import StateUnavailable
 from waiter.upstream import UpstreamError
 from waiter.version import SERVER_HEADER, __version__
 
@@ -31,6 +33,20 @@ def current_for_tokens(router: Router, service: Service) -> list[str]:
         if record is not None and record.etag == version:
             names.append(name)
     return names
+
+
+def cluster_view(router: Router) -> Cluster:
+    coordinator, autoscaler = router.coordinator, router.autoscaler
+    if coordinator is None:
+        return Cluster()
+    view = coordinator.view
+    return Cluster(
+        outstanding_elsewhere=view.outstanding_elsewhere,
+        total_elsewhere=view.total_elsewhere,
+        last_request_time=view.last_request_time,
+        scaling_states=autoscaler.decisions if autoscaler and autoscaler.is_leader else {},
+        num_routers=max(1, len(view.routers)),
+    )
 
 
 def _matches(value: Any, pattern: str) -> bool:
@@ -79,9 +95,10 @@ async def apps(router: Router, request: web.BaseRequest, _h: Headers) -> web.Res
     effective = query_true(request, "effective-parameters") or included(request, "effective-parameters")
     healthy = included(request, "healthy-instances")
     base = base_url(request)
+    cluster = cluster_view(router)
     body = []
     for service in _selected(router, request):
-        item = service_summary(service, base, effective=effective, healthy_instances=healthy)
+        item = service_summary(service, base, cluster, effective=effective, healthy_instances=healthy)
         item["current-for-tokens"] = current_for_tokens(router, service)
         body.append(item)
     return json_response(body)
@@ -106,7 +123,7 @@ async def app_get(router: Router, request: web.BaseRequest, _h: Headers) -> web.
         raise WaiterError(404, "Not found")
     service = _service(router, parts[0])
     effective = query_true(request, "effective-parameters") or included(request, "effective-parameters")
-    body = service_detail(service, router.settings.router_id, effective=effective)
+    body = service_detail(service, router.settings.router_id, cluster_view(router), effective=effective)
     body["current-for-tokens"] = current_for_tokens(router, service)
     return json_response(body)
 
@@ -139,6 +156,9 @@ async def app_delete(router: Router, request: web.BaseRequest, _h: Headers) -> w
         timeout = _timeout_ms(request, positive=False)
     except _TimeoutError as exc:
         raise WaiterError(400, f"timeout is {exc.raw!r} but must be an integer number of milliseconds.") from None
+    if router.coordinator is not None:
+        with contextlib.suppress(StateUnavailable):
+            await router.coordinator.forget(service_id)
     if not await router.registry.delete(service_id):
         return json_response(
             {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -232,6 +233,18 @@ async def _check_owner_limit(router: Router, name: str, owner: str, live: TokenR
         )
 
 
+@dataclass(frozen=True)
+class _Post:
+    """One POST /token, validated: what each compare-and-set attempt works from."""
+
+    name: str
+    body: dict[str, Any]
+    admin: bool  # update-mode=admin
+    caller: Caller
+    perms: Permissions
+    if_match: str | None
+
+
 async def post_token(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
     caller = await router.auth.authenticate(request)
     body = await _json_object(request)
@@ -247,30 +260,36 @@ async def post_token(router: Router, request: web.BaseRequest, headers: Headers)
     )
     if problem:
         raise WaiterError(403, problem)
-    if_match = request.headers.get("if-match")
+    post = _Post(name, body, admin, caller, perms, request.headers.get("if-match"))
     for _ in range(_ATTEMPTS):
-        existing = await _read(router, name)
-        live = existing if existing is not None and not existing.deleted else None
-        if admin and live is not None and if_match is None:
-            raise WaiterError(400, "Must specify if-match header for admin mode token updates")
-        owner = body.get("owner") or (live.owner if live else None) or caller.user
-        data = _new_data(router, body, caller, owner, existing, admin)
-        if not admin:
-            _check_post_permission(perms, caller, name, live, data)
-        _check_if_match(if_match, live.etag if live else "", name)
-        if not admin and live is not None and editable(live.data) == editable(data):
-            body_out = {"message": f"No changes detected for {name}", "service-description": service_params(live.data)}
-            return _reply(body_out, etag=live.etag, result="token-no-op")
-        if not admin:
-            await _check_owner_limit(router, name, owner, live)
-        if await _write(router, name, data, existing):
-            verb = "updated" if live is not None else "created"
-            return _reply(
-                {"message": f"Successfully {verb} {name}", "service-description": service_params(data)},
-                etag=token_etag(data),
-                result=f"token-{verb}",
-            )
+        response = await _try_post(router, post)
+        if response is not None:
+            return response
     raise _too_busy(name)
+
+
+async def _try_post(router: Router, post: _Post) -> web.Response | None:
+    """Read, check, write; None when another writer changed the token in between (so: try again)."""
+    name, admin = post.name, post.admin
+    existing = await _read(router, name)
+    live = existing if existing is not None and not existing.deleted else None
+    if admin and live is not None and post.if_match is None:
+        raise WaiterError(400, "Must specify if-match header for admin mode token updates")
+    owner = post.body.get("owner") or (live.owner if live else None) or post.caller.user
+    data = _new_data(router, post.body, post.caller, owner, existing, admin)
+    if not admin:
+        _check_post_permission(post.perms, post.caller, name, live, data)
+    _check_if_match(post.if_match, live.etag if live else "", name)
+    if not admin and live is not None and editable(live.data) == editable(data):
+        unchanged = {"message": f"No changes detected for {name}", "service-description": service_params(live.data)}
+        return _reply(unchanged, etag=live.etag, result="token-no-op")
+    if not admin:
+        await _check_owner_limit(router, name, owner, live)
+    if not await _write(router, name, data, existing):
+        return None
+    verb = "updated" if live is not None else "created"
+    saved = {"message": f"Successfully {verb} {name}", "service-description": service_params(data)}
+    return _reply(saved, etag=token_etag(data), result=f"token-{verb}")
 
 
 # -- DELETE /token -------------------------------------------------------------------------------------------

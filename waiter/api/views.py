@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from waiter.errors import iso_millis
@@ -58,7 +60,18 @@ def scaling_state(service: Service) -> str:
     return "stable"
 
 
-def _common(service: Service, effective: bool) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Cluster:
+    """What this router knows of the others, for /apps: their counts and how many routers there are."""
+
+    outstanding_elsewhere: Mapping[str, int] = field(default_factory=dict)
+    total_elsewhere: Mapping[str, int] = field(default_factory=dict)
+    last_request_time: Mapping[str, float] = field(default_factory=dict)
+    scaling_states: Mapping[str, str] = field(default_factory=dict)
+    num_routers: int = 1
+
+
+def _common(service: Service, effective: bool, cluster: Cluster) -> dict[str, Any]:
     state = service.scheduler.service_state(service.id)
     running = state.scheduled if state else 0
     cpus = float(service.resolved.effective.get("cpus", 0))
@@ -66,11 +79,16 @@ def _common(service: Service, effective: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "service-id": service.id,
         "status": service_status(service),
-        "request-metrics": {"outstanding": service.reservations.outstanding, "total": service.total_requests},
+        "request-metrics": {
+            "outstanding": service.reservations.outstanding + cluster.outstanding_elsewhere.get(service.id, 0),
+            "total": service.total_requests + cluster.total_elsewhere.get(service.id, 0),
+        },
         "resource-usage": {"cpus": running * cpus, "mem": running * mem},
         "service-description": dict(service.resolved.core),
-        "last-request-time": iso_millis(service.last_request_time),
-        "scaling-state": scaling_state(service),
+        "last-request-time": iso_millis(
+            max(service.last_request_time or 0.0, cluster.last_request_time.get(service.id, 0.0)) or None
+        ),
+        "scaling-state": cluster.scaling_states.get(service.id) or scaling_state(service),
     }
     sources = [{"token": t, "version": v} for t, v in service.resolved.source_tokens]
     if sources:
@@ -82,9 +100,11 @@ def _common(service: Service, effective: bool) -> dict[str, Any]:
     return body
 
 
-def service_summary(service: Service, base_url: str, *, effective: bool, healthy_instances: bool) -> dict[str, Any]:
+def service_summary(
+    service: Service, base_url: str, cluster: Cluster, *, effective: bool, healthy_instances: bool
+) -> dict[str, Any]:
     healthy = service.tracker.healthy_count()
-    body = _common(service, effective)
+    body = _common(service, effective, cluster)
     body["url"] = f"{base_url}/apps/{service.id}"
     body["instance-counts"] = {
         "healthy-instances": healthy,
@@ -106,8 +126,8 @@ def service_summary(service: Service, base_url: str, *, effective: bool, healthy
     return body
 
 
-def service_detail(service: Service, router_id: str, *, effective: bool) -> dict[str, Any]:
-    body = _common(service, effective)
+def service_detail(service: Service, router_id: str, cluster: Cluster, *, effective: bool) -> dict[str, Any]:
+    body = _common(service, effective, cluster)
     state = service.scheduler.service_state(service.id)
     tracked = service.tracker.tracked
     active = [instance_json(i, tracked.get(i.id)) for i in (state.active if state else ())]
@@ -119,7 +139,7 @@ def service_detail(service: Service, router_id: str, *, effective: bool) -> dict
     body.update(
         {
             "router-id": router_id,
-            "num-routers": 1,
+            "num-routers": cluster.num_routers,
             "num-active-instances": len(active),
             "instances": {
                 "active-instances": active,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+TOMBSTONE_MS = 600_000  # how long a deleted service's tombstone tells other routers to forget it
+
 
 class StateUnavailable(Exception):
     """The shared state cannot be reached (Redis down or too slow); the message says which call failed."""
@@ -71,7 +73,11 @@ class SharedState(Protocol):
 
     async def services(self) -> dict[str, dict[str, Any]]: ...
 
-    async def forget_service(self, service_id: str) -> None: ...
+    async def forget_service(self, service_id: str) -> None:
+        """Forget a deleted service and leave a tombstone, so other routers forget it too (see deleted_services)."""
+
+    async def deleted_services(self) -> set[str]:
+        """Services deleted recently (registering one again lifts its tombstone)."""
 
     # -- slot leases (no instance serves more than concurrency-level requests across routers) --------------------
     async def lease(self, router_id: str, instance_id: str, want: int, capacity: int) -> int:

@@ -6,7 +6,7 @@ import copy
 import time
 from typing import Any
 
-from waiter.state.base import RouterStats
+from waiter.state.base import TOMBSTONE_MS, RouterStats
 
 
 class _Expiring:
@@ -42,6 +42,7 @@ class MemoryState:
         self._scaling: dict[str, dict[str, Any]] = {}
         self._services: dict[str, dict[str, Any]] = {}
         self._leases: dict[str, dict[str, int]] = {}
+        self._deleted = _Expiring()
 
     async def start(self) -> None:
         return None
@@ -85,6 +86,7 @@ class MemoryState:
 
     async def register_service(self, service_id: str, record: dict[str, Any]) -> None:
         self._services[service_id] = copy.deepcopy(record)
+        self._deleted.pop(service_id)
 
     async def services(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(self._services)
@@ -92,6 +94,10 @@ class MemoryState:
     async def forget_service(self, service_id: str) -> None:
         self._services.pop(service_id, None)
         self._scaling.pop(service_id, None)
+        self._deleted.put(service_id, True, TOMBSTONE_MS)
+
+    async def deleted_services(self) -> set[str]:
+        return set(self._deleted.items())
 
     async def lease(self, router_id: str, instance_id: str, want: int, capacity: int) -> int:
         leases = self._leases.setdefault(instance_id, {})

@@ -9,6 +9,7 @@ Keys (``<p>`` = ``waiter:<namespace>:``):
   <p>services             hash service id -> JSON record
   <p>lease:<iid>          hash router id -> slots leased on that instance (only live routers' fields count)
   <p>blocked              hash instance id -> epoch ms until which it gets no new slots (it is being killed)
+  <p>deleted              hash service id -> epoch ms until which other routers must forget it (a tombstone)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError
 
-from waiter.state.base import RouterStats, StateUnavailable
+from waiter.state.base import TOMBSTONE_MS, RouterStats, StateUnavailable
 
 T = TypeVar("T")
 
@@ -169,10 +170,14 @@ class RedisState:
 
     async def register_service(self, service_id: str, record: dict[str, Any]) -> None:
         body = json.dumps(record, default=str)
-        await self._call(
-            "register a service",
-            lambda: self._redis.hsetnx(f"{self.p}services", service_id, body),
-        )
+
+        async def run() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hsetnx(f"{self.p}services", service_id, body)
+                pipe.hdel(f"{self.p}deleted", service_id)
+                await pipe.execute()
+
+        await self._call("register a service", run)
 
     async def services(self) -> dict[str, dict[str, Any]]:
         raw = await self._call("list services", lambda: self._redis.hgetall(f"{self.p}services"))
@@ -183,9 +188,15 @@ class RedisState:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(f"{self.p}services", service_id)
                 pipe.delete(f"{self.p}scaling:{service_id}")
+                pipe.hset(f"{self.p}deleted", service_id, int(time.time() * 1000) + TOMBSTONE_MS)
                 await pipe.execute()
 
         await self._call("forget a service", run)
+
+    async def deleted_services(self) -> set[str]:
+        raw = await self._call("read deleted services", lambda: self._redis.hgetall(f"{self.p}deleted"))
+        now = int(time.time() * 1000)
+        return {sid for sid, until in raw.items() if int(until) > now}
 
     # -- slot leases -----------------------------------------------------------------------------------------------
 

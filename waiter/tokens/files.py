@@ -105,8 +105,12 @@ class TokenFiles:
         """Reload whenever a file in the directory is added, changed or removed."""
         while True:
             await asyncio.sleep(interval)
-            if self.changed_on_disk():
-                self.load()
+            try:
+                if self.changed_on_disk():
+                    self.load()
+            except OSError as exc:  # the directory itself went away or became unreadable: keep what is loaded
+                log.error("token directory %s cannot be read: %s; keeping the tokens loaded before",
+                          self.directory, exc.strerror)
 
     def _files(self) -> list[Path]:
         if self.directory is None or not self.directory.is_dir():

@@ -19,7 +19,6 @@ from waiter.tokens.store import HISTORY_LIMIT
 TOKEN_NAME_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9\-_$.]+")
 _NAME_CHAR_RE = re.compile(r"[a-zA-Z0-9\-_$.]")
 EDITABLE = frozenset(SERVICE_PARAMS) | frozenset(TOKEN_PARAMS)  # what a user may write (plus ``cluster``)
-PROTECTED = ("last-update-time", "last-update-user", "root", "previous")  # set only in update-mode=admin
 
 
 def name_problem(name: str) -> str | None:

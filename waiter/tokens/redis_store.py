@@ -1,9 +1,11 @@
 """The Redis token store: every router sees every other router's token writes within milliseconds.
 
-Layout under ``prefix`` (default ``waiter:tokens:``): ``data`` hash (name -> record JSON), ``etag`` hash
-(name -> ETag, what compare-and-set compares), ``owner:<owner>`` hashes (name -> index entry), ``owners`` set,
-``version`` counter bumped by every write, and the ``changed`` channel on which each write publishes
-``<version> <name>``.
+Keys under ``prefix`` (the router uses ``waiter:<cluster name>:tokens:``):
+  data            hash name -> record JSON
+  etag            hash name -> ETag (what compare-and-set compares)
+  owner:<owner>   hash name -> index entry JSON; ``owners`` is the set of owners
+  version         counter bumped by every write
+  changed         channel on which every write publishes ``<version> <name>``
 
 The request path never waits on Redis: it reads the local cache, which a follower task keeps current from the
 channel, and re-reads in full whenever the version counter shows a missed message (after a reconnect, say).
@@ -32,6 +34,7 @@ from waiter.tokens.store import (
     StoreStatus,
     StoreUnavailable,
     TokenRecord,
+    cancel_and_wait,
     make_record,
 )
 
@@ -83,8 +86,9 @@ class RedisTokenStore(CachedStore):
         self._version = -1  # the version counter value the cache reflects
         self._error: str | None = "not connected yet"
         self._down_since: float | None = time.time()
-        self._loaded = asyncio.Event()
+        self._first_attempt = asyncio.Event()  # set once the follower has loaded or failed to
         self._follower: asyncio.Task[None] | None = None
+        self._closing = False
 
     def _key(self, suffix: str) -> str:
         return self.prefix + suffix
@@ -148,31 +152,37 @@ class RedisTokenStore(CachedStore):
     # -- the follower: keeps the cache current ------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start following; wait briefly for the first load so the router starts with the stored tokens."""
+        """Start following; wait for the first load so the router starts with the stored tokens.
+
+        An unreachable Redis does not stop the router: it starts with file tokens and catches up when Redis answers.
+        """
         self._follower = asyncio.create_task(self._follow(), name="redis token follower")
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.timeout * 2):
-                await self._loaded.wait()
-        except TimeoutError:
+                await self._first_attempt.wait()
+        if self._error is not None:
             log.warning("token store at %s not reachable yet (%s); serving file tokens only until it is",
                         redact_url(self.url), self._error)
 
     async def close(self) -> None:
+        self._closing = True
         if self._follower is not None:
-            self._follower.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follower
+            await cancel_and_wait(self._follower, self.timeout)
         await self._client.aclose()
 
     async def _follow(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._closing:
             try:
                 await self._follow_once()
             except (RedisError, OSError, TimeoutError) as exc:
+                if self._closing:
+                    return
+                # retry at once after a connection that worked, slower and slower while Redis stays away
+                backoff = 0.05 if self._error is None else min(backoff * 2, 1.0)
                 self._mark_down(exc)
+                self._first_attempt.set()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
 
     async def _follow_once(self) -> None:
         pubsub = self._client.pubsub()
@@ -180,8 +190,7 @@ class RedisTokenStore(CachedStore):
             async with asyncio.timeout(self.timeout):
                 await pubsub.subscribe(self._key("changed"))
                 await self._reload()  # after subscribing, so no write between the two is missed
-            self._mark_up()
-            while True:
+            while not self._closing:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_interval)
                 async with asyncio.timeout(self.timeout):
                     if message is None:
@@ -199,7 +208,8 @@ class RedisTokenStore(CachedStore):
         table = await self._client.hgetall(self._key("data"))
         self._replace_all({str(name): make_record(str(name), json.loads(raw)) for name, raw in table.items()})
         self._version = int(version or 0)
-        self._loaded.set()
+        self._mark_up()
+        self._first_attempt.set()
 
     async def _check_version(self) -> None:
         version = int(await self._client.get(self._key("version")) or 0)

@@ -8,7 +8,6 @@ token of the same name and is read-only through the API: configuration on disk i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Collection
 from typing import Any
 
@@ -16,7 +15,7 @@ from waiter.settings import Settings
 from waiter.tokens.files import FileSettings, TokenFiles
 from waiter.tokens.memory import MemoryTokenStore
 from waiter.tokens.redis_store import RedisTokenStore
-from waiter.tokens.store import IndexEntry, TokenRecord, TokenStore
+from waiter.tokens.store import IndexEntry, TokenRecord, TokenStore, cancel_and_wait
 
 
 class TokenRegistry:
@@ -62,15 +61,19 @@ class TokenRegistry:
 
     async def close(self) -> None:
         if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+            await cancel_and_wait(self._watcher)
         await self.store.close()
 
 
 def create_store(settings: Settings) -> TokenStore:
-    """Redis when ``redis`` is configured, else memory (the embedded default)."""
-    return RedisTokenStore(settings.redis) if settings.redis else MemoryTokenStore()
+    """Redis when ``redis`` is configured, else memory (the embedded default).
+
+    Redis keys are namespaced by cluster name: routers of one cluster share tokens, other clusters in the same
+    Redis do not see them.
+    """
+    if not settings.redis:
+        return MemoryTokenStore()
+    return RedisTokenStore(settings.redis, prefix=f"waiter:{settings.cluster_name}:tokens:")
 
 
 def open_registry(settings: Settings) -> TokenRegistry:

@@ -1,0 +1,255 @@
+"""Several routers sharing one Redis (a test-owned redis-server) and one local scheduler (through the agent)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import RunningRouter, backend_token, wait_for
+from tests.test_token_store import REDIS_SERVER, RedisServer, free_port, running_redis
+from waiter.scheduler.agent import agent_app
+from waiter.scheduler.local import LocalScheduler, LocalSettings
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+TOKEN = {"x-waiter-token": "echo"}
+FAST_SCALING = {"interval-ms": 200, "kill-interval-ms": 300, "publish-interval-ms": 50, "router-ttl-ms": 1500}
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    async with running_redis() as server:
+        yield server
+
+
+@pytest.fixture
+async def agent(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    work_dir = tmp_path / "agent"
+    low = 30000 + (os.getpid() * 7) % 3000
+    scheduler = LocalScheduler(LocalSettings(work_dir=work_dir, port_range=(low, low + 199), min_kill_grace_secs=2))
+    await scheduler.start()
+    server = TestServer(agent_app(scheduler), host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/"), work_dir
+    await server.close()
+    await scheduler.close()
+
+
+async def two_routers(make_router, redis_url: str, agent_url: str, token: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
+    config = {
+        "redis": redis_url,
+        "scheduler": {"kind": "agent", "agent": {"url": agent_url}},
+        "autoscaler": {**FAST_SCALING, "burst": {"stable-window-secs": 1}},
+        **extra,
+    }
+    a = await make_router([token], **config)
+    b = await make_router([token], **config)
+    return a, b
+
+
+async def app_of(r: RunningRouter, sid: str) -> dict[str, Any]:
+    return await r.get_json(f"/apps/{sid}")  # type: ignore[no-any-return]
+
+
+async def test_load_on_one_router_scales_the_service_and_the_other_sees_it(make_router, redis_server, agent) -> None:
+    token = backend_token("echo", **{"max-instances": 4, "scale-down-factor": 0.5})
+    a, b = await two_routers(make_router, redis_server.url, agent[0], token)
+    sid = await a.service_id(TOKEN)
+    load = [asyncio.create_task(a.client.get(a.url + "/sleep?ms=2500", headers=TOKEN)) for _ in range(6)]
+
+    async def b_sees_the_load() -> bool:
+        body = await app_of(b, sid) if b.router.registry.get(sid) else None
+        return bool(body and body["request-metrics"]["outstanding"] == 6)
+
+    await wait_for(b_sees_the_load, timeout=10, what="router B to see A's 6 outstanding requests")
+
+    async def scaled() -> bool:
+        return (await app_of(a, sid))["num-active-instances"] == 4
+
+    await wait_for(scaled, timeout=10, what="the service to scale to max-instances")
+    ids_a = {i["id"] for i in (await app_of(a, sid))["instances"]["active-instances"]}
+    ids_b = {i["id"] for i in (await app_of(b, sid))["instances"]["active-instances"]}
+    assert ids_a == ids_b and len(ids_a) == 4
+    for task in load:
+        resp = await task
+        assert resp.status == 200
+        resp.release()
+
+
+async def test_scale_down_goes_one_by_one_and_never_kills_a_busy_instance(make_router, redis_server, agent) -> None:
+    token = backend_token("echo", **{"max-instances": 4, "scale-down-factor": 0.9, "concurrency-level": 1})
+    a, b = await two_routers(make_router, redis_server.url, agent[0], token)
+    sid = await a.service_id(TOKEN)
+    stop = asyncio.Event()
+    statuses: list[int] = []
+
+    async def client(r: RunningRouter, ms: int) -> None:
+        while not stop.is_set():
+            async with r.client.get(r.url + f"/sleep?ms={ms}", headers=TOKEN) as resp:
+                statuses.append(resp.status)
+                await resp.read()
+
+    burst = [asyncio.create_task(client(r, 400)) for r in (a, b, a, b, a, b)]
+
+    async def four() -> bool:
+        return b.router.registry.get(sid) is not None and (await app_of(b, sid))["num-active-instances"] == 4
+
+    await wait_for(four, timeout=15, what="four instances")
+    stop.set()
+    await asyncio.gather(*burst)
+    # A trickle keeps going through both routers while the service shrinks back to one instance.
+    stop = asyncio.Event()
+    trickle = [asyncio.create_task(client(r, 150)) for r in (a, b)]
+    counts = []
+
+    async def shrunk() -> bool:
+        counts.append((await app_of(a, sid))["num-active-instances"])
+        return counts[-1] <= 2
+
+    await wait_for(shrunk, timeout=20, what="the service to scale down")
+    stop.set()
+    await asyncio.gather(*trickle)
+    assert statuses and set(statuses) == {200}
+    assert all(x >= y for x, y in zip(counts, counts[1:], strict=False))  # never grew back
+    assert all(x - y <= 1 for x, y in zip(counts, counts[1:], strict=False))  # one at a time
+    killed = (await app_of(a, sid))["instances"]["killed-instances"]
+    assert len(killed) >= 2
+    for instance in killed:
+        busy = Path(instance["log-directory"], "busy-at-sigterm")
+        await wait_for(_exists(busy), what=f"{busy} written at SIGTERM")
+        assert busy.read_text() == "0", f"{instance['id']} was killed while serving a request"
+
+
+def _exists(path: Path):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return path.exists()
+
+    return check
+
+
+async def test_concurrency_level_holds_across_routers(make_router, redis_server, agent) -> None:
+    token = backend_token("echo", **{"concurrency-level": 2, "max-instances": 1})
+    a, b = await two_routers(make_router, redis_server.url, agent[0], token)
+    sid = await a.service_id(TOKEN)
+
+    async def one(r: RunningRouter) -> int:
+        async with r.client.get(r.url + "/sleep?ms=150", headers=TOKEN) as resp:
+            return resp.status
+
+    results = await asyncio.gather(*(one(r) for r in (a, b) * 10))
+    assert results == [200] * 20
+    (instance,) = (await app_of(a, sid))["instances"]["active-instances"]
+    async with a.client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
+        stats = await resp.json()
+    assert stats["total"] == 20
+    assert stats["peak"] == 2  # reached, never exceeded, though both routers had requests queued
+
+
+async def test_redis_dying_under_load_loses_no_request(make_router, redis_server, agent) -> None:
+    token = backend_token("echo", **{"max-instances": 2, "min-instances": 2})
+    a, b = await two_routers(make_router, redis_server.url, agent[0], token)
+    for r in (a, b):
+        async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+            assert resp.status == 200
+    sid = await a.service_id(TOKEN)
+
+    async def both_healthy() -> bool:
+        return all(i["healthy?"] for i in (await app_of(b, sid))["instances"]["active-instances"])
+
+    await wait_for(both_healthy, what="two healthy instances seen by B")
+    stop = asyncio.Event()
+    statuses: list[int] = []
+
+    errors: list[str] = []
+
+    async def client(r: RunningRouter) -> None:
+        while not stop.is_set():
+            async with r.client.get(r.url + "/sleep?ms=20", headers=TOKEN) as resp:
+                statuses.append(resp.status)
+                if resp.status != 200:
+                    errors.append(await resp.text())
+
+    load = [asyncio.create_task(client(r)) for r in (a, b, a, b)]
+    await asyncio.sleep(0.5)
+    redis_server.stop()
+
+    async def degraded() -> bool:
+        return (await a.get_json("/status"))["shared-state"]["available"] is False
+
+    await wait_for(degraded, what="router A to report the shared state unavailable")
+    served_before = len(statuses)
+    await wait_for(lambda: _more(statuses, served_before + 100), what="requests served without Redis")
+    await redis_server.start()
+
+    async def recovered() -> bool:
+        states = [(await r.get_json("/status"))["shared-state"] for r in (a, b)]
+        return all(s["available"] for s in states)
+
+    try:
+        await wait_for(recovered, what="both routers to recover")
+    finally:
+        stop.set()
+        await asyncio.gather(*load)
+    assert set(statuses) == {200}, errors[:3]
+
+
+async def _more(statuses: list[int], n: int) -> bool:
+    return len(statuses) >= n
+
+
+async def test_killed_leader_is_replaced_within_the_lease_ttl(make_router, redis_server, agent, tmp_path) -> None:
+    port = free_port()
+    config = tmp_path / "leader.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "port": port,
+                "redis": redis_server.url,
+                "tokens-dir": str(tmp_path),
+                "scheduler": {"kind": "agent", "agent": {"url": agent[0]}},
+                "autoscaler": FAST_SCALING,
+            }
+        )
+    )
+    leader = subprocess.Popen([sys.executable, "-m", "waiter", "--config", str(config), "--router-id", "first"])
+    try:
+        async with aiohttp.ClientSession() as client:
+
+            async def leads() -> bool:
+                try:
+                    async with client.get(f"http://127.0.0.1:{port}/status") as resp:
+                        return bool((await resp.json())["shared-state"]["leader?"])
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await wait_for(leads, timeout=20, what="the first router to lead")
+        b = await make_router(
+            redis=redis_server.url, scheduler={"kind": "agent", "agent": {"url": agent[0]}}, autoscaler=FAST_SCALING
+        )
+        assert b.router.autoscaler is not None and not b.router.autoscaler.is_leader
+        leader.send_signal(signal.SIGKILL)
+        leader.wait()
+        started = asyncio.get_running_loop().time()
+
+        async def b_leads() -> bool:
+            return bool((await b.get_json("/status"))["shared-state"]["leader?"])
+
+        await wait_for(b_leads, timeout=10, what="router B to take the lease")
+        took = asyncio.get_running_loop().time() - started
+        ttl = max(3.0, FAST_SCALING["interval-ms"] * 3 / 1000)
+        assert took <= ttl + 1.0, f"B took {took:.1f} s to lead; the lease TTL is {ttl} s"
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()

@@ -1,0 +1,276 @@
+"""One local scheduler shared by several routers on this machine, over a small HTTP API.
+
+``waiter-router --workers N`` runs the local scheduler in the supervising process and serves it with
+``agent_app``; each worker talks to it through ``AgentScheduler``, which implements the ``Scheduler`` protocol
+like any cluster back-end: calls are HTTP requests, and the snapshot is kept current by a long poll that returns
+as soon as any service changes. Instances therefore belong to the supervisor and survive a worker's crash.
+
+API (JSON): ``GET /v1/state?after=N&wait-ms=M`` -> {"version", "services": {id: state}} once version > N;
+``POST /v1/services`` {spec, instances}; ``PUT /v1/services/{id}`` {instances};
+``POST /v1/services/{id}/kill`` {instance-id, force, replace, message, flags, failed}; ``DELETE /v1/services/{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from waiter.scheduler.base import (
+    Instance,
+    KillOutcome,
+    KillResult,
+    Listener,
+    Scheduler,
+    SchedulerError,
+    ServiceSpec,
+    ServiceState,
+)
+
+log = logging.getLogger(__name__)
+
+
+def instance_to_json(instance: Instance) -> dict[str, Any]:
+    data = dataclasses.asdict(instance)
+    data["flags"] = sorted(instance.flags)
+    data["extra_ports"] = list(instance.extra_ports)
+    data["extras"] = dict(instance.extras)
+    return data
+
+
+def instance_from_json(data: Mapping[str, Any]) -> Instance:
+    fields = dict(data)
+    fields["flags"] = frozenset(fields.get("flags", ()))
+    fields["extra_ports"] = tuple(fields.get("extra_ports", ()))
+    return Instance(**fields)
+
+
+def state_to_json(state: ServiceState) -> dict[str, Any]:
+    return {
+        "service_id": state.service_id,
+        "requested": state.requested,
+        "active": [instance_to_json(i) for i in state.active],
+        "failed": [instance_to_json(i) for i in state.failed],
+        "killed": [instance_to_json(i) for i in state.killed],
+        "error": state.error,
+    }
+
+
+def state_from_json(data: Mapping[str, Any]) -> ServiceState:
+    return ServiceState(
+        service_id=data["service_id"],
+        requested=int(data["requested"]),
+        active=tuple(instance_from_json(i) for i in data["active"]),
+        failed=tuple(instance_from_json(i) for i in data["failed"]),
+        killed=tuple(instance_from_json(i) for i in data["killed"]),
+        error=data.get("error"),
+    )
+
+
+def spec_to_json(spec: ServiceSpec) -> dict[str, Any]:
+    data = dataclasses.asdict(spec)
+    data["env"] = dict(spec.env)
+    return data
+
+
+# -- the server side, in the supervising process ---------------------------------------------------------------
+
+
+class _Versions:
+    """A change counter with waiters: long polls return as soon as the scheduler reports any change."""
+
+    def __init__(self) -> None:
+        self.version = 0
+        self._changed = asyncio.Event()
+
+    def bump(self, _service_id: str) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_past(self, version: int, timeout: float) -> None:
+        if self.version > version:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+
+
+def agent_app(scheduler: Scheduler) -> web.Application:
+    versions = _Versions()
+    scheduler.subscribe(versions.bump)
+    app = web.Application()
+
+    def snapshot() -> dict[str, Any]:
+        services = {}
+        for sid in scheduler.service_ids():
+            state = scheduler.service_state(sid)
+            if state is not None:
+                services[sid] = state_to_json(state)
+        return {"version": versions.version, "services": services}
+
+    async def get_state(request: web.Request) -> web.Response:
+        after = int(request.query.get("after", "-1"))
+        await versions.wait_past(after, int(request.query.get("wait-ms", "0")) / 1000)
+        return web.json_response(snapshot())
+
+    async def call(coro: Any) -> Any:
+        try:
+            return await coro
+        except SchedulerError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+
+    async def create(request: web.Request) -> web.Response:
+        body = await request.json()
+        spec = ServiceSpec(**body["spec"])
+        created = await call(scheduler.create_service(spec, int(body["instances"])))
+        return web.json_response({"created": created})
+
+    async def scale(request: web.Request) -> web.Response:
+        body = await request.json()
+        await call(scheduler.scale_service(request.match_info["sid"], int(body["instances"])))
+        return web.json_response({})
+
+    async def kill(request: web.Request) -> web.Response:
+        b = await request.json()
+        result = await call(
+            scheduler.kill_instance(
+                request.match_info["sid"],
+                b["instance-id"],
+                force=bool(b.get("force")),
+                replace=bool(b.get("replace")),
+                message=b.get("message"),
+                flags=frozenset(b.get("flags", ())),
+                failed=bool(b.get("failed")),
+            )
+        )
+        return web.json_response({"outcome": result.outcome.value, "message": result.message})
+
+    async def delete(request: web.Request) -> web.Response:
+        return web.json_response({"deleted": await call(scheduler.delete_service(request.match_info["sid"]))})
+
+    app.router.add_get("/v1/state", get_state)
+    app.router.add_post("/v1/services", create)
+    app.router.add_put("/v1/services/{sid}", scale)
+    app.router.add_post("/v1/services/{sid}/kill", kill)
+    app.router.add_delete("/v1/services/{sid}", delete)
+    return app
+
+
+# -- the client side, in each router ---------------------------------------------------------------------------
+
+
+class AgentScheduler:
+    """The ``Scheduler`` protocol over the agent's HTTP API."""
+
+    kind = "agent"
+
+    def __init__(self, url: str, *, request_timeout: float = 30.0, poll_wait: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.request_timeout = request_timeout
+        self.poll_wait = poll_wait
+        self._listeners: list[Listener] = []
+        self._states: dict[str, ServiceState] = {}
+        self._version = -1
+        self._session: aiohttp.ClientSession | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._synced = asyncio.Event()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        self._poller = asyncio.create_task(self._poll(), name="agent state")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.request_timeout):
+                await self._synced.wait()
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def _poll(self) -> None:
+        assert self._session is not None
+        backoff = 0.1
+        while True:
+            try:
+                params = {"after": str(self._version), "wait-ms": str(int(self.poll_wait * 1000))}
+                timeout = aiohttp.ClientTimeout(total=self.poll_wait + self.request_timeout)
+                async with self._session.get(f"{self.url}/v1/state", params=params, timeout=timeout) as resp:
+                    resp.raise_for_status()
+                    body = await resp.json()
+                self._apply(body)
+                backoff = 0.1
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning("scheduler agent at %s unreachable (%s); retrying in %.1f s", self.url, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def _apply(self, body: Mapping[str, Any]) -> None:
+        states = {sid: state_from_json(s) for sid, s in body["services"].items()}
+        changed = {sid for sid in states.keys() | self._states.keys() if states.get(sid) != self._states.get(sid)}
+        self._states = states
+        self._version = int(body["version"])
+        self._synced.set()
+        for sid in changed:
+            for listener in self._listeners:
+                listener(sid)
+
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        assert self._session is not None, "start() the scheduler first"
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
+        try:
+            async with self._session.request(method, self.url + path, json=body, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise SchedulerError(f"The scheduler agent refused {method} {path}: {await resp.text()}")
+                return await resp.json()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise SchedulerError(f"The scheduler agent at {self.url} did not answer {method} {path}: {exc}") from exc
+
+    async def create_service(self, spec: ServiceSpec, instances: int) -> bool:
+        result = await self._request("POST", "/v1/services", {"spec": spec_to_json(spec), "instances": instances})
+        return bool(result["created"])
+
+    async def scale_service(self, service_id: str, instances: int) -> None:
+        await self._request("PUT", f"/v1/services/{service_id}", {"instances": instances})
+
+    async def kill_instance(
+        self,
+        service_id: str,
+        instance_id: str,
+        *,
+        force: bool = False,
+        replace: bool = False,
+        message: str | None = None,
+        flags: frozenset[str] = frozenset(),
+        failed: bool = False,
+    ) -> KillResult:
+        body = {
+            "instance-id": instance_id,
+            "force": force,
+            "replace": replace,
+            "message": message,
+            "flags": sorted(flags),
+            "failed": failed,
+        }
+        result = await self._request("POST", f"/v1/services/{service_id}/kill", body)
+        return KillResult(KillOutcome(result["outcome"]), str(result["message"]))
+
+    async def delete_service(self, service_id: str) -> bool:
+        return bool((await self._request("DELETE", f"/v1/services/{service_id}"))["deleted"])
+
+    def service_ids(self) -> list[str]:
+        return list(self._states)
+
+    def service_state(self, service_id: str) -> ServiceState | None:
+        return self._states.get(service_id)

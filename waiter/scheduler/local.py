@@ -1,0 +1,562 @@
+"""The local scheduler: each instance is a process group on this machine (Waiter's shell scheduler).
+
+Two halves. ``ServiceBook`` is pure bookkeeping of one service (requested count, active and ended
+instances, crash counter): no processes, no clock. ``LocalScheduler`` does the process work (spawn, signal,
+watch, measure memory) and records every outcome in the books, the only source of the snapshots it reports.
+
+Every instance runs as ``bash run-service.sh`` in a new session, so its process id is also its process group
+id and one ``killpg`` reaches everything it started, including background children that outlive the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import getpass
+import logging
+import os
+import re
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import psutil
+
+from waiter.scheduler.base import (
+    Instance,
+    InstanceFlag,
+    KillOutcome,
+    KillResult,
+    Listener,
+    SchedulerError,
+    ServiceSpec,
+    ServiceState,
+)
+from waiter.scheduler.ports import PortAllocator
+
+log = logging.getLogger(__name__)
+
+MAX_RESTART_DELAY_SECS = 60.0
+# An instance that lived longer than this was a working instance: its crash starts a new backoff series.
+HEALTHY_LIFETIME_SECS = 10.0
+# Launch errors (e.g. no free port) are retried on this delay at least, so a full port range is not hammered.
+MIN_LAUNCH_RETRY_SECS = 1.0
+# The router's variables an instance inherits (user env may override them): enough to find programs and keep
+# text handling sane, nothing that leaks the router's own configuration.
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+_SERVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    work_dir: Path  # instances live under <work_dir>/<service-id>/<instance-id>/
+    port_range: tuple[int, int] = (10000, 10999)
+    port_hold_secs: float = 120.0  # a released port is not reused before this (Waiter behaviour)
+    host: str = "127.0.0.1"  # reported host and the address ports are checked on
+    cluster_name: str = "local"
+    memory_check_interval_secs: float = 1.0
+    min_kill_grace_secs: float = 1.0  # SIGKILL after max(termination-grace-period-secs, this)
+    restart_backoff_base_secs: float = 0.5  # crash n waits base * restart-backoff-factor**(n-1), <= 60 s
+    max_ended_instances: int = 10  # kept per list (failed, killed)
+
+
+def restart_delay(failures: int, base_secs: float, factor: float) -> float:
+    """Seconds before replacing an instance after ``failures`` consecutive crashes (the first waits base)."""
+    exponent = max(failures, 1) - 1
+    try:
+        delay = base_secs * factor**exponent
+    except OverflowError:
+        return MAX_RESTART_DELAY_SECS
+    return min(delay, MAX_RESTART_DELAY_SECS)
+
+
+def exit_message(exit_code: int) -> str:
+    """Waiter's words for how a process ended; asyncio reports death by signal N as exit code -N."""
+    if exit_code >= 0:
+        return f"Exited with code {exit_code}"
+    try:
+        name = signal.Signals(-exit_code).name
+    except ValueError:
+        name = str(-exit_code)
+    return f"Killed by signal {name}"
+
+
+def format_number(value: float) -> str:
+    """1.0 -> "1", 0.5 -> "0.5": how Waiter writes cpus and mem into the environment."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def instance_environment(
+    spec: ServiceSpec, settings: LocalSettings, instance_id: str, sandbox: Path, ports: tuple[int, ...]
+) -> dict[str, str]:
+    """The environment of one instance (waiter-api.md §7.1); Waiter's own variables win over the user's."""
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    env.update(spec.env)
+    user = spec.run_as_user or getpass.getuser()
+    env.update(
+        {
+            "HOME": str(settings.work_dir),
+            "LOGNAME": user,
+            "USER": user,
+            "WAITER_CLUSTER": settings.cluster_name,
+            "WAITER_CONCURRENCY_LEVEL": str(spec.concurrency_level),
+            "WAITER_CPUS": format_number(spec.cpus),
+            "WAITER_MEM_MB": format_number(spec.mem),
+            "WAITER_SERVICE_ID": spec.service_id,
+            "WAITER_USERNAME": "waiter",
+            "WAITER_TOKEN": spec.token,
+            "WAITER_SANDBOX": str(sandbox),
+            "MESOS_SANDBOX": str(sandbox),
+            "WAITER_INSTANCE_ID": instance_id,
+        }
+    )
+    env.update({f"PORT{index}": str(port) for index, port in enumerate(ports)})
+    return env
+
+
+def check_spec(spec: ServiceSpec, instances: int) -> None:
+    """Refuse what the local scheduler cannot run, with the field, the value and what is allowed."""
+    if not _SERVICE_ID.fullmatch(spec.service_id):
+        raise SchedulerError(
+            f"service-id {spec.service_id!r} cannot be run locally: it must be letters, digits, '-' or '_', "
+            "starting with a letter or digit."
+        )
+    if not spec.cmd.strip():
+        raise SchedulerError(f"cmd of service {spec.service_id} is empty; it must be a shell command.")
+    if spec.mem <= 0:
+        raise SchedulerError(f"mem of service {spec.service_id} is {spec.mem}; it must be more than 0 MiB.")
+    if spec.ports < 1:
+        raise SchedulerError(f"ports of service {spec.service_id} is {spec.ports}; it must be at least 1.")
+    if instances < 0:
+        raise SchedulerError(f"instances for service {spec.service_id} is {instances}; it must be 0 or more.")
+
+
+@dataclass
+class ServiceBook:
+    """Pure bookkeeping of one service: what runs, what ended, how many are wanted."""
+
+    spec: ServiceSpec
+    requested: int
+    max_ended: int
+    active: dict[str, Instance] = field(default_factory=dict)  # insertion order = oldest first
+    stopping: set[str] = field(default_factory=set)  # active instances we are killing
+    failed: collections.deque[Instance] = field(init=False)
+    killed: collections.deque[Instance] = field(init=False)
+    crashes: int = 0  # consecutive crashes of short-lived instances
+    error: str | None = None
+    deleting: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # serialises launches, so no double fill
+
+    def __post_init__(self) -> None:
+        self.failed = collections.deque(maxlen=self.max_ended)
+        self.killed = collections.deque(maxlen=self.max_ended)
+
+    def missing(self) -> int:
+        """Instances to launch now: instances being killed no longer count towards the requested number."""
+        return max(0, self.requested - (len(self.active) - len(self.stopping)))
+
+    def add(self, instance: Instance) -> None:
+        self.active[instance.id] = instance
+
+    def end(self, ended: Instance) -> None:
+        """Move an instance (already carrying its end facts) from active to the failed or killed list."""
+        self.active.pop(ended.id, None)
+        self.stopping.discard(ended.id)
+        (self.failed if ended.failed else self.killed).append(ended)
+
+    def note_crash(self, lifetime_secs: float) -> int:
+        """Count a crash; returns the consecutive crashes, restarting at 1 after a long-lived instance."""
+        self.crashes = 1 if lifetime_secs > HEALTHY_LIFETIME_SECS else self.crashes + 1
+        return self.crashes
+
+    def find_ended(self, instance_id: str) -> Instance | None:
+        return next((i for i in (*self.failed, *self.killed) if i.id == instance_id), None)
+
+    def snapshot(self) -> ServiceState:
+        return ServiceState(
+            service_id=self.spec.service_id,
+            requested=self.requested,
+            active=tuple(self.active.values()),
+            failed=tuple(self.failed),
+            killed=tuple(self.killed),
+            error=self.error,
+        )
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """Why we stopped an instance; recorded on it once its process exited."""
+
+    message: str
+    flags: frozenset[str] = frozenset()
+    failed: bool = False
+    crash: bool = False  # counts as a crash: backoff, then replaced
+
+
+def ended_instance(instance: Instance, exit_code: int | None, ending: _Ending | None) -> Instance:
+    """The instance as recorded once its process exited: by itself (``ending`` None) or stopped by us."""
+    code = 0 if exit_code is None else exit_code
+    if ending is None:
+        return dataclasses.replace(instance, exit_code=code, message=exit_message(code), failed=code != 0)
+    return dataclasses.replace(
+        instance,
+        exit_code=code,
+        message=ending.message,
+        flags=ending.flags,
+        failed=ending.failed,
+        killed=not ending.failed,
+    )
+
+
+@dataclass
+class _Process:
+    """One running instance's process and what our side knows about it."""
+
+    service_id: str
+    instance: Instance
+    process: asyncio.subprocess.Process
+    ports: tuple[int, ...]
+    started: float  # monotonic
+    grace_secs: float  # SIGTERM to SIGKILL
+    ending: _Ending | None = None
+    watcher: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def open_sandbox(sandbox: Path) -> tuple[BinaryIO, BinaryIO]:
+    """Create an instance's directory and its stdout and stderr files (opened for the child to inherit)."""
+    sandbox.mkdir(parents=True)
+    stdout = open(sandbox / "stdout", "wb")  # noqa: SIM115 - handed to the child, closed by the caller
+    try:
+        return stdout, open(sandbox / "stderr", "wb")
+    except BaseException:
+        stdout.close()
+        raise
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    """Signal a whole process group; a group that is already gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def tree_rss_bytes(pid: int) -> int | None:
+    """RSS of a process and its descendants, skipping any that vanish meanwhile; None if the leader is gone."""
+    try:
+        leader = psutil.Process(pid)
+        processes = [leader, *leader.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total
+
+
+class LocalScheduler:
+    """Runs instances as process groups on this machine; implements ``waiter.scheduler.base.Scheduler``."""
+
+    kind = "local"
+
+    def __init__(self, settings: LocalSettings) -> None:
+        # Absolute, because instances run with their own directory as cwd and find their script through it.
+        self.settings = dataclasses.replace(settings, work_dir=settings.work_dir.resolve())
+        self._ports = PortAllocator(settings.port_range, settings.port_hold_secs, settings.host)
+        self._books: dict[str, ServiceBook] = {}
+        self._processes: dict[str, _Process] = {}  # instance id -> running process
+        self._listeners: list[Listener] = []
+        self._restart_timers: dict[str, asyncio.TimerHandle] = {}
+        self._fills: set[asyncio.Task[None]] = set()
+        self._memory_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- the Scheduler protocol --
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        if self._memory_task is None:
+            self._memory_task = asyncio.create_task(self._memory_loop(), name="local-scheduler-memory")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._memory_task is not None:
+            self._memory_task.cancel()
+            await asyncio.wait([self._memory_task])
+        for timer in self._restart_timers.values():
+            timer.cancel()
+        self._restart_timers.clear()
+        if self._fills:
+            # Launches are not cancelled midway (that could leave an unrecorded process); they stop early.
+            await asyncio.wait(self._fills)
+        ending = _Ending("Killed by scheduler shutdown")
+        running = list(self._processes.values())
+        for process in running:
+            self._begin_stop(process, ending)
+        await asyncio.gather(*(self._stop(p, force=False) for p in running))
+
+    async def create_service(self, spec: ServiceSpec, instances: int) -> bool:
+        check_spec(spec, instances)
+        if spec.service_id in self._books:
+            return False
+        if self._closing:
+            raise SchedulerError(f"Cannot create service {spec.service_id}: the scheduler is shutting down.")
+        service_dir = self.settings.work_dir / spec.service_id
+        try:
+            service_dir.mkdir(parents=True, exist_ok=True)
+            # Written once: bash reads a script while running it, so rewriting it could upset live instances.
+            script = service_dir / "run-service.sh"
+            script.write_text(f"#!/bin/bash\n\n{spec.cmd}\n")
+            script.chmod(0o755)
+        except OSError as error:
+            raise SchedulerError(
+                f"Cannot create service {spec.service_id}: cannot write its script in {service_dir}: {error}"
+            ) from error
+        self._books[spec.service_id] = ServiceBook(spec, instances, self.settings.max_ended_instances)
+        self._notify(spec.service_id)
+        await self._fill(spec.service_id)
+        return True
+
+    async def scale_service(self, service_id: str, instances: int) -> None:
+        if instances < 0:
+            raise SchedulerError(f"instances for service {service_id} is {instances}; it must be 0 or more.")
+        book = self._books.get(service_id)
+        if book is None or book.deleting:
+            raise SchedulerError(f"Cannot scale service {service_id}: the local scheduler does not know it.")
+        book.requested = instances
+        self._notify(service_id)
+        await self._fill(service_id)
+
+    async def kill_instance(
+        self,
+        service_id: str,
+        instance_id: str,
+        *,
+        force: bool = False,
+        replace: bool = False,
+        message: str | None = None,
+        flags: frozenset[str] = frozenset(),
+        failed: bool = False,
+    ) -> KillResult:
+        book = self._books.get(service_id)
+        running = self._processes.get(instance_id)
+        if book is None or running is None or running.service_id != service_id:
+            if book is not None and book.find_ended(instance_id) is not None:
+                return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
+            return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+        if running.ending is not None:
+            if force:
+                signal_group(running.pid, signal.SIGKILL)
+            await asyncio.wait([self._watcher(running)])
+            return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} was already stopping.")
+        if not replace:
+            book.requested = max(0, book.requested - 1)
+        self._begin_stop(running, _Ending(message or "Killed by request", flags, failed))
+        if replace:
+            await self._fill(service_id)
+        ended = await self._stop(running, force=force)
+        return KillResult(KillOutcome.KILLED, f"Killed instance {instance_id}: {exit_message(ended.exit_code or 0)}.")
+
+    async def delete_service(self, service_id: str) -> bool:
+        book = self._books.get(service_id)
+        if book is None or book.deleting:
+            return False
+        book.deleting = True
+        timer = self._restart_timers.pop(service_id, None)
+        if timer is not None:
+            timer.cancel()
+        async with book.lock:  # lets a launch in progress finish, so its instance is killed too
+            pass
+        ending = _Ending("Killed because the service was deleted")
+        running = [p for p in self._processes.values() if p.service_id == service_id]
+        for process in running:
+            self._begin_stop(process, ending)
+        await asyncio.gather(*(self._stop(p, force=True) for p in running))
+        del self._books[service_id]
+        self._notify(service_id)
+        return True
+
+    def service_ids(self) -> list[str]:
+        return list(self._books)
+
+    def service_state(self, service_id: str) -> ServiceState | None:
+        book = self._books.get(service_id)
+        return None if book is None else book.snapshot()
+
+    # -- launching --
+
+    async def _fill(self, service_id: str) -> None:
+        """Launch the instances a service misses; a launch error is shown on the service and retried later."""
+        book = self._books.get(service_id)
+        if book is None:
+            return
+        launched = 0
+        async with book.lock:
+            try:
+                while book.missing() > 0 and not (self._closing or book.deleting):
+                    await self._launch(book)
+                    launched += 1
+            except SchedulerError as error:
+                log.warning("%s", error)
+                book.error = str(error)
+                base, factor = self.settings.restart_backoff_base_secs, book.spec.restart_backoff_factor
+                delay = restart_delay(book.note_crash(0.0), base, factor)
+                self._schedule_fill(service_id, max(delay, MIN_LAUNCH_RETRY_SECS))
+                launched += 1  # the error is news
+            else:
+                book.error = None
+        if launched:
+            self._notify(service_id)
+
+    async def _launch(self, book: ServiceBook) -> None:
+        spec = book.spec
+        ports = self._ports.allocate(spec.ports)
+        instance_id = f"{spec.service_id}.{time.time_ns():x}-{secrets.token_hex(4)}"
+        sandbox = self.settings.work_dir / spec.service_id / instance_id
+        try:
+            stdout, stderr = open_sandbox(sandbox)
+            with stdout, stderr:
+                process = await asyncio.create_subprocess_exec(
+                    "bash",
+                    str(self.settings.work_dir / spec.service_id / "run-service.sh"),
+                    cwd=sandbox,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    env=instance_environment(spec, self.settings, instance_id, sandbox, ports),
+                    start_new_session=True,
+                )
+        except OSError as error:
+            self._ports.release(ports, hold=False)
+            raise SchedulerError(
+                f"Cannot launch an instance of service {spec.service_id} in {sandbox}: {error}."
+            ) from error
+        except BaseException:
+            self._ports.release(ports, hold=False)
+            raise
+        instance = Instance(
+            id=instance_id,
+            service_id=spec.service_id,
+            host=self.settings.host,
+            port=ports[0],
+            started_at=time.time(),
+            extra_ports=ports[1:],
+            log_directory=str(sandbox),
+            extras={"shell-scheduler/pid": process.pid, "shell-scheduler/working-directory": str(sandbox)},
+        )
+        grace = max(spec.termination_grace_period_secs, self.settings.min_kill_grace_secs)
+        running = _Process(spec.service_id, instance, process, ports, time.monotonic(), grace)
+        running.watcher = asyncio.create_task(self._watch(running), name=f"watch-{instance_id}")
+        self._processes[instance_id] = running
+        book.add(instance)
+        log.info("Launched instance %s (pid %d, ports %s)", instance_id, process.pid, ports)
+
+    def _schedule_fill(self, service_id: str, delay: float) -> None:
+        """Fill a service after ``delay``; an earlier pending fill already covers it."""
+        if self._closing or service_id in self._restart_timers:
+            return
+        loop = asyncio.get_running_loop()
+        self._restart_timers[service_id] = loop.call_later(delay, self._fill_in_background, service_id)
+
+    def _fill_in_background(self, service_id: str) -> None:
+        self._restart_timers.pop(service_id, None)
+        if self._closing:
+            return
+        task = asyncio.create_task(self._fill(service_id), name=f"fill-{service_id}")
+        self._fills.add(task)
+        task.add_done_callback(self._fills.discard)
+
+    # -- stopping and watching --
+
+    def _watcher(self, running: _Process) -> asyncio.Task[None]:
+        assert running.watcher is not None, "a watcher is created with every process"
+        return running.watcher
+
+    def _begin_stop(self, running: _Process, ending: _Ending) -> None:
+        """Record why we stop an instance (the first reason wins); it no longer counts towards requested."""
+        if running.ending is None:
+            running.ending = ending
+        book = self._books.get(running.service_id)
+        if book is not None and running.instance.id in book.active:
+            book.stopping.add(running.instance.id)
+
+    async def _stop(self, running: _Process, *, force: bool) -> Instance:
+        """Signal an instance (TERM, then KILL after its grace) and return it as recorded once it exited.
+
+        Waiting never cancels the watcher (``asyncio.wait``), so a cancelled caller cannot lose the exit.
+        """
+        watcher = self._watcher(running)
+        if force:
+            signal_group(running.pid, signal.SIGKILL)
+        elif not watcher.done():
+            signal_group(running.pid, signal.SIGTERM)
+            await asyncio.wait([watcher], timeout=running.grace_secs)
+            if not watcher.done():
+                log.info("Instance %s outlived its %g s grace", running.instance.id, running.grace_secs)
+                signal_group(running.pid, signal.SIGKILL)
+        await asyncio.wait([watcher])
+        return running.instance
+
+    async def _watch(self, running: _Process) -> None:
+        """Wait for the leader's exit, kill what it left behind, record the end and replace a crash."""
+        await running.process.wait()
+        signal_group(running.pid, signal.SIGKILL)  # orphans of the leader would otherwise survive it
+        self._ports.release(running.ports)
+        self._processes.pop(running.instance.id, None)
+        ended = ended_instance(running.instance, running.process.returncode, running.ending)
+        running.instance = ended
+        book = self._books.get(running.service_id)
+        if book is None:
+            return
+        book.end(ended)
+        log.info("Instance %s ended: %s", ended.id, ended.message)
+        if running.ending is None or running.ending.crash:
+            failures = book.note_crash(time.monotonic() - running.started)
+            if not book.deleting:
+                base, factor = self.settings.restart_backoff_base_secs, book.spec.restart_backoff_factor
+                self._schedule_fill(book.spec.service_id, restart_delay(failures, base, factor))
+        self._notify(running.service_id)
+
+    # -- memory --
+
+    async def _memory_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.memory_check_interval_secs)
+            try:
+                self._check_memory()
+            except Exception:  # one bad sweep must not end memory enforcement for good
+                log.exception("Memory check of local instances failed")
+
+    def _check_memory(self) -> None:
+        for running in list(self._processes.values()):
+            book = self._books.get(running.service_id)
+            if book is None or running.ending is not None:
+                continue
+            rss = tree_rss_bytes(running.pid)
+            limit_mib = book.spec.mem
+            if rss is None or rss <= limit_mib * 1024 * 1024:
+                continue
+            message = f"Exceeded allocated memory usage ({rss // (1024 * 1024)} MiB > {format_number(limit_mib)} MiB)"
+            log.info("Instance %s: %s; killing it", running.instance.id, message)
+            flags = frozenset({InstanceFlag.MEMORY_LIMIT_EXCEEDED.value})
+            self._begin_stop(running, _Ending(message, flags, failed=True, crash=True))
+            signal_group(running.pid, signal.SIGKILL)
+
+    # -- helpers --
+
+    def _notify(self, service_id: str) -> None:
+        """Tell listeners from a fresh loop iteration, never from inside our own bookkeeping."""
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.call_soon(listener, service_id)

@@ -1,0 +1,525 @@
+"""The Mesos scheduler: a framework on the v1 scheduler HTTP API that runs each instance as a Mesos task.
+
+It keeps every service's requested count in memory (``ServiceBook``, shared with the local scheduler) and fills
+it from offers: an offer that fits an instance's cpus, mem and ports is accepted with a LAUNCH of the command;
+the rest are declined. Task status updates move instances between active, failed and killed; a task that ended by
+itself is replaced after a backoff. After a reconnection the framework reconciles, so instances survive a lost
+event stream. Reading a snapshot never does I/O: every change arrives on the event stream.
+
+When no offer can hold an instance for ``offer_wait_secs``, the service shows a deployment error naming the
+missing resource (``ServiceState.error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import getpass
+import logging
+import secrets
+import time
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from waiter.scheduler.base import (
+    Instance,
+    KillOutcome,
+    KillResult,
+    Listener,
+    SchedulerError,
+    ServiceSpec,
+    ServiceState,
+)
+from waiter.scheduler.local import ServiceBook, check_spec, exit_message, format_number, restart_delay
+from waiter.scheduler.mesos_client import ClientSettings, MesosClient
+from waiter.scheduler.mesos_proto import (
+    MesosError,
+    Need,
+    Offer,
+    TaskOutcome,
+    TaskPhase,
+    TaskStatus,
+    offers_of,
+    shortfall,
+    status_from_json,
+    take,
+    task_environment,
+    task_info,
+    task_outcome,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MesosSettings:
+    master: str  # host:port of a master; a non-leader redirects to the leader
+    framework_name: str = "waiter"
+    role: str = "*"
+    user: str = field(default_factory=getpass.getuser)
+    failover_timeout_secs: float = 604800.0  # the master keeps our tasks this long while we are away
+    offer_wait_secs: float = 60.0  # no fitting offer for this long -> deployment error on the service
+    request_timeout_secs: float = 10.0
+    cluster_name: str = "local"
+    agent_work_dir: str = "/var/lib/mesos"  # the agents' --work_dir, to name each task's sandbox
+    decline_refuse_secs: float = 5.0  # offers we have no use for are not re-offered for this long
+    waiting_refuse_secs: float = 1.0  # ... while some instance still waits for a fitting offer
+    tick_secs: float = 0.25  # deployment-error checks, backoff expiry and kill retries
+    min_kill_grace_secs: float = 1.0
+    kill_wait_secs: float = 30.0  # kill_instance waits this long (beyond the grace) for the task to end
+    restart_backoff_base_secs: float = 0.5
+    reconnect_max_secs: float = 5.0
+    heartbeat_misses: int = 5
+    max_ended_instances: int = 10
+
+
+# -- bookkeeping -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MesosBook(ServiceBook):
+    """A service's books plus what placing it on offers needs."""
+
+    waiting_since: float | None = None  # monotonic: since when an instance waits for a fitting offer
+    shortfall: str | None = None  # why the latest offers did not fit
+    not_before: float = 0.0  # monotonic: backoff after a crash
+    revive_at_backoff_end: bool = False
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """Why we killed a task; recorded on its instance once the task ended."""
+
+    message: str
+    flags: frozenset[str] = frozenset()
+    failed: bool = False
+
+
+@dataclass
+class _Task:
+    service_id: str
+    instance: Instance
+    agent_id: str
+    started: float  # monotonic
+    grace_secs: float
+    state: str = "TASK_STAGING"
+    ending: _Ending | None = None
+    kill_sent_at: float | None = None  # monotonic
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def ended_instance(task: _Task, outcome: TaskOutcome) -> Instance:
+    """The instance as recorded once its task ended: by itself, or by our kill (``task.ending``)."""
+    exit_code = outcome.exit_code
+    if exit_code is None and outcome.phase is TaskPhase.FINISHED:
+        exit_code = 0
+    ending = task.ending
+    if ending is None:
+        # Waiter's words for an exit, as the local scheduler reports it; other ends keep Mesos's message.
+        message = outcome.message if exit_code is None else exit_message(exit_code)
+        return dataclasses.replace(
+            task.instance,
+            exit_code=exit_code,
+            message=message,
+            failed=outcome.phase is TaskPhase.FAILED,
+            killed=outcome.phase is TaskPhase.KILLED,
+        )
+    return dataclasses.replace(
+        task.instance,
+        exit_code=exit_code,
+        message=ending.message,
+        flags=ending.flags,
+        failed=ending.failed,
+        killed=not ending.failed,
+    )
+
+
+class MesosScheduler:
+    """Runs instances as tasks of one Mesos framework; implements ``waiter.scheduler.base.Scheduler``."""
+
+    kind = "mesos"
+
+    def __init__(self, settings: MesosSettings) -> None:
+        self.settings = settings
+        self.client = MesosClient(
+            ClientSettings(
+                master=settings.master,
+                framework_name=settings.framework_name,
+                user=settings.user,
+                role=settings.role,
+                failover_timeout_secs=settings.failover_timeout_secs,
+                request_timeout_secs=settings.request_timeout_secs,
+                heartbeat_misses=settings.heartbeat_misses,
+                reconnect_max_secs=settings.reconnect_max_secs,
+            ),
+            self,
+        )
+        self._books: dict[str, MesosBook] = {}
+        self._tasks: dict[str, _Task] = {}  # task id (= instance id) -> a task not yet ended
+        self._listeners: list[Listener] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._tick_task: asyncio.Task[None] | None = None
+        self._suppressed = False
+        self._reviving = False
+        self._closing = False
+
+    # -- the Scheduler protocol --
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        await self.client.start()
+        if self._tick_task is None:
+            self._tick_task = asyncio.create_task(self._tick_loop(), name="mesos-scheduler-tick")
+
+    async def close(self) -> None:
+        """Tear the framework down (the master kills its tasks: nothing else could find them again)."""
+        self._closing = True
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            await asyncio.wait([self._tick_task])
+            self._tick_task = None
+        if self.client.connected.is_set():
+            try:
+                await self.client.teardown()
+            except MesosError as error:
+                log.warning("Could not tear down the Mesos framework: %s", error)
+        await self.client.close()
+        for task in self._background:
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background)
+
+    async def create_service(self, spec: ServiceSpec, instances: int) -> bool:
+        check_spec(spec, instances)
+        if spec.service_id in self._books:
+            return False
+        if self._closing:
+            raise SchedulerError(f"Cannot create service {spec.service_id}: the scheduler is shutting down.")
+        self._books[spec.service_id] = MesosBook(spec, instances, self.settings.max_ended_instances)
+        self._notify(spec.service_id)
+        self._want_offers()
+        return True
+
+    async def scale_service(self, service_id: str, instances: int) -> None:
+        if instances < 0:
+            raise SchedulerError(f"instances for service {service_id} is {instances}; it must be 0 or more.")
+        book = self._books.get(service_id)
+        if book is None or book.deleting:
+            raise SchedulerError(f"Cannot scale service {service_id}: the Mesos scheduler does not know it.")
+        book.requested = instances
+        self._notify(service_id)
+        self._want_offers()
+
+    async def kill_instance(
+        self,
+        service_id: str,
+        instance_id: str,
+        *,
+        force: bool = False,
+        replace: bool = False,
+        message: str | None = None,
+        flags: frozenset[str] = frozenset(),
+        failed: bool = False,
+    ) -> KillResult:
+        book = self._books.get(service_id)
+        task = self._tasks.get(instance_id)
+        if book is None or task is None or task.service_id != service_id:
+            if book is not None and book.find_ended(instance_id) is not None:
+                return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
+            return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+        if task.ending is not None:
+            if force:
+                await self._send_kill(task, 0.0)
+            await self._wait_ended(task, 0.0 if force else task.grace_secs)
+            return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} was already stopping.")
+        if not replace:
+            book.requested = max(0, book.requested - 1)
+        self._begin_kill(book, task, _Ending(message or "Killed by request", flags, failed))
+        if replace:
+            self._want_offers()
+        grace = 0.0 if force else task.grace_secs
+        try:
+            await self._send_kill(task, grace)
+        except MesosError as error:
+            return KillResult(KillOutcome.FAILED, f"Could not kill instance {instance_id} (retrying): {error}")
+        if not await self._wait_ended(task, grace):
+            return KillResult(KillOutcome.KILLED, f"Asked Mesos to kill instance {instance_id}; it has not ended yet.")
+        ended = book.find_ended(instance_id)
+        code = "" if ended is None or ended.exit_code is None else f" (exit code {ended.exit_code})"
+        return KillResult(KillOutcome.KILLED, f"Killed instance {instance_id}{code}.")
+
+    async def delete_service(self, service_id: str) -> bool:
+        book = self._books.get(service_id)
+        if book is None or book.deleting:
+            return False
+        book.deleting = True
+        tasks = [t for t in self._tasks.values() if t.service_id == service_id]
+        for task in tasks:
+            self._begin_kill(book, task, _Ending("Killed because the service was deleted"))
+        results = await asyncio.gather(*(self._send_kill(t, 0.0) for t in tasks), return_exceptions=True)
+        killing = []
+        for task, result in zip(tasks, results, strict=True):
+            if isinstance(result, BaseException):
+                # The tick keeps sending the kill; the service is forgotten now all the same.
+                log.warning("Could not kill task %s of deleted service %s: %s", task.instance.id, service_id, result)
+            else:
+                killing.append(task)
+        await asyncio.gather(*(self._wait_ended(t, 0.0) for t in killing))
+        del self._books[service_id]
+        self._notify(service_id)
+        return True
+
+    def service_ids(self) -> list[str]:
+        return list(self._books)
+
+    def service_state(self, service_id: str) -> ServiceState | None:
+        book = self._books.get(service_id)
+        return None if book is None else book.snapshot()
+
+    # -- the event stream (EventHandler) --
+
+    def handle_event(self, event: Mapping[str, Any]) -> None:
+        kind = event["type"]
+        if kind == "SUBSCRIBED":
+            self._on_subscribed()
+        elif kind == "OFFERS":
+            self._on_offers(offers_of(event))
+        elif kind == "UPDATE":
+            self._on_update(status_from_json(event["update"]["status"]))
+        elif kind == "FAILURE":
+            log.warning("Mesos reported a failure: %s", event.get("failure"))
+
+    def handle_disconnect(self, reason: str) -> None:
+        self._suppressed = False  # a new subscription starts unsuppressed
+
+    def _on_subscribed(self) -> None:
+        self._suppressed = False
+        known = [(task_id, task.agent_id) for task_id, task in self._tasks.items()]
+        if known:
+            self._spawn("explicit reconciliation", self.client.reconcile(known))
+        self._spawn("implicit reconciliation", self.client.reconcile())
+        for task in self._tasks.values():
+            if task.ending is not None:
+                task.kill_sent_at = None  # the tick sends the kill again on this subscription
+        if self._demands():
+            self._want_offers()
+
+    def _on_offers(self, offers: list[Offer]) -> None:
+        demands = self._demands()
+        left: list[Offer] = []
+        for offer in offers:
+            task_infos: list[dict[str, Any]] = []
+            for book in demands:
+                need = Need.of(book.spec)
+                while book.missing() > 0 and need.fits(offer):
+                    ports, offer = take(offer, need)
+                    task_infos.append(self._launch(book, offer, ports))
+            left.append(offer)
+            if task_infos:
+                self._spawn_accept(offer.id, task_infos)
+            else:
+                refuse = self.settings.waiting_refuse_secs if self._has_missing() else self.settings.decline_refuse_secs
+                self._spawn("DECLINE", self.client.decline([offer.id], refuse))
+        for book in demands:
+            if book.missing() > 0:
+                book.shortfall = shortfall(Need.of(book.spec), left)
+        if not self._has_missing() and not self._suppressed:
+            self._suppressed = True
+            self._spawn("SUPPRESS", self.client.suppress())
+
+    def _on_update(self, status: TaskStatus) -> None:
+        if status.uuid is not None:
+            self._spawn(f"ACKNOWLEDGE of {status.task_id}", self.client.acknowledge(status))
+        outcome = task_outcome(status)
+        task = self._tasks.get(status.task_id)
+        if task is None:
+            if outcome.phase is TaskPhase.ACTIVE:
+                log.warning("Killing task %s, which this framework does not know", status.task_id)
+                self._spawn(f"KILL of {status.task_id}", self.client.kill(status.task_id, status.agent_id, 0.0))
+            return
+        if outcome.phase is TaskPhase.ACTIVE:
+            if status.state != task.state:
+                task.state = status.state
+                self._update_instance(task, {**task.instance.extras, "mesos/task-state": status.state})
+            return
+        self._end(task, outcome)
+
+    # -- launching --
+
+    def _demands(self) -> list[MesosBook]:
+        """Services that miss instances and may launch now (not deleting, not backing off after a crash)."""
+        now = time.monotonic()
+        return [b for b in self._books.values() if b.missing() > 0 and not b.deleting and b.not_before <= now]
+
+    def _has_missing(self) -> bool:
+        return any(b.missing() > 0 and not b.deleting for b in self._books.values())
+
+    def _launch(self, book: MesosBook, offer: Offer, ports: tuple[int, ...]) -> dict[str, Any]:
+        """Record a new instance (active from now on) and return the TaskInfo that launches it."""
+        spec = book.spec
+        framework_id = self.client.framework_id or ""
+        instance_id = f"{spec.service_id}.{time.time_ns():x}-{secrets.token_hex(4)}"
+        sandbox = (
+            f"{self.settings.agent_work_dir}/slaves/{offer.agent_id}/frameworks/{framework_id}"
+            f"/executors/{instance_id}/runs/latest"
+        )
+        grace = max(float(spec.termination_grace_period_secs), self.settings.min_kill_grace_secs)
+        env = task_environment(spec, self.settings.cluster_name, instance_id, sandbox, ports)
+        instance = Instance(
+            id=instance_id,
+            service_id=spec.service_id,
+            host=offer.hostname,
+            port=ports[0],
+            started_at=time.time(),
+            extra_ports=ports[1:],
+            log_directory=sandbox,
+            extras={
+                "mesos/agent-id": offer.agent_id,
+                "mesos/framework-id": framework_id,
+                "mesos/task-state": "TASK_STAGING",
+            },
+        )
+        self._tasks[instance_id] = _Task(spec.service_id, instance, offer.agent_id, time.monotonic(), grace)
+        book.add(instance)
+        book.error = book.shortfall = None
+        book.waiting_since = time.monotonic() if book.missing() > 0 else None
+        log.info("Launching instance %s on %s (ports %s)", instance_id, offer.hostname, ports)
+        self._notify(spec.service_id)
+        return task_info(spec, offer, instance_id, ports, env, grace)
+
+    def _spawn_accept(self, offer_id: str, task_infos: list[dict[str, Any]]) -> None:
+        async def accept() -> None:
+            try:
+                await self.client.accept([offer_id], task_infos, refuse_seconds=0.0)
+            except MesosError as error:
+                log.warning("ACCEPT of offer %s failed: %s", offer_id, error)
+                for info in task_infos:
+                    task = self._tasks.get(info["task_id"]["value"])
+                    if task is not None and task.state == "TASK_STAGING":
+                        self._end(task, TaskOutcome(TaskPhase.FAILED, f"Could not launch the task on Mesos: {error}"))
+
+        self._spawn(f"ACCEPT of offer {offer_id}", accept())
+
+    def _want_offers(self) -> None:
+        """Clear our offer filters and unsuppress, so offers for new instances arrive at once."""
+        if self._reviving or not self.client.connected.is_set():
+            return
+        self._suppressed = False
+        self._reviving = True
+
+        async def revive() -> None:
+            try:
+                await self.client.revive()
+            finally:
+                self._reviving = False
+
+        self._spawn("REVIVE", revive())
+
+    # -- ending and killing --
+
+    def _end(self, task: _Task, outcome: TaskOutcome) -> None:
+        self._tasks.pop(task.instance.id, None)
+        ended = ended_instance(task, outcome)
+        task.instance = ended
+        task.done.set()
+        book = self._books.get(task.service_id)
+        if book is None:
+            return
+        book.end(ended)
+        log.info("Instance %s ended: %s", ended.id, ended.message)
+        if task.ending is None:
+            crashes = book.note_crash(time.monotonic() - task.started)
+            delay = restart_delay(crashes, self.settings.restart_backoff_base_secs, book.spec.restart_backoff_factor)
+            book.not_before = time.monotonic() + delay
+            book.revive_at_backoff_end = True
+        self._notify(task.service_id)
+
+    def _begin_kill(self, book: MesosBook, task: _Task, ending: _Ending) -> None:
+        task.ending = ending
+        book.stopping.add(task.instance.id)
+        self._notify(task.service_id)
+
+    async def _send_kill(self, task: _Task, grace: float) -> None:
+        task.kill_sent_at = time.monotonic()
+        await self.client.kill(task.instance.id, task.agent_id, grace)
+
+    async def _wait_ended(self, task: _Task, grace: float) -> bool:
+        try:
+            async with asyncio.timeout(grace + self.settings.kill_wait_secs):
+                await task.done.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- the periodic checks --
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_secs)
+            self._tick(time.monotonic())
+
+    def _tick(self, now: float) -> None:
+        for book in self._books.values():
+            self._check_waiting(book, now)
+        for task in self._tasks.values():
+            retry_after = task.grace_secs + self.settings.request_timeout_secs
+            if task.ending is not None and (task.kill_sent_at is None or now - task.kill_sent_at > retry_after):
+                self._spawn(f"KILL of {task.instance.id}", self._send_kill(task, task.grace_secs))
+
+    def _check_waiting(self, book: MesosBook, now: float) -> None:
+        if book.deleting or book.missing() == 0:
+            book.waiting_since = None
+            if book.error is not None:
+                book.error = None
+                self._notify(book.spec.service_id)
+            return
+        if now < book.not_before:
+            return
+        if book.revive_at_backoff_end:
+            book.revive_at_backoff_end = False
+            self._want_offers()
+        if book.waiting_since is None:
+            book.waiting_since = now
+        elif now - book.waiting_since >= self.settings.offer_wait_secs and book.error is None:
+            need = Need.of(book.spec)
+            book.error = book.shortfall or (
+                f"No offer arrived within {format_number(self.settings.offer_wait_secs)} seconds to place an "
+                f"instance needing {format_number(need.cpus)} cpus, {format_number(need.mem)} MiB and "
+                f"{need.ports} ports"
+            )
+            log.warning("Service %s cannot be placed: %s", book.spec.service_id, book.error)
+            self._notify(book.spec.service_id)
+
+    # -- helpers --
+
+    def _update_instance(self, task: _Task, extras: Mapping[str, object]) -> None:
+        task.instance = dataclasses.replace(task.instance, extras=extras)
+        book = self._books.get(task.service_id)
+        if book is not None and task.instance.id in book.active:
+            book.active[task.instance.id] = task.instance
+            self._notify(task.service_id)
+
+    def _spawn(self, what: str, call: Coroutine[Any, Any, Any]) -> None:
+        async def run() -> None:
+            try:
+                await call
+            except MesosError as error:
+                log.warning("%s failed: %s", what, error)
+
+        if self._closing:
+            call.close()
+            return
+        task = asyncio.create_task(run(), name=f"mesos {what}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _notify(self, service_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.call_soon(listener, service_id)
+
+
+__all__ = ["MesosBook", "MesosScheduler", "MesosSettings", "ended_instance"]

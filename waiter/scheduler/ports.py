@@ -1,0 +1,106 @@
+"""Port reservation for instances run on this machine.
+
+Waiter's shell scheduler hands each instance the first free ports of a fixed range and keeps a released
+port reserved for a while, so a late request aimed at a dead instance never reaches a newer instance that
+happens to reuse its port. A port is free when no instance of ours holds it, its hold has expired, and the
+host lets us bind it.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+from collections.abc import Callable, Iterable
+
+from waiter.scheduler.base import SchedulerError
+
+Clock = Callable[[], float]
+Probe = Callable[[int], bool]
+
+_WILDCARD = "0.0.0.0"
+
+
+def port_is_bindable(host: str, port: int) -> bool:
+    """True iff ``port`` can be bound on ``host`` and on the wildcard address right now.
+
+    SO_REUSEADDR stays off, so a port still in TIME_WAIT or bound by anyone on any address counts as taken.
+    """
+    for address in dict.fromkeys((host, _WILDCARD)):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((address, port))
+            except OSError as error:
+                # An address this machine lacks says nothing about the port; any other error means "taken".
+                if error.errno == errno.EADDRNOTAVAIL:
+                    continue
+                return False
+    return True
+
+
+class PortAllocator:
+    """Hands out ports of ``port_range`` (inclusive) and holds released ones for ``hold_secs``.
+
+    ``clock`` (monotonic seconds) and ``probe`` (is this port bindable?) are injectable for tests; by default
+    the probe binds the port on ``host`` and on 0.0.0.0.
+    """
+
+    def __init__(
+        self,
+        port_range: tuple[int, int],
+        hold_secs: float,
+        host: str = "127.0.0.1",
+        clock: Clock = time.monotonic,
+        *,
+        probe: Probe | None = None,
+    ) -> None:
+        low, high = port_range
+        if not 0 < low <= high <= 65535:
+            raise ValueError(f"port-range must be two ports with 0 < low <= high <= 65535, got [{low}, {high}].")
+        if hold_secs < 0:
+            raise ValueError(f"port-hold-secs must be zero or more, got {hold_secs}.")
+        self.port_range = (low, high)
+        self.hold_secs = hold_secs
+        self.host = host
+        self._clock = clock
+        self._probe: Probe = probe if probe is not None else (lambda port: port_is_bindable(host, port))
+        self._in_use: set[int] = set()
+        self._held_until: dict[int, float] = {}
+
+    def allocate(self, count: int) -> tuple[int, ...]:
+        """Reserve the ``count`` lowest free ports, or raise ``SchedulerError`` without reserving any."""
+        if count < 1:
+            raise SchedulerError(f"An instance needs at least one port, but {count} were asked for.")
+        self._forget_expired_holds()
+        low, high = self.port_range
+        chosen: list[int] = []
+        for port in range(low, high + 1):
+            if port in self._in_use or port in self._held_until or not self._probe(port):
+                continue
+            chosen.append(port)
+            if len(chosen) == count:
+                self._in_use.update(chosen)
+                return tuple(chosen)
+        raise SchedulerError(
+            f"Not enough free ports in port-range [{low}, {high}]: an instance needs {count}, "
+            f"only {len(chosen)} are free (the others are used by instances, on hold for "
+            f"{self.hold_secs:g} s after release, or bound by other programs)."
+        )
+
+    def release(self, ports: Iterable[int], *, hold: bool = True) -> None:
+        """Give ports back; with ``hold`` they stay reserved for ``hold_secs`` from now."""
+        until = self._clock() + self.hold_secs
+        for port in ports:
+            self._in_use.discard(port)
+            if hold and self.hold_secs > 0:
+                self._held_until[port] = until
+
+    def reserved(self) -> frozenset[int]:
+        """Ports that ``allocate`` will not hand out now: in use or still on hold."""
+        self._forget_expired_holds()
+        return frozenset(self._in_use | self._held_until.keys())
+
+    def _forget_expired_holds(self) -> None:
+        now = self._clock()
+        for port in [port for port, until in self._held_until.items() if until <= now]:
+            del self._held_until[port]
