@@ -167,8 +167,12 @@ def ensure_tools(*names: str) -> None:
     print(f"# installing {' '.join(missing)} with apt-get", flush=True)
     install = ["apt-get", "install", "-y", "-qq", *missing]
     if subprocess.run(install, stdout=subprocess.DEVNULL).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(install, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL)
+        if subprocess.run(install, stdout=subprocess.DEVNULL).returncode != 0:
+            raise SystemExit(
+                f"proxy_overhead needs {' and '.join(missing)}, which apt-get could not install here; "
+                "install them (apt-get install nginx wrk, as root) and run again."
+            )
 
 
 def pinned(cpu: int | None, argv: list[str]) -> list[str]:
@@ -345,8 +349,8 @@ class PeakRss:
 # -- wrk ---------------------------------------------------------------------------------------------------------
 
 
-def run_wrk(url: str, connections: int, seconds: float, headers: dict[str, str], script: Path) -> WrkResult:
-    argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:g}s", "--timeout", "10s", "--latency"]
+def run_wrk(url: str, connections: int, seconds: int, headers: dict[str, str], script: Path) -> WrkResult:
+    argv = ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s", "--latency"]
     for name, value in headers.items():
         argv += ["-H", f"{name}: {value}"]
     argv += ["-s", str(script), url]
@@ -396,8 +400,8 @@ class CpuSnapshot:
 
 @dataclass(frozen=True)
 class Bench:
-    warmup: float
-    duration: float
+    warmup: int
+    duration: int
     wrk_script: Path
     backend: list[psutil.Process]  # the instance's nginx master and worker
     ours: list[psutil.Process]  # every long-lived process of the run (wrk is counted as a reaped child)
@@ -406,7 +410,8 @@ class Bench:
         for process in self.backend:
             process.cpu_affinity([target.backend_cpu])
         url = target.base + case.path
-        run_wrk(url, case.connections, self.warmup, target.headers, self.wrk_script)
+        if self.warmup:
+            run_wrk(url, case.connections, self.warmup, target.headers, self.wrk_script)
         machine = CpuSnapshot.take(self.ours)
         server = cpu_seconds(target.servers)
         result = run_wrk(url, case.connections, self.duration, target.headers, self.wrk_script)
@@ -430,8 +435,9 @@ def profile_router(bench: Bench, router: Target, out: Path) -> list[str]:
     case = Case("small", "/small", 6, 64)
     for process in bench.backend:
         process.cpu_affinity([router.backend_cpu])
-    run_wrk(router.base + case.path, case.connections, bench.warmup, router.headers, bench.wrk_script)
-    argv = [spy_bin, "record", "-p", str(router.servers[0].pid), "-d", f"{bench.duration:.0f}", "-r", "250",
+    if bench.warmup:
+        run_wrk(router.base + case.path, case.connections, bench.warmup, router.headers, bench.wrk_script)
+    argv = [spy_bin, "record", "-p", str(router.servers[0].pid), "-d", str(bench.duration), "-r", "250",
             "-f", "raw", "-o", str(out), "--nonblocking"]
     spy = subprocess.Popen(pinned(WRK_CPU, argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -587,12 +593,17 @@ def raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per result (default 10)")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each one (default 3)")
+    parser.add_argument("--duration", type=int, default=10, help="whole seconds measured per result (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="whole seconds of load before each one (default 3)")
     parser.add_argument("--skip-big-c1", action="store_true", help="leave out the 1 MiB body at 1 connection")
     parser.add_argument("--profile", action="store_true", help="then profile the router with py-spy (small, c=64)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) afterwards")
     args = parser.parse_args()
+    if args.duration < 1 or args.warmup < 0:
+        parser.error(
+            f"--duration is {args.duration} and --warmup {args.warmup}; wrk takes whole seconds, so the duration "
+            "must be 1 or more and the warm-up 0 (none) or more."
+        )
     if (os.cpu_count() or 1) < 2:
         print("proxy_overhead needs 2 cores: one for wrk, one for the proxy under test", file=sys.stderr)
         return 2

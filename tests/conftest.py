@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,6 +17,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.emulators.runner import running_emulator
 from waiter.app import ROUTER, build_app
 from waiter.router import Router
 from waiter.settings import Settings, load_settings
@@ -93,8 +95,74 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 15
         await asyncio.sleep(0.05)
 
 
+# Every scheduler back-end. Tests marked ``@pytest.mark.schedulers()`` (the contract suite, the end-to-end tests)
+# run once per back-end; ``@pytest.mark.schedulers("local")`` pins one. Unmarked tests run on the local back-end.
+SCHEDULER_KINDS = ("local", "marathon", "mesos")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "schedulers(*kinds): run once per scheduler back-end named (all of SCHEDULER_KINDS if none)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("schedulers")
+    if marker is not None and "scheduler_kind" in metafunc.fixturenames:
+        kinds = list(marker.args or SCHEDULER_KINDS)
+        metafunc.parametrize("scheduler_kind", kinds, indirect=True, ids=kinds)
+
+
 @pytest.fixture
-async def make_router(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]]:
+def scheduler_kind(request: pytest.FixtureRequest) -> str:
+    """The scheduler back-end a test runs on (see SCHEDULER_KINDS)."""
+    return str(getattr(request, "param", "local"))
+
+
+@dataclass
+class Cluster:
+    """Where a test's instances run: the router config's ``scheduler`` section, and the emulator's URL if any."""
+
+    kind: str
+    config: dict[str, Any]
+    url: str | None = None
+    work_dir: Path | None = None  # where the emulator keeps its tasks' sandboxes
+
+    def scheduler_config(self, router_index: int = 0) -> dict[str, Any]:
+        if self.kind == "local":  # each router runs its own instances on this machine
+            work_dir = Path(self.config["local"]["work-dir"]) / f"router{router_index}"
+            return {**self.config, "local": {**self.config["local"], "work-dir": str(work_dir)}}
+        return self.config  # routers share the cluster
+
+
+def task_port_range() -> str:
+    """A random slice of ports for an emulator's tasks, so parallel runs on this machine rarely meet."""
+    low = random.randrange(21000, 31000)
+    return f"{low}-{low + 199}"
+
+
+@pytest.fixture
+async def cluster(scheduler_kind: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    """The back-end of ``scheduler_kind``; an emulated cluster runs as a child process for the test's duration."""
+    work_dir = tmp_path / "cluster"
+    if scheduler_kind == "local":
+        yield Cluster("local", {"kind": "local", "local": {"work-dir": str(work_dir)}})
+    elif scheduler_kind == "marathon":
+        async with running_emulator("marathon", "--work-dir", str(work_dir), "--port-range", task_port_range()) as url:
+            marathon = {"url": url, "sync-interval-ms": 100, "retry-backoff-ms": 20, "agent-work-dir": str(work_dir)}
+            yield Cluster("marathon", {"kind": "marathon", "marathon": marathon}, url, work_dir)
+    elif scheduler_kind == "mesos":
+        args = ("--work-dir", str(work_dir), "--port-range", task_port_range(), "--allocation-secs", "0.05",
+                "--heartbeat-secs", "1", "--update-retry-secs", "1")
+        async with running_emulator("mesos", *args) as url:
+            mesos = {"master": url.removeprefix("http://"), "request-timeout-ms": 2000, "agent-work-dir": str(work_dir)}
+            yield Cluster("mesos", {"kind": "mesos", "mesos": mesos}, url, work_dir)
+    else:
+        raise ValueError(f"scheduler_kind {scheduler_kind!r} has no cluster fixture; known: {SCHEDULER_KINDS}")
+
+
+@pytest.fixture
+async def make_router(tmp_path: Path, cluster: Cluster) -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]]:
     started: list[RunningRouter] = []
 
     async def make(tokens: list[dict[str, Any]] | None = None, **config: Any) -> RunningRouter:
@@ -106,7 +174,7 @@ async def make_router(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[R
         data: dict[str, Any] = {
             "tokens-dir": str(tokens_dir),
             "drain-timeout-secs": 5,
-            "scheduler": {"kind": "local", "local": {"work-dir": str(tmp_path / f"scheduler{index}")}},
+            "scheduler": cluster.scheduler_config(index),
             "health-check": {"startup-interval-ms": 50, "timeout-ms": 1000},
         }
         data.update(config)

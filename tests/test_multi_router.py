@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -62,7 +63,7 @@ async def app_of(r: RunningRouter, sid: str) -> dict[str, Any]:
     return await r.get_json(f"/apps/{sid}")  # type: ignore[no-any-return]
 
 
-async def test_load_on_one_router_scales_the_service_and_the_other_sees_it(make_router, redis_server, agent) -> None:
+async def test_load_on_one_router_scales_the_service_and_the_other_sees_it(redis_server, agent, make_router) -> None:
     token = backend_token("echo", **{"max-instances": 4, "scale-down-factor": 0.5})
     a, b = await two_routers(make_router, redis_server.url, agent[0], token)
     sid = await a.service_id(TOKEN)
@@ -87,7 +88,7 @@ async def test_load_on_one_router_scales_the_service_and_the_other_sees_it(make_
         resp.release()
 
 
-async def test_scale_down_goes_one_by_one_and_never_kills_a_busy_instance(make_router, redis_server, agent) -> None:
+async def test_scale_down_goes_one_by_one_and_never_kills_a_busy_instance(redis_server, agent, make_router) -> None:
     token = backend_token("echo", **{"max-instances": 4, "scale-down-factor": 0.9, "concurrency-level": 1})
     a, b = await two_routers(make_router, redis_server.url, agent[0], token)
     sid = await a.service_id(TOKEN)
@@ -121,8 +122,8 @@ async def test_scale_down_goes_one_by_one_and_never_kills_a_busy_instance(make_r
     stop.set()
     await asyncio.gather(*trickle)
     assert statuses and set(statuses) == {200}
-    assert all(x >= y for x, y in zip(counts, counts[1:], strict=False))  # never grew back
-    assert all(x - y <= 1 for x, y in zip(counts, counts[1:], strict=False))  # one at a time
+    assert all(x >= y for x, y in itertools.pairwise(counts))  # never grew back
+    assert all(x - y <= 1 for x, y in itertools.pairwise(counts))  # one at a time
     killed = (await app_of(a, sid))["instances"]["killed-instances"]
     assert len(killed) >= 2
     for instance in killed:
@@ -138,7 +139,7 @@ def _exists(path: Path):  # type: ignore[no-untyped-def]
     return check
 
 
-async def test_concurrency_level_holds_across_routers(make_router, redis_server, agent) -> None:
+async def test_concurrency_level_holds_across_routers(redis_server, agent, make_router) -> None:
     token = backend_token("echo", **{"concurrency-level": 2, "max-instances": 1})
     a, b = await two_routers(make_router, redis_server.url, agent[0], token)
     sid = await a.service_id(TOKEN)
@@ -156,7 +157,7 @@ async def test_concurrency_level_holds_across_routers(make_router, redis_server,
     assert stats["peak"] == 2  # reached, never exceeded, though both routers had requests queued
 
 
-async def test_redis_dying_under_load_loses_no_request(make_router, redis_server, agent) -> None:
+async def test_redis_dying_under_load_loses_no_request(redis_server, agent, make_router) -> None:
     token = backend_token("echo", **{"max-instances": 2, "min-instances": 2})
     a, b = await two_routers(make_router, redis_server.url, agent[0], token)
     for r in (a, b):
@@ -208,7 +209,7 @@ async def _more(statuses: list[int], n: int) -> bool:
     return len(statuses) >= n
 
 
-async def test_killed_leader_is_replaced_within_the_lease_ttl(make_router, redis_server, agent, tmp_path) -> None:
+async def test_killed_leader_is_replaced_within_the_lease_ttl(redis_server, agent, tmp_path, make_router) -> None:
     port = free_port()
     config = tmp_path / "leader.yaml"
     config.write_text(

@@ -66,9 +66,14 @@ class RouterProcess:
         await wait_for(up, timeout=20, what="the router to listen")
 
     def stop(self) -> None:
+        # SIGTERM, so the router stops the instances it started; SIGKILL only if it hangs.
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
 

@@ -51,7 +51,7 @@ class RedisServer:
         assert REDIS_SERVER is not None
         # Popen rather than asyncio's subprocess: stop() stays synchronous, which other test modules rely on,
         # and spawning is instantaneous.
-        self.process = subprocess.Popen(  # noqa: ASYNC220
+        self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

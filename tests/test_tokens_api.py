@@ -358,8 +358,9 @@ async def test_etag_is_the_service_version_and_updates_reach_the_new_service(mak
     assert meta_only.headers["etag"] != first.headers["etag"]
     assert await hello(r, "svc") == sid1
 
-    # a service parameter: a new service id, and the very next proxied request reaches it
-    updated = await post(r, backend_token("svc", version="2"), if_match=meta_only.headers["etag"])
+    # a service parameter: a new service id, and the very next proxied request reaches it (no fallback period)
+    new = backend_token("svc", version="2", **{"fallback-period-secs": 0})
+    updated = await post(r, new, if_match=meta_only.headers["etag"])
     sid2 = await hello(r, "svc")
     assert sid2 != sid1 and sid2.startswith("waiter-service-svc-")
     apps = {a["service-id"]: a for a in await r.get_json("/apps?token=svc")}
@@ -472,7 +473,8 @@ async def test_two_routers_share_tokens_through_redis(make_router: MakeRouter, r
     assert (await get(b, "shared")).headers["etag"] == created.headers["etag"]
     sid1 = await hello(b, "shared")  # by the proxy path, not only GET /token
 
-    updated = await post(a, backend_token("shared", version="2"), if_match=created.headers["etag"])
+    new = backend_token("shared", version="2", **{"fallback-period-secs": 0})  # no fallback to version 1
+    updated = await post(a, new, if_match=created.headers["etag"])
     assert updated.status == 200
 
     async def b_serves_new_version() -> bool:

@@ -10,9 +10,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
+from waiter.aio import stop
 from waiter.autoscaler import Autoscaler
 from waiter.coordinator import Coordinator
 from waiter.proxy import Proxy
+from waiter.reaper import Reaper
 from waiter.registry import ServiceRegistry
 from waiter.router import Router
 from waiter.scaling import BurstSettings
@@ -62,10 +64,22 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
             interval=scaling.interval_ms / 1000,
             burst=BurstSettings(scaling.burst_enabled, scaling.burst_threshold, scaling.burst_stable_window_secs),
             kill_interval=scaling.kill_interval_ms / 1000,
+            minute_secs=settings.lifecycle.minute_secs,
+        )
+        autoscaler = router.autoscaler
+        reaper = Reaper(
+            registry,
+            router.coordinator,
+            lambda: autoscaler.is_leader,
+            router.current_for,
+            interval=settings.lifecycle.reap_interval_secs,
+            minute_secs=settings.lifecycle.minute_secs,
+            broken_timeout_secs=settings.lifecycle.broken_service_timeout_secs,
         )
         loops = [
             asyncio.create_task(router.coordinator.run(), name="coordinator"),
             asyncio.create_task(router.autoscaler.run(), name="autoscaler"),
+            asyncio.create_task(reaper.run(), name="reaper"),
         ]
         app[ROUTER] = router
         app[SCHEDULER] = sched
@@ -79,9 +93,7 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
         try:
             yield
         finally:
-            for task in loops:
-                task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await stop(loops)
             with contextlib.suppress(StateUnavailable):
                 await state.resign(settings.router_id)
             await state.close()

@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
+from waiter.aio import raise_if_cancelling
 from waiter.coordinator import Coordinator
-from waiter.instances import TrackedInstance
+from waiter.lifecycle import is_expired
 from waiter.registry import ServiceRegistry
 from waiter.scaling import BurstSettings, Counts, ScalingSettings, ScalingState, decide
 from waiter.scheduler.base import SchedulerError
@@ -32,20 +33,21 @@ class Candidate:
     started_at: float
     healthy: bool
     expired: bool
+    starting: bool  # never healthy yet (it may be the replacement of an expired instance)
     in_use: int  # requests this router has on it right now
 
 
 def choose_victim(candidates: Sequence[Candidate]) -> str | None:
-    """The instance to kill on scale-down: idle ones only; unhealthy first, then expired, then the youngest."""
+    """The instance to kill on scale-down: idle ones only; unhealthy first, then expired, then the youngest.
+
+    While expired instances are being replaced, starting ones are spared: they are the replacements."""
     idle = [c for c in candidates if c.in_use == 0]
+    if any(c.expired for c in candidates):
+        idle = [c for c in idle if not c.starting]
     if not idle:
         return None
     best = min(idle, key=lambda c: (c.healthy, not c.expired, -c.started_at, c.instance_id))
     return best.instance_id
-
-
-def _candidate(tracked: TrackedInstance, in_use: int) -> Candidate:
-    return Candidate(tracked.instance.id, tracked.instance.started_at, tracked.healthy, tracked.expired, in_use)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class Autoscaler:
         burst: BurstSettings | None = None,
         kill_interval: float = 1.0,
         drain_wait: float = 10.0,
+        minute_secs: float = 60.0,
     ) -> None:
         self.state = state
         self.registry = registry
@@ -75,6 +78,7 @@ class Autoscaler:
         self.burst = burst or BurstSettings()
         self.kill_interval = kill_interval
         self.drain_wait = drain_wait
+        self.minute_secs = minute_secs
         self.is_leader = False
         self.decisions: dict[str, str] = {}  # service id -> scaling-state of the last decision
         self._states: dict[str, ScalingState] = {}
@@ -102,10 +106,12 @@ class Autoscaler:
             try:
                 await self.tick(time.time())
             except StateUnavailable as exc:
+                raise_if_cancelling()
                 if self.is_leader:
                     log.error("lost contact with the shared state; not scaling until it returns: %s", exc)
                 self.is_leader = False
             except Exception:
+                raise_if_cancelling()
                 log.exception("autoscaler cycle failed")
 
     async def tick(self, now: float) -> None:
@@ -120,23 +126,39 @@ class Autoscaler:
         for service in list(self.registry.services.values()):
             await self._scale(service, now)
 
-    def counts(self, service: Service) -> Counts | None:
+    def candidates(self, service: Service, now: float) -> list[Candidate]:
+        expiry = int(service.resolved.effective.get("instance-expiry-mins", 7200))
+        res = service.reservations
+        return [
+            Candidate(
+                iid,
+                t.instance.started_at,
+                t.healthy,
+                is_expired(t.instance, expiry, t.expired, now, self.minute_secs),
+                not t.ever_healthy,
+                res.in_use(iid),
+            )
+            for iid, t in service.tracker.tracked.items()
+            if not t.retired
+        ]
+
+    def counts(self, service: Service, candidates: Sequence[Candidate]) -> Counts | None:
         state = service.scheduler.service_state(service.id)
         if state is None:
             return None
         elsewhere = self.coordinator.view.outstanding_elsewhere.get(service.id, 0)
-        tracked = service.tracker.tracked.values()
         return Counts(
             outstanding=service.reservations.outstanding + elsewhere,
             total=state.requested,
             scheduled=state.scheduled,
-            healthy=sum(1 for t in tracked if t.healthy and not t.expired),
-            expired_healthy=sum(1 for t in tracked if t.healthy and t.expired),
-            expired_unhealthy=sum(1 for t in tracked if not t.healthy and t.expired),
+            healthy=sum(1 for c in candidates if c.healthy),
+            expired_healthy=sum(1 for c in candidates if c.healthy and c.expired),
+            expired_unhealthy=sum(1 for c in candidates if not c.healthy and c.expired),
         )
 
     async def _scale(self, service: Service, now: float) -> None:
-        counts = self.counts(service)
+        candidates = self.candidates(service, now)
+        counts = self.counts(service, candidates)
         if counts is None:
             return
         sid = service.id
@@ -164,8 +186,8 @@ class Autoscaler:
         if pending is None:
             if now - self._last_kill.get(sid, 0.0) < self.kill_interval:
                 return
-            res = service.reservations
-            victim = choose_victim([_candidate(t, res.in_use(iid)) for iid, t in service.tracker.tracked.items()])
+            # Fresh candidates: requests may have started during the awaits above.
+            victim = choose_victim(self.candidates(service, now))
             if victim is None:
                 return
             # Out of this router's rotation first (atomic with the in-use check: no await in between) ...

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from waiter.aio import raise_if_cancelling
 from waiter.registry import ServiceRegistry
 from waiter.service import ResolvedService, Service
 from waiter.state.base import RouterStats, SharedState, StateUnavailable
@@ -131,6 +132,7 @@ class Coordinator:
                     log.info("shared state %s is reachable again", self.state.kind)
                 self.available, self.last_error = True, None
             except StateUnavailable as exc:
+                raise_if_cancelling()
                 if self.available:
                     log.error("shared state unavailable, serving with what this router knows: %s", exc)
                 self.available, self.last_error = False, str(exc)

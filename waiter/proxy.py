@@ -244,8 +244,10 @@ class Proxy:
             if request.transport is not None:
                 request.transport.close()
             return resp
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
+        except ConnectionResetError:
+            # The client went away mid-body: nothing to answer; the backend connection is closed by release().
+            log.debug("client of %s left before the end of the response", request.path)
+            return resp
         await resp.write_eof()
         return resp
 

@@ -42,6 +42,10 @@ class ServiceRegistry:
 
     def start(self, resolved: ResolvedService) -> Service:
         service = self.register(resolved)
+        sources = resolved.source_tokens
+        if sources != service.resolved.source_tokens and sources and not any(t.startswith("^") for t, _ in sources):
+            # Same service reached through a newer token version (e.g. only metadata changed): record it.
+            service.resolved = resolved
         service.ensure_started()
         return service
 

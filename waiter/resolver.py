@@ -10,7 +10,7 @@ from waiter.descriptor import DescriptorError, RequestOptions
 from waiter.errors import WaiterError
 from waiter.service import ResolvedService
 from waiter.settings import Settings
-from waiter.tokens import TokenRegistry
+from waiter.tokens import TokenRegistry, token_etag
 
 SERVICE_ID_TOKEN = "^SERVICE-ID#"
 _CACHE_LIMIT = 10_000
@@ -57,8 +57,25 @@ class Resolver:
                 self._cache[key] = hit
         return hit
 
+    def resolve_version(
+        self, waiter_headers: tuple[tuple[str, str], ...], host: str | None, token: str, data: Mapping[str, Any]
+    ) -> ResolvedService:
+        """What the request would resolve to if ``token`` held ``data`` (an earlier version, for fallback)."""
+        host_token = None if any(k == "x-waiter-token" for k, _ in waiter_headers) else self.host_token(host)
+        return self._resolve(waiter_headers, host_token, (token, data))[0]
+
+    def token_service_id(self, token: str) -> str | None:
+        """The service a request naming only ``token`` reaches now; None if the token cannot be resolved."""
+        try:
+            return self.resolve((("x-waiter-token", token),), None)[0].service_id
+        except WaiterError:
+            return None
+
     def _resolve(
-        self, waiter_headers: tuple[tuple[str, str], ...], host_token: str | None
+        self,
+        waiter_headers: tuple[tuple[str, str], ...],
+        host_token: str | None,
+        version: tuple[str, Mapping[str, Any]] | None = None,
     ) -> tuple[ResolvedService, RequestOptions]:
         try:
             parsed = descriptor.parse_headers(waiter_headers)
@@ -84,13 +101,17 @@ class Resolver:
                 params_list.append(core)
                 sources.append((name, ""))
                 continue
-            record = self.tokens.get(name)
-            if record is None:
-                raise WaiterError(404, f"Couldn't find token {name}", error_class="waiter.ServiceUnknown")
-            params, meta = descriptor.split_token(record.data)
+            if version is not None and version[0] == name:
+                data, etag = version[1], token_etag(version[1])
+            else:
+                record = self.tokens.get(name)
+                if record is None:
+                    raise WaiterError(404, f"Couldn't find token {name}", error_class="waiter.ServiceUnknown")
+                data, etag = record.data, record.etag
+            params, meta = descriptor.split_token(data)
             params_list.append(params)
             meta_list.append(meta)
-            sources.append((name, record.etag))
+            sources.append((name, etag))
         user = self.settings.run_as_user
         try:
             core = descriptor.build_core(descriptor.merge_tokens(params_list), parsed, user, has_token=bool(names))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -13,13 +14,15 @@ from waiter.api import admin
 from waiter.auth import Authenticator, create_authenticator
 from waiter.autoscaler import Autoscaler
 from waiter.coordinator import Coordinator
+from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError, render_error
+from waiter.lifecycle import in_fallback
 from waiter.proxy import Proxy
 from waiter.registry import ServiceRegistry
 from waiter.resolver import Resolver
-from waiter.service import ResolvedService
+from waiter.service import ResolvedService, Service
 from waiter.settings import Settings
-from waiter.tokens import TokenRegistry
+from waiter.tokens import HISTORY_LIMIT, TokenRegistry
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,60 @@ class Router:
             body["message"] = coordinator.last_error
         return body
 
+    def serving(
+        self,
+        resolved: ResolvedService,
+        options: RequestOptions,
+        headers: tuple[tuple[str, str], ...],
+        host: str | None,
+        *,
+        fallback: bool = True,
+    ) -> Service:
+        """The service that serves the request: the resolved version, started if needed, or during a token's
+        fallback period, while that version has no healthy instance, the newest earlier version that has one
+        (waiter-api.md §3.5). The resolved version starts in the background either way."""
+        service = self.registry.start(resolved)
+        if not fallback or service.tracker.healthy_count() > 0 or len(resolved.source_tokens) != 1:
+            return service
+        name = resolved.source_tokens[0][0]
+        record = self.tokens.get(name)
+        if record is None:
+            return service
+        period = options.fallback_period_secs
+        if period is None:
+            period = int(resolved.token_meta.get("fallback-period-secs", 300))
+        updated = record.data.get("last-update-time")
+        updated_at = updated / 1000 if isinstance(updated, int | float) else None
+        if not in_fallback(updated_at, period, time.time()):
+            return service
+        previous = record.data.get("previous")
+        for _ in range(HISTORY_LIMIT):
+            if not isinstance(previous, Mapping):
+                break
+            try:
+                older = self.resolver.resolve_version(headers, host, name, previous).service_id
+            except WaiterError:
+                older = None
+            candidate = self.registry.get(older) if older else None
+            if candidate is not None and candidate.tracker.healthy_count() > 0:
+                return candidate
+            previous = previous.get("previous")
+        return service
+
+    def current_for(self, service: Service) -> tuple[list[str], float | None]:
+        """The tokens that reach this service now, and when the others last changed (None if none did)."""
+        current: list[str] = []
+        changed_at: float | None = None
+        for name, _version in service.resolved.source_tokens:
+            if self.resolver.token_service_id(name) == service.id:
+                current.append(name)
+                continue
+            record = self.tokens.get(name)
+            updated = record.data.get("last-update-time") if record is not None else None
+            if isinstance(updated, int | float):
+                changed_at = max(changed_at or 0.0, updated / 1000)
+        return current, changed_at
+
     def check_maintenance(self, resolved: ResolvedService) -> None:
         maintenance = resolved.token_meta.get("maintenance")
         if isinstance(maintenance, dict):
@@ -101,9 +158,10 @@ class Router:
                 if not response.prepared:
                     response.headers["x-cid"] = cid
                 return response
-            resolved, options = self.resolver.resolve(headers, request.headers.get("host"))
+            host = request.headers.get("host")
+            resolved, options = self.resolver.resolve(headers, host)
             self.check_maintenance(resolved)
-            service = self.registry.start(resolved)
+            service = self.serving(resolved, options, headers, host)
             return await self.proxy.handle(request, service, options, cid)
         except WaiterError as err:
             return render_error(request, err, cid)

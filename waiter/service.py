@@ -11,8 +11,10 @@ from typing import Any
 
 import aiohttp
 
+from waiter.aio import stop
 from waiter.errors import WaiterError
 from waiter.instances import InstanceTracker
+from waiter.lifecycle import deployment_error
 from waiter.reservation import QueueFull, Reservations
 from waiter.scheduler.base import Instance, Scheduler, SchedulerError, ServiceSpec
 from waiter.settings import HealthConfig
@@ -124,7 +126,10 @@ class Service:
         self.registered_at = time.time()
         self.last_request_time: float | None = None
         self.total_requests = 0
-        self.start_error: str | None = None
+        self.start_error: str | None = None  # the scheduler refused to create the service
+        self.deployment_error: str | None = None  # why its instances cannot start (waiter-api.md §6)
+        self.broken_since: float | None = None
+        self.last_healthy_at = self.registered_at  # failures before this do not count towards an error
         self._started: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -145,24 +150,39 @@ class Service:
         except SchedulerError as exc:
             self.start_error = str(exc)
             log.error("could not create service %s: %s", self.id, exc)
-            self.reservations.fail_waiters(self._start_failure())
+            self._set_error(self.start_error)
             self._started = None  # the next request tries again
             return
-        self.tracker.sync()
+        self.on_scheduler_change()
 
     def on_scheduler_change(self) -> None:
         self.tracker.sync()
+        if self.tracker.healthy_count() > 0:
+            return
+        state = self.scheduler.service_state(self.id)
+        if state is None:
+            return
+        error = state.error or deployment_error(state.failed, self.last_healthy_at)
+        if error is not None and error != self.deployment_error:
+            log.warning("service %s cannot start: %s", self.id, error)
+            self._set_error(error)
+
+    def _set_error(self, error: str) -> None:
+        self.deployment_error = error
+        if self.broken_since is None:
+            self.broken_since = time.time()
+        self.reservations.fail_waiters(self._deployment_failure())
 
     def _routable(self, instance: Instance) -> None:
+        self.last_healthy_at = time.time()
+        self.deployment_error = self.broken_since = self.start_error = None
         self.reservations.add(instance, self._slots_policy(self))
 
     async def close(self) -> None:
         self.reservations.fail_waiters(
             WaiterError(503, "The service was stopped while this request waited for an instance.", service_id=self.id)
         )
-        if self._started is not None:
-            self._started.cancel()
-            await asyncio.gather(self._started, return_exceptions=True)
+        await stop([self._started])
         await self.tracker.close()
 
     # -- requests --------------------------------------------------------------------------------------------
@@ -176,6 +196,8 @@ class Service:
             return instance
         if self.start_error is not None and self._started is None:
             self.ensure_started()
+        if self.deployment_error is not None and self.reservations.capacity == 0:
+            raise self._deployment_failure()
         try:
             fut = self.reservations.enqueue()
         except QueueFull:
@@ -219,10 +241,10 @@ class Service:
             message += " Check that your service is able to start properly!"
         return WaiterError(503, message, error_class="waiter.RequestTimeout", service_id=self.id)
 
-    def _start_failure(self) -> WaiterError:
+    def _deployment_failure(self) -> WaiterError:
         return WaiterError(
             503,
-            f"Could not start the service: {self.start_error}",
+            f"Deployment error: {self.deployment_error}",
             error_class="waiter.DeploymentError",
             service_id=self.id,
         )

@@ -96,6 +96,13 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleConfig:
+    reap_interval_secs: float = 10.0  # how often the leader looks for idle, stale and broken services
+    broken_service_timeout_secs: float = 1800.0  # a service that cannot start for this long is deleted
+    minute_secs: float = 60.0  # the length of a minute in the *-mins service parameters; shorten only for tests
+
+
+@dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 9091
@@ -117,6 +124,7 @@ class Settings:
     mesos: MesosSchedulerConfig = MesosSchedulerConfig()
     health: HealthConfig = HealthConfig()
     scaling: ScalingConfig = ScalingConfig()
+    lifecycle: LifecycleConfig = LifecycleConfig()
     service_defaults: Mapping[str, Any] = field(default_factory=dict)
     max_cpus: float = 32.0
     max_mem: float = 131072.0
@@ -176,6 +184,11 @@ class Settings:
                 },
                 "publish-interval-ms": self.scaling.publish_interval_ms,
                 "router-ttl-ms": self.scaling.router_ttl_ms,
+            },
+            "lifecycle": {
+                "reap-interval-secs": self.lifecycle.reap_interval_secs,
+                "broken-service-timeout-secs": self.lifecycle.broken_service_timeout_secs,
+                "minute-secs": self.lifecycle.minute_secs,
             },
             "health-check-config": {
                 "startup-interval-ms": self.health.startup_interval_ms,
@@ -423,6 +436,15 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     )
     health_r.check_unknown()
     scaling = _scaling(_Reader(top.mapping("autoscaler"), "autoscaler.", problems), base.scaling)
+    life_r = _Reader(top.mapping("lifecycle"), "lifecycle.", problems)
+    lifecycle = LifecycleConfig(
+        reap_interval_secs=life_r.number("reap-interval-secs", base.lifecycle.reap_interval_secs, 0.05, 3600),
+        broken_service_timeout_secs=life_r.number(
+            "broken-service-timeout-secs", base.lifecycle.broken_service_timeout_secs, 1, 7 * 86400
+        ),
+        minute_secs=life_r.number("minute-secs", base.lifecycle.minute_secs, 0.01, 60),
+    )
+    life_r.check_unknown()
     defaults = dict(base.service_defaults)
     defaults.update(top.mapping("service-defaults"))
     top.check_unknown()
@@ -450,6 +472,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         mesos=mesos,
         health=health,
         scaling=scaling,
+        lifecycle=lifecycle,
         service_defaults=defaults,
         max_cpus=max_cpus,
         max_mem=max_mem,

@@ -38,7 +38,7 @@ async def count(request: web.Request, handler):  # type: ignore[no-untyped-def]
 
 async def status(request: web.Request) -> web.Response:
     fail_file = os.environ.get("HEALTH_FAIL_FILE")
-    if fail_file and os.path.exists(fail_file):  # noqa: ASYNC240 - a test backend, one stat
+    if fail_file and os.path.exists(fail_file):
         return web.Response(status=500, text="unhealthy")
     return web.Response(status=int(os.environ.get("HEALTH_STATUS", "200")), text="ok")
 
@@ -148,7 +148,7 @@ async def serve(app: web.Application, port: int) -> None:
     # Record how many requests were still running when we were told to stop: a router must never kill a busy
     # instance to scale down.
     sandbox = os.environ.get("WAITER_SANDBOX", ".")
-    with open(os.path.join(sandbox, "busy-at-sigterm"), "w") as f:  # noqa: ASYNC230 - once, at exit
+    with open(os.path.join(sandbox, "busy-at-sigterm"), "w") as f:
         f.write(str(state["current"]))
     await runner.cleanup()
 

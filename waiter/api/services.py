@@ -26,13 +26,8 @@ Headers = tuple[tuple[str, str], ...]
 
 
 def current_for_tokens(router: Router, service: Service) -> list[str]:
-    """Tokens whose current version is the one this service was reached with."""
-    names = []
-    for name, version in service.resolved.source_tokens:
-        record = router.tokens.get(name)
-        if record is not None and record.etag == version:
-            names.append(name)
-    return names
+    """Tokens that reach this service now."""
+    return router.current_for(service)[0]
 
 
 def cluster_view(router: Router) -> Cluster:
@@ -215,7 +210,8 @@ async def ping(router: Router, request: web.BaseRequest, headers: Headers) -> we
         result = {"result": "descriptor-error", "status": err.status, "body": err.message}
         return json_response({"ping-response": result})
     router.check_maintenance(resolved)
-    service = router.registry.start(resolved)
+    host = request.headers.get("host")
+    service = router.serving(resolved, options, headers, host, fallback=included(request, "fallback"))
     wait_ms = options.timeout_ms or 300_000
     ping_response = await _ping(router, service, options.queue_timeout_ms or wait_ms, wait_ms, request, cid)
     body: dict[str, Any] = {

@@ -40,7 +40,7 @@ def instance_json(instance: Instance, tracked: TrackedInstance | None = None) ->
 
 def service_status(service: Service) -> str:
     state = service.scheduler.service_state(service.id)
-    if service.start_error is not None:
+    if service.deployment_error is not None:
         return "Failing"
     if state is None or (state.requested == 0 and state.scheduled == 0):
         return "Inactive"
@@ -93,8 +93,8 @@ def _common(service: Service, effective: bool, cluster: Cluster) -> dict[str, An
     sources = [{"token": t, "version": v} for t, v in service.resolved.source_tokens]
     if sources:
         body["source-tokens"] = [sources]
-    if service.start_error:
-        body["deployment-error-message"] = f"Deployment error: {service.start_error}"
+    if service.deployment_error:
+        body["deployment-error-message"] = f"Deployment error: {service.deployment_error}"
     if effective:
         body["effective-parameters"] = dict(service.resolved.effective)
     return body

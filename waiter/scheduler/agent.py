@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from waiter.aio import raise_if_cancelling, stop
 from waiter.scheduler.base import (
     Instance,
     KillOutcome,
@@ -193,9 +194,7 @@ class AgentScheduler:
                 await self._synced.wait()
 
     async def close(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+        await stop([self._poller])
         if self._session is not None:
             await self._session.close()
 
@@ -212,6 +211,7 @@ class AgentScheduler:
                 self._apply(body)
                 backoff = 0.1
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                raise_if_cancelling()
                 log.warning("scheduler agent at %s unreachable (%s); retrying in %.1f s", self.url, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from waiter.aio import cancel_and_wait
 from waiter.settings import redact_url
 from waiter.tokens.store import (
     CachedStore,
@@ -34,7 +35,6 @@ from waiter.tokens.store import (
     StoreStatus,
     StoreUnavailable,
     TokenRecord,
-    cancel_and_wait,
     make_record,
 )
 

@@ -11,11 +11,12 @@ import asyncio
 from collections.abc import Collection
 from typing import Any
 
+from waiter.aio import cancel_and_wait
 from waiter.settings import Settings
 from waiter.tokens.files import FileSettings, TokenFiles
 from waiter.tokens.memory import MemoryTokenStore
 from waiter.tokens.redis_store import RedisTokenStore
-from waiter.tokens.store import IndexEntry, TokenRecord, TokenStore, cancel_and_wait
+from waiter.tokens.store import IndexEntry, TokenRecord, TokenStore
 
 
 class TokenRegistry:

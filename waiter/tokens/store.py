@@ -8,7 +8,6 @@ silently overwrite each other's change.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Collection, Iterable, Mapping
@@ -157,18 +156,6 @@ class TokenStore(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-async def cancel_and_wait(task: asyncio.Task[None], grace: float = 2.0) -> None:
-    """Stop a background task for good.
-
-    Cancels again while it keeps running: a cancellation that lands as a client library's own timeout fires
-    can come out as a TimeoutError the task handles and carries on. Waits with ``asyncio.wait`` so a
-    cancellation of the caller itself is never swallowed.
-    """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait([task], timeout=grace)
 
 
 class CachedStore:

@@ -1,0 +1,191 @@
+"""The Marathon emulator's plumbing: shared keys and helpers, basic auth, fault injection and emulator controls.
+
+The controls live outside ``/v2`` and are never part of Marathon: see ``tests.emulators.marathon``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.emulators.marathon_cluster import Cluster, Task
+from tests.emulators.marathon_validation import invalid_json
+
+CLUSTER = web.AppKey("cluster", Cluster)
+LOCK_MESSAGE = (
+    "App is locked by one or more deployments. Override with the option '?force=true'. "
+    "View details at '/v2/deployments/<DEPLOYMENT_ID>'."
+)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Fault:
+    status: int | None
+    count: int
+    delay_ms: int
+    method: str | None = None
+    path: str | None = None
+
+    def matches(self, request: web.Request) -> bool:
+        return (self.method is None or self.method.upper() == request.method) and (
+            self.path is None or request.path.startswith(self.path)
+        )
+
+
+@dataclass
+class EmulatorSettings:
+    username: str | None = None
+    password: str | None = None
+    leader: str = ""
+    faults: list[Fault] = field(default_factory=list)
+
+    def take_fault(self, request: web.Request) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(request):
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.faults.remove(fault)
+                return fault
+        return None
+
+
+SETTINGS = web.AppKey("settings", EmulatorSettings)
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"message": message, **extra}, status=status)
+
+
+class Refused(Exception):
+    """Answer with this Marathon error instead of going on."""
+
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def flag(request: web.Request, name: str, default: bool) -> bool:
+    """Booleans in query strings, parsed case-insensitively as Marathon does."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() not in ("true", "false"):
+        raise Refused(error(400, f"Query parameter '{name}' is '{raw}' but must be true or false."))
+    return raw.lower() == "true"
+
+
+async def read_json(request: web.Request) -> Any:
+    text = await request.text()
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise Refused(error(400, "Invalid JSON", details=invalid_json(str(exc)))) from exc
+
+
+def task_json(cluster: Cluster, task: Task) -> dict[str, Any]:
+    app = cluster.apps.get(task.app_id)
+    return task.to_json(cluster.config, bool(app and app.definition.get("healthChecks")))
+
+
+async def add_fault(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        return error(400, "a fault is a JSON object")
+    fault = Fault(
+        status=int(body["status"]) if body.get("status") else None,
+        count=int(body.get("count", 1)),
+        delay_ms=int(body.get("delay-ms", 0)),
+        method=body.get("method"),
+        path=body.get("path"),
+    )
+    request.app[SETTINGS].faults.append(fault)
+    return web.json_response({"faults": len(request.app[SETTINGS].faults)})
+
+
+async def clear_faults(request: web.Request) -> web.Response:
+    request.app[SETTINGS].faults.clear()
+    return web.json_response({"faults": 0})
+
+
+async def emulator_tasks(request: web.Request) -> web.Response:
+    tasks = request.app[CLUSTER].tasks.values()
+    return web.json_response(
+        {
+            "tasks": [
+                {
+                    "id": t.id,
+                    "appId": t.app_id,
+                    "state": t.state,
+                    "pid": t.process.pid if t.process else None,
+                    "sandbox": str(t.sandbox),
+                }
+                for t in tasks
+            ]
+        }
+    )
+
+
+async def interfere(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    task = cluster.tasks.get(request.match_info["task"])
+    if task is None:
+        return error(404, f"Task '{request.match_info['task']}' does not exist")
+    if request.match_info["what"] == "lose":
+        cluster.interfere(task, signal.SIGKILL, lost=True)
+    else:
+        body = await read_json(request) if request.can_read_body else {}
+        name = str(body.get("signal", "KILL")).upper().removeprefix("SIG")
+        cluster.interfere(task, signal.Signals[f"SIG{name}"])
+    return web.json_response({"task": task_json(cluster, task)})
+
+
+async def list_faults(request: web.Request) -> web.Response:
+    faults = request.app[SETTINGS].faults
+    return web.json_response({"faults": [vars(f) for f in faults]})
+
+
+def add_controls(app: web.Application) -> None:
+    app.router.add_get("/emulator/faults", list_faults)
+    app.router.add_post("/emulator/faults", add_fault)
+    app.router.add_delete("/emulator/faults", clear_faults)
+    app.router.add_get("/emulator/tasks", emulator_tasks)
+    app.router.add_post("/emulator/tasks/{task}/{what:kill|lose}", interfere)
+
+
+@web.middleware
+async def marathon_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Refused as refused:
+        return refused.response
+
+
+@web.middleware
+async def auth_and_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    if not request.path.startswith("/v2/"):
+        return await handler(request)
+    if settings.username is not None:
+        expected = base64.b64encode(f"{settings.username}:{settings.password or ''}".encode()).decode()
+        if request.headers.get("Authorization") != f"Basic {expected}":
+            return web.json_response(
+                {"message": "Invalid username or password."},
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="Mesosphere Marathon"'},
+            )
+    fault = settings.take_fault(request)
+    if fault is not None:
+        await asyncio.sleep(fault.delay_ms / 1000)
+        if fault.status == 409:
+            return error(409, LOCK_MESSAGE, deployments=[{"id": "emulated-fault-deployment"}])
+        if fault.status:
+            return error(fault.status, f"Emulated fault: HTTP {fault.status}")
+    return await handler(request)

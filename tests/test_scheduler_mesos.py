@@ -1,0 +1,777 @@
+"""The Mesos scheduler against the Mesos master emulator (real processes), plus table tests of its pure parts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.emulators.runner import running_emulator
+from waiter.scheduler import create_scheduler
+from waiter.scheduler.base import KillOutcome, ServiceSpec, ServiceState
+from waiter.scheduler.mesos import MesosScheduler, MesosSettings
+from waiter.scheduler.mesos_proto import (
+    Need,
+    Offer,
+    RecordIOError,
+    RecordIOParser,
+    TaskPhase,
+    TaskStatus,
+    encode_record,
+    exit_code_of,
+    leader_from_location,
+    offers_of,
+    port_ranges,
+    shortfall,
+    take,
+    task_outcome,
+)
+from waiter.settings import SettingsError, load_settings
+
+HTTP_SERVER = 'exec python3 -m http.server "$PORT0" --bind 127.0.0.1'
+SLEEPER = "exec sleep 1000"
+
+
+# -- the scheduler against the emulator --
+
+
+class Emulator:
+    """A running Mesos master emulator: its address and its emulator-only controls."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession, work_dir: Path) -> None:
+        self.url = url
+        self.address = url.removeprefix("http://")
+        self.session = session
+        self.work_dir = work_dir
+
+    async def state(self) -> dict[str, Any]:
+        async with self.session.get(f"{self.url}/emulator/state") as response:
+            return await response.json()  # type: ignore[no-any-return]
+
+    async def control(self, path: str, body: dict[str, Any] | None = None) -> None:
+        async with self.session.post(f"{self.url}/emulator/{path}", json=body or {}) as response:
+            assert response.status == 200, await response.text()
+
+    async def framework(self) -> dict[str, Any]:
+        (framework,) = (await self.state())["frameworks"]
+        return framework  # type: ignore[no-any-return]
+
+
+StartEmulator = Callable[..., Awaitable[Emulator]]
+MakeScheduler = Callable[..., Awaitable[MesosScheduler]]
+
+
+def port_range() -> str:
+    low = random.randrange(21000, 31000)
+    return f"{low}-{low + 99}"
+
+
+@pytest.fixture
+async def start_emulator(tmp_path: Path) -> AsyncIterator[StartEmulator]:
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        started: list[Emulator] = []
+
+        async def start(*args: str) -> Emulator:
+            work_dir = tmp_path / f"mesos{len(started)}"
+            defaults = [
+                "--work-dir",
+                str(work_dir),
+                "--port-range",
+                port_range(),
+                "--allocation-secs",
+                "0.05",
+                "--heartbeat-secs",
+                "1",
+                "--update-retry-secs",
+                "1",
+            ]
+            url = await stack.enter_async_context(running_emulator("mesos", *defaults, *args))
+            started.append(Emulator(url, session, work_dir))
+            return started[-1]
+
+        yield start
+
+
+@pytest.fixture
+async def make_scheduler() -> AsyncIterator[MakeScheduler]:
+    made: list[MesosScheduler] = []
+
+    async def make(emulator: Emulator, **overrides: Any) -> MesosScheduler:
+        values: dict[str, Any] = {
+            "master": emulator.address,
+            "agent_work_dir": str(emulator.work_dir),
+            "request_timeout_secs": 2.0,
+            "tick_secs": 0.05,
+            "min_kill_grace_secs": 0.3,
+            "restart_backoff_base_secs": 0.1,
+            "reconnect_max_secs": 0.2,
+            **overrides,
+        }
+        scheduler = MesosScheduler(MesosSettings(**values))
+        made.append(scheduler)
+        await scheduler.start()
+        async with asyncio.timeout(10):
+            await scheduler.client.connected.wait()
+        return scheduler
+
+    yield make
+    for scheduler in made:
+        await scheduler.close()
+
+
+class Changes:
+    def __init__(self, scheduler: MesosScheduler) -> None:
+        self._changed = asyncio.Event()
+        scheduler.subscribe(lambda service_id: self._changed.set())
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def poll(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """For facts the scheduler sends no event about (the emulator's state, sockets): check until the deadline."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await predicate():
+                return
+            await asyncio.sleep(0.05)
+
+
+def make_spec(cmd: str = SLEEPER, service_id: str = "svc-test", **overrides: Any) -> ServiceSpec:
+    values: dict[str, Any] = {"cpus": 0.5, "mem": 128.0, **overrides}
+    return ServiceSpec(service_id=service_id, cmd=cmd, **values)
+
+
+def state_of(scheduler: MesosScheduler, service_id: str = "svc-test") -> ServiceState:
+    state = scheduler.service_state(service_id)
+    assert state is not None, f"service {service_id} is unknown"
+    return state
+
+
+def running(scheduler: MesosScheduler, count: int, service_id: str = "svc-test") -> Callable[[], bool]:
+    def check() -> bool:
+        active = state_of(scheduler, service_id).active
+        return len(active) == count and all(i.extras["mesos/task-state"] == "TASK_RUNNING" for i in active)
+
+    return check
+
+
+async def answers(host: str, port: int) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"http://{host}:{port}/") as response:
+            return response.status == 200
+    except aiohttp.ClientConnectionError:
+        return False
+
+
+async def test_launches_a_task_with_its_environment_ports_and_sandbox(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator, cluster_name="test-cluster")
+    changes = Changes(scheduler)
+    cmd = "env > env.tmp && mv env.tmp env.txt; " + SLEEPER
+    spec = make_spec(cmd, ports=2, cpus=1.0, mem=256.0, run_as_user="alice", token="tok", env={"GREETING": "hi there"})
+    assert await scheduler.create_service(spec, 1) is True
+    assert await scheduler.create_service(spec, 3) is False
+    await changes.until(running(scheduler, 1))
+
+    (instance,) = state_of(scheduler).active
+    assert instance.id.startswith("svc-test.") and instance.id.count(".") == 1
+    low, high = (int(p) for p in (await emulator.state())["agent"]["ports"])
+    assert low <= instance.port <= high and len(instance.extra_ports) == 1
+    sandbox = Path(str(instance.log_directory))
+    assert sandbox.is_relative_to(emulator.work_dir)
+
+    async def env_written() -> bool:
+        return (sandbox / "env.txt").exists()
+
+    await poll(env_written)
+    env = dict(line.split("=", 1) for line in (sandbox / "env.txt").read_text().splitlines() if "=" in line)
+    assert env["GREETING"] == "hi there"
+    assert (env["PORT0"], env["PORT1"]) == (str(instance.port), str(instance.extra_ports[0]))
+    assert (env["USER"], env["HOME"]) == ("alice", "/home/alice")
+    assert (env["WAITER_CPUS"], env["WAITER_MEM_MB"], env["WAITER_CLUSTER"]) == ("1", "256", "test-cluster")
+    assert (env["WAITER_SERVICE_ID"], env["WAITER_TOKEN"]) == ("svc-test", "tok")
+    assert env["WAITER_INSTANCE_ID"] == instance.id
+    assert env["WAITER_SANDBOX"] == str(sandbox)
+    assert Path(env["MESOS_SANDBOX"]).parent == sandbox.parent  # runs/<run id>, which runs/latest links to
+    (task,) = (await emulator.state())["tasks"]
+    assert (task["id"], task["ports"]) == (instance.id, [instance.port, *instance.extra_ports])
+
+
+async def test_reconnects_resubscribes_and_reconciles_when_the_stream_closes(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(HTTP_SERVER), 1)
+    await changes.until(running(scheduler, 1))
+    (before,) = state_of(scheduler).active
+    framework_id = scheduler.client.framework_id
+    assert (await emulator.framework())["calls"]["RECONCILE"] == 1  # the first subscription's
+
+    await emulator.control("close-stream")
+
+    async def resubscribed() -> bool:
+        framework = await emulator.framework()
+        return bool(framework["subscriptions"] == 2 and framework["connected"] and framework["calls"]["RECONCILE"] >= 3)
+
+    await poll(resubscribed)
+    framework = await emulator.framework()
+    assert framework["id"] == framework_id == scheduler.client.framework_id  # the same framework, not a new one
+    assert (await emulator.state())["removed"] == []
+    # The instance survived: same id, still active, still serving.
+    assert [i.id for i in state_of(scheduler).active] == [before.id]
+    assert state_of(scheduler).failed == ()
+    await poll(lambda: answers(before.host, before.port))
+    # ... and the framework still works on the new subscription.
+    await scheduler.scale_service("svc-test", 2)
+    await changes.until(running(scheduler, 2))
+
+
+async def test_missed_heartbeats_make_the_framework_reconnect(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator("--heartbeat-secs", "0.1")
+    scheduler = await make_scheduler(emulator)
+    await emulator.control("heartbeats", {"enabled": False})
+
+    async def resubscribed() -> bool:
+        return bool((await emulator.framework())["subscriptions"] >= 2)
+
+    await poll(resubscribed, timeout=5)
+    assert scheduler.client.framework_id == (await emulator.framework())["id"]
+
+
+async def test_framework_removed_after_failover_timeout_registers_anew_and_replaces(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator, failover_timeout_secs=0.0)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 1)
+    await changes.until(running(scheduler, 1))
+    (before,) = state_of(scheduler).active
+    old_framework = scheduler.client.framework_id
+
+    await emulator.control("close-stream")  # with no failover timeout, the master removes the framework at once
+    await changes.until(lambda: len(state_of(scheduler).failed) == 1 and running(scheduler, 1)())
+
+    (lost,) = state_of(scheduler).failed
+    assert lost.id == before.id and lost.failed
+    assert "unknown" in str(lost.message)
+    assert scheduler.client.framework_id not in (None, old_framework)
+    state = await emulator.state()
+    assert state["removed"] == [old_framework]
+    assert [t["id"] for t in state["tasks"] if t["state"] == "TASK_RUNNING"] == [state_of(scheduler).active[0].id]
+
+
+async def test_not_enough_resources_is_a_deployment_error_naming_the_resource(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator("--mem", "1024", "--cpus", "4")
+    scheduler = await make_scheduler(emulator, offer_wait_secs=0.5)
+    changes = Changes(scheduler)
+    started = asyncio.get_running_loop().time()
+    await scheduler.create_service(make_spec(mem=4096.0), 1)
+    await changes.until(lambda: state_of(scheduler).error is not None)
+
+    assert asyncio.get_running_loop().time() - started >= 0.5
+    state = state_of(scheduler)
+    assert state.error == "No offer had enough mem for an instance: need 4096 MiB, the largest offer has 1024 MiB"
+    assert state.active == () and state.requested == 1
+
+    await emulator.control("agent", {"mem": 8192})  # more resources: the instance is placed, the error clears
+    await changes.until(lambda: running(scheduler, 1)() and state_of(scheduler).error is None)
+
+
+async def test_cpus_shortfall_is_named(start_emulator: StartEmulator, make_scheduler: MakeScheduler) -> None:
+    emulator = await start_emulator("--cpus", "1")
+    scheduler = await make_scheduler(emulator, offer_wait_secs=0.3)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(cpus=2.0), 1)
+    await changes.until(lambda: state_of(scheduler).error is not None)
+    expected = "No offer had enough cpus for an instance: need 2 cpus, the largest offer has 1 cpus"
+    assert state_of(scheduler).error == expected
+
+
+@pytest.mark.parametrize(
+    ("control", "message"),
+    [("kill", "Killed by signal SIGKILL"), ("lose", "Agent lost the task (REASON_AGENT_DISCONNECTED)")],
+    ids=["failed", "lost"],
+)
+async def test_a_task_failed_or_lost_on_the_cluster_is_replaced(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler, control: str, message: str
+) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(HTTP_SERVER), 1)
+    await changes.until(running(scheduler, 1))
+    (victim,) = state_of(scheduler).active
+
+    await emulator.control(f"tasks/{victim.id}/{control}")
+    await changes.until(lambda: bool(state_of(scheduler).failed) and running(scheduler, 1)())
+
+    state = state_of(scheduler)
+    (ended,) = state.failed
+    assert (ended.id, ended.failed, ended.killed, ended.message) == (victim.id, True, False, message)
+    assert ended.exit_code == (-9 if control == "kill" else None)
+    assert state.requested == 1 and state.active[0].id != victim.id
+    await poll(lambda: answers(state.active[0].host, state.active[0].port))
+
+
+async def test_exit_codes_and_clean_exits(start_emulator: StartEmulator, make_scheduler: MakeScheduler) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec("exit 3"), 1)
+    await scheduler.create_service(make_spec("exit 0", service_id="svc-clean"), 1)
+    await changes.until(lambda: len(state_of(scheduler).failed) >= 2 and bool(state_of(scheduler, "svc-clean").killed))
+
+    first, second = state_of(scheduler).failed[:2]
+    assert (first.exit_code, first.message, first.failed) == (3, "Exited with code 3", True)
+    assert first.id != second.id
+    clean = state_of(scheduler, "svc-clean").killed[0]
+    assert (clean.exit_code, clean.message, clean.failed, clean.killed) == (0, "Exited with code 0", False, False)
+
+
+async def test_kill_waits_for_the_end_and_acknowledges_every_update(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator("--update-retry-secs", "60")  # no resends: every ACK answers one update
+    scheduler = await make_scheduler(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 2)
+    await changes.until(running(scheduler, 2))
+    victim, survivor = state_of(scheduler).active
+
+    result = await scheduler.kill_instance("svc-test", victim.id)
+    assert result.outcome is KillOutcome.KILLED
+    state = state_of(scheduler)
+    assert state.requested == 1 and [i.id for i in state.active] == [survivor.id]
+    (ended,) = state.killed
+    assert (ended.id, ended.killed, ended.message, ended.exit_code) == (victim.id, True, "Killed by request", -15)
+    assert (await scheduler.kill_instance("svc-test", victim.id)).outcome is KillOutcome.ALREADY_KILLED
+    assert (await scheduler.kill_instance("svc-test", "svc-test.nope")).outcome is KillOutcome.NO_SUCH_INSTANCE
+
+    async def all_acknowledged() -> bool:
+        framework = await emulator.framework()
+        # STARTING + RUNNING for both tasks, KILLED for one; reconciliation answers carry no uuid and are not acked.
+        return bool(framework["calls"].get("ACKNOWLEDGE") == 5)
+
+    await poll(all_acknowledged)
+    assert [t["id"] for t in (await emulator.state())["tasks"]] == [survivor.id]  # the acked end is forgotten
+
+
+async def test_delete_and_close_leave_no_task_behind(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 2)
+    await scheduler.create_service(make_spec(service_id="svc-other"), 1)
+    await changes.until(lambda: running(scheduler, 2)() and running(scheduler, 1, "svc-other")())
+
+    assert await scheduler.delete_service("svc-test") is True
+    assert scheduler.service_ids() == ["svc-other"] and scheduler.service_state("svc-test") is None
+    assert await scheduler.delete_service("svc-test") is False
+    await scheduler.close()
+
+    async def nothing_runs() -> bool:
+        state = await emulator.state()
+        return state["frameworks"] == [] and all(t["state"] != "TASK_RUNNING" for t in state["tasks"])
+
+    await poll(nothing_runs)
+
+
+async def test_follows_a_redirect_to_the_leading_master(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    leader = await start_emulator()
+    follower = await start_emulator("--leader", leader.address)
+    async with follower.session.post(f"{follower.url}/api/v1/scheduler", allow_redirects=False) as response:
+        assert response.status == 307
+        assert response.headers["Location"] == f"//{leader.address}/api/v1/scheduler"
+
+    scheduler = await make_scheduler(follower)
+    assert scheduler.client.leader == leader.address
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 1)
+    await changes.until(running(scheduler, 1))
+    assert (await leader.framework())["id"] == scheduler.client.framework_id
+
+
+# -- settings and flags --
+
+
+@pytest.mark.parametrize(
+    ("mesos", "expected"),
+    [
+        (
+            {"master": "http://m:5050"},
+            "scheduler.mesos.master is 'http://m:5050' but must be HOST:PORT of a Mesos master",
+        ),
+        ({"master": "m:99999"}, "scheduler.mesos.master is 'm:99999' but must be HOST:PORT"),
+        ({"master": "m"}, "scheduler.mesos.master is 'm' but must be HOST:PORT"),
+        ({}, "scheduler.mesos.master is not set but is required when scheduler.kind is mesos."),
+        ({"master": "m:5050", "role": "a b"}, "scheduler.mesos.role is 'a b' but must be '*' or a Mesos role name"),
+        ({"master": "m:5050", "offer-wait-secs": 0}, "scheduler.mesos.offer-wait-secs is 0 but must be a number in"),
+        ({"master": "m:5050", "failover-timeout-secs": -1}, "scheduler.mesos.failover-timeout-secs is -1 but must be"),
+        (
+            {"master": "m:5050", "request-timeout-ms": 1},
+            "scheduler.mesos.request-timeout-ms is 1 but must be an integer",
+        ),
+        ({"master": "m:5050", "framework-name": ""}, "scheduler.mesos.framework-name is '' but must be a non-empty"),
+        ({"master": "m:5050", "password": "x"}, "scheduler.mesos.password is not a known setting"),
+    ],
+    ids=["scheme", "port-range", "no-port", "missing", "role", "offer-wait", "failover", "timeout", "name", "unknown"],
+)
+def test_settings_errors_name_key_value_and_range(mesos: dict[str, Any], expected: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(None, {"scheduler": {"kind": "mesos", "mesos": mesos}})
+    assert expected in str(error.value)
+
+
+def test_settings_reach_the_scheduler_and_show_in_public() -> None:
+    mesos = {"master": "10.0.0.1:5050", "role": "web", "offer-wait-secs": 5, "request-timeout-ms": 1500}
+    settings = load_settings(
+        None, {"run-as-user": "svc", "cluster-name": "c1", "scheduler": {"kind": "mesos", "mesos": mesos}}
+    )
+    shown = settings.public()["scheduler-config"]["mesos"]
+    assert shown["master"] == "10.0.0.1:5050" and shown["user"] == "svc" and shown["role"] == "web"
+    scheduler = create_scheduler(settings)
+    assert isinstance(scheduler, MesosScheduler) and scheduler.kind == "mesos"
+    made = scheduler.settings
+    assert (made.master, made.role, made.user, made.cluster_name) == ("10.0.0.1:5050", "web", "svc", "c1")
+    assert (made.offer_wait_secs, made.request_timeout_secs, made.framework_name) == (5.0, 1.5, "waiter")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--scheduler", "mesos"], "scheduler.mesos.master is not set but is required"),
+        (["--scheduler", "mesos", "--mesos-master", "nope"], "scheduler.mesos.master is 'nope' but must be HOST:PORT"),
+    ],
+    ids=["missing-master", "bad-master"],
+)
+def test_command_line_flags(flags: list[str], expected: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "waiter", *flags], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2 and expected in proc.stderr
+
+
+# -- the emulator's status codes, in the master's order --
+
+
+async def test_emulator_answers_with_the_masters_status_codes(start_emulator: StartEmulator) -> None:
+    emulator = await start_emulator()
+    url = f"{emulator.url}/api/v1/scheduler"
+    info = {"user": "u", "name": "n", "failover_timeout": 60.0}
+    subscribe = {"type": "SUBSCRIBE", "subscribe": {"framework_info": info}}
+    plain = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+
+        async def status(body: Any, headers: dict[str, str], method: str = "POST") -> int:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            skip = ("Content-Type",)
+            async with session.request(method, url, data=data, headers=headers, skip_auto_headers=skip) as response:
+                return response.status
+
+        assert await status(b"", {}, "GET") == 405
+        assert await status(subscribe, {}) == 400  # no Content-Type
+        assert await status(subscribe, {"Content-Type": "text/plain"}) == 415
+        assert await status(b"{nope", plain) == 400
+        assert await status(subscribe, {**plain, "Accept": "application/x-protobuf"}) == 406
+        assert await status(subscribe, {**plain, "Mesos-Stream-Id": "x"}) == 400
+        kill = {"type": "KILL", "framework_id": {"value": "nope"}, "kill": {"task_id": {"value": "t"}}}
+        assert await status(kill, plain) == 400
+
+        async with session.post(url, json=subscribe, headers={"Accept": "application/json"}) as stream:
+            assert stream.status == 200 and stream.headers["Content-Type"] == "application/json"
+            stream_id = stream.headers["Mesos-Stream-Id"]
+            parser = RecordIOParser()
+            records: list[bytes] = []
+            while not records:
+                records = parser.feed(await stream.content.readany())
+            subscribed = json.loads(records[0])
+            assert subscribed["type"] == "SUBSCRIBED"
+            framework = subscribed["subscribed"]["framework_id"]
+            kill["framework_id"] = framework
+            assert await status(kill, {**plain, "Mesos-Stream-Id": "wrong"}) == 400
+            assert await status(kill, {**plain, "Mesos-Stream-Id": stream_id}) == 202
+        # Without its stream the framework is known (for its failover timeout) but not subscribed.
+        revive = {"type": "REVIVE", "framework_id": framework, "revive": {"roles": ["*"]}}
+
+        async def not_subscribed() -> bool:
+            return await status(revive, {**plain, "Mesos-Stream-Id": stream_id}) == 403
+
+        await poll(not_subscribed)
+
+
+# -- pure parts --
+
+EVENTS = [b'{"type":"HEARTBEAT"}', b'{"type":"UPDATE","update":{"status":{"message":"a\\nb"}}}', b"x" * 300]
+STREAM = b"".join(encode_record(e) for e in EVENTS)
+
+
+@pytest.mark.parametrize(
+    "cuts",
+    [
+        [],
+        [1],
+        [2, 3],
+        [len(str(len(EVENTS[0])))],
+        [len(str(len(EVENTS[0]))) + 1],
+        [23],
+        list(range(1, len(STREAM))),
+        [len(encode_record(EVENTS[0])), len(encode_record(EVENTS[0])) + 1],
+        [len(STREAM) - 1],
+    ],
+    ids=[
+        "whole",
+        "in-first-length",
+        "tiny-pieces",
+        "before-newline",
+        "after-newline",
+        "inside-record",
+        "byte-by-byte",
+        "at-record-boundary",
+        "last-byte-alone",
+    ],
+)
+def test_recordio_parser_with_arbitrary_chunk_boundaries(cuts: list[int]) -> None:
+    parser = RecordIOParser()
+    records: list[bytes] = []
+    bounds = [0, *cuts, len(STREAM)]
+    for start, end in itertools.pairwise(bounds):
+        records.extend(parser.feed(STREAM[start:end]))
+    assert records == EVENTS
+    assert parser.buffered == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"12x\n", "not a decimal number"),
+        (b"0\n", r"range \[1, 100\]"),
+        (b"101\n", r"range \[1, 100\]"),
+        (b"1234567890123", "longer than 12 digits"),
+        (b"-5\n", "not a decimal number"),
+        (b"\n", r"length is 0"),
+    ],
+    ids=["letters", "zero", "too-big", "endless-length", "negative", "empty-length"],
+)
+def test_recordio_parser_refuses_a_corrupt_stream(data: bytes, error: str) -> None:
+    with pytest.raises(RecordIOError, match=error):
+        RecordIOParser(max_record_bytes=100).feed(data)
+
+
+def test_recordio_parser_waits_for_a_partial_record() -> None:
+    parser = RecordIOParser()
+    assert parser.feed(b"5\nabc") == [] and parser.buffered == 3
+    assert parser.feed(b"de3\nf") == [b"abcde"]
+    assert parser.feed(b"gh") == [b"fgh"]
+
+
+@pytest.mark.parametrize(
+    ("state", "message", "reason", "phase", "exit_code", "text"),
+    [
+        ("TASK_RUNNING", None, None, TaskPhase.ACTIVE, None, "TASK_RUNNING"),
+        ("TASK_STAGING", None, None, TaskPhase.ACTIVE, None, "TASK_STAGING"),
+        ("TASK_KILLING", None, None, TaskPhase.ACTIVE, None, "TASK_KILLING"),
+        (
+            "TASK_FAILED",
+            "Command exited with status 3",
+            "REASON_COMMAND_EXECUTOR_FAILED",
+            TaskPhase.FAILED,
+            3,
+            "Command exited with status 3",
+        ),
+        (
+            "TASK_FAILED",
+            "Command terminated with signal Killed",
+            None,
+            TaskPhase.FAILED,
+            -9,
+            "Command terminated with signal Killed",
+        ),
+        (
+            "TASK_KILLED",
+            "Command terminated with signal Terminated",
+            None,
+            TaskPhase.KILLED,
+            -15,
+            "Command terminated with signal Terminated",
+        ),
+        ("TASK_FINISHED", "Command exited with status 0", None, TaskPhase.FINISHED, 0, "Command exited with status 0"),
+        ("TASK_LOST", None, "REASON_AGENT_REMOVED", TaskPhase.FAILED, None, "TASK_LOST (REASON_AGENT_REMOVED)"),
+        ("TASK_ERROR", "Task uses more resources", None, TaskPhase.FAILED, None, "Task uses more resources"),
+        ("TASK_DROPPED", None, None, TaskPhase.FAILED, None, "TASK_DROPPED"),
+        ("TASK_GONE", None, None, TaskPhase.FAILED, None, "TASK_GONE"),
+        ("TASK_SOMETHING_NEW", None, None, TaskPhase.FAILED, None, "TASK_SOMETHING_NEW"),
+    ],
+    ids=[
+        "running",
+        "staging",
+        "killing",
+        "failed-exit",
+        "failed-signal",
+        "killed",
+        "finished",
+        "lost",
+        "error",
+        "dropped",
+        "gone",
+        "unknown-state",
+    ],
+)
+def test_task_outcome(
+    state: str, message: str | None, reason: str | None, phase: TaskPhase, exit_code: int | None, text: str
+) -> None:
+    outcome = task_outcome(TaskStatus("t", state, message=message, reason=reason))
+    assert (outcome.phase, outcome.exit_code, outcome.message) == (phase, exit_code, text)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (None, None),
+        ("Command exited with status 137", 137),
+        ("Command terminated with signal Killed", -9),
+        ("Command terminated with signal 12", -12),
+        ("Command terminated with signal Bogus", None),
+        ("oops", None),
+    ],
+    ids=["none", "status", "named-signal", "numbered-signal", "unknown-signal", "no-code"],
+)
+def test_exit_code_of(message: str | None, expected: int | None) -> None:
+    assert exit_code_of(message) == expected
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("//leader:5050/api/v1/scheduler", "leader:5050"),
+        ("http://10.0.0.1:5050/api/v1/scheduler", "10.0.0.1:5050"),
+        ("//[::1]:5050/api/v1/scheduler", "[::1]:5050"),
+    ],
+    ids=["scheme-relative", "absolute", "ipv6"],
+)
+def test_leader_from_location(location: str, expected: str) -> None:
+    assert leader_from_location(location) == expected
+
+
+RANGES = [{"begin": 40, "end": 41}, {"begin": 31, "end": 31}]
+
+
+def test_offers_of_reads_the_nested_offers_and_sums_resources() -> None:
+    offer = {
+        "id": {"value": "o1"},
+        "framework_id": {"value": "f"},
+        "agent_id": {"value": "a1"},
+        "hostname": "h1",
+        "allocation_info": {"role": "web"},
+        "resources": [
+            {"name": "cpus", "type": "SCALAR", "scalar": {"value": 1.5}},
+            {"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}, "role": "web"},
+            {"name": "mem", "type": "SCALAR", "scalar": {"value": 1024}},
+            {"name": "ports", "type": "RANGES", "ranges": {"range": RANGES}},
+            {"name": "disk", "type": "SCALAR", "scalar": {"value": 100}},
+        ],
+    }
+    (parsed,) = offers_of({"type": "OFFERS", "offers": {"offers": [offer]}})
+    assert parsed == Offer("o1", "a1", "h1", cpus=2.0, mem=1024.0, ports=((31, 31), (40, 41)), role="web")
+    assert parsed.port_count == 3
+
+
+def _offer(cpus: float, mem: float, ports: tuple[tuple[int, int], ...] = ((100, 104),)) -> Offer:
+    return Offer("o", "a", "h", cpus=cpus, mem=mem, ports=ports)
+
+
+@pytest.mark.parametrize(
+    ("need", "offer", "fits"),
+    [
+        (Need(1, 128, 1), _offer(1, 128), True),
+        (Need(0.3, 1, 1), _offer(0.1 + 0.2, 1), True),
+        (Need(2, 128, 1), _offer(1, 4096), False),
+        (Need(1, 4096, 1), _offer(4, 1024), False),
+        (Need(1, 128, 6), _offer(4, 1024), False),
+        (Need(1, 128, 1), _offer(4, 1024, ()), False),
+    ],
+    ids=["exact", "float-sum", "cpus-short", "mem-short", "ports-short", "no-ports"],
+)
+def test_need_fits(need: Need, offer: Offer, fits: bool) -> None:
+    assert need.fits(offer) is fits
+
+
+def test_take_uses_the_lowest_ports_across_ranges_and_leaves_the_rest() -> None:
+    offer = _offer(2, 1024, ((100, 101), (200, 205)))
+    ports, rest = take(offer, Need(0.5, 256, 3))
+    assert ports == (100, 101, 200)
+    assert (rest.cpus, rest.mem, rest.ports) == (1.5, 768, ((201, 205),))
+
+
+@pytest.mark.parametrize(
+    ("need", "offers", "expected"),
+    [
+        (
+            Need(1, 4096, 1),
+            [_offer(4, 1024), _offer(1, 512)],
+            "No offer had enough mem for an instance: need 4096 MiB, the largest offer has 1024 MiB",
+        ),
+        (
+            Need(2, 128, 1),
+            [_offer(1, 1024)],
+            "No offer had enough cpus for an instance: need 2 cpus, the largest offer has 1 cpus",
+        ),
+        (
+            Need(0.5, 128, 8),
+            [_offer(1, 1024)],
+            "No offer had enough ports for an instance: need 8 ports, the largest offer has 5 ports",
+        ),
+        (
+            Need(0.5, 128, 1),
+            [],
+            "No offer had enough cpus for an instance: need 0.5 cpus, the largest offer has 0 cpus",
+        ),
+        (
+            Need(2, 2048, 1),
+            [_offer(4, 1024), _offer(1, 4096)],
+            "No single offer had enough cpus, mem and ports together for an instance: "
+            "need 2 cpus, 2048 MiB and 1 ports",
+        ),
+    ],
+    ids=["mem", "cpus", "ports", "no-offers", "split-across-offers"],
+)
+def test_shortfall_names_the_missing_resource(need: Need, offers: list[Offer], expected: str) -> None:
+    assert shortfall(need, offers) == expected
+
+
+@pytest.mark.parametrize(
+    ("ports", "expected"),
+    [
+        ([5], [{"begin": 5, "end": 5}]),
+        ([7, 5, 6], [{"begin": 5, "end": 7}]),
+        ([1, 3, 4], [{"begin": 1, "end": 1}, {"begin": 3, "end": 4}]),
+    ],
+    ids=["one", "unsorted-run", "gap"],
+)
+def test_port_ranges(ports: list[int], expected: list[dict[str, int]]) -> None:
+    assert port_ranges(ports) == expected
