@@ -20,8 +20,14 @@ FAST = {"lifecycle": {"reap-interval-secs": 0.2, "minute-secs": 0.5}, "autoscale
 
 def failed(started_at: float, code: int | None = None, *flags: str) -> Instance:
     return Instance(
-        id=f"s.{started_at}", service_id="s", host="h", port=1, started_at=started_at,
-        exit_code=code, flags=frozenset(flags), failed=True,
+        id=f"s.{started_at}",
+        service_id="s",
+        host="h",
+        port=1,
+        started_at=started_at,
+        exit_code=code,
+        flags=frozenset(flags),
+        failed=True,
     )
 
 
@@ -35,16 +41,32 @@ TIMED_OUT, MEMORY = InstanceFlag.HEALTH_CHECK_TIMED_OUT, InstanceFlag.MEMORY_LIM
     [
         pytest.param([], 0, None, id="nothing-failed"),
         pytest.param([failed(1, 1)], 0, None, id="one-failure-is-not-a-pattern"),
-        pytest.param([failed(1, 1), failed(2, 1)], 0, "Invalid startup command (every instance exited with code 1)",
-                     id="same-exit-code"),
+        pytest.param(
+            [failed(1, 1), failed(2, 1)],
+            0,
+            "Invalid startup command (every instance exited with code 1)",
+            id="same-exit-code",
+        ),
         pytest.param([failed(1, 1), failed(2, 2)], 0, None, id="different-exit-codes"),
         pytest.param([failed(1, -9, MEMORY), failed(2, -9, MEMORY)], 0, "Not enough memory allocated", id="memory"),
-        pytest.param([failed(1, -15, NEVER), failed(2, -15, NEVER)], 0, "Unable to connect to run health checks",
-                     id="never-listened"),
-        pytest.param([failed(1, -15, NEVER, CONNECTED, TIMED_OUT), failed(2, -15, NEVER, CONNECTED, TIMED_OUT)], 0,
-                     "Health check timed out", id="timed-out"),
-        pytest.param([failed(1, -15, NEVER, CONNECTED, RESPONDED), failed(2, -15, NEVER, CONNECTED, RESPONDED)], 0,
-                     "Health check returned an invalid response", id="bad-health-response"),
+        pytest.param(
+            [failed(1, -15, NEVER), failed(2, -15, NEVER)],
+            0,
+            "Unable to connect to run health checks",
+            id="never-listened",
+        ),
+        pytest.param(
+            [failed(1, -15, NEVER, CONNECTED, TIMED_OUT), failed(2, -15, NEVER, CONNECTED, TIMED_OUT)],
+            0,
+            "Health check timed out",
+            id="timed-out",
+        ),
+        pytest.param(
+            [failed(1, -15, NEVER, CONNECTED, RESPONDED), failed(2, -15, NEVER, CONNECTED, RESPONDED)],
+            0,
+            "Health check returned an invalid response",
+            id="bad-health-response",
+        ),
         pytest.param([failed(1, 1), failed(2, 1)], 1.5, None, id="failures-before-last-healthy-ignored"),
         pytest.param([failed(1, 1), failed(2, -15, NEVER)], 0, None, id="mixed-causes"),
     ],
@@ -66,12 +88,24 @@ def activity(**kw: Any) -> ServiceActivity:
         pytest.param(activity(), 30 * 60 + 1, "idle for more than 30 minute(s)", id="idle-past-timeout"),
         pytest.param(activity(outstanding=1), 10**6, None, id="never-while-busy"),
         pytest.param(activity(idle_timeout_mins=0), 10**6, None, id="idle-timeout-zero-never"),
-        pytest.param(activity(idle_timeout_mins=0, stale_since=100.0, stale_timeout_mins=1, fallback_period_secs=10),
-                     169, None, id="stale-not-yet"),
-        pytest.param(activity(idle_timeout_mins=0, stale_since=100.0, stale_timeout_mins=1, fallback_period_secs=10),
-                     170, "replaced by a newer version more than 1 minute(s) ago", id="stale-due"),
-        pytest.param(activity(idle_timeout_mins=0, broken_since=0.0), 1801, "unable to start for more than 1800 seconds",
-                     id="broken-too-long"),
+        pytest.param(
+            activity(idle_timeout_mins=0, stale_since=100.0, stale_timeout_mins=1, fallback_period_secs=10),
+            169,
+            None,
+            id="stale-not-yet",
+        ),
+        pytest.param(
+            activity(idle_timeout_mins=0, stale_since=100.0, stale_timeout_mins=1, fallback_period_secs=10),
+            170,
+            "replaced by a newer version more than 1 minute(s) ago",
+            id="stale-due",
+        ),
+        pytest.param(
+            activity(idle_timeout_mins=0, broken_since=0.0),
+            1801,
+            "unable to start for more than 1800 seconds",
+            id="broken-too-long",
+        ),
         pytest.param(activity(idle_timeout_mins=0, broken_since=0.0), 1799, None, id="broken-not-long"),
     ],
 )
@@ -106,8 +140,9 @@ def test_in_fallback(updated: float | None, period: int, now: float, expected: b
     assert in_fallback(updated, period, now) is expected
 
 
-def cand(name: str, started: float, healthy: bool = True, expired: bool = False, starting: bool = False,
-         in_use: int = 0) -> Candidate:
+def cand(
+    name: str, started: float, healthy: bool = True, expired: bool = False, starting: bool = False, in_use: int = 0
+) -> Candidate:
     return Candidate(name, started, healthy, expired, starting, in_use)
 
 
@@ -119,9 +154,14 @@ def cand(name: str, started: float, healthy: bool = True, expired: bool = False,
         pytest.param([cand("a", 1, in_use=1)], None, id="all-busy"),
         pytest.param([cand("ok", 1), cand("sick", 0, healthy=False)], "sick", id="unhealthy-first"),
         pytest.param([cand("ok", 2), cand("exp", 1, expired=True)], "exp", id="expired-before-healthy"),
-        pytest.param([cand("exp", 1, expired=True), cand("new", 2, healthy=False, starting=True)], "exp",
-                     id="replacement-spared-while-expired-exist"),
-        pytest.param([cand("new", 2, healthy=False, starting=True), cand("ok", 1)], "new", id="starting-killed-normally"),
+        pytest.param(
+            [cand("exp", 1, expired=True), cand("new", 2, healthy=False, starting=True)],
+            "exp",
+            id="replacement-spared-while-expired-exist",
+        ),
+        pytest.param(
+            [cand("new", 2, healthy=False, starting=True), cand("ok", 1)], "new", id="starting-killed-normally"
+        ),
     ],
 )
 def test_choose_victim(candidates: list[Candidate], victim: str | None) -> None:
@@ -166,14 +206,26 @@ async def deployment_error_of(r: RunningRouter, token: dict[str, Any]) -> str:
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        pytest.param({"cmd": "exit 1"}, "Deployment error: Invalid startup command (every instance exited with code 1)",
-                     id="exits-1"),
-        pytest.param({"cmd": "exec sleep 60", "grace-period-secs": 1},
-                     "Deployment error: Unable to connect to run health checks", id="never-listens"),
-        pytest.param({"env": {"HEALTH_STATUS": "500"}, "grace-period-secs": 1},
-                     "Deployment error: Health check returned an invalid response", id="health-500"),
-        pytest.param({"cmd": f"exec {sys.executable} -c 'import time; b = bytearray(300 << 20); time.sleep(60)'",
-                      "mem": 64}, "Deployment error: Not enough memory allocated", id="memory"),
+        pytest.param(
+            {"cmd": "exit 1"},
+            "Deployment error: Invalid startup command (every instance exited with code 1)",
+            id="exits-1",
+        ),
+        pytest.param(
+            {"cmd": "exec sleep 60", "grace-period-secs": 1},
+            "Deployment error: Unable to connect to run health checks",
+            id="never-listens",
+        ),
+        pytest.param(
+            {"env": {"HEALTH_STATUS": "500"}, "grace-period-secs": 1},
+            "Deployment error: Health check returned an invalid response",
+            id="health-500",
+        ),
+        pytest.param(
+            {"cmd": f"exec {sys.executable} -c 'import time; b = bytearray(300 << 20); time.sleep(60)'", "mem": 64},
+            "Deployment error: Not enough memory allocated",
+            id="memory",
+        ),
     ],
 )
 async def test_deployment_errors_answer_queued_requests_within_seconds(make_router, fields, expected) -> None:
@@ -216,8 +268,11 @@ async def test_token_update_under_load_switches_versions_without_a_failed_reques
         new = await r.service_id(TOKEN)
         assert new != old
         served_by_old_after_update = len(bodies)
-        await wait_for(_async(lambda: any(b.startswith(f"hello from {new}.") for b in bodies)), timeout=20,
-                       what="the new version to serve")
+        await wait_for(
+            _async(lambda: any(b.startswith(f"hello from {new}.") for b in bodies)),
+            timeout=20,
+            what="the new version to serve",
+        )
         assert any(b.startswith(f"hello from {old}.") for b in bodies[served_by_old_after_update:])
 
         async def old_reaped() -> bool:
