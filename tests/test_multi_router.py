@@ -18,7 +18,7 @@ import yaml
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import RunningRouter, backend_token, wait_for
-from tests.test_token_store import REDIS_SERVER, RedisServer, free_port, running_redis
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port, running_redis
 from waiter.scheduler.agent import agent_app
 from waiter.scheduler.local import LocalScheduler, LocalSettings
 

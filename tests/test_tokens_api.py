@@ -18,7 +18,7 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from tests.conftest import RunningRouter, backend_token, wait_for
-from tests.test_token_store import REDIS_SERVER, RedisServer, running_redis
+from tests.redis_server import REDIS_SERVER, RedisServer, running_redis
 from waiter.auth import Permissions
 from waiter.settings import SettingsError, load_settings
 

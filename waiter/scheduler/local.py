@@ -21,6 +21,7 @@ import re
 import secrets
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ class LocalSettings:
     work_dir: Path  # instances live under <work_dir>/<service-id>/<instance-id>/
     port_range: tuple[int, int] = (10000, 10999)
     port_hold_secs: float = 120.0  # a released port is not reused before this (Waiter behaviour)
+    # Machine-wide port locks shared by every router on this machine (None: this scheduler's own bookkeeping only).
+    port_lock_dir: Path | None = Path(tempfile.gettempdir()) / "waiter-ports"
     host: str = "127.0.0.1"  # reported host and the address ports are checked on
     cluster_name: str = "local"
     memory_check_interval_secs: float = 1.0
@@ -293,7 +296,9 @@ class LocalScheduler:
     def __init__(self, settings: LocalSettings) -> None:
         # Absolute, because instances run with their own directory as cwd and find their script through it.
         self.settings = dataclasses.replace(settings, work_dir=settings.work_dir.resolve())
-        self._ports = PortAllocator(settings.port_range, settings.port_hold_secs, settings.host)
+        self._ports = PortAllocator(
+            settings.port_range, settings.port_hold_secs, settings.host, lock_dir=settings.port_lock_dir
+        )
         self._books: dict[str, ServiceBook] = {}
         self._processes: dict[str, _Process] = {}  # instance id -> running process
         self._listeners: list[Listener] = []
@@ -328,6 +333,7 @@ class LocalScheduler:
         for process in running:
             self._begin_stop(process, ending)
         await asyncio.gather(*(self._stop(p, force=False) for p in running))
+        self._ports.close()
 
     async def create_service(self, spec: ServiceSpec, instances: int) -> bool:
         check_spec(spec, instances)

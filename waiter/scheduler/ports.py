@@ -4,14 +4,22 @@ Waiter's shell scheduler hands each instance the first free ports of a fixed ran
 port reserved for a while, so a late request aimed at a dead instance never reaches a newer instance that
 happens to reuse its port. A port is free when no instance of ours holds it, its hold has expired, and the
 host lets us bind it.
+
+With ``lock_dir``, ports are also locked machine-wide (an flock on ``<lock_dir>/<port>``, held while the port is in
+use or on hold): several routers running instances on one machine then never hand out the same port, even in the
+moment between choosing a port and the instance binding it, when the bind check alone cannot see the other one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from waiter.scheduler.base import SchedulerError
 
@@ -53,6 +61,7 @@ class PortAllocator:
         clock: Clock = time.monotonic,
         *,
         probe: Probe | None = None,
+        lock_dir: Path | None = None,
     ) -> None:
         low, high = port_range
         if not 0 < low <= high <= 65535:
@@ -66,6 +75,10 @@ class PortAllocator:
         self._probe: Probe = probe if probe is not None else (lambda port: port_is_bindable(host, port))
         self._in_use: set[int] = set()
         self._held_until: dict[int, float] = {}
+        self._lock_dir = lock_dir
+        self._locks: dict[int, int] = {}  # port -> fd of its lock file
+        if lock_dir is not None:
+            lock_dir.mkdir(parents=True, exist_ok=True)
 
     def allocate(self, count: int) -> tuple[int, ...]:
         """Reserve the ``count`` lowest free ports, or raise ``SchedulerError`` without reserving any."""
@@ -75,12 +88,14 @@ class PortAllocator:
         low, high = self.port_range
         chosen: list[int] = []
         for port in range(low, high + 1):
-            if port in self._in_use or port in self._held_until or not self._probe(port):
+            if port in self._in_use or port in self._held_until or not self._probe(port) or not self._lock(port):
                 continue
             chosen.append(port)
             if len(chosen) == count:
                 self._in_use.update(chosen)
                 return tuple(chosen)
+        for port in chosen:
+            self._unlock(port)
         raise SchedulerError(
             f"Not enough free ports in port-range [{low}, {high}]: an instance needs {count}, "
             f"only {len(chosen)} are free (the others are used by instances, on hold for "
@@ -94,6 +109,8 @@ class PortAllocator:
             self._in_use.discard(port)
             if hold and self.hold_secs > 0:
                 self._held_until[port] = until
+            else:
+                self._unlock(port)
 
     def reserved(self) -> frozenset[int]:
         """Ports that ``allocate`` will not hand out now: in use or still on hold."""
@@ -104,3 +121,27 @@ class PortAllocator:
         now = self._clock()
         for port in [port for port, until in self._held_until.items() if until <= now]:
             del self._held_until[port]
+            self._unlock(port)
+
+    def close(self) -> None:
+        """Drop every machine-wide lock (the scheduler is shutting down)."""
+        for port in list(self._locks):
+            self._unlock(port)
+
+    def _lock(self, port: int) -> bool:
+        if self._lock_dir is None:
+            return True
+        fd = os.open(self._lock_dir / str(port), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False  # another router on this machine has it
+        self._locks[port] = fd
+        return True
+
+    def _unlock(self, port: int) -> None:
+        fd = self._locks.pop(port, None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor releases the flock
