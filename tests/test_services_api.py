@@ -156,3 +156,14 @@ async def test_state_endpoints(make_router) -> None:
     assert scheduler["state"] == {"kind": "local", "services": [sid]}
     async with r.client.get(r.url + "/state/nothing") as resp:
         assert resp.status == 404
+
+
+async def test_metrics_are_prometheus_text(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    sid = await started(r)
+    async with r.client.get(r.url + "/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert f'waiter_requests_total{{service_id="{sid}"}} 1.0' in text
+    assert f'waiter_instances{{health="healthy",service_id="{sid}"}} 1.0' in text
+    assert "waiter_scaling_leader 1.0" in text

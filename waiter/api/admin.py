@@ -95,8 +95,9 @@ async def dispatch(
 
 
 def _register() -> None:
-    from waiter.api import services, tokens
+    from waiter.api import metrics, services, tokens
 
+    EXACT["/metrics"] = {"GET": metrics.metrics}
     EXACT.update(services.EXACT)
     EXACT.update(tokens.EXACT)
     PREFIXES.extend(services.PREFIXES)
