@@ -254,3 +254,21 @@ async def test_killed_leader_is_replaced_within_the_lease_ttl(redis_server, agen
         if leader.poll() is None:
             leader.kill()
             leader.wait()
+
+
+async def test_delete_through_one_router_is_confirmed_by_all(redis_server, agent, make_router) -> None:
+    a, b = await two_routers(make_router, redis_server.url, agent[0], backend_token("echo"))
+    sid = await a.service_id(TOKEN)
+    async with b.client.get(b.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+
+    async def a_knows() -> bool:
+        return a.router.registry.get(sid) is not None
+
+    await wait_for(a_knows, what="router A to adopt the service B started")
+    async with a.client.delete(a.url + f"/apps/{sid}?timeout=10000") as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["success"] is True and body["routers-agree"] is True
+    assert b.router.registry.get(sid) is None
+    assert await b.get_json("/apps") == []

@@ -171,9 +171,28 @@ async def app_delete(router: Router, request: web.BaseRequest, _h: Headers) -> w
         "message": f"Deleted {service_id}",
     }
     if timeout is not None and timeout > 0:
-        # One router knows every service it runs; with several, each confirms through the shared state.
-        body["routers-agree"] = router.registry.get(service_id) is None
+        body["routers-agree"] = await _routers_forgot(router, service_id, timeout / 1000)
     return json_response(body)
+
+
+async def _routers_forgot(router: Router, service_id: str, timeout: float) -> bool:
+    """Wait until no live router still counts the service (each publishes the services it knows every tick)."""
+    coordinator = router.coordinator
+    if router.registry.get(service_id) is not None:
+        return False
+    if coordinator is None or not coordinator.state.shared:
+        return True
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            stats = await coordinator.state.all_stats()
+        except StateUnavailable:
+            return False
+        if not any(service_id in services for services in stats.values()):
+            return True
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(coordinator.publish_interval)
 
 
 async def app_post(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
