@@ -22,6 +22,7 @@ from typing import Any
 
 from waiter.aio import raise_if_cancelling
 from waiter.registry import ServiceRegistry
+from waiter.reservation import Reservations
 from waiter.service import ResolvedService, Service
 from waiter.state.base import RouterStats, SharedState, StateUnavailable
 
@@ -56,9 +57,8 @@ def summed(all_stats: Mapping[str, Mapping[str, RouterStats]], me: str) -> Globa
     return view
 
 
-def lease_wants(service: Service, queued_elsewhere: int, outstanding_elsewhere: int) -> dict[str, int]:
-    """How many slots this router wants on each routable instance of ``service`` (pure apart from reading it)."""
-    res = service.reservations
+def lease_wants(res: Reservations, queued_elsewhere: int, outstanding_elsewhere: int) -> dict[str, int]:
+    """How many slots this router wants on each routable instance of a service (pure: reads its reservations)."""
     level = res.concurrency_level
     wants: dict[str, int] = {}
     mine = res.outstanding
@@ -211,7 +211,7 @@ class Coordinator:
         for sid, service in list(self.registry.services.items()):
             res = service.reservations
             held_by_iid = self._leases.setdefault(sid, {})
-            wants = lease_wants(service, view.queued_elsewhere.get(sid, 0), view.outstanding_elsewhere.get(sid, 0))
+            wants = lease_wants(res, view.queued_elsewhere.get(sid, 0), view.outstanding_elsewhere.get(sid, 0))
             for iid in list(held_by_iid):
                 if iid not in wants and res.in_use(iid) == 0:
                     wants[iid] = 0  # out of rotation and idle: give its slots back
