@@ -14,12 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.emulators.runner import running_emulator
-from waiter.app import ROUTER, build_app
 from waiter.router import Router
+from waiter.server import RouterServer
 from waiter.settings import Settings, load_settings
 
 BACKEND = Path(__file__).parent / "backends" / "app.py"
@@ -56,18 +54,23 @@ def on_the_fly_headers(**extra: str) -> dict[str, str]:
 
 @dataclass
 class RunningRouter:
-    server: TestServer
+    """A router started in this process: the front door at ``url``, the aiohttp app behind it."""
+
+    server: RouterServer
     client: aiohttp.ClientSession
-    settings: Settings
     tokens_dir: Path
 
     @property
     def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
+        return self.server.url
+
+    @property
+    def settings(self) -> Settings:
+        return self.server.settings
 
     @property
     def router(self) -> Router:
-        return self.server.app[ROUTER]
+        return self.server.router
 
     async def get_json(self, path: str, **kwargs: Any) -> Any:
         async with self.client.get(self.url + path, **kwargs) as resp:
@@ -173,6 +176,7 @@ async def make_router(tmp_path: Path, cluster: Cluster) -> AsyncIterator[Callabl
             (tokens_dir / f"{token['token']}.yaml").write_text(yaml.safe_dump(token))
         data: dict[str, Any] = {
             "tokens-dir": str(tokens_dir),
+            "port": 0,
             "drain-timeout-secs": 5,
             "scheduler": cluster.scheduler_config(index),
             "health-check": {"startup-interval-ms": 50, "timeout-ms": 1000},
@@ -180,16 +184,14 @@ async def make_router(tmp_path: Path, cluster: Cluster) -> AsyncIterator[Callabl
         data.update(config)
         config_file = tmp_path / f"router{index}.yaml"
         config_file.write_text(yaml.safe_dump(data))
-        settings = load_settings(config_file)
-        app: web.Application = build_app(settings)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
+        server = RouterServer(load_settings(config_file))
+        await server.start()
         client = aiohttp.ClientSession()
-        running = RunningRouter(server, client, settings, tokens_dir)
+        running = RunningRouter(server, client, tokens_dir)
         started.append(running)
         return running
 
     yield make
     for running in reversed(started):
         await running.client.close()
-        await running.server.close()
+        await running.server.stop()

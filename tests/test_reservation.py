@@ -158,3 +158,15 @@ async def test_capacity_below_concurrency_level_is_respected_and_can_grow() -> N
     assert r.try_acquire() is A
     r.set_capacity(A.id, 99)
     assert r.capacity_of(A.id) == 4
+
+
+@pytest.mark.parametrize("policy", ["oldest", "youngest", "random"])
+def test_expired_instances_are_used_last(policy: str) -> None:
+    r = Reservations(concurrency_level=1, load_balancing=policy)
+    for i in (A, B, C):
+        r.add(i)
+    r.set_expired(A.id)
+    r.set_expired(C.id)
+    assert r.try_acquire() is B
+    assert {r.try_acquire().id, r.try_acquire().id} == {A.id, C.id}  # type: ignore[union-attr]
+    assert r.try_acquire() is None

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from tests.redis_server import RedisServer, needs_redis, redis_server, running_redis  # noqa: F401 - a fixture
+from tests.redis_server import RedisServer, needs_redis, running_redis
 from waiter.tokens import (
     HISTORY_LIMIT,
     MemoryTokenStore,
@@ -25,6 +25,12 @@ from waiter.tokens import (
     token_etag,
 )
 from waiter.tokens.records import cap_history, name_problem, new_record, parse_time, shown, soft_deleted
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    async with running_redis() as server:
+        yield server
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 2.0, what: str = "condition") -> float:

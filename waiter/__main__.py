@@ -9,8 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from waiter.settings import SCHEDULER_KINDS, SettingsError, load_settings
 
 
@@ -71,20 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         worker_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
         return uvloop.run(Supervisor(settings, worker_argv).run())
 
-    from waiter.app import build_app
+    from waiter.server import serve
 
     if args.worker_of:
         settings = replace(settings, scheduler_kind="agent", agent_url=args.worker_of, workers=1)
-    web.run_app(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.drain_timeout_secs,
-        access_log=None,
-        print=None,
-        reuse_port=bool(args.worker_of),
-        loop=uvloop.new_event_loop(),
-    )
+    uvloop.run(serve(settings, reuse_port=bool(args.worker_of)))
     return 0
 
 

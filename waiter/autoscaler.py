@@ -129,7 +129,7 @@ class Autoscaler:
     def candidates(self, service: Service, now: float) -> list[Candidate]:
         expiry = int(service.resolved.effective.get("instance-expiry-mins", 7200))
         res = service.reservations
-        return [
+        candidates = [
             Candidate(
                 iid,
                 t.instance.started_at,
@@ -141,6 +141,10 @@ class Autoscaler:
             for iid, t in service.tracker.tracked.items()
             if not t.retired
         ]
+        for candidate in candidates:
+            if candidate.expired:
+                res.set_expired(candidate.instance_id)  # it drains towards its replacement
+        return candidates
 
     def counts(self, service: Service, candidates: Sequence[Candidate]) -> Counts | None:
         state = service.scheduler.service_state(service.id)

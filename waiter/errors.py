@@ -6,7 +6,8 @@ import html
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -64,7 +65,35 @@ def iso_millis(epoch_secs: float | None) -> str | None:
     return f"{base}.{millis % 1000:03d}Z"
 
 
-def _wants(request: web.BaseRequest) -> str:
+class HeaderLookup(Protocol):
+    def get(self, key: str, default: str, /) -> str: ...
+
+
+class RequestInfo(Protocol):
+    """What rendering an error needs from a request; both servers' requests provide it."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def query_string(self) -> str: ...
+
+    @property
+    def headers(self) -> HeaderLookup: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedError:
+    status: int
+    content_type: str  # with its charset, as aiohttp writes it
+    body: bytes
+    headers: dict[str, str]
+
+
+def _wants(request: RequestInfo) -> str:
     accept = request.headers.get("accept", "")
     for needle, kind in (("application/json", "json"), ("text/html", "html"), ("text/plain", "text")):
         if needle in accept:
@@ -74,7 +103,7 @@ def _wants(request: web.BaseRequest) -> str:
     return "text"
 
 
-def error_body(request: web.BaseRequest, err: WaiterError, cid: str) -> dict[str, Any]:
+def error_body(request: RequestInfo, err: WaiterError, cid: str) -> dict[str, Any]:
     body: dict[str, Any] = {
         "message": err.message,
         "status": err.status,
@@ -95,14 +124,14 @@ def error_body(request: web.BaseRequest, err: WaiterError, cid: str) -> dict[str
     return body
 
 
-def render_error(request: web.BaseRequest, err: WaiterError, cid: str) -> web.Response:
-    """The error as a response, in the representation the client's Accept header asks for."""
+def render_error_parts(request: RequestInfo, err: WaiterError, cid: str) -> RenderedError:
+    """The error in the representation the client's Accept header asks for, ready for any server to write."""
     body = error_body(request, err, cid)
     headers = {"x-cid": cid, "server": SERVER_HEADER, **err.headers}
     kind = _wants(request)
     if kind == "json":
         text = json.dumps({"waiter-error": body}, indent=2)
-        return web.Response(status=err.status, text=text, content_type="application/json", headers=headers)
+        return RenderedError(err.status, "application/json; charset=utf-8", text.encode(), headers)
     if kind == "html":
         rows = "".join(
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
@@ -114,7 +143,15 @@ def render_error(request: web.BaseRequest, err: WaiterError, cid: str) -> web.Re
             f"<!DOCTYPE html><html><head><title>{html.escape(err.title)}</title></head><body>"
             f"<h1>{html.escape(err.title)}</h1><p>{message}</p><table>{rows}</table></body></html>"
         )
-        return web.Response(status=err.status, text=page, content_type="text/html", headers=headers)
+        return RenderedError(err.status, "text/html; charset=utf-8", page.encode(), headers)
     lines = [f"{err.title}", "", err.message, ""]
     lines += [f"{k}: {v}" for k, v in body.items() if k not in ("message", "title") and v is not None]
-    return web.Response(status=err.status, text="\n".join(lines) + "\n", content_type="text/plain", headers=headers)
+    text = "\n".join(lines) + "\n"
+    return RenderedError(err.status, "text/plain; charset=utf-8", text.encode(), headers)
+
+
+def render_error(request: web.BaseRequest, err: WaiterError, cid: str) -> web.Response:
+    """The error as an aiohttp response (see render_error_parts)."""
+    rendered = render_error_parts(request, err, cid)
+    headers = {**rendered.headers, "content-type": rendered.content_type}
+    return web.Response(status=rendered.status, body=rendered.body, headers=headers)

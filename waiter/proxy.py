@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -30,7 +30,7 @@ from waiter.upstream import (
 log = logging.getLogger(__name__)
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the two halves set themselves.
-_HOP_BY_HOP = frozenset(
+HOP_BY_HOP = frozenset(
     {
         "connection",
         "keep-alive",
@@ -45,16 +45,16 @@ _HOP_BY_HOP = frozenset(
         "expect",
     }
 )
-_WS_HOP = _HOP_BY_HOP | {
+_WS_HOP = HOP_BY_HOP | {
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-extensions",
     "sec-websocket-accept",
     "host",
 }
-_SMALL_BODY = 64 * 1024
+SMALL_BODY = 64 * 1024  # responses up to this size are read whole and written in one piece
 _MAX_CONNECT_ATTEMPTS = 3
-_NO_BODY_STATUSES = frozenset({204, 304})
+NO_BODY_STATUSES = frozenset({204, 304})
 
 
 def timeouts(options: RequestOptions, defaults: Timeouts) -> Timeouts:
@@ -75,7 +75,7 @@ def _extra_hop_headers(request: web.BaseRequest) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in connection.split(","))
 
 
-def forward_headers(request: web.BaseRequest, cid: str, drop: frozenset[str] = _HOP_BY_HOP) -> list[tuple[str, str]]:
+def forward_headers(request: web.BaseRequest, cid: str, drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
     extra = _extra_hop_headers(request)
     headers = [
         (name, value)
@@ -102,7 +102,7 @@ async def _request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def _debug_headers(service: Service, instance: Instance, router_id: str) -> list[tuple[str, str]]:
+def debug_headers(service: Service, instance: Instance, router_id: str) -> list[tuple[str, str]]:
     return [
         ("x-waiter-router-id", router_id),
         ("x-waiter-service-id", service.id),
@@ -112,6 +112,61 @@ def _debug_headers(service: Service, instance: Instance, router_id: str) -> list
         ("x-waiter-backend-proto", "http"),
         ("x-waiter-backend-directory", instance.log_directory or ""),
     ]
+
+
+def backend_timeout(service: Service, instance: Instance) -> WaiterError:
+    return WaiterError(
+        504,
+        "Request to service backend timed out",
+        error_class="waiter.BackendError",
+        service_id=service.id,
+        instance_id=instance.id,
+    )
+
+
+def backend_failure(service: Service, instance: Instance, exc: BaseException) -> WaiterError:
+    return WaiterError(
+        502,
+        f"Request to service backend failed: {exc}",
+        error_class="waiter.BackendError",
+        service_id=service.id,
+        instance_id=instance.id,
+    )
+
+
+async def open_upstream(
+    service: Service, limits: Timeouts, send: Callable[[Instance], Awaitable[UpstreamResponse]]
+) -> tuple[Instance, UpstreamResponse]:
+    """Take a slot and ``send`` the request to its instance, until the response head is in.
+
+    A refused connection (nothing sent) ejects the instance and tries another, up to _MAX_CONNECT_ATTEMPTS; other
+    failures become the router's 502/504. On success the caller owns the slot and the response: release both."""
+    attempt = 0
+    while True:
+        instance = await service.acquire(limits.queue_ms)
+        try:
+            return instance, await send(instance)
+        except ConnectError:
+            service.release(instance.id)
+            service.eject(instance.id)
+            attempt += 1
+            if attempt >= _MAX_CONNECT_ATTEMPTS:
+                raise WaiterError(
+                    502,
+                    "Request failed to connect to service backend",
+                    error_class="waiter.BackendError",
+                    service_id=service.id,
+                    instance_id=instance.id,
+                ) from None
+        except UpstreamTimeout:
+            service.release(instance.id)
+            raise backend_timeout(service, instance) from None
+        except (UpstreamError, OSError) as exc:
+            service.release(instance.id)
+            raise backend_failure(service, instance, exc) from None
+        except BaseException:
+            service.release(instance.id)
+            raise
 
 
 class Proxy:
@@ -132,61 +187,27 @@ class Proxy:
         length = request.content_length
         if request.body_exists:
             body = _request_body(request)
-        attempt = 0
-        while True:
-            instance = await service.acquire(limits.queue_ms)
-            try:
-                upstream = await self.pool.request(
-                    instance.host,
-                    instance.port,
-                    method,
-                    request.raw_path,
-                    headers,
-                    body,
-                    idle_timeout=limits.socket_ms / 1000,
-                    content_length=length,
-                )
-                break
-            except ConnectError:
-                service.release(instance.id)
-                service.eject(instance.id)
-                attempt += 1
-                if attempt >= _MAX_CONNECT_ATTEMPTS:
-                    raise WaiterError(
-                        502,
-                        "Request failed to connect to service backend",
-                        error_class="waiter.BackendError",
-                        service_id=service.id,
-                        instance_id=instance.id,
-                    ) from None
-            except UpstreamTimeout:
-                service.release(instance.id)
-                raise WaiterError(
-                    504,
-                    "Request to service backend timed out",
-                    error_class="waiter.BackendError",
-                    service_id=service.id,
-                    instance_id=instance.id,
-                ) from None
-            except (UpstreamError, OSError) as exc:
-                service.release(instance.id)
-                raise WaiterError(
-                    502,
-                    f"Request to service backend failed: {exc}",
-                    error_class="waiter.BackendError",
-                    service_id=service.id,
-                    instance_id=instance.id,
-                ) from None
-            except BaseException:
-                service.release(instance.id)
-                raise
+
+        def send(instance: Instance) -> Awaitable[UpstreamResponse]:
+            return self.pool.request(
+                instance.host,
+                instance.port,
+                method,
+                request.raw_path,
+                headers,
+                body,
+                idle_timeout=limits.socket_ms / 1000,
+                content_length=length,
+            )
+
+        instance, upstream = await open_upstream(service, limits, send)
         try:
             out_headers = CIMultiDict(
-                (k, v) for k, v in upstream.headers if (lk := k.lower()) not in _HOP_BY_HOP and lk != "x-cid"
+                (k, v) for k, v in upstream.headers if (lk := k.lower()) not in HOP_BY_HOP and lk != "x-cid"
             )
             out_headers["x-cid"] = cid
             if options.debug:
-                out_headers.extend(_debug_headers(service, instance, self.router_id))
+                out_headers.extend(debug_headers(service, instance, self.router_id))
             return await self._respond(request, upstream, out_headers, limits, service, instance)
         finally:
             upstream.release()
@@ -203,32 +224,20 @@ class Proxy:
     ) -> web.StreamResponse:
         status = upstream.status
         length = upstream.content_length
-        if request.method == "HEAD" or status in _NO_BODY_STATUSES or 100 <= status < 200:
+        if request.method == "HEAD" or status in NO_BODY_STATUSES or 100 <= status < 200:
             if length is not None:
                 headers["content-length"] = str(length)
             resp = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
             await resp.prepare(request)
             return resp
         upstream.idle_timeout = limits.streaming_ms / 1000
-        if length is not None and length <= _SMALL_BODY:
+        if length is not None and length <= SMALL_BODY:
             try:
-                data = await upstream.read_all(_SMALL_BODY)
+                data = await upstream.read_all(SMALL_BODY)
             except UpstreamTimeout:
-                raise WaiterError(
-                    504,
-                    "Request to service backend timed out",
-                    error_class="waiter.BackendError",
-                    service_id=service.id,
-                    instance_id=instance.id,
-                ) from None
+                raise backend_timeout(service, instance) from None
             except UpstreamError as exc:
-                raise WaiterError(
-                    502,
-                    f"Request to service backend failed: {exc}",
-                    error_class="waiter.BackendError",
-                    service_id=service.id,
-                    instance_id=instance.id,
-                ) from None
+                raise backend_failure(service, instance, exc) from None
             return web.Response(status=status, reason=upstream.reason, body=data, headers=headers)
         resp = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
         if length is not None:

@@ -27,6 +27,7 @@ class _Slots:
     capacity: int  # slots this router may use: concurrency-level, or its lease when routers share instances
     in_use: int = 0
     routable: bool = True
+    expired: bool = False  # chosen only when no other instance has a free slot, so it drains for its replacement
 
 
 @dataclass(slots=True)
@@ -79,6 +80,12 @@ class Reservations:
         slots.capacity = min(capacity, self.concurrency_level)
         if slots.routable:
             self._dispatch()
+
+    def set_expired(self, instance_id: str) -> None:
+        """Serve from this instance only when no other has a free slot, so it drains while it is replaced."""
+        slots = self._slots.get(instance_id)
+        if slots is not None:
+            slots.expired = True
 
     def capacity_of(self, instance_id: str) -> int:
         slots = self._slots.get(instance_id)
@@ -150,23 +157,20 @@ class Reservations:
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _take(self) -> Instance | None:
+    def _pick(self, expired: bool) -> _Slots | None:
         order = self._order
-        chosen: _Slots | None = None
         if self.load_balancing == "youngest":
-            for slots in reversed(order):
-                if slots.in_use < slots.capacity:
-                    chosen = slots
-                    break
+            order = order[::-1]
         elif self.load_balancing == "random":
-            free = [s for s in order if s.in_use < s.capacity]
-            if free:
-                chosen = self.rng.choice(free)
-        else:
-            for slots in order:
-                if slots.in_use < slots.capacity:
-                    chosen = slots
-                    break
+            free = [s for s in order if s.expired is expired and s.in_use < s.capacity]
+            return self.rng.choice(free) if free else None
+        for slots in order:
+            if slots.expired is expired and slots.in_use < slots.capacity:
+                return slots
+        return None
+
+    def _take(self) -> Instance | None:
+        chosen = self._pick(expired=False) or self._pick(expired=True)
         if chosen is None:
             return None
         chosen.in_use += 1

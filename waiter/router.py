@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -29,8 +30,14 @@ log = logging.getLogger(__name__)
 _LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "[::1]", "::1"})
 
 
+# Generated correlation ids keep Waiter's <hex-nanotime>-<hex-random> shape: the time and random part are drawn once
+# per process and a counter makes each id unique, so a request costs no clock read and no urandom call.
+_CID_PREFIX = f"{time.time_ns():x}-{os.urandom(4).hex()}"
+_cid_counter = itertools.count(1)
+
+
 def new_cid() -> str:
-    return f"{time.monotonic_ns():x}-{os.urandom(6).hex()}"
+    return f"{_CID_PREFIX}{next(_cid_counter):08x}"
 
 
 class Router:
@@ -52,19 +59,27 @@ class Router:
         self.coordinator: Coordinator | None = None
         self.autoscaler: Autoscaler | None = None
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
+        # The front door (waiter.frontdoor) tunnels websocket upgrades to this app over loopback connections:
+        # their local address -> the real client's address, so x-forwarded-for names the client, not the tunnel.
+        self.relayed_peers: dict[tuple[str, int], str] = {}
+
+    def _with_client_address(self, request: web.BaseRequest) -> web.BaseRequest:
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        client = self.relayed_peers.get(tuple(peer[:2])) if isinstance(peer, tuple) else None
+        return request.clone(remote=client) if client is not None else request
 
     def _core_of(self, service_id: str) -> dict[str, Any] | None:
         service = self.registry.get(service_id)
         return dict(service.resolved.core) if service else None
 
-    def _is_api(self, request: web.BaseRequest, headers: tuple[tuple[str, str], ...]) -> bool:
-        """waiter-api.md §0.2: own paths, or the router's own host with no service-addressing x-waiter-* header."""
-        path = request.path
+    def is_api(self, path: str, host: str, headers: tuple[tuple[str, str], ...]) -> bool:
+        """waiter-api.md §0.2: own paths, or the router's own host with no service-addressing x-waiter-* header.
+
+        ``headers`` are the request's x-waiter-* headers (lowercase names); ``host`` its Host header or ""."""
         if path in admin.ALWAYS_API:
             return True
         if any(name != "x-waiter-debug" for name, _ in headers):
             return False
-        host = request.headers.get("host", "")
         host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return host.lower() in self._own_hosts or self.resolver.host_token(host) is None
 
@@ -147,21 +162,26 @@ class Router:
                 service_id=resolved.service_id,
             )
 
+    def service_for(self, headers: tuple[tuple[str, str], ...], host: str | None) -> tuple[Service, RequestOptions]:
+        """The service a proxied request goes to, started if needed. Raises WaiterError (400, 403, 404, 503)."""
+        resolved, options = self.resolver.resolve(headers, host)
+        self.check_maintenance(resolved)
+        return self.serving(resolved, options, headers, host), options
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         cid = request.headers.get("x-cid") or new_cid()
         headers = tuple(
             (name.lower(), value) for name, value in request.headers.items() if name[:9].lower() == "x-waiter-"
         )
+        if self.relayed_peers:
+            request = self._with_client_address(request)
         try:
-            if self._is_api(request, headers):
+            if self.is_api(request.path, request.headers.get("host", ""), headers):
                 response = await admin.dispatch(self, request, headers)
                 if not response.prepared:
                     response.headers["x-cid"] = cid
                 return response
-            host = request.headers.get("host")
-            resolved, options = self.resolver.resolve(headers, host)
-            self.check_maintenance(resolved)
-            service = self.serving(resolved, options, headers, host)
+            service, options = self.service_for(headers, request.headers.get("host"))
             return await self.proxy.handle(request, service, options, cid)
         except WaiterError as err:
             return render_error(request, err, cid)

@@ -228,6 +228,7 @@ class Service:
         self.last_request_time = time.time()
 
     def expire(self, instance_id: str) -> bool:
+        self.reservations.set_expired(instance_id)
         return self.tracker.expire(instance_id)
 
     def eject(self, instance_id: str) -> None:

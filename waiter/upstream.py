@@ -24,7 +24,15 @@ from typing import cast
 
 import httptools
 
-__all__ = ["ConnectError", "UpstreamClosed", "UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamTimeout"]
+__all__ = [
+    "Chunk",
+    "ConnectError",
+    "UpstreamClosed",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamResponse",
+    "UpstreamTimeout",
+]
 
 # Past this many buffered response bytes reading pauses: a slow client never makes the router hold a big body.
 _READ_HIGH_WATER = 256 * 1024
@@ -34,6 +42,9 @@ _COALESCE_LIMIT = 64 * 1024
 _REPLAY_LIMIT = 64 * 1024
 _ENC, _ERRORS = "utf-8", "surrogateescape"
 Body = bytes | AsyncIterator[bytes] | None
+Chunk = bytes | memoryview  # a piece of a response body
+# Reads larger than this that hold a response head are split after it (see _Conn.data_received).
+_SPLIT_MIN = 16 * 1024
 
 
 class UpstreamError(Exception):
@@ -115,12 +126,15 @@ class _Conn(asyncio.Protocol):
         self.pool, self.key, self.loop = pool, key, loop
         self.reused = self.lost = self._parser_dirty = self._write_paused = self._upgraded = False
         self.idle_since = self._last_io = 0.0
-        self._timers: dict[bool, asyncio.TimerHandle] = {}  # the live idle timer of the read and the drain waits
+        # Idle timers of the read (False) and the drain (True) waits: (handle, when it fires). A timer outlives its
+        # wait and is re-armed only when it fires early, so a request costs no timer of its own.
+        self._timers: dict[bool, tuple[asyncio.TimerHandle, float]] = {}
+        self._waits: dict[bool, tuple[float, float, str]] = {}  # the pending waits: (started, limit, what)
         self._parser = httptools.HttpResponseParser(self)
         self._lost_fut: asyncio.Future[None] = loop.create_future()
         self._waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._tail: list[bytes] = []
+        self._tail: list[Chunk] = []
         self._begin(False, 1.0)
         self.active = False
 
@@ -136,9 +150,10 @@ class _Conn(asyncio.Protocol):
         self._exc: BaseException | None = None
         self._body_exc: Exception | None = None
         self._status, self._reason, self._buffered, self._replay_size = 0, b"", 0, 0
-        self._headers: list[tuple[str, str]] = []
+        self._body_seen = self._raw_left = 0
+        self._headers: list[tuple[bytes, bytes]] = []
         self._clen: int | None = None
-        self._chunks: list[bytes] = []
+        self._chunks: list[Chunk] = []
         self._body_task: asyncio.Task[None] | None = None
         self._body_iter: AsyncIterator[bytes] | None = None
         self._replay: list[bytes] | None = [] if self.reused else None
@@ -153,6 +168,9 @@ class _Conn(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
+        self._received(data)
+
+    def _received(self, data: Chunk) -> None:
         if self._done or not self.active:
             if self._upgraded:
                 self._tail.append(data)
@@ -163,6 +181,23 @@ class _Conn(asyncio.Protocol):
             return
         self._got_byte = True
         self._last_io = self.loop.time()
+        if self._raw_left:
+            self._raw_body(data)
+            return
+        if not self._head_done and len(data) > _SPLIT_MIN and isinstance(data, bytes):
+            end = data.find(b"\r\n\r\n")
+            if 0 <= end < len(data) - 4:
+                # A head with the start of a big body: parse the head alone, so that the body's bytes can be
+                # passed on as a view of what the socket gave, not copied by the parser (any split point is
+                # safe: the parser counts what it saw of the body).
+                view = memoryview(data)
+                self._feed(view[: end + 4])
+                if self._exc is None:
+                    self._received(view[end + 4 :])
+                return
+        self._feed(data)
+
+    def _feed(self, data: Chunk) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -172,12 +207,30 @@ class _Conn(asyncio.Protocol):
                 self._keep_alive = False
             else:
                 self._fail(UpstreamClosed(f"The backend sent an invalid HTTP response: {exc}."))
+        else:
+            if self._head_done and not self._done and self._clen is not None and not self._chunked:
+                # The rest of a Content-Length body is counted, not parsed: the bytes read from the socket are
+                # passed on as they are, without the copy the parser's on_body makes. The parser, left inside
+                # the body, is replaced before the next exchange.
+                self._raw_left = self._clen - self._body_seen
+                self._parser_dirty = True
+
+    def _raw_body(self, data: Chunk) -> None:
+        left, size = self._raw_left, len(data)
+        if size > left:
+            data, self._keep_alive = data[:left], False  # bytes beyond the response: out of step
+            size = left
+        self._raw_left = left - size
+        self._add_chunk(data)
+        if not self._raw_left:
+            self._done = True
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._disarm()
         if self.active and not self._done and self._exc is None:
             if exc is None and self._head_done and self._clen is None and not self._chunked:
                 self._done = True  # the body was delimited by the end of the connection (HTTP/1.0 style)
@@ -210,7 +263,7 @@ class _Conn(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode(_ENC, _ERRORS), value.decode(_ENC, _ERRORS)))
+        self._headers.append((name, value))
         if len(name) == 14 and name.lower() == b"content-length":
             self._clen = int(value)
         elif len(name) == 17 and name.lower() == b"transfer-encoding":
@@ -236,6 +289,10 @@ class _Conn(asyncio.Protocol):
         if self._done:
             self._keep_alive = False  # a body after a HEAD response's head: never reuse this connection
             return
+        self._body_seen += len(body)
+        self._add_chunk(body)
+
+    def _add_chunk(self, body: Chunk) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _READ_HIGH_WATER and not self._read_paused:
@@ -267,43 +324,68 @@ class _Conn(asyncio.Protocol):
 
     async def _wait(self, limit_secs: float, what: str, drain: bool = False) -> None:
         """Wait for a wake-up (data arrived, or the write buffer drained); fail after ``limit_secs`` without I/O."""
+        fut = self._wait_start(limit_secs, what, drain)
+        try:
+            await fut
+        finally:
+            self._wait_end(drain)
+
+    # _wait in two halves, for the hot paths to await the future directly (a coroutine frame less).
+    def _wait_start(self, limit_secs: float, what: str, drain: bool) -> asyncio.Future[None]:
         fut = self.loop.create_future()
         if drain:
             self._drain_waiter = fut
         else:
             self._waiter = fut
-        self._timers[drain] = self.loop.call_later(limit_secs, self._expired, fut, limit_secs, what, drain)
-        try:
-            await fut
-        finally:
-            if drain:
-                self._drain_waiter = None
-            else:
-                self._waiter = None
-            self._timers.pop(drain).cancel()
+        now = self.loop.time()
+        self._waits[drain] = (now, limit_secs, what)
+        self._arm(drain, now + limit_secs)
+        return fut
 
-    def _expired(self, fut: asyncio.Future[None], limit_secs: float, what: str, drain: bool) -> None:
-        if fut.done():
+    def _wait_end(self, drain: bool) -> None:
+        if drain:
+            self._drain_waiter = None
+        else:
+            self._waiter = None
+        del self._waits[drain]
+
+    def _arm(self, drain: bool, due: float) -> None:
+        armed = self._timers.get(drain)
+        if armed is not None:
+            if armed[1] <= due:
+                return  # it fires in time, and then looks again
+            armed[0].cancel()
+        self._timers[drain] = (self.loop.call_at(due, self._expired, drain), due)
+
+    def _expired(self, drain: bool) -> None:
+        del self._timers[drain]
+        fut = self._drain_waiter if drain else self._waiter
+        wait = self._waits.get(drain)
+        if fut is None or fut.done() or wait is None:
             return
-        idle_for = self.loop.time() - self._last_io
-        if idle_for < limit_secs:
-            # Bytes moved meanwhile (say, a long upload the backend reads before answering): not idle yet.
-            self._timers[drain] = self.loop.call_later(
-                limit_secs - idle_for, self._expired, fut, limit_secs, what, drain
-            )
+        started, limit_secs, what = wait
+        # Bytes moved meanwhile (say, a long upload the backend reads before answering): not idle yet.
+        due = max(started, self._last_io) + limit_secs
+        if self.loop.time() < due:
+            self._arm(drain, due)
             return
         fut.set_result(None)
         self._fail(UpstreamTimeout(f"The backend {what} for {limit_secs:g} s (idle_timeout)."))
 
-    def take(self) -> bytes:
+    def _disarm(self) -> None:
+        for handle, _ in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+
+    def take(self) -> list[Chunk]:
+        """The body pieces received so far (never joined here: a proxy writes them on as they are)."""
         chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks, self._buffered = [], 0
         if self._read_paused:
             self._read_paused = False
             if not self.transport.is_closing():
                 self.transport.resume_reading()
-        return data
+        return chunks
 
     # one exchange
 
@@ -327,7 +409,11 @@ class _Conn(asyncio.Protocol):
             while not self._head_done:
                 if self._exc is not None:
                     await self._raise_failure(body)
-                await self._wait(idle_timeout, "sent no response head")
+                fut = self._wait_start(idle_timeout, "sent no response head", False)
+                try:
+                    await fut
+                finally:
+                    self._wait_end(False)
         except BaseException:
             self.discard()
             raise
@@ -424,34 +510,68 @@ class UpstreamResponse:
     ``idle_timeout`` starts as the request's and may be changed before reading the body.
     """
 
-    __slots__ = ("_conn", "chunked", "content_length", "headers", "idle_timeout", "keep_alive", "reason", "status")
+    __slots__ = (
+        "_conn",
+        "chunked",
+        "content_length",
+        "idle_timeout",
+        "keep_alive",
+        "raw_headers",
+        "raw_reason",
+        "status",
+    )
 
     def __init__(self, conn: _Conn) -> None:
         self._conn: _Conn | None = conn
         self.status: int = conn._status
-        self.reason: str = conn._reason.decode(_ENC, _ERRORS)
-        self.headers: list[tuple[str, str]] = conn._headers
+        self.raw_reason: bytes = conn._reason
+        self.raw_headers: list[tuple[bytes, bytes]] = conn._headers  # as received, for writing on unchanged
         self.content_length: int | None = None if conn._chunked else conn._clen
         self.chunked: bool = conn._chunked
         self.keep_alive: bool = conn._keep_alive
         self.idle_timeout: float = conn._idle_timeout
+
+    @property
+    def reason(self) -> str:
+        return self.raw_reason.decode(_ENC, _ERRORS)
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(name.decode(_ENC, _ERRORS), value.decode(_ENC, _ERRORS)) for name, value in self.raw_headers]
 
     def __repr__(self) -> str:
         return f"<UpstreamResponse {self.status} {self.reason!r} content_length={self.content_length}>"
 
     async def read_chunk(self) -> bytes:
         """The next piece of the body as it arrives; ``b""`` at its end."""
+        parts = await self.read_parts()
+        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+
+    async def read_parts(self) -> list[Chunk]:
+        """The next pieces of the body as they arrived (bytes, or views of what the socket gave), not joined;
+        ``[]`` at its end. A proxy writes them on as they are."""
         conn = self._conn
         if conn is None:
-            raise UpstreamError("read_chunk() was called after release() or detach(); the body is gone.")
+            raise UpstreamError("The body was read after release() or detach(); it is gone.")
         while True:
             if conn._chunks:
                 return conn.take()
             if conn._done:
-                return b""
+                return []
             if conn._exc is not None:
                 raise conn._exc
-            await conn._wait(self.idle_timeout, "sent no more of the response body")
+            fut = conn._wait_start(self.idle_timeout, "sent no more of the response body", False)
+            try:
+                await fut
+            finally:
+                conn._wait_end(False)
+
+    def complete_body(self) -> list[Chunk] | None:
+        """The whole body if it has arrived already (no await needed), else None: read it with read_parts."""
+        conn = self._conn
+        if conn is None or not conn._done or conn._exc is not None:
+            return None
+        return conn.take()
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body, for small ones; raises UpstreamError past ``limit`` bytes. Still call release()."""
@@ -525,12 +645,29 @@ class UpstreamPool:
         if all of it consumed so far is still held (up to 64 KiB). Raises ConnectError, UpstreamTimeout,
         UpstreamClosed, ValueError for a malformed request, and whatever the body iterator raises.
         """
+        head = _build_head(method, target, headers, host, port, body, content_length)
+        return await self.send(
+            host, port, head, body, head_only=method == "HEAD", idle_timeout=idle_timeout, content_length=content_length
+        )
+
+    async def send(
+        self,
+        host: str,
+        port: int,
+        head: bytes,
+        body: Body,
+        *,
+        head_only: bool,
+        idle_timeout: float,
+        content_length: int | None = None,
+    ) -> UpstreamResponse:
+        """``request`` with the head already built: its request line, Host and framing headers are the caller's,
+        and so is keeping CR and LF out of it (bytes from an HTTP parser are safe). ``head_only`` for HEAD."""
         if self._closed:
             raise UpstreamError("The upstream pool is closed; it sends no new requests.")
         if not idle_timeout > 0:
             raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}.")
-        head = _build_head(method, target, headers, host, port, body, content_length)
-        key, head_only = (host, port), method == "HEAD"
+        key = (host, port)
         conn = self._pop_idle(key) or await self._connect(key)
         try:
             return await conn.exchange(head, body, head_only, idle_timeout, content_length)

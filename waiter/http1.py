@@ -1,0 +1,316 @@
+"""HTTP/1.1 pieces of the front door (waiter.frontdoor): a parsed request, its body on the way to a backend, the
+heads the front door writes, and the byte tunnel that carries protocol upgrades to the aiohttp app.
+
+Header names and values stay ``bytes`` as httptools parsed them; llhttp refuses CR and LF inside them, so they can
+be written into a new head unchanged. Text is decoded (UTF-8, surrogateescape, as aiohttp does) only where the
+router reads it: x-waiter-* headers, the path, error pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from http import HTTPStatus
+from typing import cast
+from urllib.parse import unquote
+
+import httptools
+
+from waiter.errors import RenderedError
+from waiter.proxy import HOP_BY_HOP
+
+ENC, ERRORS = "utf-8", "surrogateescape"
+CRLF = b"\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# Past this many buffered request-body bytes the client is paused until the backend has taken them.
+BODY_HIGH_WATER = 256 * 1024
+BODY_LOW_WATER = 64 * 1024
+
+HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+# Request headers not forwarded to a backend as received: hop-by-hop, and the two the router sets itself.
+PROXY_DROP = HOP_BYTES | {b"x-cid", b"x-forwarded-for"}
+RESPONSE_DROP_CID = HOP_BYTES | {b"x-cid"}
+# Request headers the front door looks at; the first of each is kept (Connection's values are joined).
+SPECIAL = frozenset(
+    {
+        b"host",
+        b"x-cid",
+        b"x-forwarded-for",
+        b"connection",
+        b"expect",
+        b"content-length",
+        b"transfer-encoding",
+        b"accept",
+        b"content-type",
+    }
+)
+
+
+class BadRequest(Exception):
+    """The client's request cannot be served: answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HeaderView:
+    """Case-insensitive ``get`` over a request's headers (what error rendering needs)."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, headers: list[tuple[bytes, bytes, bytes]]) -> None:
+        self._headers = headers
+
+    def get(self, key: str, default: str, /) -> str:
+        wanted = key.lower().encode()
+        for _name, value, lname in self._headers:
+            if lname == wanted:
+                return value.decode(ENC, ERRORS)
+        return default
+
+
+class Request:
+    """One request as parsed: request line, headers (name, value, lowercase name) and what the router needs."""
+
+    __slots__ = (
+        "body",
+        "content_length",
+        "fault",
+        "headers",
+        "http11",
+        "keep_alive",
+        "method",
+        "special",
+        "tail",
+        "upgrade",
+        "url",
+        "waiter",
+    )
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.method = b"GET"
+        self.http11 = True
+        self.keep_alive = True
+        self.headers: list[tuple[bytes, bytes, bytes]] = []
+        self.special: dict[bytes, bytes] = {}
+        self.waiter: list[tuple[str, str]] = []
+        self.content_length: int | None = None
+        self.body: RequestBody | None = None
+        self.fault: BadRequest | None = None  # set: answer this error instead of serving the request
+        self.upgrade = False  # tunnel the rest of the connection to the aiohttp app
+        self.tail: list[bytes] = []  # bytes after an upgrade request's head, for the tunnel
+
+    # what error rendering reads (waiter.errors.RequestInfo)
+
+    @property
+    def path(self) -> str:
+        url = self.url
+        if url[:1] != b"/" and b"://" in url[:10]:
+            url = httptools.parse_url(url).path or b"/"
+        end = url.find(b"?")
+        path = (url if end < 0 else url[:end]).decode(ENC, ERRORS)
+        return unquote(path, ENC, ERRORS) if "%" in path else path
+
+    @property
+    def query_string(self) -> str:
+        url = self.url
+        start = url.find(b"?")
+        return "" if start < 0 else unquote(url[start + 1 :].split(b"#", 1)[0].decode(ENC, ERRORS))
+
+    @property
+    def headers_view(self) -> HeaderView:
+        return HeaderView(self.headers)
+
+    @property
+    def target(self) -> bytes:
+        """The request target for a backend: origin form (an absolute-form URL loses its scheme and host)."""
+        url = self.url
+        if url[:1] == b"/" or b"://" not in url[:10]:
+            return url
+        parsed = httptools.parse_url(url)
+        return (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+
+    def host(self) -> str | None:
+        host = self.special.get(b"host")
+        return None if host is None else host.decode(ENC, ERRORS)
+
+    def method_str(self) -> str:
+        return self.method.decode("ascii", ERRORS)
+
+    def connection_tokens(self) -> frozenset[bytes]:
+        value = self.special.get(b"connection")
+        return frozenset(t.strip().lower() for t in value.split(b",")) if value else frozenset()
+
+    def framing(self) -> bytes:
+        """The request's body framing header for the next hop."""
+        if self.body is not None and self.content_length is None:
+            return b"Transfer-Encoding: chunked\r\n"
+        if self.content_length is not None:
+            return b"Content-Length: %d\r\n" % self.content_length
+        return b""
+
+    def head_as_received(self) -> bytes:
+        """The request head rebuilt from its parsed parts, for the upgrade tunnel."""
+        version = b"HTTP/1.1" if self.http11 else b"HTTP/1.0"
+        parts = [self.method, b" ", self.url, b" ", version, CRLF]
+        for name, value, _ in self.headers:
+            parts += (name, b": ", value, CRLF)
+        parts.append(CRLF)
+        return b"".join(parts)
+
+
+class ErrorView:
+    """A Request as waiter.errors.RequestInfo."""
+
+    __slots__ = ("_req",)
+
+    def __init__(self, req: Request) -> None:
+        self._req = req
+
+    @property
+    def method(self) -> str:
+        return self._req.method_str()
+
+    @property
+    def path(self) -> str:
+        return self._req.path
+
+    @property
+    def query_string(self) -> str:
+        return self._req.query_string
+
+    @property
+    def headers(self) -> HeaderView:
+        return self._req.headers_view
+
+
+def error_response(rendered: RenderedError, keep_alive: bool, head_only: bool) -> bytes:
+    """The rendered error as one HTTP/1.1 response."""
+    try:
+        reason = HTTPStatus(rendered.status).phrase
+    except ValueError:
+        reason = "Error"
+    lines = [f"HTTP/1.1 {rendered.status} {reason}\r\n", f"Content-Type: {rendered.content_type}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in rendered.headers.items()]
+    lines.append(f"Content-Length: {len(rendered.body)}\r\n")
+    lines.append("\r\n" if keep_alive else "Connection: close\r\n\r\n")
+    head = "".join(lines).encode(ENC, ERRORS)
+    return head if head_only else head + rendered.body
+
+
+class RequestBody:
+    """A request body on its way from the client to a backend, pulled by the upstream client as it sends.
+
+    The client connection is paused while more than BODY_HIGH_WATER bytes wait here, so a fast client never makes
+    the router hold a big body; ``Expect: 100-continue`` is answered when the body is first pulled."""
+
+    __slots__ = ("_chunks", "_exc", "_pause", "_paused", "_size", "_waiter", "_write", "done", "expect_continue")
+
+    def __init__(self, pause: Callable[[bool], None], write: Callable[[bytes], None], expect_continue: bool) -> None:
+        self._pause, self._write = pause, write
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._paused = False
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.done = False
+        self.expect_continue = expect_continue
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > BODY_HIGH_WATER and not self._paused:
+            self._paused = True
+            self._pause(True)
+        self._wake()
+
+    def finish(self) -> None:
+        self.done = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.done:
+            self._exc = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        if self.expect_continue and not self.done and not self._chunks:
+            self.expect_continue = False
+            self._write(CONTINUE)
+        chunks = self._chunks
+        while True:
+            if chunks:
+                chunk = chunks.popleft()
+                self._size -= len(chunk)
+                if self._paused and self._size < BODY_LOW_WATER:
+                    self._paused = False
+                    self._pause(False)
+                yield chunk
+            elif self.done:
+                return
+            elif self._exc is not None:
+                raise self._exc
+            else:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
+
+class Tunnel(asyncio.Protocol):
+    """The loopback side of an upgraded connection: bytes pass both ways unchanged, with flow control.
+
+    ``client`` is the front door connection's transport. While the tunnel is open, ``peers`` maps its local address
+    to the client's, so the app behind it can name the real client in x-forwarded-for."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, client: asyncio.Transport, client_addr: str, peers: dict[tuple[str, int], str]) -> None:
+        self.client, self.client_addr, self.peers = client, client_addr, peers
+        self._key: tuple[str, int] | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple):
+            self._key = (str(local[0]), int(local[1]))
+            self.peers[self._key] = self.client_addr
+
+    def data_received(self, data: bytes) -> None:
+        if not self.client.is_closing():
+            self.client.write(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._key is not None:
+            self.peers.pop(self._key, None)
+        if not self.client.is_closing():
+            self.client.close()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # The app stops reading: stop reading the client, and the other way round (see the front door's callbacks).
+    def pause_writing(self) -> None:
+        self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.client.is_closing():
+            self.client.resume_reading()
