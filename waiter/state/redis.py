@@ -81,7 +81,7 @@ class RedisState:
         self.p = f"waiter:{namespace}:"
         # redis-py's async stubs type every reply as bytes | str | Awaitable; decode_responses makes them str.
         self._redis: Any = redis_asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True, health_check_interval=1
         )
         self._lead: Any = self._redis.register_script(_LEAD)
         self._resign = self._redis.register_script(_RESIGN)

@@ -79,8 +79,10 @@ class RedisTokenStore(CachedStore):
         self.prefix = prefix
         self.timeout = timeout  # deadline of every Redis call
         self.poll_interval = poll_interval  # how often an idle follower double-checks the version counter
+        # health_check_interval: a pooled connection idle that long is PINGed before use, so the first write after
+        # a Redis restart does not fail on a connection the old server closed.
         self._client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout
+            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0.2
         )
         self._cas = self._client.register_script(_CAS)
         self._version = -1  # the version counter value the cache reflects
