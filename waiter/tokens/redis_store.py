@@ -82,7 +82,11 @@ class RedisTokenStore(CachedStore):
         # health_check_interval: a pooled connection idle that long is PINGed before use, so the first write after
         # a Redis restart does not fail on a connection the old server closed.
         self._client = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=0.2
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=0.2,
         )
         self._cas = self._client.register_script(_CAS)
         self._version = -1  # the version counter value the cache reflects
@@ -163,8 +167,11 @@ class RedisTokenStore(CachedStore):
             async with asyncio.timeout(self.timeout * 2):
                 await self._first_attempt.wait()
         if self._error is not None:
-            log.warning("token store at %s not reachable yet (%s); serving file tokens only until it is",
-                        redact_url(self.url), self._error)
+            log.warning(
+                "token store at %s not reachable yet (%s); serving file tokens only until it is",
+                redact_url(self.url),
+                self._error,
+            )
 
     async def close(self) -> None:
         self._closing = True
