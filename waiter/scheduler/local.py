@@ -140,6 +140,13 @@ def check_spec(spec: ServiceSpec, instances: int) -> None:
         raise SchedulerError(f"instances for service {spec.service_id} is {instances}; it must be 0 or more.")
 
 
+def not_running(book: ServiceBook | None, service_id: str, instance_id: str) -> KillResult:
+    """The answer to a kill of an instance that is not running: ended already, or never known."""
+    if book is not None and book.find_ended(instance_id) is not None:
+        return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
+    return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+
+
 @dataclass
 class ServiceBook:
     """Pure bookkeeping of one service: what runs, what ended, how many are wanted."""
@@ -381,9 +388,7 @@ class LocalScheduler:
         book = self._books.get(service_id)
         running = self._processes.get(instance_id)
         if book is None or running is None or running.service_id != service_id:
-            if book is not None and book.find_ended(instance_id) is not None:
-                return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
-            return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+            return not_running(book, service_id, instance_id)
         if running.ending is not None:
             if force:
                 signal_group(running.pid, signal.SIGKILL)

@@ -31,7 +31,7 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
-from waiter.scheduler.local import ServiceBook, check_spec, exit_message, format_number, restart_delay
+from waiter.scheduler.local import ServiceBook, check_spec, exit_message, format_number, not_running, restart_delay
 from waiter.scheduler.mesos_client import ClientSettings, MesosClient
 from waiter.scheduler.mesos_proto import (
     MesosError,
@@ -227,9 +227,7 @@ class MesosScheduler:
         book = self._books.get(service_id)
         task = self._tasks.get(instance_id)
         if book is None or task is None or task.service_id != service_id:
-            if book is not None and book.find_ended(instance_id) is not None:
-                return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
-            return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+            return not_running(book, service_id, instance_id)
         if task.ending is not None:
             if force:
                 await self._send_kill(task, 0.0)
