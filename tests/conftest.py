@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 import yaml
 
 from tests.emulators.runner import running_emulator
+from tests.redis_server import redis_server  # noqa: F401 - the one Redis server fixture, for every module
 from waiter.router import Router
 from waiter.server import RouterServer
 from waiter.settings import Settings, load_settings
@@ -85,17 +84,6 @@ class RunningRouter:
     async def instances(self, service_id: str) -> dict[str, Any]:
         body = await self.get_json(f"/apps/{service_id}")
         return body["instances"]  # type: ignore[no-any-return]
-
-
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if await predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # Every scheduler back-end. Tests marked ``@pytest.mark.schedulers()`` (the contract suite, the end-to-end tests)

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import aiohttp
 import pytest
 
-from tests.conftest import RunningRouter, backend_token, wait_for
+from tests.conftest import RunningRouter, backend_token
+from tests.support import eventually
 from waiter.errors import RenderedError
 from waiter.http1 import Request, error_response
 
@@ -156,12 +157,12 @@ async def test_broken_chunked_upload_ends_the_exchange_and_releases_the_slot(mak
     reader, writer = await connect(r)
     writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + TOKEN_LINE + b"\r\n")
     writer.write(b"5\r\nhello\r\n")
-    await wait_for(_async(lambda: service.reservations.in_flight == 1), what="the upload in flight")
+    await eventually(_async(lambda: service.reservations.in_flight == 1), what="the upload in flight")
     writer.write(b"zz\r\n")  # not a chunk size
     resp = await read_response(reader)
     assert resp.status == 502 and b"not valid HTTP" in resp.body
     assert await closed_by_peer(reader)
-    await wait_for(_async(lambda: service.reservations.in_flight == 0), what="the slot to be released")
+    await eventually(_async(lambda: service.reservations.in_flight == 0), what="the slot to be released")
     await close(writer)
 
 
@@ -221,7 +222,7 @@ async def test_client_leaving_mid_response_releases_the_slot(make_router) -> Non
     async def released() -> bool:
         return service.reservations.in_flight == 0
 
-    await wait_for(released, timeout=10, what="the slot to be released")
+    await eventually(released, timeout=10, what="the slot to be released")
     async with r.client.get(r.url + "/hello", headers={"x-waiter-token": "echo"}) as resp:
         assert resp.status == 200
 
@@ -253,7 +254,7 @@ async def test_websocket_through_the_relay(make_router) -> None:
         await ws.send_bytes(b"\x00" * 200_000)
         assert await ws.receive_bytes() == b"\x00" * 200_000
     # The tunnel is gone with the websocket: its client-address entry too.
-    await wait_for(_async(lambda: not r.router.relayed_peers), what="the tunnel's peer entry to go")
+    await eventually(_async(lambda: not r.router.relayed_peers), what="the tunnel's peer entry to go")
 
 
 def _async(pred):  # type: ignore[no-untyped-def]
@@ -270,7 +271,7 @@ async def test_drain_finishes_requests_in_flight_and_closes_idle_connections(mak
     assert (await read_response(idle_reader)).status == 200
     reader, writer = await connect(r)
     writer.write(b"GET /sleep?ms=700&id=drained HTTP/1.1\r\nHost: x\r\n" + TOKEN_LINE + b"\r\n")
-    await wait_for(_async(lambda: r.server.front_door.busy() == 1), what="the slow request in flight")
+    await eventually(_async(lambda: r.server.front_door.busy() == 1), what="the slow request in flight")
     stopping = asyncio.create_task(r.server.stop())
     assert await closed_by_peer(idle_reader)  # the idle keep-alive connection goes at once
     with pytest.raises(OSError):

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningRouter, backend_token, wait_for
+from tests.conftest import RunningRouter, backend_token
+from tests.support import eventually
 from waiter.autoscaler import Candidate, choose_victim
 from waiter.lifecycle import ServiceActivity, deployment_error, in_fallback, is_expired, reap_reason
 from waiter.scheduler.base import Instance, InstanceFlag
@@ -180,7 +181,7 @@ async def test_idle_service_is_deleted_and_restarts_on_the_next_request(make_rou
     async def gone() -> bool:
         return r.router.registry.get(sid) is None and sid not in r.router.registry.scheduler.service_ids()
 
-    await wait_for(gone, timeout=10, what="the idle service to be deleted")
+    await eventually(gone, timeout=10, what="the idle service to be deleted")
     async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
         assert resp.status == 200
     assert sid in r.router.registry.scheduler.service_ids()
@@ -262,13 +263,13 @@ async def test_token_update_under_load_switches_versions_without_a_failed_reques
 
     load = [asyncio.create_task(client()) for _ in range(3)]
     try:
-        await wait_for(_async(lambda: len(bodies) > 10), what="steady load on the first version")
+        await eventually(_async(lambda: len(bodies) > 10), what="steady load on the first version")
         # The new version takes a second to start: meanwhile the old one keeps serving (fallback).
         await post_token(r, "echo", {**token, "version": "2", "env": {"STARTUP_DELAY_MS": "1000"}})
         new = await r.service_id(TOKEN)
         assert new != old
         served_by_old_after_update = len(bodies)
-        await wait_for(
+        await eventually(
             _async(lambda: any(b.startswith(f"hello from {new}.") for b in bodies)),
             timeout=20,
             what="the new version to serve",
@@ -278,7 +279,7 @@ async def test_token_update_under_load_switches_versions_without_a_failed_reques
         async def old_reaped() -> bool:
             return old not in r.router.registry.scheduler.service_ids()
 
-        await wait_for(old_reaped, timeout=20, what="the old version to be deleted after its stale timeout")
+        await eventually(old_reaped, timeout=20, what="the old version to be deleted after its stale timeout")
     finally:
         stop.set()
         await asyncio.gather(*load)
@@ -317,7 +318,7 @@ async def test_expired_instance_is_replaced_without_a_failed_request(make_router
             active = instances["active-instances"]
             return any(i["id"] == first for i in instances["killed-instances"]) and any(i["healthy?"] for i in active)
 
-        await wait_for(replaced, timeout=20, what="the expired instance to be replaced and killed")
+        await eventually(replaced, timeout=20, what="the expired instance to be replaced and killed")
     finally:
         stop.set()
         await asyncio.gather(*load)

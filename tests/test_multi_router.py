@@ -17,8 +17,9 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
-from tests.conftest import RunningRouter, backend_token, wait_for
-from tests.redis_server import REDIS_SERVER, RedisServer, free_port, running_redis
+from tests.conftest import RunningRouter, backend_token
+from tests.redis_server import REDIS_SERVER
+from tests.support import eventually, free_port
 from waiter.scheduler.agent import agent_app
 from waiter.scheduler.local import LocalScheduler, LocalSettings
 
@@ -26,12 +27,6 @@ pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is no
 
 TOKEN = {"x-waiter-token": "echo"}
 FAST_SCALING = {"interval-ms": 200, "kill-interval-ms": 300, "publish-interval-ms": 50, "router-ttl-ms": 1500}
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    async with running_redis() as server:
-        yield server
 
 
 @pytest.fixture
@@ -73,12 +68,12 @@ async def test_load_on_one_router_scales_the_service_and_the_other_sees_it(redis
         body = await app_of(b, sid) if b.router.registry.get(sid) else None
         return bool(body and body["request-metrics"]["outstanding"] == 6)
 
-    await wait_for(b_sees_the_load, timeout=10, what="router B to see A's 6 outstanding requests")
+    await eventually(b_sees_the_load, timeout=10, what="router B to see A's 6 outstanding requests")
 
     async def scaled() -> bool:
         return (await app_of(a, sid))["num-active-instances"] == 4
 
-    await wait_for(scaled, timeout=10, what="the service to scale to max-instances")
+    await eventually(scaled, timeout=10, what="the service to scale to max-instances")
     ids_a = {i["id"] for i in (await app_of(a, sid))["instances"]["active-instances"]}
     ids_b = {i["id"] for i in (await app_of(b, sid))["instances"]["active-instances"]}
     assert ids_a == ids_b and len(ids_a) == 4
@@ -106,7 +101,7 @@ async def test_scale_down_goes_one_by_one_and_never_kills_a_busy_instance(redis_
     async def four() -> bool:
         return b.router.registry.get(sid) is not None and (await app_of(b, sid))["num-active-instances"] == 4
 
-    await wait_for(four, timeout=15, what="four instances")
+    await eventually(four, timeout=15, what="four instances")
     stop.set()
     await asyncio.gather(*burst)
     # A trickle keeps going through both routers while the service shrinks back to one instance.
@@ -118,7 +113,7 @@ async def test_scale_down_goes_one_by_one_and_never_kills_a_busy_instance(redis_
         counts.append((await app_of(a, sid))["num-active-instances"])
         return counts[-1] <= 2
 
-    await wait_for(shrunk, timeout=20, what="the service to scale down")
+    await eventually(shrunk, timeout=20, what="the service to scale down")
     stop.set()
     await asyncio.gather(*trickle)
     assert statuses and set(statuses) == {200}
@@ -128,7 +123,7 @@ async def test_scale_down_goes_one_by_one_and_never_kills_a_busy_instance(redis_
     assert len(killed) >= 2
     for instance in killed:
         busy = Path(instance["log-directory"], "busy-at-sigterm")
-        await wait_for(_exists(busy), what=f"{busy} written at SIGTERM")
+        await eventually(_exists(busy), what=f"{busy} written at SIGTERM")
         assert busy.read_text() == "0", f"{instance['id']} was killed while serving a request"
 
 
@@ -168,7 +163,7 @@ async def test_redis_dying_under_load_loses_no_request(redis_server, agent, make
     async def both_healthy() -> bool:
         return all(i["healthy?"] for i in (await app_of(b, sid))["instances"]["active-instances"])
 
-    await wait_for(both_healthy, what="two healthy instances seen by B")
+    await eventually(both_healthy, what="two healthy instances seen by B")
     stop = asyncio.Event()
     statuses: list[int] = []
 
@@ -188,9 +183,9 @@ async def test_redis_dying_under_load_loses_no_request(redis_server, agent, make
     async def degraded() -> bool:
         return (await a.get_json("/status"))["shared-state"]["available"] is False
 
-    await wait_for(degraded, what="router A to report the shared state unavailable")
+    await eventually(degraded, what="router A to report the shared state unavailable")
     served_before = len(statuses)
-    await wait_for(lambda: _more(statuses, served_before + 100), what="requests served without Redis")
+    await eventually(lambda: _more(statuses, served_before + 100), what="requests served without Redis")
     await redis_server.start()
 
     async def recovered() -> bool:
@@ -198,7 +193,7 @@ async def test_redis_dying_under_load_loses_no_request(redis_server, agent, make
         return all(s["available"] for s in states)
 
     try:
-        await wait_for(recovered, what="both routers to recover")
+        await eventually(recovered, what="both routers to recover")
     finally:
         stop.set()
         await asyncio.gather(*load)
@@ -234,7 +229,7 @@ async def test_killed_leader_is_replaced_within_the_lease_ttl(redis_server, agen
                 except aiohttp.ClientConnectionError:
                     return False
 
-            await wait_for(leads, timeout=20, what="the first router to lead")
+            await eventually(leads, timeout=20, what="the first router to lead")
         b = await make_router(
             redis=redis_server.url, scheduler={"kind": "agent", "agent": {"url": agent[0]}}, autoscaler=FAST_SCALING
         )
@@ -246,7 +241,7 @@ async def test_killed_leader_is_replaced_within_the_lease_ttl(redis_server, agen
         async def b_leads() -> bool:
             return bool((await b.get_json("/status"))["shared-state"]["leader?"])
 
-        await wait_for(b_leads, timeout=10, what="router B to take the lease")
+        await eventually(b_leads, timeout=10, what="router B to take the lease")
         took = asyncio.get_running_loop().time() - started
         ttl = max(3.0, FAST_SCALING["interval-ms"] * 3 / 1000)
         assert took <= ttl + 1.0, f"B took {took:.1f} s to lead; the lease TTL is {ttl} s"
@@ -265,7 +260,7 @@ async def test_delete_through_one_router_is_confirmed_by_all(redis_server, agent
     async def a_knows() -> bool:
         return a.router.registry.get(sid) is not None
 
-    await wait_for(a_knows, what="router A to adopt the service B started")
+    await eventually(a_knows, what="router A to adopt the service B started")
     async with a.client.delete(a.url + f"/apps/{sid}?timeout=10000") as resp:
         assert resp.status == 200
         body = await resp.json()

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import RunningRouter, backend_token, on_the_fly_headers, wait_for
+from tests.conftest import RunningRouter, backend_token, on_the_fly_headers
+from tests.support import eventually
 
 # Every test runs on every scheduler back-end, except those pinned to "local": they never reach a scheduler.
 pytestmark = pytest.mark.schedulers()
@@ -30,7 +31,7 @@ async def instance_stats(r: RunningRouter, sid: str) -> list[dict[str, Any]]:
     async def all_healthy() -> bool:
         return all(i["healthy?"] for i in (await r.instances(sid))["active-instances"])
 
-    await wait_for(all_healthy, what="every instance to be healthy")
+    await eventually(all_healthy, what="every instance to be healthy")
     stats = []
     for inst in (await r.instances(sid))["active-instances"]:
         async with r.client.get(f"http://{inst['host']}:{inst['port']}/stats") as resp:
@@ -80,7 +81,7 @@ async def test_concurrency_level_is_never_exceeded(make_router) -> None:
     sid = await r.service_id(TOKEN)
     async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
         assert resp.status == 200
-    await wait_for(lambda: _count_healthy(r, sid, 2), what="two healthy instances")
+    await eventually(lambda: _count_healthy(r, sid, 2), what="two healthy instances")
 
     async def one() -> int:
         async with r.client.get(r.url + "/sleep?ms=100", headers=TOKEN) as resp:
@@ -105,9 +106,9 @@ async def test_queue_full_answers_503(make_router) -> None:
     sid = await r.service_id(TOKEN)
     service = r.router.registry.get(sid)
     assert service is not None
-    await wait_for(_async(lambda: service.reservations.in_flight == 1), what="the slow request in flight")
+    await eventually(_async(lambda: service.reservations.in_flight == 1), what="the slow request in flight")
     queued = [asyncio.create_task(r.client.get(r.url + "/hello", headers=TOKEN)) for _ in range(2)]
-    await wait_for(_async(lambda: service.reservations.queued == 2), what="two queued requests")
+    await eventually(_async(lambda: service.reservations.queued == 2), what="two queued requests")
     async with r.client.get(r.url + "/hello", headers={**TOKEN, "accept": "application/json"}) as resp:
         assert resp.status == 503
         body = await resp.json()
@@ -166,7 +167,7 @@ async def test_backend_crashing_mid_response_ends_cleanly_and_is_replaced(make_r
     async def crash_recorded() -> bool:
         return any(i["id"] in first for i in (await r.instances(sid))["failed-instances"])
 
-    await wait_for(crash_recorded, what="the crashed instance in failed-instances")
+    await eventually(crash_recorded, what="the crashed instance in failed-instances")
     async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
         assert resp.status == 200, await resp.text()
         second = await resp.text()
@@ -191,7 +192,7 @@ async def test_connection_refused_is_retried_on_another_instance(make_router) ->
     sid = await r.service_id(TOKEN)
     async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
         assert resp.status == 200
-    await wait_for(lambda: _count_healthy(r, sid, 2), what="two healthy instances")
+    await eventually(lambda: _count_healthy(r, sid, 2), what="two healthy instances")
     victim = (await healthy_instances(r, sid))[0]
     victim_url = f"http://{victim['host']}:{victim['port']}"
     async with r.client.get(victim_url + "/close-listener") as resp:
@@ -204,7 +205,7 @@ async def test_connection_refused_is_retried_on_another_instance(make_router) ->
         except aiohttp.ClientConnectorError:
             return True
 
-    await wait_for(refused, what="the victim to refuse connections")
+    await eventually(refused, what="the victim to refuse connections")
     statuses = []
     for _ in range(10):
         async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
@@ -371,7 +372,7 @@ async def test_failing_health_checks_replace_the_instance(make_router, tmp_path)
         inst = await r.instances(sid)
         return any(i["id"] == first for i in inst["failed-instances"])
 
-    await wait_for(replaced, timeout=20, what="the unhealthy instance to be replaced")
+    await eventually(replaced, timeout=20, what="the unhealthy instance to be replaced")
     fail_file.unlink()
     async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
         assert resp.status == 200
@@ -394,7 +395,7 @@ async def test_instance_that_never_passes_health_checks_is_replaced_after_grace(
     async def replaced() -> bool:
         return bool((await r.instances(sid))["failed-instances"])
 
-    await wait_for(replaced, what="the first instance to be replaced")
+    await eventually(replaced, what="the first instance to be replaced")
     failed = (await r.instances(sid))["failed-instances"]
     assert failed and "Exceeded grace period of 1 seconds" in failed[0]["message"]
     assert "never-passed-health-checks" in failed[0]["flags"]

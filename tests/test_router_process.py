@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -17,15 +16,10 @@ import psutil
 import pytest
 import yaml
 
-from tests.conftest import backend_token, wait_for
+from tests.conftest import backend_token
+from tests.support import eventually, free_port
 
 TOKEN = {"x-waiter-token": "echo"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RouterProcess:
@@ -63,7 +57,7 @@ class RouterProcess:
             except aiohttp.ClientConnectionError:
                 return False
 
-        await wait_for(up, timeout=20, what="the router to listen")
+        await eventually(up, timeout=20, what="the router to listen")
 
     def stop(self) -> None:
         # SIGTERM, so the router stops the instances it started; SIGKILL only if it hangs.
@@ -103,7 +97,7 @@ async def test_sigterm_drains_in_flight_requests_and_stops_instances(router_proc
             async with client.get(r.url + f"/apps/{app['service-id']}") as resp:
                 return bool((await resp.json())["request-metrics"]["outstanding"] == 1)
 
-        await wait_for(in_flight, what="the slow request to be in flight")
+        await eventually(in_flight, what="the slow request to be in flight")
         r.proc.send_signal(signal.SIGTERM)
         resp = await slow
         assert resp.status == 200

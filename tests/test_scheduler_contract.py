@@ -8,7 +8,6 @@ own change notifications (or, for facts outside it, a poll with a deadline).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import Cluster
+from tests.support import Changes, eventually
 from waiter.scheduler import create_scheduler
 from waiter.scheduler.base import Instance, InstanceFlag, KillOutcome, Scheduler, SchedulerError, ServiceSpec
 from waiter.settings import load_settings
@@ -28,32 +28,6 @@ pytestmark = pytest.mark.schedulers()
 SID = "waiter-service-contract-1"
 # $$ is the shell that runs the command; exec keeps that pid for the server, so the pid file names the instance.
 SERVER = f'exec {sys.executable} -m http.server "$PORT0" --bind 127.0.0.1'
-
-
-class Changes:
-    """Listener that wakes waiters on every change the scheduler reports."""
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.calls: list[str] = []
-        self._changed = asyncio.Event()
-        scheduler.subscribe(self)
-
-    def __call__(self, service_id: str) -> None:
-        self.calls.append(service_id)
-        self._changed.set()
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-async def poll(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    """For facts outside the scheduler (files, processes, sockets): check often until the deadline."""
-    async with asyncio.timeout(timeout):
-        while not await predicate():  # noqa: ASYNC110 - nothing to wait on: these facts send no event
-            await asyncio.sleep(0.02)
 
 
 MakeScheduler = Callable[[], Awaitable[tuple[Scheduler, Changes]]]
@@ -110,7 +84,7 @@ async def pid_of(out: Path, instance: Instance) -> int:
     async def written() -> bool:
         return path.exists() and path.read_text().strip() != ""
 
-    await poll(written)
+    await eventually(written)
     return int(path.read_text())
 
 
@@ -125,7 +99,7 @@ async def gone(pid: int) -> None:
     async def ended() -> bool:
         return not alive(pid)
 
-    await poll(ended)
+    await eventually(ended)
 
 
 async def answers(instance: Instance) -> bool:
@@ -148,7 +122,7 @@ async def test_create_runs_a_reachable_instance_with_its_environment(make_schedu
     assert instance.service_id == SID
     assert instance.id.startswith(f"{SID}.") and instance.id.count(".") == 1
     assert not instance.ended and instance.started_at > 0
-    await poll(lambda: answers(instance))
+    await eventually(lambda: answers(instance))
     variables = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines() if "=" in line)
     assert variables["PORT0"] == str(instance.port)
     assert variables["GREETING"] == "hello world"
@@ -188,7 +162,7 @@ async def test_scale_down_kills_nothing(make_scheduler: MakeScheduler, out: Path
     assert len(state_of(scheduler).active) == 2
     assert all(alive(pid) for pid in pids)
     for instance in state_of(scheduler).active:
-        await poll(lambda instance=instance: answers(instance))  # type: ignore[misc]
+        await eventually(lambda instance=instance: answers(instance))  # type: ignore[misc]
 
 
 async def test_crash_is_recorded_as_failed_and_replaced(make_scheduler: MakeScheduler, out: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import random
 import signal
@@ -17,6 +16,7 @@ import aiohttp
 import psutil
 import pytest
 
+from tests.support import Changes, eventually
 from waiter.scheduler.base import (
     Instance,
     InstanceFlag,
@@ -50,37 +50,8 @@ def make_spec(cmd: str, service_id: str = "svc-test", **overrides: Any) -> Servi
     return ServiceSpec(service_id=service_id, cmd=cmd, **values)
 
 
-class Changes:
-    """Listener that wakes waiters on every change the scheduler reports."""
-
-    def __init__(self, scheduler: LocalScheduler) -> None:
-        self.calls: list[str] = []
-        self._changed = asyncio.Event()
-        scheduler.subscribe(self)
-
-    def __call__(self, service_id: str) -> None:
-        self.calls.append(service_id)
-        self._changed.set()
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-async def poll(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0) -> None:
-    """For facts outside the scheduler (files, sockets) that send no event: check often until the deadline."""
-    async with asyncio.timeout(timeout):
-        while True:
-            outcome = predicate()
-            if await outcome if inspect.isawaitable(outcome) else outcome:
-                return
-            await asyncio.sleep(0.02)
-
-
 async def file_exists(path: Path) -> None:
-    await poll(path.exists)
+    await eventually(path.exists)
 
 
 def state_of(scheduler: LocalScheduler, service_id: str = "svc-test") -> ServiceState:
@@ -103,7 +74,7 @@ def group_members(pgid: int) -> list[int]:
 
 async def groups_end(*pgids: int) -> None:
     """SIGKILLed members leave the process table a moment after the leader is reaped: wait for that, briefly."""
-    await poll(lambda: not any(group_members(pgid) for pgid in pgids), timeout=5.0)
+    await eventually(lambda: not any(group_members(pgid) for pgid in pgids), timeout=5.0)
 
 
 def pid_of(instance: Instance) -> int:
@@ -170,9 +141,9 @@ async def test_launches_a_reachable_http_backend_with_logs(make_scheduler: MakeS
             except aiohttp.ClientConnectionError:
                 return False
 
-        await poll(answers)
+        await eventually(answers)
 
-    await poll(lambda: "GET / " in (sandbox / "stderr").read_text())
+    await eventually(lambda: "GET / " in (sandbox / "stderr").read_text())
     assert (sandbox / "stdout").read_text() == "started\n"
     assert (sandbox / "stderr").read_text().startswith("warming up\n")
 
@@ -272,7 +243,7 @@ async def test_children_of_an_exited_leader_are_killed(make_scheduler: MakeSched
     await scheduler.create_service(make_spec("sleep 1000 & touch ready; wait -n; exit 5"), 1)
     leader = state_of(scheduler).active[0]
     await file_exists(Path(str(leader.log_directory)) / "ready")
-    await poll(lambda: len(group_members(pid_of(leader))) >= 2)  # bash and the background sleep
+    await eventually(lambda: len(group_members(pid_of(leader))) >= 2)  # bash and the background sleep
 
     os.kill(pid_of(leader), signal.SIGKILL)  # the leader dies by itself as far as the scheduler knows
     await changes.until(lambda: bool(state_of(scheduler).failed))
@@ -392,7 +363,7 @@ async def test_close_leaves_no_process_or_task_behind(make_scheduler: MakeSchedu
     stubborn = state_of(scheduler, "svc-stubborn").active[0]
     await file_exists(Path(str(stubborn.log_directory)) / "ready")
 
-    await poll(lambda: len(group_members(leaders[0])) >= 2)  # the background sleep and the http server
+    await eventually(lambda: len(group_members(leaders[0])) >= 2)  # the background sleep and the http server
 
     await scheduler.close()
     assert asyncio.all_tasks() == {asyncio.current_task()}
@@ -407,7 +378,7 @@ async def test_delete_service_kills_every_instance_and_forgets_it(make_scheduler
     await scheduler.create_service(make_spec(f"sleep 1000 & {SLEEPER}"), 2)
     leaders = [pid_of(i) for i in state_of(scheduler).active]
 
-    await poll(lambda: all(len(group_members(leader)) >= 2 for leader in leaders))
+    await eventually(lambda: all(len(group_members(leader)) >= 2 for leader in leaders))
     changes.calls.clear()
     assert await scheduler.delete_service("svc-test") is True
     assert scheduler.service_state("svc-test") is None and scheduler.service_ids() == []

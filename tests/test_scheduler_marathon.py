@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import task_port_range
 from tests.emulators.runner import running_emulator
+from tests.support import Changes
 from waiter.scheduler.base import Instance, InstanceFlag, KillOutcome, SchedulerError, ServiceSpec
 from waiter.scheduler.marathon import MarathonScheduler
 from waiter.scheduler.marathon_apps import (
@@ -43,23 +44,6 @@ NEVER = InstanceFlag.NEVER_PASSED_HEALTH_CHECKS.value
 def make_spec(cmd: str = SERVER, **overrides: Any) -> ServiceSpec:
     values: dict[str, Any] = {"cpus": 0.1, "mem": 64.0, "run_as_user": "alice", **overrides}
     return ServiceSpec(service_id=SID, cmd=cmd, **values)
-
-
-class Changes:
-    def __init__(self, scheduler: MarathonScheduler) -> None:
-        self.calls: list[str] = []
-        self._changed = asyncio.Event()
-        scheduler.subscribe(self)
-
-    def __call__(self, service_id: str) -> None:
-        self.calls.append(service_id)
-        self._changed.set()
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
 
 
 class Emulator:

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from tests.emulators.runner import running_emulator
+from tests.support import Changes, eventually
 from waiter.scheduler import create_scheduler
 from waiter.scheduler.base import KillOutcome, ServiceSpec, ServiceState
 from waiter.scheduler.mesos import MesosScheduler, MesosSettings
@@ -130,27 +131,6 @@ async def make_scheduler() -> AsyncIterator[MakeScheduler]:
         await scheduler.close()
 
 
-class Changes:
-    def __init__(self, scheduler: MesosScheduler) -> None:
-        self._changed = asyncio.Event()
-        scheduler.subscribe(lambda service_id: self._changed.set())
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-
-async def poll(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """For facts the scheduler sends no event about (the emulator's state, sockets): check until the deadline."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if await predicate():
-                return
-            await asyncio.sleep(0.05)
-
-
 def make_spec(cmd: str = SLEEPER, service_id: str = "svc-test", **overrides: Any) -> ServiceSpec:
     values: dict[str, Any] = {"cpus": 0.5, "mem": 128.0, **overrides}
     return ServiceSpec(service_id=service_id, cmd=cmd, **values)
@@ -200,7 +180,7 @@ async def test_launches_a_task_with_its_environment_ports_and_sandbox(
     async def env_written() -> bool:
         return (sandbox / "env.txt").exists()
 
-    await poll(env_written)
+    await eventually(env_written)
     env = dict(line.split("=", 1) for line in (sandbox / "env.txt").read_text().splitlines() if "=" in line)
     assert env["GREETING"] == "hi there"
     assert (env["PORT0"], env["PORT1"]) == (str(instance.port), str(instance.extra_ports[0]))
@@ -232,14 +212,14 @@ async def test_reconnects_resubscribes_and_reconciles_when_the_stream_closes(
         framework = await emulator.framework()
         return bool(framework["subscriptions"] == 2 and framework["connected"] and framework["calls"]["RECONCILE"] >= 3)
 
-    await poll(resubscribed)
+    await eventually(resubscribed)
     framework = await emulator.framework()
     assert framework["id"] == framework_id == scheduler.client.framework_id  # the same framework, not a new one
     assert (await emulator.state())["removed"] == []
     # The instance survived: same id, still active, still serving.
     assert [i.id for i in state_of(scheduler).active] == [before.id]
     assert state_of(scheduler).failed == ()
-    await poll(lambda: answers(before.host, before.port))
+    await eventually(lambda: answers(before.host, before.port))
     # ... and the framework still works on the new subscription.
     await scheduler.scale_service("svc-test", 2)
     await changes.until(running(scheduler, 2))
@@ -255,7 +235,7 @@ async def test_missed_heartbeats_make_the_framework_reconnect(
     async def resubscribed() -> bool:
         return bool((await emulator.framework())["subscriptions"] >= 2)
 
-    await poll(resubscribed, timeout=5)
+    await eventually(resubscribed, timeout=5)
     assert scheduler.client.framework_id == (await emulator.framework())["id"]
 
 
@@ -334,7 +314,7 @@ async def test_a_task_failed_or_lost_on_the_cluster_is_replaced(
     assert (ended.id, ended.failed, ended.killed, ended.message) == (victim.id, True, False, message)
     assert ended.exit_code == (-9 if control == "kill" else None)
     assert state.requested == 1 and state.active[0].id != victim.id
-    await poll(lambda: answers(state.active[0].host, state.active[0].port))
+    await eventually(lambda: answers(state.active[0].host, state.active[0].port))
 
 
 async def test_exit_codes_and_clean_exits(start_emulator: StartEmulator, make_scheduler: MakeScheduler) -> None:
@@ -376,7 +356,7 @@ async def test_kill_waits_for_the_end_and_acknowledges_every_update(
         # STARTING + RUNNING for both tasks, KILLED for one; reconciliation answers carry no uuid and are not acked.
         return bool(framework["calls"].get("ACKNOWLEDGE") == 5)
 
-    await poll(all_acknowledged)
+    await eventually(all_acknowledged)
     assert [t["id"] for t in (await emulator.state())["tasks"]] == [survivor.id]  # the acked end is forgotten
 
 
@@ -399,7 +379,7 @@ async def test_delete_and_close_leave_no_task_behind(
         state = await emulator.state()
         return state["frameworks"] == [] and all(t["state"] != "TASK_RUNNING" for t in state["tasks"])
 
-    await poll(nothing_runs)
+    await eventually(nothing_runs)
 
 
 async def test_follows_a_redirect_to_the_leading_master(
@@ -522,7 +502,7 @@ async def test_emulator_answers_with_the_masters_status_codes(start_emulator: St
         async def not_subscribed() -> bool:
             return await status(revive, {**plain, "Mesos-Stream-Id": stream_id}) == 403
 
-        await poll(not_subscribed)
+        await eventually(not_subscribed)
 
 
 # -- pure parts --

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningRouter, backend_token, on_the_fly_headers, wait_for
+from tests.conftest import RunningRouter, backend_token, on_the_fly_headers
+from tests.support import eventually
 
 TOKEN = {"x-waiter-token": "echo"}
 JSON = {"accept": "application/json"}
@@ -105,7 +106,7 @@ async def test_instance_kill_and_expire_signals(make_router) -> None:
     async def killed() -> bool:
         return any(i["id"] == iid for i in (await r.instances(sid))["killed-instances"])
 
-    await wait_for(killed, what="the instance in killed-instances")
+    await eventually(killed, what="the instance in killed-instances")
 
 
 async def test_waiter_ping_starts_the_service(make_router) -> None:

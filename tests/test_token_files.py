@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import RunningRouter, backend_token, wait_for
+from tests.conftest import RunningRouter, backend_token
+from tests.support import eventually
 from waiter.tokens import FileSettings, TokenFiles, token_etag
 
 MakeRouter = Callable[..., Awaitable[RunningRouter]]
@@ -153,7 +154,7 @@ async def test_a_file_edited_while_the_router_runs_is_served(make_router: MakeRo
     async def new_version_served() -> bool:
         return await r.service_id(headers) != first
 
-    await wait_for(new_version_served, timeout=10, what="the edited file to be served")
+    await eventually(new_version_served, timeout=10, what="the edited file to be served")
     async with r.client.get(r.url + "/token?token=edited") as resp:
         assert resp.status == 200 and (await resp.json())["version"] == "2"
     async with r.client.get(r.url + "/hello", headers=headers) as resp:
@@ -169,7 +170,7 @@ async def test_bad_yaml_is_reported_in_status_with_its_line(make_router: MakeRou
         status: dict[str, Any] = await r.get_json("/status")
         return bool(status["token-file-errors"])
 
-    await wait_for(reported, timeout=10, what="the broken file to be reported")
+    await eventually(reported, timeout=10, what="the broken file to be reported")
     (error,) = (await r.get_json("/status"))["token-file-errors"]
     assert error["file"] == str(r.tokens_dir / "broken.yaml") and error["line"] == 4
     assert "is not valid YAML" in error["message"]

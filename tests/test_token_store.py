@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as redis
 
 from tests.redis_server import RedisServer, needs_redis, running_redis
+from tests.support import eventually
 from waiter.tokens import (
     HISTORY_LIMIT,
     MemoryTokenStore,
@@ -25,21 +26,6 @@ from waiter.tokens import (
     token_etag,
 )
 from waiter.tokens.records import cap_history, name_problem, new_record, parse_time, shown, soft_deleted
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    async with running_redis() as server:
-        yield server
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 2.0, what: str = "condition") -> float:
-    """Poll ``check`` until true; the seconds it took. Fails after ``timeout``."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, f"timed out after {timeout} s waiting for {what}"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - start
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])

@@ -10,15 +10,16 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.conftest import RunningRouter, backend_token, wait_for
-from tests.redis_server import REDIS_SERVER, RedisServer, running_redis
+from tests.conftest import RunningRouter, backend_token
+from tests.redis_server import RedisServer
+from tests.support import eventually
 from waiter.auth import Permissions
 from waiter.settings import SettingsError, load_settings
 
@@ -450,14 +451,6 @@ def test_permissions(check: Callable[[], str | None], problem: str | None) -> No
 # -- two routers, one Redis ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    async with running_redis() as server:
-        yield server
-
-
 async def test_two_routers_share_tokens_through_redis(make_router: MakeRouter, redis_server: RedisServer) -> None:
     a = await make_router([], **alice(redis=redis_server.url))
     b = await make_router([], **alice(redis=redis_server.url))
@@ -468,7 +461,7 @@ async def test_two_routers_share_tokens_through_redis(make_router: MakeRouter, r
     async def b_knows() -> bool:
         return b.router.tokens.get("shared") is not None
 
-    await wait_for(b_knows, timeout=2, what="router B to see the token")
+    await eventually(b_knows, timeout=2, what="router B to see the token")
     assert time.monotonic() - started < 0.5
     assert (await get(b, "shared")).headers["etag"] == created.headers["etag"]
     sid1 = await hello(b, "shared")  # by the proxy path, not only GET /token
@@ -481,7 +474,7 @@ async def test_two_routers_share_tokens_through_redis(make_router: MakeRouter, r
         record = b.router.tokens.get("shared")
         return record is not None and record.etag == updated.headers["etag"]
 
-    await wait_for(b_serves_new_version, timeout=2, what="router B to see the update")
+    await eventually(b_serves_new_version, timeout=2, what="router B to see the update")
     sid2 = await hello(b, "shared")
     assert sid2 != sid1 and await hello(a, "shared") == sid2
     assert (await delete(b, "shared", if_match=updated.headers["etag"])).status == 200
@@ -489,7 +482,7 @@ async def test_two_routers_share_tokens_through_redis(make_router: MakeRouter, r
     async def a_forgot() -> bool:
         return a.router.tokens.get("shared") is None
 
-    await wait_for(a_forgot, timeout=2, what="router A to see the delete")
+    await eventually(a_forgot, timeout=2, what="router A to see the delete")
     assert (await get(a, "shared")).status == 404
 
 
@@ -499,7 +492,7 @@ async def test_only_owners_and_editors_change_tokens(make_router: MakeRouter, re
     a = await make_router([], **{"run-as-user": "alice", **config})
     m = await make_router([], **{"run-as-user": "mallory", **config})
     etag = (await post(a, backend_token("mine"))).headers["etag"]
-    await wait_for(lambda: _known(m, "mine"), timeout=2, what="the token to reach mallory's router")
+    await eventually(lambda: _known(m, "mine"), timeout=2, what="the token to reach mallory's router")
 
     update = await post(m, backend_token("mine", version="2"), if_match=etag)
     assert update.status == 403 and "User 'mallory' cannot update token mine" in update.message
@@ -547,7 +540,7 @@ async def test_redis_outage_keeps_serving_cached_tokens(make_router: MakeRouter,
     async def outage_reported() -> bool:
         return (await r.get_json("/status"))["token-store"]["connected"] is False
 
-    await wait_for(outage_reported, timeout=5, what="/status to report the outage")
+    await eventually(outage_reported, timeout=5, what="/status to report the outage")
     store = (await r.get_json("/status"))["token-store"]
     assert store["kind"] == "redis" and store["error"] and store["cached-tokens"] == 1
     assert await hello(r, "kept") == sid  # still served from the cache

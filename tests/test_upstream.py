@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
+from tests.support import eventually, free_port
 from waiter.upstream import (
     ConnectError,
     UpstreamClosed,
@@ -163,20 +163,6 @@ def canned(*responses: bytes, close: bool = False) -> Handler:
 
 async def forever() -> None:
     await asyncio.Event().wait()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # noqa: ASYNC110 - the condition lives in the pool, which offers no event for it
-            await asyncio.sleep(0.005)
-    assert predicate(), what
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.asynccontextmanager
@@ -331,7 +317,7 @@ async def test_idle_connections_beyond_max_idle_are_closed() -> None:
 
     async with WebBackend([web.get("/", slow)]) as backend, open_pool(max_idle_per_endpoint=2) as pool:
         calls = [asyncio.ensure_future(get(pool, backend.port)) for _ in range(4)]
-        await until(lambda: len(backend.peers) == 4, "four requests at the backend")
+        await eventually(lambda: len(backend.peers) == 4, "four requests at the backend")
         gate.set()
         assert await asyncio.gather(*calls) == [(200, b"ok")] * 4
         assert pool.endpoint_count() == 2
@@ -343,7 +329,7 @@ async def test_idle_connections_expire_after_idle_keepalive_secs() -> None:
     async with RawBackend(canned(empty)) as backend, open_pool(idle_keepalive_secs=0.05) as pool:
         assert await get(pool, backend.port) == (200, b"")
         assert pool.endpoint_count() == 1
-        await until(lambda: pool.endpoint_count() == 0, "the idle connection to expire")
+        await eventually(lambda: pool.endpoint_count() == 0, "the idle connection to expire")
         assert await get(pool, backend.port) == (200, b"")
         assert backend.connections == 2
 
@@ -676,7 +662,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 async def test_idle_connection_closed_by_the_backend_is_replaced() -> None:
     async with RawBackend(canned(OK, close=True)) as backend, open_pool() as pool:  # no Connection: close header
         assert await get(pool, backend.port) == (200, b"ok")
-        await until(lambda: pool.endpoint_count() == 0, "the pool to notice the closed connection")
+        await eventually(lambda: pool.endpoint_count() == 0, "the pool to notice the closed connection")
         assert await get(pool, backend.port) == (200, b"ok")
         assert backend.connections == 2
 
