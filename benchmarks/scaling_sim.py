@@ -3,7 +3,7 @@
 A discrete-event simulation with exact event times and a simulated clock (nothing sleeps): closed-loop clients
 (each sends its next request the moment the previous one returns), requests of 1 s, concurrency-level 1, a FIFO
 queue in front of the instances, instances healthy 5 s after they are requested, the autoscaler ticking every
-second, and scale-down as in waiter-api.md §5.3 (one idle instance per cycle at most once a second, starting
+second, and scale-down as in docs/api.md §5.3 (one idle instance per cycle at most once a second, starting
 instances first, then the youngest). Three traffic shapes, 12 simulated minutes each:
 
     .venv/bin/python benchmarks/scaling_sim.py [--out benchmarks/out] [--no-plots] [--threshold 2 --window 60]
@@ -36,7 +36,7 @@ TICK_SECS = 1.0
 KILL_INTERVAL_SECS = 1.0
 DURATION_SECS = 720.0
 
-# Waiter's defaults (waiter-api.md §2.1): the same smoothing for both; only burst mode differs.
+# Waiter's defaults (docs/api.md §2.1): the same smoothing for both; only burst mode differs.
 WAITER = ScalingSettings(
     min_instances=1,
     max_instances=500,

@@ -1,4 +1,4 @@
-"""/token and /tokens over real HTTP against real routers (waiter-api.md §1.2-1.5, §2.4, §2.5, §9 items 1-7, 16, 17).
+"""/token and /tokens over real HTTP against real routers (docs/api.md §1.2-1.5, §2.4, §2.5, §9 items 1-7, 16, 17).
 
 Routers are real (``make_router``), services are real backend processes, and the Redis tests use a test-owned
 ``redis-server`` on a free port shared by two routers.

@@ -1,4 +1,4 @@
-"""Who is calling, and what they may do with tokens (waiter-api.md §0 Auth, §2.5, §3.3).
+"""Who is calling, and what they may do with tokens (docs/api.md §0 Auth, §2.5, §3.3).
 
 Authentication is pluggable: an ``Authenticator`` turns a request into a ``Caller`` or raises a 401
 ``WaiterError``. The default is Waiter's "one user" authenticator, as in its local setup: every caller is the

@@ -1,4 +1,4 @@
-"""Router-generated errors and their rendering as JSON, HTML or text (waiter-api.md §0.1)."""
+"""Router-generated errors and their rendering as JSON, HTML or text (docs/api.md §0.1)."""
 
 from __future__ import annotations
 

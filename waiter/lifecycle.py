@@ -1,4 +1,4 @@
-"""Pure lifecycle decisions (waiter-api.md §6): deployment errors, idle, stale and broken services, expiry.
+"""Pure lifecycle decisions (docs/api.md §6): deployment errors, idle, stale and broken services, expiry.
 
 Each function takes what it needs and the time; the loops in ``waiter.reaper`` and ``waiter.service`` apply them.
 """

@@ -58,7 +58,7 @@ NO_BODY_STATUSES = frozenset({204, 304})
 
 
 def timeouts(options: RequestOptions, defaults: Timeouts) -> Timeouts:
-    """The request's headers override the token's timeouts (waiter-api.md §3.1)."""
+    """The request's headers override the token's timeouts (docs/api.md §3.1)."""
     if options.queue_timeout_ms is None and options.timeout_ms is None and options.streaming_timeout_ms is None:
         return defaults
     return Timeouts(

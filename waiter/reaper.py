@@ -1,4 +1,4 @@
-"""The reaper: on a timer, the scaling leader deletes idle, stale and long-broken services (waiter-api.md §6).
+"""The reaper: on a timer, the scaling leader deletes idle, stale and long-broken services (docs/api.md §6).
 
 The decision is ``lifecycle.reap_reason`` (pure); this loop gathers its inputs and applies it. A deleted service
 starts again on its next request.

@@ -1,4 +1,4 @@
-"""Request headers -> the service they address (waiter-api.md §3), cached per distinct set of waiter headers."""
+"""Request headers -> the service they address (docs/api.md §3), cached per distinct set of waiter headers."""
 
 from __future__ import annotations
 

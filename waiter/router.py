@@ -73,7 +73,7 @@ class Router:
         return dict(service.resolved.core) if service else None
 
     def is_api(self, path: str, host: str, headers: tuple[tuple[str, str], ...]) -> bool:
-        """waiter-api.md §0.2: own paths, or the router's own host with no service-addressing x-waiter-* header.
+        """docs/api.md §0.2: own paths, or the router's own host with no service-addressing x-waiter-* header.
 
         ``headers`` are the request's x-waiter-* headers (lowercase names); ``host`` its Host header or ""."""
         if path in admin.ALWAYS_API:
@@ -109,7 +109,7 @@ class Router:
     ) -> Service:
         """The service that serves the request: the resolved version, started if needed, or during a token's
         fallback period, while that version has no healthy instance, the newest earlier version that has one
-        (waiter-api.md §3.5). The resolved version starts in the background either way."""
+        (docs/api.md §3.5). The resolved version starts in the background either way."""
         service = self.registry.start(resolved)
         if not fallback or service.tracker.healthy_count() > 0 or len(resolved.source_tokens) != 1:
             return service

@@ -3,7 +3,7 @@
 Pure: no I/O, no clock, no asyncio. The autoscaler loop gathers the counts, passes the time in, applies the
 returned ``Decision`` and keeps ``Decision.state`` (in Redis, as JSON) for the next cycle.
 
-Waiter's formula (waiter-api.md §5.2), with worked numbers for Waiter's defaults (scale-up-factor 0.1,
+Waiter's formula (docs/api.md §5.2), with worked numbers for Waiter's defaults (scale-up-factor 0.1,
 scale-down-factor 0.001, jitter-threshold 0.5, scale-factor 1, concurrency-level 1)::
 
     ticks  = whole seconds since the previous cycle
@@ -119,7 +119,7 @@ _DESCRIPTION_KEYS = {
 
 @dataclass(frozen=True)
 class ScalingSettings:
-    """A service's scaling parameters (waiter-api.md §2.1).
+    """A service's scaling parameters (docs/api.md §2.1).
 
     Checked against the preconditions of Waiter's ``scale-service``, which are wider than what a token may
     hold (a factor of exactly 0 or 1 is allowed here), so that every case of Waiter's own tests can run.

@@ -127,7 +127,7 @@ class Service:
         self.last_request_time: float | None = None
         self.total_requests = 0
         self.start_error: str | None = None  # the scheduler refused to create the service
-        self.deployment_error: str | None = None  # why its instances cannot start (waiter-api.md §6)
+        self.deployment_error: str | None = None  # why its instances cannot start (docs/api.md §6)
         self.broken_since: float | None = None
         self.last_healthy_at = self.registered_at  # failures before this do not count towards an error
         self._started: asyncio.Task[None] | None = None

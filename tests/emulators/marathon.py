@@ -1,6 +1,6 @@
 """A Marathon emulator: Marathon's v2 REST API over tasks that are real local processes (a test fixture).
 
-Speaks the JSON of Marathon 1.x as ``shared/cluster-apis.md`` §1 records it: AppInfo with counts and deployments
+Speaks the JSON of Marathon 1.x as ``docs/cluster-apis.md`` §1 records it: AppInfo with counts and deployments
 always embedded and tasks / lastTaskFailure on request, Task objects and their states, ``Marathon-Deployment-Id``
 headers with deploymentResult bodies, 201 on create, 409 for an existing app or a deployment lock, 404 and 422
 messages. Tasks run on one emulated agent (see ``marathon_cluster``). Run it on its own from the project root::

@@ -1,6 +1,6 @@
 """The Mesos master emulator's scheduler API: ``POST /api/v1/scheduler``, frameworks, offers and status updates.
 
-Follows ``/work/shared/cluster-apis.md`` §2: the master's status codes in their order, RecordIO-framed JSON events
+Follows ``docs/cluster-apis.md`` §2: the master's status codes in their order, RecordIO-framed JSON events
 with the real nesting (``{"offers": {"offers": [...]}}``, ``{"error": {"message"}}``), one subscription per
 framework, status updates carrying a uuid and resent until acknowledged (one at a time per task, as an agent's
 status update manager does), implicit and explicit reconciliation, offer filters (``refuse_seconds``), REVIVE and

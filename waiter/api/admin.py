@@ -1,4 +1,4 @@
-"""The router's own endpoints and their dispatch: /status, /settings, /service-id (waiter-api.md §1)."""
+"""The router's own endpoints and their dispatch: /status, /settings, /service-id (docs/api.md §1)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ EXACT: dict[str, dict[str, Handler]] = {
 # Prefix routes, tried in order when no exact path matches: (prefix, method -> handler).
 PREFIXES: list[tuple[str, dict[str, Handler]]] = []
 
-# Paths that are always the router's own, whatever the Host and headers (waiter-api.md §0.2 rule 1).
+# Paths that are always the router's own, whatever the Host and headers (docs/api.md §0.2 rule 1).
 ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping", "/token", "/tokens"}
 
 

@@ -1,4 +1,4 @@
-"""Services as clients see them: /apps, /apps/{id}, instance signals, /waiter-ping, /state (waiter-api.md §1.6-1.10)."""
+"""Services as clients see them: /apps, /apps/{id}, instance signals, /waiter-ping, /state (docs/api.md §1.6-1.10)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def cluster_view(router: Router) -> Cluster:
 
 
 def _matches(value: Any, pattern: str) -> bool:
-    """waiter-api.md §1.10: equal, '*' = any non-empty value, or a full-match regex."""
+    """docs/api.md §1.10: equal, '*' = any non-empty value, or a full-match regex."""
     if value is None or value == "" or value == {} or value == []:
         return pattern != "*" and pattern == ""
     text = str(value).lower() if isinstance(value, bool) else str(value)
@@ -221,7 +221,7 @@ async def app_post(router: Router, request: web.BaseRequest, _h: Headers) -> web
 
 
 async def ping(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
-    """Start the service if needed and GET its health check through the normal queue (waiter-api.md §1.9)."""
+    """Start the service if needed and GET its health check through the normal queue (docs/api.md §1.9)."""
     cid = request.headers.get("x-cid", "")
     try:
         resolved, options = router.resolver.resolve(headers, request.headers.get("host"))

@@ -1,4 +1,4 @@
-"""GET/POST/DELETE /token and GET /tokens (waiter-api.md §1.2-1.5, §2.4, §2.5).
+"""GET/POST/DELETE /token and GET /tokens (docs/api.md §1.2-1.5, §2.4, §2.5).
 
 Messages start with the sentence Waiter clients know (``Cannot modify stale token``, ...) and, where it helps,
 add what to do after a newline, as Waiter's own friendlier explanations do (§0.1).
@@ -47,7 +47,7 @@ def _header_token(headers: Headers) -> str | None:
 
 
 def _host_token(router: Router, request: web.BaseRequest) -> str | None:
-    """The Host header (port stripped) when it is not one of the router's own names (waiter-api.md §1.2)."""
+    """The Host header (port stripped) when it is not one of the router's own names (docs/api.md §1.2)."""
     host = request.headers.get("host", "")
     host = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower()
     settings = router.settings
@@ -161,7 +161,7 @@ def _update_mode(request: web.BaseRequest) -> bool:
 
 
 def _validate(router: Router, name: str, body: Mapping[str, Any], admin: bool) -> None:
-    """waiter-api.md §2.5, in its order."""
+    """docs/api.md §2.5, in its order."""
     if name.lower() in router.settings.hostnames:
         raise WaiterError(403, f"Token name is reserved\n{name} is one of this router's host names.")
     if not EDITABLE & body.keys():

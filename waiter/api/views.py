@@ -1,4 +1,4 @@
-"""JSON views of services and instances, shaped as Waiter's /apps answers them (waiter-api.md §1.6, §1.7, §7.4)."""
+"""JSON views of services and instances, shaped as Waiter's /apps answers them (docs/api.md §1.6, §1.7, §7.4)."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def format_number(value: float) -> str:
 def instance_environment(
     spec: ServiceSpec, settings: LocalSettings, instance_id: str, sandbox: Path, ports: tuple[int, ...]
 ) -> dict[str, str]:
-    """The environment of one instance (waiter-api.md §7.1); Waiter's own variables win over the user's."""
+    """The environment of one instance (docs/api.md §7.1); Waiter's own variables win over the user's."""
     env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
     env.update(spec.env)
     user = spec.run_as_user or getpass.getuser()

@@ -1,4 +1,4 @@
-"""The Marathon scheduler: every service is a Marathon app, every instance one of its tasks (waiter-api.md §8).
+"""The Marathon scheduler: every service is a Marathon app, every instance one of its tasks (docs/api.md §8).
 
 Three layers, as Waiter has them. ``MarathonClient`` (``marathon_client``) does the HTTP. Pure translators
 (``marathon_apps``) turn a ``ServiceSpec`` into an app descriptor and Marathon's JSON into instances.

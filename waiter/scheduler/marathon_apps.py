@@ -1,6 +1,6 @@
 """Marathon apps and tasks as Waiter services and instances: pure translators, no I/O and no clock.
 
-``app_descriptor`` turns a ``ServiceSpec`` into the app the scheduler POSTs (waiter-api.md §8); ``task_instance`` and
+``app_descriptor`` turns a ``ServiceSpec`` into the app the scheduler POSTs (docs/api.md §8); ``task_instance`` and
 ``failure_instance`` turn Marathon's JSON into ``Instance`` values; ``AppBook`` folds successive answers for one app
 into a ``ServiceState`` (tasks that appeared, ended, failed), as Waiter's ``response-data->service-instances`` does.
 
@@ -91,7 +91,7 @@ def app_command(spec: ServiceSpec, naming: Naming) -> str:
 
 
 def app_descriptor(spec: ServiceSpec, instances: int, naming: Naming, cluster_name: str) -> JSON:
-    """The Marathon app of a service (waiter-api.md §8)."""
+    """The Marathon app of a service (docs/api.md §8)."""
     app: JSON = {
         "id": naming.app_id(spec.service_id),
         "cmd": app_command(spec, naming),

@@ -335,7 +335,7 @@ def port_ranges(ports: Sequence[int]) -> list[dict[str, int]]:
 def task_environment(
     spec: ServiceSpec, cluster: str, instance_id: str, sandbox: str, ports: Sequence[int]
 ) -> dict[str, str]:
-    """The environment of one task (waiter-api.md §7.1, with Marathon's HOME); Waiter's variables win."""
+    """The environment of one task (docs/api.md §7.1, with Marathon's HOME); Waiter's variables win."""
     env = dict(spec.env)
     user = spec.run_as_user or getpass.getuser()
     env.update(

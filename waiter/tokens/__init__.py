@@ -1,4 +1,4 @@
-"""Tokens: YAML files and a store (memory or Redis) behind one registry (waiter-api.md §1.2-1.5, §2)."""
+"""Tokens: YAML files and a store (memory or Redis) behind one registry (docs/api.md §1.2-1.5, §2)."""
 
 from waiter.tokens.files import FileProblem, FileSettings, TokenFiles
 from waiter.tokens.memory import MemoryTokenStore

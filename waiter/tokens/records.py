@@ -1,7 +1,7 @@
 """Pure rules of token records: history, system metadata, no-op detection and how records are shown.
 
 No I/O and no clock: the time is always a parameter. Times are stored as epoch milliseconds and shown as ISO-8601
-strings (waiter-api.md §0).
+strings (docs/api.md §0).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ EDITABLE = frozenset(SERVICE_PARAMS) | frozenset(TOKEN_PARAMS)  # what a user ma
 
 
 def name_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a token name (waiter-api.md §2.5), or None."""
+    """Why ``name`` cannot be a token name (docs/api.md §2.5), or None."""
     bad = next((c for c in name if not _NAME_CHAR_RE.fullmatch(c)), None)
     if bad is not None:
         return f'Token contains invalid character: "{bad}"'
@@ -39,7 +39,7 @@ def service_params(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def editable(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields a user edits, plus ``cluster``: what no-op detection compares (waiter-api.md §1.3 step 5)."""
+    """The fields a user edits, plus ``cluster``: what no-op detection compares (docs/api.md §1.3 step 5)."""
     return {k: v for k, v in data.items() if k in EDITABLE or k == "cluster"}
 
 
@@ -121,7 +121,7 @@ def shown(data: Mapping[str, Any], *, metadata: bool, cluster: str) -> dict[str,
     """The GET /token body: service parameters and user metadata; with ``metadata`` the system metadata too.
 
     ``owner`` is always present (legacy records report their run-as-user); times are ISO strings, in
-    ``previous`` records as well (waiter-api.md §1.2).
+    ``previous`` records as well (docs/api.md §1.2).
     """
     body = {k: copy.deepcopy(v) for k, v in data.items() if k in EDITABLE}
     owner = data.get("owner") or data.get("run-as-user")

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from waiter.errors import iso_millis
 
-HISTORY_LIMIT = 5  # levels of ``previous`` kept on a record (waiter-api.md §2.3)
+HISTORY_LIMIT = 5  # levels of ``previous`` kept on a record (docs/api.md §2.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,13 +32,13 @@ class TokenRecord:
 
     @property
     def owner(self) -> str | None:
-        """The owner; legacy records without one report their run-as-user (waiter-api.md §1.2)."""
+        """The owner; legacy records without one report their run-as-user (docs/api.md §1.2)."""
         owner = self.data.get("owner") or self.data.get("run-as-user")
         return owner if isinstance(owner, str) else None
 
 
 def token_etag(data: Mapping[str, Any]) -> str:
-    """``E-`` + MD5 of the record without its history (waiter-api.md §2.4)."""
+    """``E-`` + MD5 of the record without its history (docs/api.md §2.4)."""
     body = {k: v for k, v in data.items() if k not in ("previous", "token")}
     return "E-" + hashlib.md5(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
