@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -170,6 +171,10 @@ async def make_router(tmp_path: Path, cluster: Cluster) -> AsyncIterator[Callabl
             "health-check": {"startup-interval-ms": 50, "timeout-ms": 1000},
         }
         data.update(config)
+        if data["scheduler"].get("kind", "local") == "local":
+            # instances' sandboxes go under the test's temp dir even when a test brings its own scheduler config
+            local = data["scheduler"].setdefault("local", {})
+            local.setdefault("work-dir", str(tmp_path / f"work{index}"))
         config_file = tmp_path / f"router{index}.yaml"
         config_file.write_text(yaml.safe_dump(data))
         server = RouterServer(load_settings(config_file))
@@ -183,3 +188,44 @@ async def make_router(tmp_path: Path, cluster: Cluster) -> AsyncIterator[Callabl
     for running in reversed(started):
         await running.client.close()
         await running.server.stop()
+
+
+# -- the suite writes only under temp dirs ---------------------------------------------------------------------------
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+_TOOL_LEFTOVERS = (".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".egg-info", ".coverage")
+
+
+def _checkout_status() -> set[str] | None:
+    """What git sees in the checkout besides tool caches, or None outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored"], cwd=_CHECKOUT, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return {line for line in out.stdout.splitlines() if not any(part in line for part in _TOOL_LEFTOVERS)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_STATUS_KEY] = _checkout_status()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_STATUS_KEY, None)
+    after = _checkout_status()
+    if before is None or after is None or session.config.option.collectonly:
+        return
+    added = sorted(after - before)
+    if added:
+        session.config.get_terminal_writer().line()
+        session.config.get_terminal_writer().line(
+            "the test suite wrote into the checkout (tests must write only under temp dirs): " + ", ".join(added),
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_STATUS_KEY = pytest.StashKey[set[str] | None]()

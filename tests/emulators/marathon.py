@@ -28,6 +28,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -400,7 +401,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.emulators.marathon", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on, and the tasks' host")
-    parser.add_argument("--work-dir", type=Path, default=Path("marathon-emulator"), help="where task sandboxes go")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where task sandboxes go (default: a new temp dir)")
     parser.add_argument("--port-range", default="31000-31999", help="ports handed to tasks, LOW-HIGH")
     parser.add_argument("--username", help="require HTTP basic auth with this user (and --password)")
     parser.add_argument("--password", help="the basic auth password")
@@ -412,7 +413,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     low, _, high = args.port_range.partition("-")
     config = ClusterConfig(
-        work_dir=args.work_dir.resolve(),
+        work_dir=(args.work_dir or Path(tempfile.mkdtemp(prefix="marathon-emulator-"))).resolve(),
         port_range=(int(low), int(high or low)),
         agent_host=args.host,
         default_kill_grace_secs=args.kill_grace_secs,

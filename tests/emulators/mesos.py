@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cpus", type=float, default=8.0)
     parser.add_argument("--mem", type=float, default=16384.0, help="MiB")
     parser.add_argument("--port-range", default="31000-31999", help="the agent's ports resource, LOW-HIGH")
-    parser.add_argument("--work-dir", type=Path, default=Path("mesos-emulator"), help="the agent's sandboxes")
+    parser.add_argument("--work-dir", type=Path, default=None, help="the agent's sandboxes (default: a new temp dir)")
     parser.add_argument("--heartbeat-secs", type=float, default=15.0)
     parser.add_argument("--allocation-secs", type=float, default=1.0)
     parser.add_argument("--update-retry-secs", type=float, default=10.0)
@@ -109,7 +110,7 @@ async def serve(args: argparse.Namespace) -> None:
         cpus=args.cpus,
         mem=args.mem,
         ports=(low, high),
-        work_dir=args.work_dir.resolve(),
+        work_dir=(args.work_dir or Path(tempfile.mkdtemp(prefix="mesos-emulator-"))).resolve(),
         heartbeat_secs=args.heartbeat_secs,
         allocation_secs=args.allocation_secs,
         update_retry_secs=args.update_retry_secs,
