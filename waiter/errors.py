@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 import json
+import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +14,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from waiter.version import SERVER_HEADER
+
+log = logging.getLogger(__name__)
 
 TITLES = {
     "waiter.QueueLength": "Service Queue Length Exceeded",
@@ -54,6 +58,11 @@ class WaiterError(Exception):
         if self.error_class and self.error_class in TITLES:
             return TITLES[self.error_class]
         return f"Waiter Error {self.status}"
+
+
+def internal_error(cid: str) -> WaiterError:
+    """A failure of the router itself: the client gets the cid, the log gets the traceback (never the body)."""
+    return WaiterError(500, f"Internal error: the router logged the details under cid {printable(cid)}.")
 
 
 def iso_millis(epoch_secs: float | None) -> str | None:
@@ -124,10 +133,53 @@ def error_body(request: RequestInfo, err: WaiterError, cid: str) -> dict[str, An
     return body
 
 
+# Lone surrogates: bytes that were not UTF-8 (decoded with surrogateescape, \udc80-\udcff) or a JSON "\ud800".
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a byte that was not UTF-8 becomes ``\\xff``, a lone surrogate ``\\ud800``."""
+    return _SURROGATE.sub(_escape_surrogate, text)
+
+
+def _printable_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, Mapping):
+        return {printable(str(k)): _printable_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable_value(v) for v in value]
+    return value
+
+
 def render_error_parts(request: RequestInfo, err: WaiterError, cid: str) -> RenderedError:
-    """The error in the representation the client's Accept header asks for, ready for any server to write."""
-    body = error_body(request, err, cid)
-    headers = {"x-cid": cid, "server": SERVER_HEADER, **err.headers}
+    """The error in the representation the client's Accept header asks for, ready for any server to write.
+
+    Never raises on what the client sent: path, query, Host, cid and message are escaped where they are not
+    UTF-8, and a failure past that falls back to a fixed 500 (see last_resort)."""
+    try:
+        return _render(request, err, printable(cid))
+    except Exception:
+        log.exception("rendering a %d error failed (cid %s)", err.status, printable(cid))
+        return last_resort(cid)
+
+
+def last_resort(cid: str) -> RenderedError:
+    """The answer when everything else failed: a 500 that names the cid the log has the details under."""
+    cid = printable(cid)
+    text = f"Internal error: the router logged the details under cid {cid}.\n"
+    headers = {"x-cid": cid, "server": SERVER_HEADER}
+    return RenderedError(500, "text/plain; charset=utf-8", text.encode(), headers)
+
+
+def _render(request: RequestInfo, err: WaiterError, cid: str) -> RenderedError:
+    body = _printable_value(error_body(request, err, cid))
+    headers = {"x-cid": cid, "server": SERVER_HEADER, **{k: printable(v) for k, v in err.headers.items()}}
     kind = _wants(request)
     if kind == "json":
         text = json.dumps({"waiter-error": body}, indent=2)
@@ -138,13 +190,13 @@ def render_error_parts(request: RequestInfo, err: WaiterError, cid: str) -> Rend
             for k, v in body.items()
             if k != "message"
         )
-        message = html.escape(err.message).replace("\n", "<br>")
+        message = html.escape(body["message"]).replace("\n", "<br>")
         page = (
             f"<!DOCTYPE html><html><head><title>{html.escape(err.title)}</title></head><body>"
             f"<h1>{html.escape(err.title)}</h1><p>{message}</p><table>{rows}</table></body></html>"
         )
         return RenderedError(err.status, "text/html; charset=utf-8", page.encode(), headers)
-    lines = [f"{err.title}", "", err.message, ""]
+    lines = [f"{err.title}", "", body["message"], ""]
     lines += [f"{k}: {v}" for k, v in body.items() if k not in ("message", "title") and v is not None]
     text = "\n".join(lines) + "\n"
     return RenderedError(err.status, "text/plain; charset=utf-8", text.encode(), headers)

@@ -23,7 +23,7 @@ from typing import cast
 import httptools
 
 from waiter import exchange
-from waiter.errors import WaiterError, render_error_parts
+from waiter.errors import WaiterError, internal_error, printable, render_error_parts
 from waiter.http1 import (
     ENC,
     ERRORS,
@@ -314,7 +314,7 @@ class Connection(asyncio.Protocol):
                 except ConnectionResetError:
                     return
                 except Exception:
-                    log.exception("front door failed serving %s %s", req.method_str(), req.path)
+                    log.exception("front door failed serving %s %s", req.method_str(), printable(req.path))
                     self.transport.abort()
                     return
                 if not self._finished(req):
@@ -441,11 +441,12 @@ class Connection(asyncio.Protocol):
             self._answer_error(req, err, cid)
         except ConnectionResetError:
             raise
-        except Exception as exc:
+        except Exception:
             if self._responded:
-                raise
-            log.exception("internal error on %s %s (cid %s)", req.method_str(), req.path, cid.decode(ENC, ERRORS))
-            self._answer_error(req, WaiterError(500, f"Internal error: {exc}"), cid)
+                raise  # the head is out: _run logs it and closes the connection
+            text = printable(cid.decode(ENC, ERRORS))
+            log.exception("internal error on %s %s (cid %s)", req.method_str(), printable(req.path), text)
+            self._answer_error(req, internal_error(text), cid)
 
     def _answer_error(self, req: Request, err: WaiterError, cid: bytes) -> None:
         if self._closed:

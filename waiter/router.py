@@ -16,7 +16,7 @@ from waiter.auth import Authenticator, create_authenticator
 from waiter.autoscaler import Autoscaler
 from waiter.coordinator import Coordinator
 from waiter.descriptor import RequestOptions
-from waiter.errors import WaiterError, render_error
+from waiter.errors import WaiterError, internal_error, printable, render_error
 from waiter.lifecycle import in_fallback
 from waiter.proxy import Proxy
 from waiter.registry import ServiceRegistry
@@ -169,7 +169,7 @@ class Router:
         return self.serving(resolved, options, headers, host), options
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        cid = request.headers.get("x-cid") or new_cid()
+        cid = printable(request.headers.get("x-cid") or new_cid())
         headers = tuple(
             (name.lower(), value) for name, value in request.headers.items() if name[:9].lower() == "x-waiter-"
         )
@@ -185,6 +185,6 @@ class Router:
             return await self.proxy.handle(request, service, options, cid)
         except WaiterError as err:
             return render_error(request, err, cid)
-        except Exception as exc:
-            log.exception("internal error on %s %s (cid %s)", request.method, request.path, cid)
-            return render_error(request, WaiterError(500, f"Internal error: {exc}"), cid)
+        except Exception:
+            log.exception("internal error on %s %s (cid %s)", request.method, printable(request.path), cid)
+            return render_error(request, internal_error(cid), cid)
