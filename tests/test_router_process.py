@@ -23,7 +23,8 @@ TOKEN = {"x-waiter-token": "echo"}
 
 
 class RouterProcess:
-    def __init__(self, tmp_path: Path, tokens: list[dict[str, Any]]) -> None:
+    def __init__(self, tmp_path: Path, tokens: list[dict[str, Any]], work_dir: Path | None = None) -> None:
+        tmp_path.mkdir(exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         tokens_dir = tmp_path / "tokens"
@@ -37,7 +38,7 @@ class RouterProcess:
                     "port": self.port,
                     "tokens-dir": str(tokens_dir),
                     "drain-timeout-secs": 10,
-                    "scheduler": {"local": {"work-dir": str(tmp_path / "work")}},
+                    "scheduler": {"local": {"work-dir": str(work_dir or tmp_path / "work")}},
                     "health-check": {"startup-interval-ms": 50},
                 }
             )
@@ -139,3 +140,56 @@ async def test_large_bodies_leave_router_memory_flat(router_process: RouterProce
         assert received == total
         grown = psutil.Process(r.proc.pid).memory_info().rss - before
     assert grown < 48 * 1024 * 1024, f"router RSS grew by {grown / 2**20:.0f} MiB moving 256 MiB each way"
+
+
+async def _serve_once(r: RouterProcess, client: aiohttp.ClientSession) -> int:
+    """Start the echo service with one request; the pid of its instance."""
+    await r.ready(client)
+    async with client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    async with client.get(r.url + "/apps") as resp:
+        (app,) = await resp.json()
+    async with client.get(r.url + f"/apps/{app['service-id']}") as resp:
+        (instance,) = (await resp.json())["instances"]["active-instances"]
+    return int(instance["shell-scheduler/pid"])
+
+
+def _group(pgid: int) -> list[int]:
+    return [p.pid for p in psutil.process_iter() if _pgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_kill_9_of_the_router_leaves_no_instance(router_process: RouterProcess) -> None:
+    async with aiohttp.ClientSession() as client:
+        pid = await _serve_once(router_process, client)
+    assert _group(pid) != []
+    router_process.proc.kill()
+    router_process.proc.wait()
+
+    async def gone() -> bool:
+        return await asyncio.to_thread(_group, pid) == []
+
+    await wait_for(gone, timeout=10, what="the watchdog to stop the instance of the killed router")
+
+
+async def test_a_restarted_router_stops_what_a_killed_one_left(tmp_path: Path) -> None:
+    token = backend_token("echo", mem=512)
+    first = RouterProcess(tmp_path / "first", [token], work_dir=tmp_path / "work")
+    try:
+        async with aiohttp.ClientSession() as client:
+            pid = await _serve_once(first, client)
+        # The watchdog dies first, with the router: nothing but the next router can clean up now.
+        (watchdog,) = [c for c in psutil.Process(first.proc.pid).children() if "leftovers" in " ".join(c.cmdline())]
+        watchdog.kill()
+        watchdog.wait(5)
+        first.proc.kill()
+        first.proc.wait()
+        assert _group(pid) != [], "the instance outlived both, as an orphan"
+    finally:
+        first.stop()
+    second = RouterProcess(tmp_path / "second", [token], work_dir=tmp_path / "work")
+    try:
+        async with aiohttp.ClientSession() as client:
+            await second.ready(client)
+        assert _group(pid) == []
+    finally:
+        second.stop()

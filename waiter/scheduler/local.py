@@ -6,6 +6,8 @@ watch, measure memory) and records every outcome in the books, the only source o
 
 Every instance runs as ``bash run-service.sh`` in a new session, so its process id is also its process group
 id and one ``killpg`` reaches everything it started, including background children that outlive the leader.
+Instances never outlive the router for long: a watchdog stops them when the router dies without cleaning up, and a
+router started on the same work dir stops what an earlier one left (``waiter.scheduler.leftovers``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import BinaryIO
 
 import psutil
 
+from waiter.scheduler import leftovers
 from waiter.scheduler.base import (
     Instance,
     InstanceFlag,
@@ -67,6 +70,7 @@ class LocalSettings:
     min_kill_grace_secs: float = 1.0  # SIGKILL after max(termination-grace-period-secs, this)
     restart_backoff_base_secs: float = 0.5  # crash n waits base * restart-backoff-factor**(n-1), <= 60 s
     max_ended_instances: int = 10  # kept per list (failed, killed)
+    watchdog: bool = True  # a process that stops the instances if the router dies without cleaning up
 
 
 def restart_delay(failures: int, base_secs: float, factor: float) -> float:
@@ -254,6 +258,7 @@ class _Process:
     instance: Instance
     process: subprocess.Popen[bytes]
     ports: tuple[int, ...]
+    sandbox: Path
     started: float  # monotonic
     grace_secs: float  # SIGTERM to SIGKILL
     ending: _Ending | None = None
@@ -312,7 +317,10 @@ class LocalScheduler:
         self._restart_timers: dict[str, asyncio.TimerHandle] = {}
         self._fills: set[asyncio.Task[None]] = set()
         self._memory_task: asyncio.Task[None] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._closing = False
+        me = os.getpid()
+        self._owner = (me, leftovers.start_time(me) or time.time())
 
     # -- the Scheduler protocol --
 
@@ -320,7 +328,13 @@ class LocalScheduler:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        self.settings.work_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = self.settings.work_dir
+        work_dir.mkdir(parents=True, exist_ok=True)
+        left = leftovers.orphaned(leftovers.read_records(work_dir))
+        if left:
+            stopped = await asyncio.to_thread(leftovers.stop_instances, left)
+            log.warning("Stopped %d instances left running in %s by a router that is gone", stopped, work_dir)
+        self._ensure_watchdog()
         if self._memory_task is None:
             self._memory_task = asyncio.create_task(self._memory_loop(), name="local-scheduler-memory")
 
@@ -341,6 +355,9 @@ class LocalScheduler:
             self._begin_stop(process, ending)
         await asyncio.gather(*(self._stop(p, force=False) for p in running))
         self._ports.close()
+        if self._watchdog is not None:
+            await asyncio.to_thread(leftovers.stop_watchdog, self._watchdog)
+            self._watchdog = None
 
     async def create_service(self, spec: ServiceSpec, instances: int) -> bool:
         check_spec(spec, instances)
@@ -480,6 +497,7 @@ class LocalScheduler:
         except BaseException:
             self._ports.release(ports, hold=False)
             raise
+        self._record(instance_id, sandbox, process.pid, spec)
         instance = Instance(
             id=instance_id,
             service_id=spec.service_id,
@@ -491,11 +509,33 @@ class LocalScheduler:
             extras={"shell-scheduler/pid": process.pid, "shell-scheduler/working-directory": str(sandbox)},
         )
         grace = max(spec.termination_grace_period_secs, self.settings.min_kill_grace_secs)
-        running = _Process(spec.service_id, instance, process, ports, time.monotonic(), grace)
+        running = _Process(spec.service_id, instance, process, ports, sandbox, time.monotonic(), grace)
         running.watcher = asyncio.create_task(self._watch(running), name=f"watch-{instance_id}")
         self._processes[instance_id] = running
         book.add(instance)
         log.info("Launched instance %s (pid %d, ports %s)", instance_id, process.pid, ports)
+
+    def _record(self, instance_id: str, sandbox: Path, pid: int, spec: ServiceSpec) -> None:
+        """Leave the pid file by which a watchdog or a later router finds the instance if we die."""
+        started = leftovers.start_time(pid)
+        if started is None:
+            return  # gone already: nothing can be left behind
+        grace = max(spec.termination_grace_period_secs, self.settings.min_kill_grace_secs)
+        record = leftovers.InstanceRecord(instance_id, pid, started, *self._owner, grace)
+        try:
+            leftovers.write_record(sandbox, record)
+        except OSError as error:
+            log.warning("Cannot write the pid file of instance %s: %s", instance_id, error)
+
+    def _ensure_watchdog(self) -> None:
+        """Start the watchdog, or start it again if something killed it."""
+        if not self.settings.watchdog or self._closing:
+            return
+        if self._watchdog is not None and self._watchdog.poll() is None:
+            return
+        if self._watchdog is not None:
+            log.warning("The watchdog of the local instances exited (%s); starting it again", self._watchdog.returncode)
+        self._watchdog = leftovers.start_watchdog(self.settings.work_dir)
 
     def _schedule_fill(self, service_id: str, delay: float) -> None:
         """Fill a service after ``delay``; an earlier pending fill already covers it."""
@@ -547,6 +587,7 @@ class LocalScheduler:
         """Wait for the leader's exit, kill what it left behind, record the end and replace a crash."""
         await wait_exit(running.process)
         signal_group(running.pid, signal.SIGKILL)  # orphans of the leader would otherwise survive it
+        leftovers.remove_record(running.sandbox)
         self._ports.release(running.ports)
         self._processes.pop(running.instance.id, None)
         ended = ended_instance(running.instance, running.process.returncode, running.ending)
@@ -570,6 +611,7 @@ class LocalScheduler:
             await asyncio.sleep(self.settings.memory_check_interval_secs)
             try:
                 self._check_memory()
+                self._ensure_watchdog()
             except Exception:  # one bad sweep must not end memory enforcement for good
                 log.exception("Memory check of local instances failed")
 
