@@ -168,7 +168,7 @@ async def test_kill_9_of_the_router_leaves_no_instance(router_process: RouterPro
     async def gone() -> bool:
         return await asyncio.to_thread(_group, pid) == []
 
-    await wait_for(gone, timeout=10, what="the watchdog to stop the instance of the killed router")
+    await eventually(gone, timeout=10, what="the watchdog to stop the instance of the killed router")
 
 
 async def test_a_restarted_router_stops_what_a_killed_one_left(tmp_path: Path) -> None:
