@@ -7,7 +7,8 @@ import contextlib
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
@@ -26,12 +27,16 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
-    async def start(self) -> None:
+    async def start(self, replica_of: int | None = None) -> None:
+        """Start the server (as a replica of the server on loopback port ``replica_of``, if given)."""
         assert REDIS_SERVER is not None
         # Popen rather than asyncio's subprocess: stop() stays synchronous, which other test modules rely on,
         # and spawning is instantaneous.
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if replica_of:
+            argv += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -72,3 +77,110 @@ async def redis_server() -> AsyncIterator[RedisServer]:
         pytest.skip("redis-server is not installed")
     async with running_redis() as server:
         yield server
+
+
+REDIS_SENTINEL = shutil.which("redis-sentinel")
+needs_sentinel = pytest.mark.skipif(
+    REDIS_SERVER is None or REDIS_SENTINEL is None, reason="redis-server and redis-sentinel are not installed"
+)
+SENTINEL_SERVICE = "waiter-test"
+
+
+class SentinelGroup:
+    """A primary, one replica and three Sentinels on loopback, tuned to fail over within about a second.
+
+    ``url`` is the ``redis+sentinel://`` URL routers use. The Sentinels rewrite their config files, so those live in
+    the test's temp dir.
+    """
+
+    def __init__(self, work_dir: Path) -> None:
+        self.work_dir = work_dir
+        self.primary = RedisServer()
+        self.replica = RedisServer()
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        self.url = f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0"
+
+    async def start(self) -> None:
+        await self.primary.start()
+        await self.replica.start(replica_of=self.primary.port)
+        await self._until(self._replica_synced, "the replica to sync with the primary")
+        for port in self.sentinel_ports:
+            config = self.work_dir / f"sentinel-{port}.conf"
+            config.write_text(
+                f'port {port}\nbind 127.0.0.1\ndaemonize no\nsave ""\n'
+                f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 300\n"
+                f"sentinel failover-timeout {SENTINEL_SERVICE} 2000\n"
+                f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
+            )
+            assert REDIS_SENTINEL is not None
+            self.sentinels.append(
+                subprocess.Popen([REDIS_SENTINEL, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+        await self._until(self._sentinels_ready, "every Sentinel to know the replica and the two other Sentinels")
+
+    async def primary_address(self) -> str:
+        """host:port of the primary as the first Sentinel that answers reports it."""
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True)
+            try:
+                host, primary_port = await client.execute_command(
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE
+                )
+                return f"{host}:{primary_port}"
+            except (redis.ConnectionError, OSError):
+                continue
+            finally:
+                await client.aclose()
+        raise AssertionError("no Sentinel answered")
+
+    async def _replica_synced(self) -> bool:
+        client = redis.Redis(port=self.replica.port, socket_timeout=0.5, decode_responses=True)
+        try:
+            return (await client.info("replication")).get("master_link_status") == "up"
+        finally:
+            await client.aclose()
+
+    async def _sentinels_ready(self) -> bool:
+        for port in self.sentinel_ports:
+            client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True)
+            try:
+                others = await client.execute_command("SENTINEL", "SENTINELS", SENTINEL_SERVICE)
+                replicas = await client.execute_command("SENTINEL", "REPLICAS", SENTINEL_SERVICE)
+            except (redis.ConnectionError, redis.ResponseError, OSError):
+                return False
+            finally:
+                await client.aclose()
+            if len(others) < 2 or len(replicas) < 1:
+                return False
+        return True
+
+    async def _until(self, check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(redis.ConnectionError, OSError):
+                if await check():
+                    return
+            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            if sentinel.poll() is None:
+                sentinel.kill()
+                sentinel.wait(timeout=10)
+        self.sentinels.clear()
+        self.primary.stop()
+        self.replica.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_sentinel_group(work_dir: Path) -> AsyncIterator[SentinelGroup]:
+    group = SentinelGroup(work_dir)
+    try:
+        await group.start()
+        yield group
+    finally:
+        group.stop()

@@ -20,7 +20,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=Path, help="directory of token YAML files (default config/tokens)")
     parser.add_argument("--router-id", help="this router's id (default: host-pid-random)")
     parser.add_argument("--cluster-name", help="cluster name reported in /settings and tokens")
-    parser.add_argument("--redis", metavar="URL", help="keep tokens in this Redis, shared by routers (default: memory)")
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share tokens and state through this Redis: redis://host:port/db, or "
+        "redis+sentinel://host:port,host:port/service-name/db (default: memory)",
+    )
     parser.add_argument("--scheduler", choices=SCHEDULER_KINDS, help="where instances run (default local)")
     parser.add_argument("--marathon-url", metavar="URL", help="Marathon's base URL, for --scheduler marathon")
     parser.add_argument("--mesos-master", metavar="HOST:PORT", help="a Mesos master, for --scheduler mesos")

@@ -96,6 +96,9 @@ class Router:
         }
         if coordinator.last_error:
             body["message"] = coordinator.last_error
+        where = coordinator.state.describe()
+        if where:
+            body["redis"] = where
         return body
 
     def serving(

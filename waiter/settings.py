@@ -19,19 +19,21 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from waiter.redis_client import EXAMPLE as SENTINEL_EXAMPLE
+from waiter.redis_client import SCHEMES as REDIS_SCHEMES
+from waiter.redis_client import check_url as check_redis_url
+
 SCHEDULER_KINDS = ("local", "marathon", "mesos", "agent")
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password, for logs, /status and /settings."""
+    """``url`` without its password, for logs, /status and /settings (also with several hosts, as Sentinel's)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}", parts.path, parts.query, parts.fragment))
+    username = userinfo.split(":", 1)[0]
+    return urlunsplit((parts.scheme, f"{username}:***@{hosts}", parts.path, parts.query, parts.fragment))
 
 
 class SettingsError(Exception):
@@ -487,13 +489,14 @@ def _token_store(
         raw = top.get("redis")
         if raw is None:
             redis_url = None
-        elif isinstance(raw, str) and raw.startswith(REDIS_SCHEMES) and len(raw) > len("redis://"):
+        elif isinstance(raw, str) and check_redis_url(raw) is None:
             redis_url = raw
         else:
             shown = redact_url(raw) if isinstance(raw, str) else repr(raw)
+            why = check_redis_url(raw) if isinstance(raw, str) else f"it must start with {', '.join(REDIS_SCHEMES)}"
             problems.append(
-                f"redis is {shown!r} but must be a URL starting with {', '.join(REDIS_SCHEMES)} "
-                "(e.g. redis://127.0.0.1:6379/0), or null to keep everything in memory (one router)."
+                f"redis is {shown!r} but {why} (e.g. redis://127.0.0.1:6379/0, or {SENTINEL_EXAMPLE}), "
+                "or null to keep everything in memory (one router)."
             )
     admins = base.token_admins or (run_as_user,)
     raw_admins = top.get("token-admins")

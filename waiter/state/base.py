@@ -42,6 +42,9 @@ class SharedState(Protocol):
 
     async def close(self) -> None: ...
 
+    def describe(self) -> dict[str, Any]:
+        """Facts for /status about where the state lives (e.g. the Sentinel primary); empty when nothing to say."""
+
     # -- routers ---------------------------------------------------------------------------------------------
     async def heartbeat(self, router_id: str, info: dict[str, Any], ttl_ms: int) -> None:
         """Announce this router (its URL, start time) for ``ttl_ms``."""

@@ -50,6 +50,9 @@ class MemoryState:
     async def close(self) -> None:
         return None
 
+    def describe(self) -> dict[str, Any]:
+        return {}
+
     async def heartbeat(self, router_id: str, info: dict[str, Any], ttl_ms: int) -> None:
         self._routers.put(router_id, dict(info), ttl_ms)
 

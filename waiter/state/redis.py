@@ -20,9 +20,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError
 
+from waiter.redis_client import RedisConnection
+from waiter.settings import redact_url
 from waiter.state.base import TOMBSTONE_MS, RouterStats, StateUnavailable
 
 T = TypeVar("T")
@@ -79,10 +80,9 @@ class RedisState:
         self.url = url
         self.timeout = timeout
         self.p = f"waiter:{namespace}:"
+        self._connection = RedisConnection(url, timeout=timeout, health_check_interval=1)
         # redis-py's async stubs type every reply as bytes | str | Awaitable; decode_responses makes them str.
-        self._redis: Any = redis_asyncio.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True, health_check_interval=1
-        )
+        self._redis: Any = self._connection.client
         self._lead: Any = self._redis.register_script(_LEAD)
         self._resign = self._redis.register_script(_RESIGN)
         self._lease = self._redis.register_script(_LEASE)
@@ -90,15 +90,21 @@ class RedisState:
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
             async with asyncio.timeout(self.timeout * 2):
-                return await fn()
+                result = await fn()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StateUnavailable(f"Redis at {_safe(self.url)} failed to {what}: {exc or type(exc).__name__}") from exc
+            where = redact_url(self.url)
+            raise StateUnavailable(f"Redis at {where} failed to {what}: {exc or type(exc).__name__}") from exc
+        self._connection.primary()  # notices a Sentinel failover as soon as a call reached the new primary
+        return result
 
     async def start(self) -> None:
         return None
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._connection.aclose()
+
+    def describe(self) -> dict[str, Any]:
+        return self._connection.describe()
 
     async def ping(self) -> None:
         await self._call("answer PING", self._redis.ping)
@@ -235,10 +241,3 @@ class RedisState:
         now = int(time.time() * 1000)
         return {iid for iid, until in raw.items() if int(until) > now}
 
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages and /settings."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

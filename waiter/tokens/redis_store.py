@@ -23,10 +23,10 @@ import time
 from collections.abc import Awaitable, Collection, Mapping
 from typing import Any, TypeVar
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from waiter.aio import cancel_and_wait
+from waiter.redis_client import RedisConnection
 from waiter.settings import redact_url
 from waiter.tokens.store import (
     CachedStore,
@@ -81,13 +81,8 @@ class RedisTokenStore(CachedStore):
         self.poll_interval = poll_interval  # how often an idle follower double-checks the version counter
         # health_check_interval: a pooled connection idle that long is PINGed before use, so the first write after
         # a Redis restart does not fail on a connection the old server closed.
-        self._client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=0.2,
-        )
+        self._connection = RedisConnection(url, timeout=timeout, health_check_interval=0.2)
+        self._client = self._connection.client
         self._cas = self._client.register_script(_CAS)
         self._version = -1  # the version counter value the cache reflects
         self._error: str | None = "not connected yet"
@@ -177,7 +172,7 @@ class RedisTokenStore(CachedStore):
         self._closing = True
         if self._follower is not None:
             await cancel_and_wait(self._follower, self.timeout)
-        await self._client.aclose()
+        await self._connection.aclose()
 
     async def _follow(self) -> None:
         backoff = 0.05
