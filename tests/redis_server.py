@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -26,6 +27,8 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+        # A replica's full sync writes an RDB file even with --save "": keep it out of the working directory.
+        self.dir = tempfile.mkdtemp(prefix=f"redis-{self.port}-")
 
     async def start(self, replica_of: int | None = None) -> None:
         """Start the server (as a replica of the server on loopback port ``replica_of``, if given)."""
@@ -33,6 +36,8 @@ class RedisServer:
         # Popen rather than asyncio's subprocess: stop() stays synchronous, which other test modules rely on,
         # and spawning is instantaneous.
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        Path(self.dir).mkdir(exist_ok=True)  # stop() removed it
+        argv += ["--dir", self.dir]
         if replica_of:
             argv += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.process = subprocess.Popen(
@@ -59,6 +64,7 @@ class RedisServer:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
@@ -105,7 +111,7 @@ class SentinelGroup:
     async def start(self) -> None:
         await self.primary.start()
         await self.replica.start(replica_of=self.primary.port)
-        await self._until(self._replica_synced, "the replica to sync with the primary")
+        await eventually(self._replica_synced, "the replica to sync with the primary", timeout=20)
         for port in self.sentinel_ports:
             config = self.work_dir / f"sentinel-{port}.conf"
             config.write_text(
@@ -119,7 +125,7 @@ class SentinelGroup:
             self.sentinels.append(
                 subprocess.Popen([REDIS_SENTINEL, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
-        await self._until(self._sentinels_ready, "every Sentinel to know the replica and the two other Sentinels")
+        await eventually(self._sentinels_ready, "each Sentinel to know the replica and the others", timeout=20)
 
     async def primary_address(self) -> str:
         """host:port of the primary as the first Sentinel that answers reports it."""
@@ -140,6 +146,8 @@ class SentinelGroup:
         client = redis.Redis(port=self.replica.port, socket_timeout=0.5, decode_responses=True)
         try:
             return (await client.info("replication")).get("master_link_status") == "up"
+        except (redis.ConnectionError, OSError):
+            return False
         finally:
             await client.aclose()
 
@@ -156,15 +164,6 @@ class SentinelGroup:
             if len(others) < 2 or len(replicas) < 1:
                 return False
         return True
-
-    async def _until(self, check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            with contextlib.suppress(redis.ConnectionError, OSError):
-                if await check():
-                    return
-            assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-            await asyncio.sleep(0.05)
 
     def stop(self) -> None:
         for sentinel in self.sentinels:

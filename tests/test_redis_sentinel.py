@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import RunningRouter, backend_token, wait_for
+from tests.conftest import RunningRouter, backend_token
 from tests.redis_server import SentinelGroup, needs_sentinel, running_sentinel_group
+from tests.support import eventually
 from waiter.redis_client import SentinelTarget, check_url, parse_sentinel_url
 from waiter.settings import SettingsError, load_settings, redact_url
 
@@ -100,11 +101,11 @@ async def run_failover(group: SentinelGroup, make_router) -> None:  # type: igno
         etag = resp.headers["etag"]
     headers = {"x-waiter-token": "sentinel-echo"}
     for r in (a, b):  # B serves the token A saved: it came through Redis
-        await wait_for(lambda r=r: _serves(r, headers), what="the token to be served through both routers")
+        await eventually(lambda r=r: _serves(r, headers), what="the token to be served through both routers")
     old_primary = await group.primary_address()
     assert (await shared_state(a))["redis"]["primary"] == old_primary
     leader = a if (await shared_state(a))["leader?"] else b
-    await wait_for(lambda: _is_leader(leader), what="one router to hold the leader lease")
+    await eventually(lambda: _is_leader(leader), what="one router to hold the leader lease")
     primary = redis.Redis(port=group.primary.port, decode_responses=True)
     try:
         assert await primary.execute_command("WAIT", 1, 5000) == 1  # the token reached the replica
@@ -124,7 +125,7 @@ async def run_failover(group: SentinelGroup, make_router) -> None:  # type: igno
 
     load = [asyncio.create_task(client(r)) for r in (a, b, a, b)]
     try:
-        await wait_for(lambda: _at_least(statuses, 50), what="requests served before the failover")
+        await eventually(lambda: _at_least(statuses, 50), what="requests served before the failover")
         group.primary.stop()  # SIGKILL: the Sentinels must notice and promote the replica
 
         new_primary = f"127.0.0.1:{group.replica.port}"
@@ -134,9 +135,9 @@ async def run_failover(group: SentinelGroup, make_router) -> None:  # type: igno
             return bool(state["available"]) and state["redis"]["primary"] == new_primary
 
         for r in (a, b):
-            await wait_for(lambda r=r: switched(r), timeout=30, what=f"router {r.settings.router_id} to switch")
+            await eventually(lambda r=r: switched(r), what=f"router {r.settings.router_id} to switch", timeout=30)
         served = len(statuses)
-        await wait_for(lambda: _at_least(statuses, served + 50), what="requests served after the failover")
+        await eventually(lambda: _at_least(statuses, served + 50), what="requests served after the failover")
     finally:
         stop.set()
         await asyncio.gather(*load)
@@ -156,7 +157,7 @@ async def run_failover(group: SentinelGroup, make_router) -> None:  # type: igno
         b.url + "/token", data=json.dumps(updated), headers={"accept": "application/json", "if-match": etag}
     ) as resp:
         assert resp.status == 200, await resp.text()
-    await wait_for(lambda: _token_version(a, "2"), what="router A to see the update written on the new primary")
+    await eventually(lambda: _token_version(a, "2"), what="router A to see the update written on the new primary")
 
     # Counts: what both routers publish to the new primary adds up to every request they served.
     expected = len(statuses)
@@ -165,7 +166,7 @@ async def run_failover(group: SentinelGroup, make_router) -> None:  # type: igno
     async def counts_add_up() -> bool:
         return await _published_total(group, a.settings.cluster_name, sid) >= expected
 
-    await wait_for(counts_add_up, what="the published counts on the new primary to add up")
+    await eventually(counts_add_up, what="the published counts on the new primary to add up")
 
 
 async def _serves(r: RunningRouter, headers: dict[str, str]) -> bool:
