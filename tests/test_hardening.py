@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningRouter
+from tests.conftest import BACKEND_CMD, RunningRouter, backend_token
 from tests.test_frontdoor import Response, close, connect, read_response
 from waiter.api import admin
-from waiter.errors import printable
+from waiter.params import text_problems
+from waiter.text import printable
 
 
 async def send_raw(r: RunningRouter, data: bytes) -> Response:
@@ -52,11 +53,13 @@ async def test_a_path_that_is_not_utf8_gets_an_error_page(make_router, accept: b
         assert "/\\xff" in body
 
 
-async def test_a_token_that_is_not_utf8_is_named_escaped(make_router) -> None:
+async def test_a_token_that_is_not_utf8_is_a_400_naming_the_header(make_router) -> None:
     r = await make_router()
     resp = await send_raw(r, request(b"/", b"x-waiter-token: no\xffsuch", b"Accept: application/json"))
-    assert resp.status == 404
-    assert json.loads(text_of(resp))["waiter-error"]["message"] == "Couldn't find token no\\xffsuch"
+    assert resp.status == 400
+    message = json.loads(text_of(resp))["waiter-error"]["message"]
+    assert "x-waiter-token must be UTF-8 text without NUL characters" in message
+    assert "byte 0xff at position 2" in message
 
 
 async def test_a_host_and_cid_that_are_not_utf8_are_escaped(make_router) -> None:
@@ -97,15 +100,141 @@ async def test_an_unexpected_failure_is_a_500_naming_the_cid_logged_once(
 async def test_the_router_keeps_serving_after_bad_bytes(make_router) -> None:
     r = await make_router()
     responses = await asyncio.gather(*(send_raw(r, request(b"/%ff", b"x-waiter-token: \xff")) for _ in range(20)))
-    assert {resp.status for resp in responses} == {404}
+    assert {resp.status for resp in responses} == {400}
     async with r.client.get(r.url + "/status") as resp:
         assert resp.status == 200
 
 
 @pytest.mark.parametrize(
     ("text", "shown"),
-    [("plain é", "plain é"), ("a\udcffb", "a\\xffb"), ("json \ud800 lone", "json \\ud800 lone"), ("\udc80", "\\x80")],
+    [
+        ("plain é", "plain é"),
+        ("a\udcffb", "a\\xffb"),
+        ("json \ud800 lone", "json \\ud800 lone"),
+        ("\udc80", "\\x80"),
+        ("nul\x00", "nul\\x00"),
+    ],
 )
 def test_printable_escapes_what_is_not_utf8(text: str, shown: str) -> None:
     assert printable(text) == shown
     printable(text).encode("utf-8")
+
+
+# -- validation at the edge: text that is not UTF-8 or holds NUL starts nothing ------------------------------------
+
+
+def fly_request(header: bytes) -> bytes:
+    return request(
+        b"/",
+        b"x-waiter-cmd: " + BACKEND_CMD.encode(),
+        b"x-waiter-cpus: 0.1",
+        b"x-waiter-mem: 256",
+        b"x-waiter-version: 1",
+        header,
+        b"Accept: application/json",
+    )
+
+
+@pytest.mark.parametrize(
+    ("header", "field"),
+    [
+        (b"x-waiter-cmd: exec \xff " + BACKEND_CMD.encode(), "x-waiter-cmd"),
+        (b"x-waiter-env-greeting: hi\xc3", "x-waiter-env-greeting"),
+        (b"x-waiter-name: caf\xe9", "x-waiter-name"),
+        (b"x-waiter-metadata-team: \xfe", "x-waiter-metadata-team"),
+    ],
+)
+async def test_header_text_that_is_not_utf8_is_a_400_and_starts_nothing(make_router, header: bytes, field: str) -> None:
+    r = await make_router()
+    resp = await send_raw(r, fly_request(header))
+    assert resp.status == 400, resp
+    message = json.loads(text_of(resp))["waiter-error"]["message"]
+    assert f"{field} must be UTF-8 text without NUL characters, but it is not valid UTF-8" in message
+    assert await r.get_json("/apps") == []
+    assert not r.router.registry.scheduler.service_ids()
+
+
+async def post_token(r: RunningRouter, body: bytes) -> tuple[int, str]:
+    async with r.client.post(r.url + "/token", data=body, headers={"accept": "application/json"}) as resp:
+        text = await resp.text()
+        return resp.status, json.loads(text)["waiter-error"]["message"] if resp.status >= 400 else text
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        (
+            {"cmd": "exec \ud800 x"},
+            "cmd must be UTF-8 text without NUL characters, but it is not valid UTF-8 "
+            "(a lone surrogate \\ud800 at position 5).",
+        ),
+        (
+            {"cmd": "echo hi\u0000; exec x"},
+            "cmd must be UTF-8 text without NUL characters, but it contains a NUL character at position 7.",
+        ),
+        ({"env": {"GREETING": "a\u0000b"}}, "env.GREETING must be UTF-8 text without NUL characters"),
+        ({"metadata": {"team": "\udcff"}}, "metadata.team must be UTF-8 text without NUL characters"),
+        ({"owner": "bob\u0000"}, "owner must be UTF-8 text without NUL characters"),
+        ({"cors-rules": [{"origin-regex": "x\u0000"}]}, "cors-rules[0].origin-regex must be UTF-8 text"),
+    ],
+)
+async def test_token_text_that_is_not_utf8_or_has_nul_is_a_400_and_saves_nothing(
+    make_router, fields: dict[str, Any], problem: str
+) -> None:
+    r = await make_router()
+    body = backend_token("garbled")
+    body.update(fields)
+    status, message = await post_token(r, json.dumps(body).encode())
+    assert status == 400
+    assert problem in message
+    async with r.client.get(r.url + "/token?token=garbled") as resp:
+        assert resp.status == 404
+
+
+async def test_a_token_body_that_is_not_utf8_is_a_400(make_router) -> None:
+    r = await make_router()
+    status, message = await post_token(r, b'{"token": "t", "cmd": "\xff"}')
+    assert status == 400
+    assert message == "The request body is not valid UTF-8 (byte 0xff at position 23)."
+
+
+async def test_a_token_file_with_a_nul_is_reported_and_not_loaded(make_router) -> None:
+    r = await make_router([backend_token("nul", cmd="echo \0; " + BACKEND_CMD)])
+    assert r.router.tokens.get("nul") is None
+    status = await r.get_json("/status")
+    [problem] = status["token-file-errors"]
+    assert "cmd must be UTF-8 text without NUL characters, but it contains a NUL character at position 5" in str(
+        problem
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "problems"),
+    [
+        ({"cmd": "ok", "env": {"A": "fine"}}, []),
+        (
+            {"cmd": "a\x00"},
+            ["cmd must be UTF-8 text without NUL characters, but it contains a NUL character at position 1."],
+        ),
+        (
+            {"env": {"A": "\udcff"}},
+            ["env.A must be UTF-8 text without NUL characters, but it is not valid UTF-8 (byte 0xff at position 0)."],
+        ),
+        (
+            {"k\x00": 1},
+            [
+                "The key k\\x00 must be UTF-8 text without NUL characters, but it contains a NUL character "
+                "at position 1."
+            ],
+        ),
+        (
+            {"l": [1, "x", "\ud800"]},
+            [
+                "l[2] must be UTF-8 text without NUL characters, but it is not valid UTF-8 "
+                "(a lone surrogate \\ud800 at position 0)."
+            ],
+        ),
+    ],
+)
+def test_text_problems_name_each_field(value: dict[str, Any], problems: list[str]) -> None:
+    assert text_problems(value) == problems

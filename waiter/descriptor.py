@@ -30,6 +30,7 @@ from waiter.params import (
     metadata_key_problems,
     metadata_value_problems,
     show,
+    text_problems,
 )
 
 __all__ = [
@@ -143,7 +144,12 @@ def parse_headers(headers: Iterable[tuple[str, str]]) -> WaiterHeaders:
     state = _HeaderParse()
     for raw_name, value in headers:
         name = raw_name.lower()
-        if name.startswith(_HEADER_PREFIX):
+        if not name.startswith(_HEADER_PREFIX):
+            continue
+        garbled = text_problems(value, name)
+        if garbled:
+            state.problems += garbled  # nothing a header says is used when its bytes are not text
+        else:
             _parse_header(state, name, name[len(_HEADER_PREFIX):], value)
     problems = list(state.problems)
     if state.unsupported:
@@ -254,6 +260,9 @@ def validate_token(data: Mapping[str, Any], *, max_cpus: float = 32, max_mem: fl
     Unknown keys, service-param problems and user-metadata problems are all reported in one error; its
     headline is the one of the only kind of problem found, or the service headline when kinds are mixed.
     """
+    garbled = text_problems(data)
+    if garbled:
+        raise DescriptorError(SERVICE_HEADLINE, garbled)
     known = SERVICE_PARAMS.keys() | TOKEN_PARAMS.keys() | SYSTEM_METADATA | {"token"}
     unknown = sorted(set(data) - known)
     unknown_line = [f"Unsupported key(s) in token: {json.dumps(unknown)}"] if unknown else []
@@ -358,7 +367,9 @@ def _resolve_users(core: dict[str, Any], headers: WaiterHeaders, requester: str,
 
 def validate_service(core: Mapping[str, Any], *, max_cpus: float = 32, max_mem: float = 131072) -> None:
     """Full validation of a core description; every problem is reported, one line per bad field."""
-    problems = _service_problems(core, partial=False, user=False, max_cpus=max_cpus, max_mem=max_mem)
+    problems = text_problems(core) or _service_problems(
+        core, partial=False, user=False, max_cpus=max_cpus, max_mem=max_mem
+    )
     if problems:
         raise DescriptorError(SERVICE_HEADLINE, problems)
 

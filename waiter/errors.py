@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 import json
 import logging
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from waiter.text import printable
 from waiter.version import SERVER_HEADER
 
 log = logging.getLogger(__name__)
@@ -131,20 +131,6 @@ def error_body(request: RequestInfo, err: WaiterError, cid: str) -> dict[str, An
     if err.details:
         body["details"] = err.details
     return body
-
-
-# Lone surrogates: bytes that were not UTF-8 (decoded with surrogateescape, \udc80-\udcff) or a JSON "\ud800".
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _escape_surrogate(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
-
-
-def printable(text: str) -> str:
-    """``text`` as valid UTF-8: a byte that was not UTF-8 becomes ``\\xff``, a lone surrogate ``\\ud800``."""
-    return _SURROGATE.sub(_escape_surrogate, text)
 
 
 def _printable_value(value: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import cast
 import httptools
 
 from waiter import exchange
-from waiter.errors import WaiterError, internal_error, printable, render_error_parts
+from waiter.errors import WaiterError, internal_error, render_error_parts
 from waiter.http1 import (
     ENC,
     ERRORS,
@@ -36,6 +36,7 @@ from waiter.http1 import (
     error_response,
 )
 from waiter.router import Router, new_cid
+from waiter.text import printable
 from waiter.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)

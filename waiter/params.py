@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
+from waiter.text import printable, text_problem
+
 
 class Kind(enum.Enum):
     STRING = "string"
@@ -101,6 +103,27 @@ def show(value: Any, limit: int = 80) -> str:
     """A value as users wrote it (JSON), cut short so a huge cmd does not flood the error."""
     text = json.dumps(value, default=repr, sort_keys=True)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def text_problems(value: Any, label: str = "") -> list[str]:
+    """Every string in ``value`` (keys and nested values too) that is not UTF-8 or holds a NUL, by field.
+
+    With no ``label``, ``value`` is a set of fields: each is named by its key (cmd, env.FOO, ...)."""
+    if isinstance(value, str):
+        why = text_problem(value)
+        return [f"{label} must be UTF-8 text without NUL characters, but it {why}."] if why else []
+    if isinstance(value, Mapping):
+        problems: list[str] = []
+        for key, item in value.items():
+            name = printable(str(key))
+            if isinstance(key, str) and (why := text_problem(key)):
+                where = f" in {label}" if label else ""
+                problems.append(f"The key {name}{where} must be UTF-8 text without NUL characters, but it {why}.")
+            problems += text_problems(item, f"{label}.{name}" if label else name)
+        return problems
+    if isinstance(value, list | tuple):
+        return [p for i, item in enumerate(value) for p in text_problems(item, f"{label}[{i}]")]
+    return []
 
 
 def fmt_number(value: float) -> str:

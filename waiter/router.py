@@ -16,13 +16,14 @@ from waiter.auth import Authenticator, create_authenticator
 from waiter.autoscaler import Autoscaler
 from waiter.coordinator import Coordinator
 from waiter.descriptor import RequestOptions
-from waiter.errors import WaiterError, internal_error, printable, render_error
+from waiter.errors import WaiterError, internal_error, render_error
 from waiter.lifecycle import in_fallback
 from waiter.proxy import Proxy
 from waiter.registry import ServiceRegistry
 from waiter.resolver import Resolver
 from waiter.service import ResolvedService, Service
 from waiter.settings import Settings
+from waiter.text import printable
 from waiter.tokens import HISTORY_LIMIT, TokenRegistry
 
 log = logging.getLogger(__name__)

@@ -153,6 +153,13 @@ class Service:
             self._set_error(self.start_error)
             self._started = None  # the next request tries again
             return
+        except Exception:
+            # A bug, not a scheduler's answer: waiting requests fail now instead of at their queue timeout.
+            log.exception("could not create service %s", self.id)
+            self.start_error = "The router failed to create the service; its log has the details."
+            self._set_error(self.start_error)
+            self._started = None
+            return
         self.on_scheduler_change()
 
     def on_scheduler_change(self) -> None:

@@ -129,7 +129,13 @@ async def get_token(router: Router, request: web.BaseRequest, headers: Headers) 
 
 
 async def _json_object(request: web.BaseRequest) -> dict[str, Any]:
-    text = await request.text()
+    raw = await request.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WaiterError(
+            400, f"The request body is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})."
+        ) from None
     try:
         body = json.loads(text) if text.strip() else {}
     except ValueError as exc:
