@@ -29,17 +29,10 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
+from waiter.scheduler.book import ServiceBook, check_spec, exit_message, restart_delay
+from waiter.scheduler.environment import format_number
 from waiter.scheduler.leftovers import InstanceRecord
-from waiter.scheduler.local import (
-    LocalScheduler,
-    LocalSettings,
-    ServiceBook,
-    check_spec,
-    ended_instance,
-    exit_message,
-    format_number,
-    restart_delay,
-)
+from waiter.scheduler.local import LocalScheduler, LocalSettings, ended_instance
 from waiter.scheduler.ports import PortAllocator, port_is_bindable
 
 HTTP_SERVER = 'exec python3 -m http.server "$PORT0" --bind 127.0.0.1'

@@ -13,19 +13,17 @@ router started on the same work dir stops what an earlier one left (``waiter.sch
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import getpass
 import logging
 import os
-import re
 import secrets
 import signal
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -42,19 +40,17 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
+from waiter.scheduler.book import ServiceBook, check_spec, exit_message, not_running, restart_delay
+from waiter.scheduler.environment import format_number, instance_environment
 from waiter.scheduler.ports import PortAllocator
 
 log = logging.getLogger(__name__)
 
-MAX_RESTART_DELAY_SECS = 60.0
-# An instance that lived longer than this was a working instance: its crash starts a new backoff series.
-HEALTHY_LIFETIME_SECS = 10.0
 # Launch errors (e.g. no free port) are retried on this delay at least, so a full port range is not hammered.
 MIN_LAUNCH_RETRY_SECS = 1.0
 # The router's variables an instance inherits (user env may override them): enough to find programs and keep
 # text handling sane, nothing that leaks the router's own configuration.
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
-_SERVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -71,136 +67,6 @@ class LocalSettings:
     restart_backoff_base_secs: float = 0.5  # crash n waits base * restart-backoff-factor**(n-1), <= 60 s
     max_ended_instances: int = 10  # kept per list (failed, killed)
     watchdog: bool = True  # a process that stops the instances if the router dies without cleaning up
-
-
-def restart_delay(failures: int, base_secs: float, factor: float) -> float:
-    """Seconds before replacing an instance after ``failures`` consecutive crashes (the first waits base)."""
-    exponent = max(failures, 1) - 1
-    try:
-        delay = base_secs * factor**exponent
-    except OverflowError:
-        return MAX_RESTART_DELAY_SECS
-    return min(delay, MAX_RESTART_DELAY_SECS)
-
-
-def exit_message(exit_code: int) -> str:
-    """Waiter's words for how a process ended; asyncio reports death by signal N as exit code -N."""
-    if exit_code >= 0:
-        return f"Exited with code {exit_code}"
-    try:
-        name = signal.Signals(-exit_code).name
-    except ValueError:
-        name = str(-exit_code)
-    return f"Killed by signal {name}"
-
-
-def format_number(value: float) -> str:
-    """1.0 -> "1", 0.5 -> "0.5": how Waiter writes cpus and mem into the environment."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def instance_environment(
-    spec: ServiceSpec, settings: LocalSettings, instance_id: str, sandbox: Path, ports: tuple[int, ...]
-) -> dict[str, str]:
-    """The environment of one instance (docs/api.md §7.1); Waiter's own variables win over the user's."""
-    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
-    env.update(spec.env)
-    user = spec.run_as_user or getpass.getuser()
-    env.update(
-        {
-            "HOME": str(settings.work_dir),
-            "LOGNAME": user,
-            "USER": user,
-            "WAITER_CLUSTER": settings.cluster_name,
-            "WAITER_CONCURRENCY_LEVEL": str(spec.concurrency_level),
-            "WAITER_CPUS": format_number(spec.cpus),
-            "WAITER_MEM_MB": format_number(spec.mem),
-            "WAITER_SERVICE_ID": spec.service_id,
-            "WAITER_USERNAME": "waiter",
-            "WAITER_TOKEN": spec.token,
-            "WAITER_SANDBOX": str(sandbox),
-            "MESOS_SANDBOX": str(sandbox),
-            "WAITER_INSTANCE_ID": instance_id,
-        }
-    )
-    env.update({f"PORT{index}": str(port) for index, port in enumerate(ports)})
-    return env
-
-
-def check_spec(spec: ServiceSpec, instances: int) -> None:
-    """Refuse what the local scheduler cannot run, with the field, the value and what is allowed."""
-    if not _SERVICE_ID.fullmatch(spec.service_id):
-        raise SchedulerError(
-            f"service-id {spec.service_id!r} cannot be run locally: it must be letters, digits, '-' or '_', "
-            "starting with a letter or digit."
-        )
-    if not spec.cmd.strip():
-        raise SchedulerError(f"cmd of service {spec.service_id} is empty; it must be a shell command.")
-    if spec.mem <= 0:
-        raise SchedulerError(f"mem of service {spec.service_id} is {spec.mem}; it must be more than 0 MiB.")
-    if spec.ports < 1:
-        raise SchedulerError(f"ports of service {spec.service_id} is {spec.ports}; it must be at least 1.")
-    if instances < 0:
-        raise SchedulerError(f"instances for service {spec.service_id} is {instances}; it must be 0 or more.")
-
-
-def not_running(book: ServiceBook | None, service_id: str, instance_id: str) -> KillResult:
-    """The answer to a kill of an instance that is not running: ended already, or never known."""
-    if book is not None and book.find_ended(instance_id) is not None:
-        return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
-    return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
-
-
-@dataclass
-class ServiceBook:
-    """Pure bookkeeping of one service: what runs, what ended, how many are wanted."""
-
-    spec: ServiceSpec
-    requested: int
-    max_ended: int
-    active: dict[str, Instance] = field(default_factory=dict)  # insertion order = oldest first
-    stopping: set[str] = field(default_factory=set)  # active instances we are killing
-    failed: collections.deque[Instance] = field(init=False)
-    killed: collections.deque[Instance] = field(init=False)
-    crashes: int = 0  # consecutive crashes of short-lived instances
-    error: str | None = None
-    deleting: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # serialises launches, so no double fill
-
-    def __post_init__(self) -> None:
-        self.failed = collections.deque(maxlen=self.max_ended)
-        self.killed = collections.deque(maxlen=self.max_ended)
-
-    def missing(self) -> int:
-        """Instances to launch now: instances being killed no longer count towards the requested number."""
-        return max(0, self.requested - (len(self.active) - len(self.stopping)))
-
-    def add(self, instance: Instance) -> None:
-        self.active[instance.id] = instance
-
-    def end(self, ended: Instance) -> None:
-        """Move an instance (already carrying its end facts) from active to the failed or killed list."""
-        self.active.pop(ended.id, None)
-        self.stopping.discard(ended.id)
-        (self.failed if ended.failed else self.killed).append(ended)
-
-    def note_crash(self, lifetime_secs: float) -> int:
-        """Count a crash; returns the consecutive crashes, restarting at 1 after a long-lived instance."""
-        self.crashes = 1 if lifetime_secs > HEALTHY_LIFETIME_SECS else self.crashes + 1
-        return self.crashes
-
-    def find_ended(self, instance_id: str) -> Instance | None:
-        return next((i for i in (*self.failed, *self.killed) if i.id == instance_id), None)
-
-    def snapshot(self) -> ServiceState:
-        return ServiceState(
-            service_id=self.spec.service_id,
-            requested=self.requested,
-            active=tuple(self.active.values()),
-            failed=tuple(self.failed),
-            killed=tuple(self.killed),
-            error=self.error,
-        )
 
 
 @dataclass(frozen=True)
@@ -486,7 +352,7 @@ class LocalScheduler:
                     stdin=subprocess.DEVNULL,
                     stdout=stdout,
                     stderr=stderr,
-                    env=instance_environment(spec, self.settings, instance_id, sandbox, ports),
+                    env=self._environment(spec, instance_id, sandbox, ports),
                     start_new_session=True,
                 )
         except OSError as error:
@@ -536,6 +402,22 @@ class LocalScheduler:
         if self._watchdog is not None:
             log.warning("The watchdog of the local instances exited (%s); starting it again", self._watchdog.returncode)
         self._watchdog = leftovers.start_watchdog(self.settings.work_dir)
+
+    def _environment(
+        self, spec: ServiceSpec, instance_id: str, sandbox: Path, ports: tuple[int, ...]
+    ) -> dict[str, str]:
+        env = instance_environment(
+            spec,
+            self.settings.cluster_name,
+            home=str(self.settings.work_dir),
+            user=spec.run_as_user or getpass.getuser(),
+            base={name: os.environ[name] for name in INHERITED_ENV if name in os.environ},
+            sandbox=str(sandbox),
+            instance_id=instance_id,
+            ports=ports,
+        )
+        env["MESOS_SANDBOX"] = str(sandbox)  # Waiter's shell scheduler sets it too, for commands written for Mesos
+        return env
 
     def _schedule_fill(self, service_id: str, delay: float) -> None:
         """Fill a service after ``delay``; an earlier pending fill already covers it."""

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from waiter.scheduler.base import Instance, InstanceFlag, SchedulerError, ServiceSpec, ServiceState
+from waiter.scheduler.environment import instance_environment
 
 JSON = dict[str, Any]
 ACTIVE_STATES = frozenset({"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING"})
@@ -54,30 +55,10 @@ class Naming:
         return self.task_prefix(service_id) + instance_id.removeprefix(f"{service_id}.")
 
 
-def format_number(value: float) -> str:
-    """1.0 -> "1", 0.5 -> "0.5": how Waiter writes cpus and mem into the environment."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 def app_environment(spec: ServiceSpec, cluster_name: str) -> dict[str, str]:
     """§7.1's variables with ``HOME=/home/<run-as-user>``; PORT0.., MESOS_SANDBOX come from Mesos itself."""
-    env = dict(spec.env)
     user = spec.run_as_user
-    env.update(
-        {
-            "HOME": f"/home/{user}" if user else "/tmp",
-            "WAITER_CLUSTER": cluster_name,
-            "WAITER_CONCURRENCY_LEVEL": str(spec.concurrency_level),
-            "WAITER_CPUS": format_number(spec.cpus),
-            "WAITER_MEM_MB": format_number(spec.mem),
-            "WAITER_SERVICE_ID": spec.service_id,
-            "WAITER_USERNAME": "waiter",
-            "WAITER_TOKEN": spec.token,
-        }
-    )
-    if user:
-        env.update({"LOGNAME": user, "USER": user})
-    return env
+    return instance_environment(spec, cluster_name, home=f"/home/{user}" if user else "/tmp", user=user)
 
 
 def app_command(spec: ServiceSpec, naming: Naming) -> str:
@@ -309,7 +290,6 @@ __all__ = [
     "check_spec",
     "failure_facts",
     "failure_instance",
-    "format_number",
     "health_of",
     "parse_time",
     "task_instance",

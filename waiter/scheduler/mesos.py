@@ -31,7 +31,8 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
-from waiter.scheduler.local import ServiceBook, check_spec, exit_message, format_number, not_running, restart_delay
+from waiter.scheduler.book import ServiceBook, check_spec, exit_message, not_running, restart_delay
+from waiter.scheduler.environment import format_number, instance_environment
 from waiter.scheduler.mesos_client import ClientSettings, MesosClient
 from waiter.scheduler.mesos_proto import (
     MesosError,
@@ -44,7 +45,6 @@ from waiter.scheduler.mesos_proto import (
     shortfall,
     status_from_json,
     take,
-    task_environment,
     task_info,
     task_outcome,
 )
@@ -365,7 +365,11 @@ class MesosScheduler:
             f"/executors/{instance_id}/runs/latest"
         )
         grace = max(float(spec.termination_grace_period_secs), self.settings.min_kill_grace_secs)
-        env = task_environment(spec, self.settings.cluster_name, instance_id, sandbox, ports)
+        user = spec.run_as_user or getpass.getuser()
+        env = instance_environment(
+            spec, self.settings.cluster_name, home=f"/home/{user}", user=user,
+            sandbox=sandbox, instance_id=instance_id, ports=ports,
+        )
         instance = Instance(
             id=instance_id,
             service_id=spec.service_id,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import getpass
 import json
 import re
 import signal
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from waiter.scheduler.base import SchedulerError, ServiceSpec
-from waiter.scheduler.local import format_number
+from waiter.scheduler.environment import format_number
 
 SCHEDULER_PATH = "/api/v1/scheduler"
 _EPSILON = 1e-9  # offers carry floats: 0.1 + 0.2 must still fit in 0.3
@@ -332,32 +331,6 @@ def port_ranges(ports: Sequence[int]) -> list[dict[str, int]]:
     return spans
 
 
-def task_environment(
-    spec: ServiceSpec, cluster: str, instance_id: str, sandbox: str, ports: Sequence[int]
-) -> dict[str, str]:
-    """The environment of one task (docs/api.md §7.1, with Marathon's HOME); Waiter's variables win."""
-    env = dict(spec.env)
-    user = spec.run_as_user or getpass.getuser()
-    env.update(
-        {
-            "HOME": f"/home/{user}",
-            "LOGNAME": user,
-            "USER": user,
-            "WAITER_CLUSTER": cluster,
-            "WAITER_CONCURRENCY_LEVEL": str(spec.concurrency_level),
-            "WAITER_CPUS": format_number(spec.cpus),
-            "WAITER_MEM_MB": format_number(spec.mem),
-            "WAITER_SERVICE_ID": spec.service_id,
-            "WAITER_USERNAME": "waiter",
-            "WAITER_TOKEN": spec.token,
-            "WAITER_SANDBOX": sandbox,
-            "WAITER_INSTANCE_ID": instance_id,
-        }
-    )
-    env.update({f"PORT{index}": str(port) for index, port in enumerate(ports)})
-    return env
-
-
 def task_info(
     spec: ServiceSpec, offer: Offer, instance_id: str, ports: Sequence[int], env: Mapping[str, str], grace: float
 ) -> dict[str, Any]:
@@ -406,7 +379,6 @@ __all__ = [
     "shortfall",
     "status_from_json",
     "take",
-    "task_environment",
     "task_info",
     "task_outcome",
 ]
