@@ -603,8 +603,8 @@ def strangers() -> Iterator[list[subprocess.Popen[bytes]]]:
             process.wait()
 
 
-def spawn(strangers: list[subprocess.Popen[bytes]], cmd: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(["bash", "-c", cmd], start_new_session=True)
+def spawn(strangers: list[subprocess.Popen[bytes]], cmd: str, cwd: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(["bash", "-c", cmd], start_new_session=True, cwd=cwd)
     strangers.append(process)
     return process
 
@@ -642,7 +642,7 @@ async def test_start_stops_instances_of_a_dead_router_and_its_children(
 ) -> None:
     work_dir = tmp_path / "work"
     # bash with a background child: the child must go too, though it is not the recorded leader.
-    left = spawn(strangers, "sleep 1000 & touch started; wait")
+    left = spawn(strangers, "sleep 1000 & touch started; wait", tmp_path)
     await eventually(lambda: len(group_members(left.pid)) == 2, "bash and its background child")
     started = leftovers.start_time(left.pid)
     assert started is not None
@@ -657,9 +657,9 @@ async def test_start_never_signals_a_recycled_pid_or_a_live_routers_instance(
     make_scheduler: MakeScheduler, tmp_path: Path, strangers: list[subprocess.Popen[bytes]]
 ) -> None:
     work_dir = tmp_path / "work"
-    recycled = spawn(strangers, "sleep 1000")
-    alive_owner = spawn(strangers, "sleep 1000")
-    owned = spawn(strangers, "sleep 1000")
+    recycled = spawn(strangers, "sleep 1000", tmp_path)
+    alive_owner = spawn(strangers, "sleep 1000", tmp_path)
+    owned = spawn(strangers, "sleep 1000", tmp_path)
     recycled_started = leftovers.start_time(recycled.pid)
     owner_started = leftovers.start_time(alive_owner.pid)
     owned_started = leftovers.start_time(owned.pid)
