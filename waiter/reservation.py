@@ -87,10 +87,6 @@ class Reservations:
         if slots is not None:
             slots.expired = True
 
-    def capacity_of(self, instance_id: str) -> int:
-        slots = self._slots.get(instance_id)
-        return slots.capacity if slots and slots.routable else 0
-
     def routable_ids(self) -> list[str]:
         return [s.instance.id for s in self._order]
 

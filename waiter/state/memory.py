@@ -76,10 +76,6 @@ class MemoryState:
         if self._leader.get("leader") == router_id:
             self._leader.pop("leader")
 
-    async def leader(self) -> str | None:
-        holder = self._leader.get("leader")
-        return str(holder) if holder is not None else None
-
     async def load_scaling(self, service_id: str) -> dict[str, Any] | None:
         data = self._scaling.get(service_id)
         return copy.deepcopy(data) if data is not None else None

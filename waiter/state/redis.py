@@ -106,9 +106,6 @@ class RedisState:
     def describe(self) -> dict[str, Any]:
         return self._connection.describe()
 
-    async def ping(self) -> None:
-        await self._call("answer PING", self._redis.ping)
-
     # -- routers -------------------------------------------------------------------------------------------------
 
     async def heartbeat(self, router_id: str, info: dict[str, Any], ttl_ms: int) -> None:
@@ -128,7 +125,20 @@ class RedisState:
         return {rid: json.loads(v) for rid, v in zip(ids, values, strict=True) if v is not None}
 
     async def routers(self) -> dict[str, dict[str, Any]]:
-        return await self._call("list routers", lambda: self._live("router"))
+        """The live routers; ids whose heartbeat and counts have both expired are forgotten on the way."""
+
+        async def run() -> dict[str, dict[str, Any]]:
+            ids = sorted(await self._redis.smembers(f"{self.p}routers"))
+            if not ids:
+                return {}
+            values = await self._redis.mget([f"{self.p}{kind}:{rid}" for kind in ("router", "stats") for rid in ids])
+            infos, stats = values[: len(ids)], values[len(ids) :]
+            gone = [rid for rid, info, counts in zip(ids, infos, stats, strict=True) if info is None and counts is None]
+            if gone:
+                await self._redis.srem(f"{self.p}routers", *gone)
+            return {rid: json.loads(info) for rid, info in zip(ids, infos, strict=True) if info is not None}
+
+        return await self._call("list routers", run)
 
     async def publish_stats(self, router_id: str, stats: dict[str, RouterStats], ttl_ms: int) -> None:
         body = json.dumps({sid: s.to_json() for sid, s in stats.items()})
@@ -137,17 +147,6 @@ class RedisState:
     async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
         raw = await self._call("read counts", lambda: self._live("stats"))
         return {rid: {sid: RouterStats.from_json(v) for sid, v in data.items()} for rid, data in raw.items()}
-
-    async def prune_routers(self) -> None:
-        """Forget ids of routers whose heartbeat and counts have both expired."""
-
-        async def run() -> None:
-            ids = sorted(await self._redis.smembers(f"{self.p}routers"))
-            for rid in ids:
-                if not await self._redis.exists(f"{self.p}router:{rid}", f"{self.p}stats:{rid}"):
-                    await self._redis.srem(f"{self.p}routers", rid)
-
-        await self._call("prune routers", run)
 
     # -- the scaling leader ----------------------------------------------------------------------------------------
 
@@ -159,10 +158,6 @@ class RedisState:
 
     async def resign(self, router_id: str) -> None:
         await self._call("release the leader lease", lambda: self._resign([f"{self.p}leader"], [router_id]))
-
-    async def leader(self) -> str | None:
-        value = await self._call("read the leader", lambda: self._redis.get(f"{self.p}leader"))
-        return str(value) if value is not None else None
 
     async def load_scaling(self, service_id: str) -> dict[str, Any] | None:
         value = await self._call("read scaling state", lambda: self._redis.get(f"{self.p}scaling:{service_id}"))
