@@ -52,6 +52,10 @@ class WaiterError(Exception):
         self.service_id = service_id
         self.instance_id = instance_id
         self.headers = dict(headers or {})
+        # Set when the router answers for the service's instances: the request waited for one (queue timeout), or
+        # they cannot start (deployment error). A ping reports such an answer as the service's response, not as the
+        # router's own (docs/api.md §1.9).
+        self.for_service = False
 
     @property
     def title(self) -> str:
@@ -166,6 +170,9 @@ def last_resort(cid: str) -> RenderedError:
 def _render(request: RequestInfo, err: WaiterError, cid: str) -> RenderedError:
     body = _printable_value(error_body(request, err, cid))
     headers = {"x-cid": cid, "server": SERVER_HEADER, **{k: printable(v) for k, v in err.headers.items()}}
+    if err.service_id:
+        # Clients (and Waiter's tests) learn which service answered from this header, as on proxied answers.
+        headers.setdefault("x-waiter-service-id", err.service_id)
     kind = _wants(request)
     if kind == "json":
         text = json.dumps({"waiter-error": body}, indent=2)

@@ -20,9 +20,9 @@ from waiter.http1 import CRLF, ENC, ERRORS, HOP_BYTES, PROXY_DROP, RESPONSE_DROP
 from waiter.proxy import (
     NO_BODY_STATUSES,
     SMALL_BODY,
+    Timing,
     backend_failure,
     backend_timeout,
-    debug_headers,
     open_upstream,
     timeouts,
 )
@@ -46,8 +46,11 @@ async def proxy(conn: Connection, req: Request, service: Service, options: Reque
     body = req.body.stream() if req.body is not None else None
     head_only, idle, length = req.method == b"HEAD", limits.socket_ms / 1000, req.content_length
     send = conn.door.pool.send
+    timing = Timing() if options.debug else None
 
     def send_to(instance: Instance) -> Awaitable[UpstreamResponse]:
+        if timing is not None:
+            timing.sent()
         host, port = instance.host, instance.port
         full = head + CRLF if has_host else head + b"Host: %s:%d\r\n\r\n" % (host.encode(), port)
         return send(host, port, full, body, head_only=head_only, idle_timeout=idle, content_length=length)
@@ -55,8 +58,9 @@ async def proxy(conn: Connection, req: Request, service: Service, options: Reque
     instance, upstream = await open_upstream(service, limits, send_to)
     try:
         extra = b"x-cid: " + cid + CRLF
-        if options.debug:
-            extra += _header_lines(debug_headers(service, instance, conn.door.router.settings.router_id))
+        if timing is not None:
+            router_id = conn.door.router.settings.router_id
+            extra += _header_lines(timing.headers(router_id, cid.decode(ENC, ERRORS), service, limits, instance))
         upstream.idle_timeout = limits.streaming_ms / 1000
 
         def fail(exc: UpstreamError) -> WaiterError:

@@ -17,12 +17,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections import deque
 from typing import cast
 
 import httptools
 
 from waiter import exchange
+from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.errors import WaiterError, internal_error, render_error_parts
 from waiter.http1 import (
     ENC,
@@ -35,7 +37,9 @@ from waiter.http1 import (
     Tunnel,
     error_response,
 )
+from waiter.proxy import timeouts
 from waiter.router import Router, new_cid
+from waiter.service import Timeouts
 from waiter.text import printable
 from waiter.upstream import UpstreamPool
 
@@ -430,6 +434,8 @@ class Connection(asyncio.Protocol):
         waiter = tuple(req.waiter)
         host = req.host()
         router = self.door.router
+        received_at = time.time() if waiter else 0.0
+        limits: Timeouts | None = None
         try:
             if req.upgrade:
                 await exchange.tunnel_to_app(self, req)
@@ -437,8 +443,13 @@ class Connection(asyncio.Protocol):
                 await exchange.relay(self, req)
             else:
                 service, options = router.service_for(waiter, host)
+                limits = timeouts(options, service.timeouts)
                 await exchange.proxy(self, req, service, options, cid)
         except WaiterError as err:
+            if wants_debug(waiter):
+                protocol = "HTTP/1.1" if req.http11 else "HTTP/1.0"
+                rid = router.settings.router_id
+                add_to_error(err, DebugInfo(rid, cid.decode(ENC, ERRORS), received_at, protocol, limits=limits))
             self._answer_error(req, err, cid)
         except ConnectionResetError:
             raise

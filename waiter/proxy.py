@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
+from waiter.debug import DebugInfo, debug_headers
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError
 from waiter.scheduler.base import Instance
@@ -102,16 +104,32 @@ async def _request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def debug_headers(service: Service, instance: Instance, router_id: str) -> list[tuple[str, str]]:
-    return [
-        ("x-waiter-router-id", router_id),
-        ("x-waiter-service-id", service.id),
-        ("x-waiter-backend-id", instance.id),
-        ("x-waiter-backend-host", instance.host),
-        ("x-waiter-backend-port", str(instance.port)),
-        ("x-waiter-backend-proto", "http"),
-        ("x-waiter-backend-directory", instance.log_directory or ""),
-    ]
+class Timing:
+    """When a proxied request started waiting for an instance and when it was sent to one (for debug headers)."""
+
+    __slots__ = ("received_at", "sent_ns", "start_ns")
+
+    def __init__(self) -> None:
+        self.received_at = time.time()
+        self.start_ns = self.sent_ns = time.perf_counter_ns()
+
+    def sent(self) -> None:
+        self.sent_ns = time.perf_counter_ns()
+
+    def headers(
+        self, router_id: str, cid: str, service: Service, limits: Timeouts, instance: Instance
+    ) -> list[tuple[str, str]]:
+        info = DebugInfo(
+            router_id=router_id,
+            cid=cid,
+            received_at=self.received_at,
+            service_id=service.id,
+            limits=limits,
+            instance=instance,
+            get_instance_ns=self.sent_ns - self.start_ns,
+            backend_response_ns=time.perf_counter_ns() - self.sent_ns,
+        )
+        return debug_headers(info)
 
 
 def backend_timeout(service: Service, instance: Instance) -> WaiterError:
@@ -187,8 +205,11 @@ class Proxy:
         length = request.content_length
         if request.body_exists:
             body = _request_body(request)
+        timing = Timing() if options.debug else None
 
         def send(instance: Instance) -> Awaitable[UpstreamResponse]:
+            if timing is not None:
+                timing.sent()
             return self.pool.request(
                 instance.host,
                 instance.port,
@@ -206,8 +227,8 @@ class Proxy:
                 (k, v) for k, v in upstream.headers if (lk := k.lower()) not in HOP_BY_HOP and lk != "x-cid"
             )
             out_headers["x-cid"] = cid
-            if options.debug:
-                out_headers.extend(debug_headers(service, instance, self.router_id))
+            if timing is not None:
+                out_headers.extend(timing.headers(self.router_id, cid, service, limits, instance))
             return await self._respond(request, upstream, out_headers, limits, service, instance)
         finally:
             upstream.release()

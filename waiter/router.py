@@ -12,16 +12,18 @@ from typing import Any
 from aiohttp import web
 
 from waiter.api import admin
+from waiter.api.common import CID
 from waiter.auth import Authenticator, create_authenticator
 from waiter.autoscaler import Autoscaler
 from waiter.coordinator import Coordinator
+from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError, internal_error, render_error
 from waiter.lifecycle import in_fallback
-from waiter.proxy import Proxy
+from waiter.proxy import Proxy, timeouts
 from waiter.registry import ServiceRegistry
 from waiter.resolver import Resolver
-from waiter.service import ResolvedService, Service
+from waiter.service import ResolvedService, Service, Timeouts
 from waiter.settings import Settings
 from waiter.text import printable
 from waiter.tokens import HISTORY_LIMIT, TokenRegistry
@@ -179,6 +181,9 @@ class Router:
         )
         if self.relayed_peers:
             request = self._with_client_address(request)
+        request[CID] = cid
+        received_at = time.time()
+        limits: Timeouts | None = None
         try:
             if self.is_api(request.path, request.headers.get("host", ""), headers):
                 response = await admin.dispatch(self, request, headers)
@@ -186,8 +191,12 @@ class Router:
                     response.headers["x-cid"] = cid
                 return response
             service, options = self.service_for(headers, request.headers.get("host"))
+            limits = timeouts(options, service.timeouts)
             return await self.proxy.handle(request, service, options, cid)
         except WaiterError as err:
+            if wants_debug(headers):
+                version = f"HTTP/{request.version.major}.{request.version.minor}"
+                add_to_error(err, DebugInfo(self.settings.router_id, cid, received_at, version, limits=limits))
             return render_error(request, err, cid)
         except Exception:
             log.exception("internal error on %s %s (cid %s)", request.method, printable(request.path), cid)

@@ -227,8 +227,14 @@ class Service:
             raise
         if not done:
             self.reservations.abandon(fut)
-            raise self._queue_timeout(queue_timeout_ms)
-        return fut.result()
+            err = self._queue_timeout(queue_timeout_ms)
+            err.for_service = True
+            raise err
+        try:
+            return fut.result()
+        except WaiterError as failed:
+            failed.for_service = True
+            raise
 
     def release(self, instance_id: str) -> None:
         self.reservations.release(instance_id)
@@ -250,9 +256,11 @@ class Service:
         return WaiterError(503, message, error_class="waiter.RequestTimeout", service_id=self.id)
 
     def _deployment_failure(self) -> WaiterError:
-        return WaiterError(
+        err = WaiterError(
             503,
             f"Deployment error: {self.deployment_error}",
             error_class="waiter.DeploymentError",
             service_id=self.id,
         )
+        err.for_service = True
+        return err

@@ -29,3 +29,11 @@ def included(request: web.BaseRequest, name: str) -> bool:
 
 def base_url(request: web.BaseRequest) -> str:
     return f"{request.scheme}://{request.host}"
+
+
+CID = web.RequestKey("cid", str)  # the request's correlation id, set by Router.handle
+
+
+def request_cid(request: web.BaseRequest) -> str:
+    """The request's correlation id: the client's x-cid, or the one the router generated (Router.handle)."""
+    return request.get(CID) or request.headers.get("x-cid") or ""

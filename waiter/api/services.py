@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from waiter.api.common import base_url, included, json_response, query_true
+from waiter.api.common import base_url, included, json_response, query_true, request_cid
 from waiter.api.views import Cluster, service_detail, service_status, service_summary
-from waiter.errors import WaiterError, error_body
+from waiter.errors import WaiterError, render_error_parts
 from waiter.service import Service
 from waiter.state import StateUnavailable
 from waiter.upstream import UpstreamError
@@ -222,12 +222,11 @@ async def app_post(router: Router, request: web.BaseRequest, _h: Headers) -> web
 
 async def ping(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
     """Start the service if needed and GET its health check through the normal queue (docs/api.md §1.9)."""
-    cid = request.headers.get("x-cid", "")
+    cid = request_cid(request)
     try:
         resolved, options = router.resolver.resolve(headers, request.headers.get("host"))
     except WaiterError as err:
-        result = {"result": "descriptor-error", "status": err.status, "body": err.message}
-        return json_response({"ping-response": result})
+        return json_response({"ping-response": _error_result("descriptor-error", request.path, err, cid)})
     router.check_maintenance(resolved)
     host = request.headers.get("host")
     service = router.serving(resolved, options, headers, host, fallback=included(request, "fallback"))
@@ -249,11 +248,33 @@ async def ping(router: Router, request: web.BaseRequest, headers: Headers) -> we
     return json_response(body)
 
 
+_PING_ACCEPT = "application/json;q=1.0, */*;q=0.9"
+
+
+class _PingRequest:
+    """The health-check request a ping makes, as error rendering sees it (waiter.errors.RequestInfo)."""
+
+    method = "GET"
+    query_string = ""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.headers = {"accept": _PING_ACCEPT}
+
+
+def _error_result(result: str, path: str, err: WaiterError, cid: str) -> dict[str, Any]:
+    """A router-made error in a ping's result: status, headers and JSON body as a client would have received them."""
+    rendered = render_error_parts(_PingRequest(path), err, cid)
+    headers = {k.lower(): v for k, v in rendered.headers.items()}
+    headers["content-type"] = rendered.content_type
+    return {"result": result, "status": rendered.status, "headers": headers, "body": rendered.body.decode()}
+
+
 async def _ping(
     router: Router, service: Service, queue_ms: int, wait_ms: int, request: web.BaseRequest, cid: str
 ) -> dict[str, Any]:
     headers = [
-        ("accept", "application/json;q=1.0, */*;q=0.9"),
+        ("accept", _PING_ACCEPT),
         ("user-agent", f"waiter-ping/{__version__}"),
         ("x-cid", cid),
     ]
@@ -279,8 +300,8 @@ async def _ping(
     except TimeoutError:
         return {"result": "timed-out", "status": 503, "body": ""}
     except WaiterError as err:
-        body = {"waiter-error": error_body(request, err, cid)}
-        return {"result": "waiter-response", "status": err.status, "body": str(body), "headers": {}}
+        result = "received-response" if err.for_service else "waiter-response"
+        return _error_result(result, service.spec.health_check_url, err, cid)
     except UpstreamError as exc:
         return {"result": "ping-internal-error", "status": 502, "body": str(exc)}
     return {
