@@ -7,7 +7,8 @@ import asyncio
 import json
 from typing import Any
 
-from tests.conftest import RunningRouter, backend_token, wait_for
+from tests.conftest import RunningRouter, backend_token
+from tests.support import eventually
 
 TOKEN = {"x-waiter-token": "echo"}
 JSON = {"accept": "application/json"}
@@ -119,7 +120,7 @@ async def test_ping_answered_without_waiting_is_a_waiter_response(make_router) -
     async def queued() -> bool:
         return service is not None and service.reservations.queued == 1
 
-    await wait_for(queued, what="one queued request")
+    await eventually(queued, what="one queued request")
     result = (await ping(r))["ping-response"]
     assert result["result"] == "waiter-response"
     assert result["status"] == 503
