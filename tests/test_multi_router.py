@@ -15,12 +15,11 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiohttp.test_utils import TestServer
 
 from tests.conftest import RunningRouter, backend_token
 from tests.redis_server import REDIS_SERVER
 from tests.support import eventually, free_port
-from waiter.scheduler.agent import agent_app
+from waiter.scheduler.agent import serve_agent, stop_agent
 from waiter.scheduler.local import LocalScheduler, LocalSettings
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -35,10 +34,9 @@ async def agent(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     low = 30000 + (os.getpid() * 7) % 3000
     scheduler = LocalScheduler(LocalSettings(work_dir=work_dir, port_range=(low, low + 199), min_kill_grace_secs=2))
     await scheduler.start()
-    server = TestServer(agent_app(scheduler), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/"), work_dir
-    await server.close()
+    runner, url = await serve_agent(scheduler)
+    yield url, work_dir
+    await stop_agent(runner, url)
     await scheduler.close()
 
 

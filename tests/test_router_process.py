@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +25,15 @@ TOKEN = {"x-waiter-token": "echo"}
 
 
 class RouterProcess:
-    def __init__(self, tmp_path: Path, tokens: list[dict[str, Any]], work_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        tokens: list[dict[str, Any]],
+        work_dir: Path | None = None,
+        *args: str,
+        **settings: Any,
+    ) -> None:
+        """``args`` are extra command-line flags; ``settings`` (with _ for -) are added to the config file."""
         tmp_path.mkdir(exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,18 +50,23 @@ class RouterProcess:
                     "drain-timeout-secs": 10,
                     "scheduler": {"local": {"work-dir": str(work_dir or tmp_path / "work")}},
                     "health-check": {"startup-interval-ms": 50},
+                    **{key.replace("_", "-"): value for key, value in settings.items()},
                 }
             )
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "waiter", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        # A file, not a pipe: nobody reads a pipe while the router runs, and a full one would block its logging.
+        self.log = tmp_path / "router.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "waiter", "--config", str(config), *args], stdout=log, stderr=subprocess.STDOUT
+            )
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
 
     async def ready(self, client: aiohttp.ClientSession) -> None:
         async def up() -> bool:
-            assert self.proc.poll() is None, self.proc.stdout.read().decode()  # type: ignore[union-attr]
+            assert self.proc.poll() is None, self.output()
             try:
                 async with client.get(self.url + "/status") as resp:
                     return resp.status == 200
@@ -69,8 +84,6 @@ class RouterProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
 
 
 @pytest.fixture
@@ -193,3 +206,61 @@ async def test_a_restarted_router_stops_what_a_killed_one_left(tmp_path: Path) -
         assert _group(pid) == []
     finally:
         second.stop()
+
+
+async def test_routers_with_their_own_local_schedulers_cannot_share_a_redis(tmp_path: Path, redis_server: Any) -> None:
+    token = backend_token("echo", mem=512)
+    # A long heartbeat, so the killed router below is certainly still announced when its replacement starts.
+    shared = {"redis": redis_server.url, "autoscaler": {"router-ttl-ms": 60_000}}
+    first = RouterProcess(tmp_path / "first", [token], None, **shared)
+    try:
+        async with aiohttp.ClientSession() as client:
+            await first.ready(client)
+        second = RouterProcess(tmp_path / "second", [token], None, **shared)
+        assert await asyncio.to_thread(second.proc.wait, 30) == 2
+        refusal = second.output()
+        assert "Routers sharing a Redis must share one scheduler" in refusal and "--workers N" in refusal, refusal
+        first.proc.kill()
+        first.proc.wait()
+        third = RouterProcess(tmp_path / "third", [token], None, **shared)
+        try:
+            async with aiohttp.ClientSession() as client:
+                await third.ready(client)  # a dead router's heartbeat does not refuse its replacement
+        finally:
+            third.stop()
+    finally:
+        first.stop()
+
+
+async def test_workers_share_a_private_agent_and_a_killed_supervisor_leaves_nothing(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    r = RouterProcess(tmp_path, [backend_token("echo", mem=512)], None, "--workers", "2", redis=redis_server.url)
+    socket_dir: Path | None = None
+    try:
+        async with aiohttp.ClientSession() as client:
+            pid = await _serve_once(r, client)
+        workers = [c for c in psutil.Process(r.proc.pid).children() if "--worker-of" in c.cmdline()]
+        assert len(workers) == 2
+        argv = workers[0].cmdline()
+        agent = Path(argv[argv.index("--worker-of") + 1].removeprefix("unix:"))
+        socket_dir = agent.parent
+        assert stat.S_IMODE(agent.stat().st_mode) == 0o600 and stat.S_IMODE(socket_dir.stat().st_mode) == 0o700
+        r.proc.kill()
+        r.proc.wait()
+
+        def nothing_left() -> bool:
+            return _group(pid) == [] and not any(_running(w) for w in workers)
+
+        await eventually(nothing_left, timeout=20, what="the workers and the instance to die with the supervisor")
+    finally:
+        r.stop()
+        if socket_dir is not None:  # a supervisor killed by SIGKILL cannot remove its socket
+            shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

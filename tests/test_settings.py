@@ -44,6 +44,11 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         pytest.param(
             "scheduler: {local: {port-range: [20, 10]}}", "scheduler.local.port-range is [20, 10]", id="port-range"
         ),
+        pytest.param(
+            "scheduler: {kind: agent, agent: {url: 'http://127.0.0.1:1'}}",
+            "scheduler.agent.url is 'http://127.0.0.1:1' but must be the agent's socket, unix:/path",
+            id="agent-over-tcp",
+        ),
         pytest.param("colour: blue", "colour is not a known setting; allowed here:", id="unknown-key"),
         pytest.param(
             "health-check: {startup-interval-ms: 1}",

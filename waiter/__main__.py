@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from waiter.settings import SCHEDULER_KINDS, SettingsError, load_settings
+from waiter.settings import REFUSED, SCHEDULER_KINDS, SettingsError, load_settings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config, overrides)
     except SettingsError as exc:
         print(f"waiter-router: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
+        return REFUSED
     if settings.workers > 1 and not settings.redis and not args.worker_of:
         print(
             f"waiter-router: --workers {settings.workers} needs a redis URL (--redis or the config's redis key): "
             "workers share tokens, counts and slot leases through it.",
             file=sys.stderr,
         )
-        return 2
+        return REFUSED
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.worker_of:
         settings = replace(settings, scheduler_kind="agent", agent_url=args.worker_of, workers=1)
-    uvloop.run(serve(settings, reuse_port=bool(args.worker_of)))
+    try:
+        uvloop.run(serve(settings, reuse_port=bool(args.worker_of)))
+    except SettingsError as exc:  # refused at start-up (waiter.peers)
+        print(f"waiter-router: refusing to start: {exc}", file=sys.stderr)
+        return REFUSED
     return 0
 
 

@@ -13,6 +13,7 @@ from aiohttp import web
 from waiter.aio import stop
 from waiter.autoscaler import Autoscaler
 from waiter.coordinator import Coordinator
+from waiter.peers import refuse_mixed_schedulers, this_identity
 from waiter.proxy import Proxy
 from waiter.reaper import Reaper
 from waiter.registry import ServiceRegistry
@@ -36,6 +37,15 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
     app = web.Application(handler_args={"max_field_size": 65536})
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        scaling = settings.scaling
+        state = open_state(settings)
+        await state.start()
+        identity = this_identity(settings)
+        try:
+            await refuse_mixed_schedulers(state, settings, identity, scaling.router_ttl_ms)
+        except BaseException:
+            await state.close()
+            raise
         sched = scheduler or create_scheduler(settings)
         tokens = open_registry(settings)
         await tokens.start()
@@ -45,9 +55,6 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
         await sched.start()
         registry = ServiceRegistry(sched, session, settings.health)
         router = Router(settings, tokens, registry, Proxy(pool, session, settings.router_id))
-        state = open_state(settings)
-        await state.start()
-        scaling = settings.scaling
         router.coordinator = Coordinator(
             state,
             registry,
@@ -55,6 +62,7 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
             f"http://{settings.host}:{settings.port}",
             publish_interval=scaling.publish_interval_ms / 1000,
             router_ttl_ms=scaling.router_ttl_ms,
+            scheduler=identity,
         )
         router.autoscaler = Autoscaler(
             state,

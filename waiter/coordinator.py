@@ -83,6 +83,7 @@ class Coordinator:
         publish_interval: float = 0.1,
         router_ttl_ms: int = 3000,
         service_sync_interval: float = 1.0,
+        scheduler: str = "",
     ) -> None:
         self.state = state
         self.registry = registry
@@ -92,6 +93,7 @@ class Coordinator:
         self.router_ttl_ms = router_ttl_ms
         self.stats_ttl_ms = max(1000, int(publish_interval * 10_000))
         self.service_sync_interval = service_sync_interval
+        self.scheduler = scheduler  # announced in the heartbeat (waiter.peers)
         self.view = GlobalView()
         self.available = True
         self.last_error: str | None = None
@@ -145,7 +147,7 @@ class Coordinator:
 
     async def tick(self) -> None:
         state = self.state
-        info = {"url": self.router_url, "started-at": self.started_at}
+        info = {"url": self.router_url, "started-at": self.started_at, "scheduler": self.scheduler}
         await state.heartbeat(self.router_id, info, self.router_ttl_ms)
         await state.publish_stats(self.router_id, self.local_stats(), self.stats_ttl_ms)
         all_stats = await state.all_stats()

@@ -36,6 +36,9 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"{username}:***@{hosts}", parts.path, parts.query, parts.fragment))
 
 
+REFUSED = 2  # exit code of waiter-router when its configuration is invalid or cannot run here
+
+
 class SettingsError(Exception):
     """The configuration is invalid; the message lists every problem, one per line."""
 
@@ -425,8 +428,10 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     mesos = _mesos(_Reader(sched.mapping("mesos"), "scheduler.mesos.", problems), base.mesos, kind)
     agent_r = _Reader(sched.mapping("agent"), "scheduler.agent.", problems)
     agent_url = agent_r.string("url", base.agent_url)
-    if kind == "agent" and not agent_url.startswith(("http://", "https://")):
-        problems.append(f"scheduler.agent.url is {agent_url!r} but must be the agent's http:// URL with kind agent.")
+    if kind == "agent" and not agent_url.startswith("unix:/"):
+        problems.append(
+            f"scheduler.agent.url is {agent_url!r} but must be the agent's socket, unix:/path, with kind agent."
+        )
     agent_r.check_unknown()
     sched.check_unknown()
     workers = top.integer("workers", base.workers, 1, 256)

@@ -16,11 +16,9 @@ import logging
 import signal
 import sys
 
-from aiohttp import web
-
 from waiter.scheduler import create_scheduler
-from waiter.scheduler.agent import agent_app
-from waiter.settings import Settings
+from waiter.scheduler.agent import serve_agent, stop_agent
+from waiter.settings import REFUSED, Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +37,7 @@ class Supervisor:
         self.worker_argv = worker_argv
         self.workers: dict[int, asyncio.subprocess.Process] = {}
         self._stop = asyncio.Event()
+        self.exit_code = 0
 
     async def _spawn(self, index: int, agent_url: str) -> None:
         args = [
@@ -48,9 +47,7 @@ class Supervisor:
             "--worker-of",
             agent_url,
         ]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "waiter", *args, preexec_fn=_die_with_parent
-        )
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "waiter", *args, preexec_fn=_die_with_parent)
         self.workers[index] = proc
         log.info("worker %d started (pid %d)", index, proc.pid)
 
@@ -60,12 +57,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         scheduler = create_scheduler(self.settings)
         await scheduler.start()
-        runner = web.AppRunner(agent_app(scheduler), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        agent_url = f"http://127.0.0.1:{port}"
+        runner, agent_url = await serve_agent(scheduler)
         log.info("scheduler agent for %d workers on %s", self.settings.workers, agent_url)
         try:
             for index in range(self.settings.workers):
@@ -73,9 +65,9 @@ class Supervisor:
             await self._watch(agent_url)
         finally:
             await self._stop_workers()
-            await runner.cleanup()
+            await stop_agent(runner, agent_url)
             await scheduler.close()
-        return 0
+        return self.exit_code
 
     async def _watch(self, agent_url: str) -> None:
         while not self._stop.is_set():
@@ -87,6 +79,11 @@ class Supervisor:
             for fut in done:
                 if fut in waits and not self._stop.is_set():
                     index = waits[fut]
+                    if fut.result() == REFUSED:  # restarting it would be refused again: the reason is in its log
+                        log.error("worker %d refused to start; stopping", index)
+                        self.exit_code = REFUSED
+                        self._stop.set()
+                        break
                     log.error("worker %d exited with %s; restarting it", index, fut.result())
                     await asyncio.sleep(1.0)
                     await self._spawn(index, agent_url)

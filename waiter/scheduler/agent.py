@@ -5,6 +5,9 @@
 like any cluster back-end: calls are HTTP requests, and the snapshot is kept current by a long poll that returns
 as soon as any service changes. Instances therefore belong to the supervisor and survive a worker's crash.
 
+The agent listens on a Unix socket only (``unix:/path``), mode 0600 in a directory of mode 0700: whoever can run
+commands through it is already this user. A TCP port would let any local process start commands through it.
+
 API (JSON): ``GET /v1/state?after=N&wait-ms=M`` -> {"version", "services": {id: state}} once version > N;
 ``POST /v1/services`` {spec, instances}; ``PUT /v1/services/{id}`` {instances};
 ``POST /v1/services/{id}/kill`` {instance-id, force, replace, message, flags, failed}; ``DELETE /v1/services/{id}``.
@@ -16,7 +19,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,6 +41,10 @@ from waiter.scheduler.base import (
 )
 
 log = logging.getLogger(__name__)
+
+UNIX = "unix:"
+# Long polls are woken at shutdown, so what is left in flight then is a call the scheduler is answering.
+_SHUTDOWN_SECS = 2.0
 
 
 def instance_to_json(instance: Instance) -> dict[str, Any]:
@@ -88,6 +98,7 @@ class _Versions:
 
     def __init__(self) -> None:
         self.version = 0
+        self.closed = False
         self._changed = asyncio.Event()
 
     def bump(self, _service_id: str) -> None:
@@ -95,8 +106,13 @@ class _Versions:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def close(self) -> None:
+        """Answer every long poll now (shutdown) and every later one at once."""
+        self.closed = True
+        self._changed.set()
+
     async def wait_past(self, version: int, timeout: float) -> None:
-        if self.version > version:
+        if self.version > version or self.closed:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
@@ -156,12 +172,37 @@ def agent_app(scheduler: Scheduler) -> web.Application:
     async def delete(request: web.Request) -> web.Response:
         return web.json_response({"deleted": await call(scheduler.delete_service(request.match_info["sid"]))})
 
+    async def on_shutdown(_app: web.Application) -> None:
+        versions.close()
+
+    app.on_shutdown.append(on_shutdown)
     app.router.add_get("/v1/state", get_state)
     app.router.add_post("/v1/services", create)
     app.router.add_put("/v1/services/{sid}", scale)
     app.router.add_post("/v1/services/{sid}/kill", kill)
     app.router.add_delete("/v1/services/{sid}", delete)
     return app
+
+
+async def serve_agent(scheduler: Scheduler) -> tuple[web.AppRunner, str]:
+    """Serve ``scheduler`` on a new private Unix socket; returns the runner (clean it up) and the agent's URL."""
+    directory = Path(tempfile.mkdtemp(prefix="waiter-agent-"))  # mode 0700: only this user can reach the socket
+    path = directory / "agent.sock"
+    runner = web.AppRunner(agent_app(scheduler), access_log=None, shutdown_timeout=_SHUTDOWN_SECS)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    path.chmod(0o600)
+    return runner, f"{UNIX}{path}"
+
+
+async def stop_agent(runner: web.AppRunner, url: str) -> None:
+    """Stop serving and remove the socket and its directory."""
+    await runner.cleanup()
+    path = url.removeprefix(UNIX)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))
 
 
 # -- the client side, in each router ---------------------------------------------------------------------------
@@ -173,7 +214,10 @@ class AgentScheduler:
     kind = "agent"
 
     def __init__(self, url: str, *, request_timeout: float = 30.0, poll_wait: float = 10.0) -> None:
-        self.url = url.rstrip("/")
+        if not url.startswith(UNIX):
+            raise SchedulerError(f"scheduler.agent.url is {url!r} but must be the agent's socket, unix:/path.")
+        self.url = url
+        self._socket = url.removeprefix(UNIX)
         self.request_timeout = request_timeout
         self.poll_wait = poll_wait
         self._listeners: list[Listener] = []
@@ -187,7 +231,9 @@ class AgentScheduler:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        self._session = aiohttp.ClientSession(
+            base_url="http://agent", connector=aiohttp.UnixConnector(self._socket), timeout=aiohttp.ClientTimeout(None)
+        )
         self._poller = asyncio.create_task(self._poll(), name="agent state")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self.request_timeout):
@@ -205,7 +251,7 @@ class AgentScheduler:
             try:
                 params = {"after": str(self._version), "wait-ms": str(int(self.poll_wait * 1000))}
                 timeout = aiohttp.ClientTimeout(total=self.poll_wait + self.request_timeout)
-                async with self._session.get(f"{self.url}/v1/state", params=params, timeout=timeout) as resp:
+                async with self._session.get("/v1/state", params=params, timeout=timeout) as resp:
                     resp.raise_for_status()
                     body = await resp.json()
                 self._apply(body)
@@ -230,7 +276,7 @@ class AgentScheduler:
         assert self._session is not None, "start() the scheduler first"
         timeout = aiohttp.ClientTimeout(total=self.request_timeout)
         try:
-            async with self._session.request(method, self.url + path, json=body, timeout=timeout) as resp:
+            async with self._session.request(method, path, json=body, timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise SchedulerError(f"The scheduler agent refused {method} {path}: {await resp.text()}")
                 return await resp.json()

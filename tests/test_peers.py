@@ -1,0 +1,47 @@
+"""Routers sharing a Redis must share a scheduler: the pure check (the refusal itself: test_router_process.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from waiter.peers import Conflict, conflicts, scheduler_identity
+from waiter.settings import load_settings
+
+LOCAL_ALIVE = "local on box pid 10 started 100.0"
+LOCAL_DEAD = "local on box pid 11 started 100.0"
+LOCAL_ELSEWHERE = "local on other pid 11 started 100.0"
+AGENT = "agent unix:/tmp/a/agent.sock on box"
+
+
+def alive(pid: int, started: float) -> bool:
+    return (pid, started) == (10, 100.0)
+
+
+@pytest.mark.parametrize(
+    ("mine", "routers", "expected"),
+    [
+        (AGENT, {"me": {"scheduler": AGENT}, "w1": {"scheduler": AGENT}}, []),
+        (AGENT, {"old": {"url": "http://x"}}, []),  # a router from before the check announces nothing
+        (AGENT, {"r": {"scheduler": LOCAL_ALIVE}}, [Conflict("r", LOCAL_ALIVE)]),
+        (LOCAL_ALIVE, {"r": {"scheduler": AGENT}}, [Conflict("r", AGENT)]),
+        (AGENT, {"r": {"scheduler": LOCAL_DEAD}}, []),  # killed a moment ago: its heartbeat has not expired
+        (AGENT, {"r": {"scheduler": LOCAL_ELSEWHERE}}, [Conflict("r", LOCAL_ELSEWHERE)]),  # cannot tell: refuse
+        (AGENT, {"me": {"scheduler": LOCAL_ALIVE}}, []),  # this router's own earlier heartbeat
+    ],
+    ids=["same-agent", "unannounced", "local-peer", "agent-peer", "dead-local", "other-host", "itself"],
+)
+def test_conflicts(mine: str, routers: dict[str, dict[str, Any]], expected: list[Conflict]) -> None:
+    assert conflicts("me", mine, routers, "box", alive) == expected
+
+
+def test_identities_name_what_routers_share() -> None:
+    def identity(**overrides: Any) -> str:
+        return scheduler_identity(load_settings(None, overrides), host="box", pid=7, started=1.5)
+
+    assert identity() == "local on box pid 7 started 1.5"
+    assert identity(scheduler={"kind": "agent", "agent": {"url": "unix:/s"}}) == "agent unix:/s on box"
+    marathon = identity(scheduler={"kind": "marathon", "marathon": {"url": "http://m:8080/"}})
+    assert marathon == "marathon http://m:8080 apps /waiter/"
+    assert identity(scheduler={"kind": "mesos", "mesos": {"master": "m:5050"}}) == "mesos m:5050 framework waiter"
