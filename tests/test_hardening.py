@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import BACKEND_CMD, RunningRouter, backend_token
 from tests.test_frontdoor import Response, close, connect, read_response
+from waiter import jsonbounds
 from waiter.api import admin
 from waiter.params import text_problems
 from waiter.text import printable
@@ -238,3 +239,106 @@ async def test_a_token_file_with_a_nul_is_reported_and_not_loaded(make_router) -
 )
 def test_text_problems_name_each_field(value: dict[str, Any], problems: list[str]) -> None:
     assert text_problems(value) == problems
+
+
+# -- nothing a client sends runs unbounded on the event loop ------------------------------------------------------
+
+
+async def test_a_backtracking_apps_filter_answers_at_once(make_router) -> None:
+    r = await make_router()
+    # Python's re needs ~2^40 steps for this filter against this cmd; the router's loop (and this test) would hang.
+    sid = await r.service_id(on_the_fly(cmd="exec python3 " + "x" * 40))
+    apps = await r.get_json("/apps?cmd=exec%20pytho(.%7C.)*X")
+    assert apps == []
+    apps = await r.get_json("/apps?cmd=exec%20pytho(.%7C.)*x")
+    assert [a["service-id"] for a in apps] == [sid]
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("cmd=(a)%5C1", "The filter cmd is not a regular expression RE2 accepts (invalid escape sequence: \\1)"),
+        ("name=(%3F=x)", "The filter name is not a regular expression RE2 accepts"),
+        ("token=" + "a" * 1025, "The filter token is 1025 characters long; the limit is 1024."),
+    ],
+)
+async def test_a_filter_re2_cannot_run_is_a_400_naming_it(make_router, query: str, problem: str) -> None:
+    r = await make_router()
+    async with r.client.get(f"{r.url}/apps?{query}", headers={"accept": "application/json"}) as resp:
+        assert resp.status == 400
+        assert problem in (await resp.json())["waiter-error"]["message"]
+
+
+def on_the_fly(**params: str) -> dict[str, str]:
+    headers = {"x-waiter-cmd": BACKEND_CMD, "x-waiter-cpus": "0.1", "x-waiter-mem": "256", "x-waiter-version": "1"}
+    headers.update({f"x-waiter-{k}": v for k, v in params.items()})
+    return headers
+
+
+@pytest.mark.parametrize("levels", [40, 5000])
+async def test_deeply_nested_json_in_a_header_is_a_400_naming_the_limit(make_router, levels: int) -> None:
+    r = await make_router()
+    headers = {**on_the_fly(cpus="[" * levels + "]" * levels), "accept": "application/json"}
+    async with r.client.get(r.url + "/", headers=headers) as resp:
+        assert resp.status == 400
+        message = (await resp.json())["waiter-error"]["message"]
+    assert "x-waiter-cpus is JSON nested deeper than the limit of 32 levels." in message
+    assert "recursion" not in message
+
+
+@pytest.mark.parametrize("levels", [40, 100_000])
+async def test_a_deeply_nested_token_body_is_a_400_naming_the_limit(make_router, levels: int) -> None:
+    r = await make_router()
+    status, message = await post_token(r, b'{"token": "deep", "metadata": ' + b"[" * levels + b"]" * levels + b"}")
+    assert status == 400
+    assert message == "The request body is JSON nested deeper than the limit of 32 levels."
+
+
+async def test_a_token_body_over_the_limit_is_a_413_read_no_further(make_router) -> None:
+    r = await make_router()
+    reader, writer = await connect(r)
+    try:
+        # 50 MB announced; the answer comes before a byte of it is sent.
+        writer.write(b"POST /token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 50000000\r\n\r\n")
+        resp = await read_response(reader)
+    finally:
+        await close(writer)
+    assert resp.status == 413
+    assert "The request body is larger than the limit of 1048576 bytes (the router's max-api-body-bytes)." in (
+        text_of(resp)
+    )
+
+
+async def test_a_chunked_token_body_over_a_configured_limit_is_a_413(make_router) -> None:
+    r = await make_router(**{"max-api-body-bytes": 4096})
+
+    async def chunks() -> Any:
+        for _ in range(8):
+            yield b" " * 1024
+
+    async with r.client.post(r.url + "/token", data=chunks(), headers={"accept": "application/json"}) as resp:
+        assert resp.status == 413
+        assert "limit of 4096 bytes" in (await resp.json())["waiter-error"]["message"]
+    status, _ = await post_token(r, json.dumps(backend_token("fits")).encode())
+    assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("text", "outcome"),
+    [
+        ("1", 1),
+        ('{"a": [1, {"b": []}]}', {"a": [1, {"b": []}]}),
+        ("[" * 32 + "]" * 32, "ok"),
+        ("[" * 33 + "]" * 33, "x is JSON nested deeper than the limit of 32 levels."),
+        ("[" * 100_000 + "]" * 100_000, "x is JSON nested deeper than the limit of 32 levels."),
+        ("NaN", "x is not valid JSON (NaN is not a number)."),
+    ],
+)
+def test_bounded_json(text: str, outcome: Any) -> None:
+    if isinstance(outcome, str) and outcome != "ok":
+        with pytest.raises(jsonbounds.JsonError) as err:
+            jsonbounds.loads(text, "x")
+        assert str(err.value) == outcome
+    else:
+        value = jsonbounds.loads(text, "x")
+        assert outcome == "ok" or value == outcome

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from waiter import jsonbounds
 from waiter.params import (
     REQUIRED_PARAMS,
     SERVICE_PARAMS,
@@ -206,8 +207,11 @@ def _parse_param(state: _HeaderParse, param: Param, name: str, value: str) -> No
         parsed = value
     else:
         try:
-            parsed = json.loads(value, parse_constant=_reject_constant)
-        except ValueError:
+            parsed = jsonbounds.loads(value, name)
+        except jsonbounds.TooDeep as exc:
+            state.problems.append(str(exc))
+            return
+        except jsonbounds.JsonError:
             state.problems.append(param.sentence(name, show(value)))
             return
     problems = param.problems(parsed, label=name, shown=show(value))
@@ -218,10 +222,6 @@ def _parse_param(state: _HeaderParse, param: Param, name: str, value: str) -> No
     state.problems += problems
     if not problems:
         state.params[param.name] = parsed
-
-
-def _reject_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not a number")
 
 
 # -- tokens --------------------------------------------------------------------------------------------------

@@ -133,6 +133,8 @@ class Settings:
     service_defaults: Mapping[str, Any] = field(default_factory=dict)
     max_cpus: float = 32.0
     max_mem: float = 131072.0
+    # The largest body the router's own API reads (POST /token): more is a 413. Proxied bodies stream unbounded.
+    max_api_body_bytes: int = 1 << 20
     config_file: Path | None = None
 
     def public(self) -> dict[str, Any]:
@@ -150,6 +152,7 @@ class Settings:
             "allow-on-the-fly": self.allow_on_the_fly,
             "run-as-user": self.run_as_user,
             "drain-timeout-secs": self.drain_timeout_secs,
+            "max-api-body-bytes": self.max_api_body_bytes,
             "scheduler-config": {
                 "kind": self.scheduler_kind,
                 "agent": {"url": self.agent_url},
@@ -400,6 +403,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
             problems.append(f"hostnames is {raw_hosts!r} but must be a list of host names.")
     max_cpus = top.number("max-cpus", base.max_cpus, 0.001, 1024)
     max_mem = top.number("max-mem", base.max_mem, 1, 16 * 1024 * 1024)
+    max_api_body = top.integer("max-api-body-bytes", base.max_api_body_bytes, 1024, 1 << 30)
 
     sched = _Reader(top.mapping("scheduler"), "scheduler.", problems)
     kind = sched.string("kind", base.scheduler_kind)
@@ -468,6 +472,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         allow_on_the_fly=allow,
         run_as_user=run_as_user,
         drain_timeout_secs=drain,
+        max_api_body_bytes=max_api_body,
         hostnames=hostnames,
         redis=redis_url,
         token_admins=token_admins,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from waiter.api.common import base_url, included, json_response, query_true, request_cid
+from waiter.api.filters import Filter
 from waiter.api.views import Cluster, service_detail, service_status, service_summary
 from waiter.errors import WaiterError, render_error_parts
 from waiter.service import Service
@@ -44,19 +44,6 @@ def cluster_view(router: Router) -> Cluster:
     )
 
 
-def _matches(value: Any, pattern: str) -> bool:
-    """docs/api.md §1.10: equal, '*' = any non-empty value, or a full-match regex."""
-    if value is None or value == "" or value == {} or value == []:
-        return pattern != "*" and pattern == ""
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    if pattern == "*" or text == pattern:
-        return True
-    try:
-        return re.fullmatch(pattern, text) is not None
-    except re.error:
-        return False
-
-
 def _lookup(description: Mapping[str, Any], dotted: str) -> Any:
     value: Any = description
     for part in dotted.split("."):
@@ -70,19 +57,20 @@ _NOT_FILTERS = frozenset({"effective-parameters", "include", "token", "token-ver
 
 
 def _selected(router: Router, request: web.BaseRequest) -> list[Service]:
-    query = request.query
+    filters = [Filter.of(key, pattern) for key, pattern in request.query.items() if key not in _NOT_FILTERS]
     services = sorted(router.registry.services.values(), key=lambda s: s.id)
+    query = request.query
     if "token" in query:
-        services = [s for s in services if any(_matches(t, query["token"]) for t, _ in s.resolved.source_tokens)]
+        wanted = Filter.of("token", query["token"])
+        services = [s for s in services if any(wanted.matches(t) for t, _ in s.resolved.source_tokens)]
     if "token-version" in query:
-        wanted = query["token-version"]
-        services = [s for s in services if any(_matches(v, wanted) for _, v in s.resolved.source_tokens)]
+        wanted = Filter.of("token-version", query["token-version"])
+        services = [s for s in services if any(wanted.matches(v) for _, v in s.resolved.source_tokens)]
     if "run-as-user" in query:
-        services = [s for s in services if _matches(s.resolved.effective.get("run-as-user"), query["run-as-user"])]
-    for key, pattern in query.items():
-        if key in _NOT_FILTERS:
-            continue
-        services = [s for s in services if _matches(_lookup(s.resolved.effective, key), pattern)]
+        wanted = Filter.of("run-as-user", query["run-as-user"])
+        services = [s for s in services if wanted.matches(s.resolved.effective.get("run-as-user"))]
+    for wanted in filters:
+        services = [s for s in services if wanted.matches(_lookup(s.resolved.effective, wanted.name))]
     return services
 
 

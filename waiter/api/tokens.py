@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from waiter.api.common import included, json_response, query_true
+from waiter.api.common import included, json_response, query_true, read_json
 from waiter.auth import Caller, Permissions
 from waiter.descriptor import DescriptorError, validate_token
 from waiter.errors import WaiterError, iso_millis
@@ -128,20 +128,10 @@ async def get_token(router: Router, request: web.BaseRequest, headers: Headers) 
 # -- POST /token ---------------------------------------------------------------------------------------------
 
 
-async def _json_object(request: web.BaseRequest) -> dict[str, Any]:
-    raw = await request.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WaiterError(
-            400, f"The request body is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})."
-        ) from None
-    try:
-        body = json.loads(text) if text.strip() else {}
-    except ValueError as exc:
-        raise WaiterError(
-            400, f"The request body is not valid JSON ({exc}); send a JSON object of token fields."
-        ) from None
+async def _json_object(router: Router, request: web.BaseRequest) -> dict[str, Any]:
+    body = await read_json(request, router.settings.max_api_body_bytes)
+    if body is None:
+        return {}
     if not isinstance(body, dict):
         raise WaiterError(400, f"The request body must be a JSON object of token fields, not {type(body).__name__}.")
     return body
@@ -253,7 +243,7 @@ class _Post:
 
 async def post_token(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
     caller = await router.auth.authenticate(request)
-    body = await _json_object(request)
+    body = await _json_object(router, request)
     name = _post_name(request, body)
     admin = _update_mode(request)
     _validate(router, name, body, admin)
