@@ -71,9 +71,11 @@ async def test_200_concurrent_requests_before_first_instance_is_healthy(make_rou
     stats = await instance_stats(r, sid)
     assert sum(s["total"] for s in stats) == 200  # none duplicated
     assert all(s["peak"] <= 10 for s in stats)
-    # Exactly the instances the need called for: ceil(200 / 10) capped at max-instances.
+    # Sized by throughput, not by the queue that piled up during the cold start (200 / 10 slots = max-instances
+    # 4): 200 requests of 20 ms are 4 slot-seconds, arriving at most at 200/1.5 s; one instance of 10 slots
+    # serves them, plus one more for the queue (Little's law, waiter.scaling.load_need).
     detail = await r.get_json(f"/apps/{sid}")
-    assert detail["num-active-instances"] == 4
+    assert detail["num-active-instances"] <= 2
 
 
 async def test_concurrency_level_is_never_exceeded(make_router) -> None:

@@ -13,10 +13,12 @@ from waiter.scaling import (
     BurstSettings,
     Counts,
     Decision,
+    LoadNeed,
     ScalingSettings,
     ScalingState,
     decide,
     ideal_instances,
+    load_need,
     smoothing_factor,
 )
 
@@ -212,10 +214,12 @@ BURST_CASES = [
                  id="disabled-is-waiter"),
     pytest.param((50, 50, True, 0), cfg(OURS, max_instances=50), dict(total=5, outstanding=90, target=5, healthy=5),
                  id="entry-clamped-to-max"),
-    pytest.param((3, 3, True, 0), cfg(OURS, min_instances=3), dict(total=0, outstanding=2, target=0, healthy=0),
-                 id="entry-clamped-to-min"),
-    pytest.param((2, 2, True, 0), OURS, dict(total=1, outstanding=2, target=1, healthy=0),
-                 id="entry-with-no-healthy-instance"),
+    pytest.param((3, 3, False, None), cfg(OURS, min_instances=3),
+                 dict(total=0, outstanding=2, target=0, healthy=0), id="blind-still-scales-to-min"),
+    pytest.param((1, 1, False, None), OURS, dict(total=1, outstanding=500, target=1, healthy=0),
+                 id="blind-cold-start-waits-for-first-instance"),
+    pytest.param((1, 1, False, None), cfg(OURS, min_instances=0),
+                 dict(total=0, outstanding=3, target=0, healthy=0), id="blind-starts-one-instance"),
     pytest.param((5, 5.4, False, None), OURS, dict(total=5, outstanding=9, target=5, healthy=5),
                  id="below-threshold-is-waiter"),
     pytest.param((50, 50, False, None), OURS, dict(total=50, outstanding=50, target=50, healthy=1),
@@ -358,3 +362,60 @@ def test_settings_reject(changes, message):
 def test_burst_settings_reject(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BurstSettings(**kwargs)
+
+
+# Burst sized by throughput (Little's law). (scale_to, target, burst, peak) expected.
+# The load test: 1,000 req/s of 10 ms at concurrency-level 8 asks for ceil(1.25) = 2 instances.
+SHORT = cfg(OURS, concurrency_level=8)
+THROUGHPUT_CASES = [
+    pytest.param((3, 3, True, 2), SHORT,
+                 dict(total=1, healthy=1, outstanding=500, queued=492, rate=1000, service=0.01),
+                 id="sized-by-throughput-not-by-the-queue"),  # 2 busy + ceil(492 * 0.01 / 8 / 1 s) = 1 for the queue
+    pytest.param((2, 2, True, 2), SHORT,
+                 dict(total=40, healthy=40, outstanding=10, queued=0, rate=1000, service=0.01, target=40, seen=-2),
+                 id="surplus-started-unmeasured-released-in-burst"),
+    pytest.param((50, 50, True, 50), OURS,
+                 dict(total=50, healthy=50, outstanding=5, queued=0, rate=5, service=1, target=50, seen=-10, peak=50),
+                 id="hold-keeps-the-peak-throughput"),
+    pytest.param((60, 60, True, 50), OURS,
+                 dict(total=50, healthy=50, outstanding=60, queued=10, rate=50, service=1, target=50, seen=-10,
+                      peak=40),
+                 id="hold-adds-the-queue"),
+    pytest.param((5, 5, False, None), OURS,
+                 dict(total=50, healthy=50, outstanding=5, queued=0, rate=5, service=1, target=50, seen=-60, peak=50),
+                 id="exit-releases-to-the-need"),
+    pytest.param((5, 5.4, False, None), OURS,
+                 dict(total=5, healthy=5, outstanding=9, queued=4, rate=5, service=1),
+                 id="below-threshold-is-waiter"),  # need 5 + 4 = 9 < 2 x 5
+    pytest.param((26, 26, True, 25), OURS,
+                 dict(total=5, healthy=5, outstanding=6, queued=1, rate=50, service=0.5),
+                 id="arrivals-beyond-the-outstanding-count"),
+    pytest.param((11, 10.5, False, None), cfg(OURS, burst=NO_BURST),
+                 dict(total=5, healthy=5, outstanding=60, queued=55, rate=1000, service=0.01),
+                 id="disabled-ignores-throughput"),
+    pytest.param((60, 60, True, None), OURS,
+                 dict(total=5, healthy=5, outstanding=60, queued=55, rate=None, service=None),
+                 id="unmeasured-bursts-on-outstanding"),
+]
+
+
+@pytest.mark.parametrize(("expected", "settings", "case"), THROUGHPUT_CASES)
+def test_burst_by_throughput(expected, settings, case):
+    seen, peak = case.get("seen"), case.get("peak")
+    counts = Counts(case["outstanding"], case["total"], case["total"], case["healthy"], queued=case["queued"],
+                    arrival_rate=case["rate"], service_secs=case["service"])
+    previous = ScalingState(case.get("target", case["total"]), NOW - 1, None if seen is None else NOW + seen, peak)
+    decision = decide(settings, counts, previous, NOW)
+    scale_to, target, burst, new_peak = expected
+    assert decision.scale_to == scale_to
+    assert decision.state.target == pytest.approx(target, abs=1e-2)
+    assert decision.burst is burst
+    assert decision.state.burst_peak == new_peak
+    assert decision.reason.endswith(".")
+
+
+def test_load_need_is_littles_law():
+    counts = Counts(0, 0, 0, 0, queued=16, arrival_rate=3000, service_secs=0.01)
+    assert load_need(SHORT, counts) == LoadNeed(busy=4, backlog=1)  # ceil(3.75); ceil(16 * 0.01 / 8)
+    assert load_need(SHORT, dataclasses.replace(counts, service_secs=None)) is None
+    assert load_need(cfg(SHORT, burst=BurstSettings(drain_secs=0.01)), counts).backlog == 2

@@ -70,7 +70,12 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
             router.coordinator,
             settings.router_id,
             interval=scaling.interval_ms / 1000,
-            burst=BurstSettings(scaling.burst_enabled, scaling.burst_threshold, scaling.burst_stable_window_secs),
+            burst=BurstSettings(
+                scaling.burst_enabled,
+                scaling.burst_threshold,
+                scaling.burst_stable_window_secs,
+                scaling.burst_drain_secs,
+            ),
             kill_interval=scaling.kill_interval_ms / 1000,
             minute_secs=settings.lifecycle.minute_secs,
         )

@@ -23,6 +23,7 @@ from waiter.scaling import BurstSettings, Counts, ScalingSettings, ScalingState,
 from waiter.scheduler.base import SchedulerError
 from waiter.service import Service
 from waiter.state.base import SharedState, StateUnavailable
+from waiter.throughput import Sample, ThroughputMeter
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Autoscaler:
         self._states: dict[str, ScalingState] = {}
         self._last_kill: dict[str, float] = {}
         self._pending: dict[str, _PendingKill] = {}
+        self._meters: dict[str, ThroughputMeter] = {}
         self._wake = asyncio.Event()
         registry.demand_hooks.append(self._on_demand)
 
@@ -119,11 +121,15 @@ class Autoscaler:
         if leading != self.is_leader:
             log.info("router %s %s the scaling leader", self.router_id, "is now" if leading else "is no longer")
             self._states.clear()  # a new leader reads the smoothing state from the shared state
+            self._meters.clear()
             self._pending.clear()
         self.is_leader = leading
         if not leading:
             return
-        for service in list(self.registry.services.values()):
+        services = self.registry.services
+        for gone in self._meters.keys() - services.keys():
+            del self._meters[gone]
+        for service in list(services.values()):
             await self._scale(service, now)
 
     def candidates(self, service: Service, now: float) -> list[Candidate]:
@@ -146,23 +152,31 @@ class Autoscaler:
                 res.set_expired(candidate.instance_id)  # it drains towards its replacement
         return candidates
 
-    def counts(self, service: Service, candidates: Sequence[Candidate]) -> Counts | None:
+    def counts(self, service: Service, candidates: Sequence[Candidate], now: float) -> Counts | None:
         state = service.scheduler.service_state(service.id)
         if state is None:
             return None
-        elsewhere = self.coordinator.view.outstanding_elsewhere.get(service.id, 0)
+        view = self.coordinator.view
+        meter = self._meters.get(service.id)
+        if meter is None:
+            meter = self._meters[service.id] = ThroughputMeter()
+        received = service.total_requests + view.total_elsewhere.get(service.id, 0)
+        throughput = meter.add(Sample(now, received, service.completed, service.served_secs))
         return Counts(
-            outstanding=service.reservations.outstanding + elsewhere,
+            outstanding=service.reservations.outstanding + view.outstanding_elsewhere.get(service.id, 0),
             total=state.requested,
             scheduled=state.scheduled,
             healthy=sum(1 for c in candidates if c.healthy),
             expired_healthy=sum(1 for c in candidates if c.healthy and c.expired),
             expired_unhealthy=sum(1 for c in candidates if not c.healthy and c.expired),
+            queued=service.reservations.queued + view.queued_elsewhere.get(service.id, 0),
+            arrival_rate=throughput.arrival_rate,
+            service_secs=throughput.service_secs,
         )
 
     async def _scale(self, service: Service, now: float) -> None:
         candidates = self.candidates(service, now)
-        counts = self.counts(service, candidates)
+        counts = self.counts(service, candidates, now)
         if counts is None:
             return
         sid = service.id

@@ -55,7 +55,7 @@ async def proxy(conn: Connection, req: Request, service: Service, options: Reque
         full = head + CRLF if has_host else head + b"Host: %s:%d\r\n\r\n" % (host.encode(), port)
         return send(host, port, full, body, head_only=head_only, idle_timeout=idle, content_length=length)
 
-    instance, upstream = await open_upstream(service, limits, send_to)
+    instance, upstream, taken = await open_upstream(service, limits, send_to)
     try:
         extra = b"x-cid: " + cid + CRLF
         if timing is not None:
@@ -71,7 +71,7 @@ async def proxy(conn: Connection, req: Request, service: Service, options: Reque
         await _respond(conn, req, upstream, extra, RESPONSE_DROP_CID, fail)
     finally:
         upstream.release()
-        service.release(instance.id)
+        service.done(instance.id, taken)
 
 
 def _forward_head(conn: Connection, req: Request, cid: bytes) -> tuple[bytes, bool]:

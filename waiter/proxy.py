@@ -154,16 +154,18 @@ def backend_failure(service: Service, instance: Instance, exc: BaseException) ->
 
 async def open_upstream(
     service: Service, limits: Timeouts, send: Callable[[Instance], Awaitable[UpstreamResponse]]
-) -> tuple[Instance, UpstreamResponse]:
+) -> tuple[Instance, UpstreamResponse, float]:
     """Take a slot and ``send`` the request to its instance, until the response head is in.
 
     A refused connection (nothing sent) ejects the instance and tries another, up to _MAX_CONNECT_ATTEMPTS; other
-    failures become the router's 502/504. On success the caller owns the slot and the response: release both."""
+    failures become the router's 502/504. On success the caller owns the slot and the response: release both
+    (the slot with ``Service.done`` and the returned ``time.monotonic()`` at which it was taken)."""
     attempt = 0
     while True:
         instance = await service.acquire(limits.queue_ms)
+        taken = time.monotonic()
         try:
-            return instance, await send(instance)
+            return instance, await send(instance), taken
         except ConnectError:
             service.release(instance.id)
             service.eject(instance.id)
@@ -221,7 +223,7 @@ class Proxy:
                 content_length=length,
             )
 
-        instance, upstream = await open_upstream(service, limits, send)
+        instance, upstream, taken = await open_upstream(service, limits, send)
         try:
             out_headers = CIMultiDict(
                 (k, v) for k, v in upstream.headers if (lk := k.lower()) not in HOP_BY_HOP and lk != "x-cid"
@@ -232,7 +234,7 @@ class Proxy:
             return await self._respond(request, upstream, out_headers, limits, service, instance)
         finally:
             upstream.release()
-            service.release(instance.id)
+            service.done(instance.id, taken)
 
     async def _respond(
         self,

@@ -44,6 +44,26 @@ formula resumes from the kept target.
 
 Knative's defaults are the model for ours: panic at 200% of the ready capacity, a 60 s stable window.
 ``BurstSettings(enabled=False)`` gives exactly Waiter's behaviour.
+
+Sizing by throughput. The outstanding count includes the queue that piled up while instances started, so it says
+how long they took to start rather than what the service needs (1,000 req/s of 10 ms at concurrency-level 8 piles
+up ~1,000 requests in a 1 s cold start: 125 instances, where 2 serve the load). When the autoscaler has measured
+the arrival rate and the service time (``Counts.arrival_rate``, ``Counts.service_secs``), the need is Little's
+law plus the instances that serve the queue within ``drain_secs``::
+
+    busy    = ceil(arrival_rate * service_secs * scale-factor / concurrency-level)
+    backlog = ceil(queued * service_secs * scale-factor / concurrency-level / drain_secs)
+    need    = busy + backlog
+
+* Entry as above with this need. In the window the target is ``peak + backlog`` where ``peak`` (kept in the
+  state) is the highest ``busy`` of the burst: the queue's share goes once the queue is served, instances started
+  before anything was measured are released at once, and a burst that drops away keeps its peak.
+* Exit: the target falls to today's need (max of ``need`` and ``ideal``); Waiter's formula goes on from there.
+* Blind: nothing healthy and nothing measured (a cold start). The target holds (one instance when requests wait)
+  until the first instance answers; a queue that grew during its start-up is no measure of the need.
+* Measured nothing but some instance healthy (requests longer than the window): the outstanding count, as above.
+
+1,000 req/s x 0.01 s / 8 = 1.25: 2 instances, plus ceil(492 * 0.01 / 8 / 1) = 1 for 492 queued requests.
 """
 
 from __future__ import annotations
@@ -58,10 +78,12 @@ __all__ = [
     "BurstSettings",
     "Counts",
     "Decision",
+    "LoadNeed",
     "ScalingSettings",
     "ScalingState",
     "decide",
     "ideal_instances",
+    "load_need",
     "smoothing_factor",
 ]
 
@@ -91,6 +113,8 @@ class BurstSettings:
     threshold: float = 2.0
     # no scale-down until the burst condition has been absent this long
     stable_window_secs: float = 60
+    # a burst sized by throughput adds the instances that serve the queue within this many seconds
+    drain_secs: float = 1
 
     def __post_init__(self) -> None:
         _check(isinstance(self.enabled, bool), "burst enabled", self.enabled, "true or false")
@@ -98,6 +122,8 @@ class BurstSettings:
                "a number >= 1")
         _check(_is_number(self.stable_window_secs) and self.stable_window_secs >= 0, "burst stable-window-secs",
                self.stable_window_secs, "a number of seconds >= 0")
+        _check(_is_number(self.drain_secs) and self.drain_secs > 0, "burst drain-secs", self.drain_secs,
+               "a number of seconds > 0")
 
 
 def _is_number(value: object) -> bool:
@@ -173,6 +199,9 @@ class Counts:
     healthy: int
     expired_healthy: int = 0
     expired_unhealthy: int = 0
+    queued: int = 0  # of outstanding, requests waiting for a slot
+    arrival_rate: float | None = None  # requests a second arriving lately, summed over all routers
+    service_secs: float | None = None  # mean time the instances took per request lately (None: none finished)
 
 
 @dataclass(frozen=True)
@@ -184,18 +213,23 @@ class ScalingState:
     # 0.99 s after the previous one loses nothing: its fraction counts in the next cycle's ticks.
     last_tick: float
     burst_last_seen: float | None = None  # last time the burst condition held (None = not in burst)
+    burst_peak: float | None = None  # the highest throughput need of this burst (None: not measured)
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "last_tick": self.last_tick, "burst_last_seen": self.burst_last_seen}
+        return {"target": self.target, "last_tick": self.last_tick, "burst_last_seen": self.burst_last_seen,
+                "burst_peak": self.burst_peak}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScalingState:
         for name in ("target", "last_tick"):
             value = data.get(name)
             _check(_is_number(value), f"state {name}", value, "a finite number")
-        seen = data.get("burst_last_seen")
-        _check(seen is None or _is_number(seen), "state burst_last_seen", seen, "null or a finite number")
-        return cls(float(data["target"]), float(data["last_tick"]), None if seen is None else float(seen))
+        optional: list[float | None] = []
+        for name in ("burst_last_seen", "burst_peak"):
+            value = data.get(name)
+            _check(value is None or _is_number(value), f"state {name}", value, "null or a finite number")
+            optional.append(None if value is None else float(value))
+        return cls(float(data["target"]), float(data["last_tick"]), *optional)
 
 
 @dataclass(frozen=True)
@@ -276,9 +310,26 @@ def _scaling_state(amount: int) -> str:
     return "scale-up" if amount > 0 else "scale-down" if amount < 0 else "stable"
 
 
-def _burst_condition(settings: ScalingSettings, ideal: int, counts: Counts) -> bool:
-    burst = settings.burst
-    return burst.enabled and ideal >= burst.threshold * max(counts.healthy, 1) and ideal > counts.total
+@dataclass(frozen=True)
+class LoadNeed:
+    """Instances by Little's law: what the arrivals keep busy, and what drains the queue in ``drain_secs``."""
+
+    busy: int
+    backlog: int
+
+    @property
+    def total(self) -> int:
+        return self.busy + self.backlog
+
+
+def load_need(settings: ScalingSettings, counts: Counts) -> LoadNeed | None:
+    """arrival rate x service time / concurrency-level (x scale-factor), plus the queue's share; None unmeasured."""
+    if counts.arrival_rate is None or counts.service_secs is None:
+        return None
+    per_request = counts.service_secs * settings.scale_factor / settings.concurrency_level
+    busy = _ceil(counts.arrival_rate * per_request)
+    backlog = _ceil(counts.queued * per_request / settings.burst.drain_secs)
+    return LoadNeed(max(0, busy), max(0, backlog))
 
 
 def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | None, now: float) -> Decision:
@@ -292,30 +343,63 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
     ticks, last_tick = _ticks(previous, now)
     ideal = ideal_instances(settings, counts.outstanding)
     target = _smoothed_target(settings, ideal, previous.target, ticks)
-    entered = _burst_condition(settings, ideal, counts)
+    burst = settings.burst
+    load = load_need(settings, counts) if burst.enabled else None
+    need = ideal if load is None else load.total
+    # Nothing healthy and nothing measured: the queue only says how long the first instance takes to start, not
+    # what the service needs, so wait for the first answers before bursting.
+    blind = burst.enabled and load is None and counts.healthy == 0
+    entered = (burst.enabled and not blind and need >= burst.threshold * max(counts.healthy, 1)
+               and need > counts.total)
     seen = now if entered else previous.burst_last_seen
-    window = settings.burst.stable_window_secs
-    in_burst = entered or (settings.burst.enabled and seen is not None and now - seen < window)
-    if entered:
-        target = max(target, _clamp(settings, ideal))
-    if in_burst:
+    in_burst = entered or (burst.enabled and seen is not None and now - seen < burst.stable_window_secs)
+    peak = None
+    if blind:
+        # Hold what was requested (at least one instance when requests wait) until the first instance answers.
+        target = _clamp(settings, max(previous.target, 1.0 if counts.outstanding else 0.0))
+    elif in_burst and load is not None:
+        # Sized by throughput: hold the busiest need seen in the window, plus what the queue needs now. A surplus
+        # started while nothing was measured is released at once.
+        peak = max(previous.burst_peak or 0, load.busy)
+        target = _clamp(settings, peak + load.backlog)
+    elif in_burst:
+        if entered:
+            target = max(target, _clamp(settings, ideal))
         # Keep the burst level so that leaving burst mode decays smoothly instead of dropping.
         target = _clamp(settings, max(target, previous.target))
-    amount, why_zero = _amount(settings, target, ideal, counts.total)
+    elif previous.burst_last_seen is not None and load is not None:
+        # The burst is over: release what it held beyond today's need; Waiter's smoothing goes on from there.
+        target = _clamp(settings, max(need, ideal))
+    amount, why_zero = _amount(settings, target, max(ideal, need) if in_burst else ideal, counts.total)
     scale_to = _with_expired(settings, counts, amount)
-    if in_burst:
+    if in_burst and peak is None:
         # Never scale down inside the stable window, except to obey a max-instances lowered since the burst.
         scale_to = max(scale_to, min(counts.total, settings.max_instances))
     amount = scale_to - counts.total
-    state = ScalingState(target=target, last_tick=last_tick, burst_last_seen=seen if in_burst else None)
-    reason = _reason(counts, ideal, target, amount, entered, in_burst, why_zero)
+    state = ScalingState(target=target, last_tick=last_tick, burst_last_seen=seen if in_burst else None,
+                         burst_peak=peak)
+    reason = _reason(counts, ideal, load, target, amount, entered, in_burst, why_zero, blind)
     return Decision(scale_to, amount, state, _scaling_state(amount), in_burst, reason)
 
 
 def _reason(
-    counts: Counts, ideal: int, target: float, amount: int, entered: bool, in_burst: bool, why_zero: str
+    counts: Counts,
+    ideal: int,
+    load: LoadNeed | None,
+    target: float,
+    amount: int,
+    entered: bool,
+    in_burst: bool,
+    why_zero: str,
+    blind: bool,
 ) -> str:
-    head = f"Outstanding {counts.outstanding} needs {ideal} instances, target {target:.2f}, total {counts.total}"
+    head = f"Outstanding {counts.outstanding} needs {ideal} instances"
+    if load is not None:
+        head += (f", throughput {counts.arrival_rate:.1f}/s x {counts.service_secs:.3f} s needs {load.busy}"
+                 f" (+{load.backlog} for the queue of {counts.queued})")
+    head += f", target {target:.2f}, total {counts.total}"
+    if blind and amount == 0:
+        return f"{head}: waiting for the first instance to answer before sizing a burst."
     if entered:
         return f"{head}: burst, scaling straight to the need ({amount:+d})."
     if amount != 0:

@@ -126,6 +126,9 @@ class Service:
         self.registered_at = time.time()
         self.last_request_time: float | None = None
         self.total_requests = 0
+        # Proxied requests answered, and the seconds they held their slots: the autoscaler's service time.
+        self.completed = 0
+        self.served_secs = 0.0
         self.start_error: str | None = None  # the scheduler refused to create the service
         self.deployment_error: str | None = None  # why its instances cannot start (docs/api.md §6)
         self.broken_since: float | None = None
@@ -239,6 +242,12 @@ class Service:
     def release(self, instance_id: str) -> None:
         self.reservations.release(instance_id)
         self.last_request_time = time.time()
+
+    def done(self, instance_id: str, taken: float) -> None:
+        """A proxied request is over: its slot, taken at ``taken`` (``time.monotonic()``), is free again."""
+        self.release(instance_id)
+        self.completed += 1
+        self.served_secs += time.monotonic() - taken
 
     def expire(self, instance_id: str) -> bool:
         self.reservations.set_expired(instance_id)

@@ -96,6 +96,7 @@ class ScalingConfig:
     burst_enabled: bool = True
     burst_threshold: float = 2.0  # burst when the need is at least this many times the healthy instances
     burst_stable_window_secs: float = 60.0  # no scale-down until the burst condition has been gone this long
+    burst_drain_secs: float = 1.0  # a burst adds the instances that serve the queue within this many seconds
     publish_interval_ms: int = 100  # how often a router shares its counts (and reads the others')
     router_ttl_ms: int = 3000  # a router that stops heartbeating is forgotten after this
 
@@ -189,6 +190,7 @@ class Settings:
                     "enabled": self.scaling.burst_enabled,
                     "threshold": self.scaling.burst_threshold,
                     "stable-window-secs": self.scaling.burst_stable_window_secs,
+                    "drain-secs": self.scaling.burst_drain_secs,
                 },
                 "publish-interval-ms": self.scaling.publish_interval_ms,
                 "router-ttl-ms": self.scaling.router_ttl_ms,
@@ -287,6 +289,7 @@ def _scaling(r: _Reader, base: ScalingConfig) -> ScalingConfig:
         burst_enabled=burst.boolean("enabled", base.burst_enabled),
         burst_threshold=burst.number("threshold", base.burst_threshold, 1.0, 100.0),
         burst_stable_window_secs=burst.number("stable-window-secs", base.burst_stable_window_secs, 0, 86400),
+        burst_drain_secs=burst.number("drain-secs", base.burst_drain_secs, 0.1, 3600),
         publish_interval_ms=r.integer("publish-interval-ms", base.publish_interval_ms, 50, 250),
         router_ttl_ms=r.integer("router-ttl-ms", base.router_ttl_ms, 500, 600_000),
     )
