@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 import pytest
@@ -150,7 +150,7 @@ async def test_chunked_upload_is_streamed_to_the_backend(make_router) -> None:
     await close(writer)
 
 
-async def test_broken_chunked_upload_ends_the_exchange_and_releases_the_slot(make_router) -> None:
+async def test_broken_chunked_upload_is_the_clients_error_and_never_reaches_the_backend_whole(make_router) -> None:
     r = await echo_router(make_router)
     service = r.router.registry.get(await r.service_id({"x-waiter-token": "echo"}))
     assert service is not None
@@ -160,10 +160,16 @@ async def test_broken_chunked_upload_ends_the_exchange_and_releases_the_slot(mak
     await eventually(_async(lambda: service.reservations.in_flight == 1), what="the upload in flight")
     writer.write(b"zz\r\n")  # not a chunk size
     resp = await read_response(reader)
-    assert resp.status == 502 and b"not valid HTTP" in resp.body
+    assert resp.status == 400 and b"not valid HTTP" in resp.body
     assert await closed_by_peer(reader)
     await eventually(_async(lambda: service.reservations.in_flight == 0), what="the slot to be released")
     await close(writer)
+
+    async def backend_idle() -> bool:
+        return (await r.get_json("/stats", headers={"x-waiter-token": "echo"}))["current"] == 0
+
+    await eventually(backend_idle, what="the backend to drop the broken upload")
+    assert (await r.get_json("/stats", headers={"x-waiter-token": "echo"}))["uploads"] == 0
 
 
 @pytest.mark.parametrize(
@@ -198,7 +204,7 @@ async def test_bad_request_heads_are_refused_and_the_connection_closed(
 
 async def test_idle_keep_alive_connection_is_closed(make_router) -> None:
     r = await make_router()
-    r.server.front_door.idle_timeout = 0.3
+    r.server.front_door.limits = replace(r.server.front_door.limits, idle_timeout=0.3)
     reader, writer = await connect(r)
     writer.write(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert (await read_response(reader)).status == 200

@@ -54,7 +54,7 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
         pool = UpstreamPool(connect_timeout=5.0)
         await sched.start()
         registry = ServiceRegistry(sched, session, settings.health)
-        router = Router(settings, tokens, registry, Proxy(pool, session, settings.router_id))
+        router = Router(settings, tokens, registry, Proxy(pool, session, settings.router_id), pool)
         router.coordinator = Coordinator(
             state,
             registry,

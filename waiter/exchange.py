@@ -1,37 +1,41 @@
-"""One request's exchange through the front door (waiter.frontdoor): proxied to a service's backend, relayed to
-the aiohttp app (the admin API), or tunnelled to it (protocol upgrades).
+"""The front door's handler (waiter.frontdoor): routes a request and carries out its exchange — forwarded to an
+instance of its service, relayed to the aiohttp app (the admin API), or tunnelled to it (protocol upgrades).
 
-Proxying keeps Proxy.handle's behaviour through its shared helpers (waiter.proxy): slot and retries, header rules,
-timeouts, 502/504. Responses are framed for the client: Content-Length as the backend gave it, else chunked (HTTP/1.1)
-or delimited by closing the connection (HTTP/1.0). Bodies up to SMALL_BODY go out with the head in one write; larger
-ones are streamed as they arrive, waiting while the client's transport is paused.
+Forwarding follows waiter.forwarding's rules: slot and retries, header rules, timeouts, 502/504. Responses are
+framed for the client: Content-Length as the backend gave it, else chunked (HTTP/1.1) or delimited by closing the
+connection (HTTP/1.0). Bodies up to SMALL_BODY go out with the head in one write; larger ones are streamed as they
+arrive, waiting while the client's transport is paused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
+from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError
-from waiter.http1 import CRLF, ENC, ERRORS, HOP_BYTES, PROXY_DROP, RESPONSE_DROP_CID, Request, Tunnel
-from waiter.proxy import (
+from waiter.forwarding import (
+    HOP_BY_HOP,
     NO_BODY_STATUSES,
+    REQUEST_DROP,
+    RESPONSE_DROP,
     SMALL_BODY,
     Timing,
-    backend_failure,
-    backend_timeout,
+    backend_error,
+    connection_tokens,
+    new_cid,
     open_upstream,
     timeouts,
 )
+from waiter.frontdoor import Connection
+from waiter.http1 import CRLF, ENC, ERRORS, Request, Tunnel
+from waiter.router import Router
 from waiter.scheduler.base import Instance
-from waiter.service import Service
-from waiter.upstream import Chunk, UpstreamError, UpstreamResponse, UpstreamTimeout
-
-if TYPE_CHECKING:
-    from waiter.frontdoor import Connection
+from waiter.service import Service, Timeouts
+from waiter.upstream import Chunk, UpstreamError, UpstreamPool, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -39,84 +43,133 @@ log = logging.getLogger(__name__)
 RELAY_TIMEOUT = 900.0
 
 
-async def proxy(conn: Connection, req: Request, service: Service, options: RequestOptions, cid: bytes) -> None:
-    """A service's request: a slot, the backend's answer streamed back (Proxy.handle's behaviour)."""
-    limits = timeouts(options, service.timeouts)
-    head, has_host = _forward_head(conn, req, cid)
-    body = req.body.stream() if req.body is not None else None
-    head_only, idle, length = req.method == b"HEAD", limits.socket_ms / 1000, req.content_length
-    send = conn.door.pool.send
-    timing = Timing() if options.debug else None
+class Dispatcher:
+    """Serves one request for the front door: the router's own (admin API) or a service's (docs/api.md §0.2)."""
 
-    def send_to(instance: Instance) -> Awaitable[UpstreamResponse]:
-        if timing is not None:
-            timing.sent()
-        host, port = instance.host, instance.port
-        full = head + CRLF if has_host else head + b"Host: %s:%d\r\n\r\n" % (host.encode(), port)
-        return send(host, port, full, body, head_only=head_only, idle_timeout=idle, content_length=length)
+    def __init__(self, router: Router, pool: UpstreamPool, internal: tuple[str, int]) -> None:
+        self.router = router
+        self.pool = pool
+        self.internal = internal  # the aiohttp app's loopback address
 
-    instance, upstream, taken = await open_upstream(service, limits, send_to)
-    try:
-        extra = b"x-cid: " + cid + CRLF
-        if timing is not None:
-            router_id = conn.door.router.settings.router_id
-            extra += _header_lines(timing.headers(router_id, cid.decode(ENC, ERRORS), service, limits, instance))
-        upstream.idle_timeout = limits.streaming_ms / 1000
+    async def __call__(self, conn: Connection, req: Request) -> None:
+        cid = req.special.get(b"x-cid") or new_cid().encode()
+        waiter = tuple(req.waiter)
+        host = req.host()
+        router = self.router
+        received_at = time.time() if waiter else 0.0
+        limits: Timeouts | None = None
+        try:
+            if req.upgrade:
+                await self.tunnel_to_app(conn, req)
+            elif router.is_api(req.path, host or "", waiter):
+                await self.relay(conn, req)
+            else:
+                service, options = router.service_for(waiter, host)
+                limits = timeouts(options, service.timeouts)
+                await self.proxy(conn, req, service, options, cid)
+        except WaiterError as err:
+            if wants_debug(waiter):
+                protocol = "HTTP/1.1" if req.http11 else "HTTP/1.0"
+                rid = router.settings.router_id
+                add_to_error(err, DebugInfo(rid, cid.decode(ENC, ERRORS), received_at, protocol, limits=limits))
+            conn.answer_error(req, err, cid)
 
-        def fail(exc: UpstreamError) -> WaiterError:
-            if isinstance(exc, UpstreamTimeout):
-                return backend_timeout(service, instance)
-            return backend_failure(service, instance, exc)
+    async def proxy(
+        self, conn: Connection, req: Request, service: Service, options: RequestOptions, cid: bytes
+    ) -> None:
+        """A service's request: a slot, the backend's answer streamed back."""
+        limits = timeouts(options, service.timeouts)
+        head, has_host = _forward_head(conn, req, cid)
+        body = req.body.stream() if req.body is not None else None
+        head_only, idle, length = req.method == b"HEAD", limits.socket_ms / 1000, req.content_length
+        send = self.pool.send
+        timing = Timing() if options.debug else None
 
-        await _respond(conn, req, upstream, extra, RESPONSE_DROP_CID, fail)
-    finally:
-        upstream.release()
-        service.done(instance.id, taken)
+        def send_to(instance: Instance) -> Awaitable[UpstreamResponse]:
+            if timing is not None:
+                timing.sent()
+            host, port = instance.host, instance.port
+            full = head + CRLF if has_host else head + b"Host: %s:%d\r\n\r\n" % (host.encode(), port)
+            return send(host, port, full, body, head_only=head_only, idle_timeout=idle, content_length=length)
+
+        instance, upstream, taken = await open_upstream(service, limits, send_to)
+        try:
+            extra = b"x-cid: " + cid + CRLF
+            if timing is not None:
+                router_id = self.router.settings.router_id
+                extra += _header_lines(timing.headers(router_id, cid.decode(ENC, ERRORS), service, limits, instance))
+            upstream.idle_timeout = limits.streaming_ms / 1000
+
+            def fail(exc: UpstreamError) -> WaiterError:
+                return backend_error(service, instance, exc)
+
+            await _respond(conn, req, upstream, extra, RESPONSE_DROP, fail)
+        finally:
+            upstream.release()
+            service.done(instance.id, taken)
+
+    async def relay(self, conn: Connection, req: Request) -> None:
+        """The admin API: the request as received, less hop-by-hop headers, to the aiohttp app, and its answer back."""
+        extra = connection_tokens(req.special.get(b"connection"))
+        parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
+        for name, value, lname in req.headers:
+            if lname in HOP_BY_HOP or lname in extra:
+                continue
+            parts += (name, b": ", value, CRLF)
+        host, port = self.internal
+        if b"host" not in req.special:
+            parts.append(b"Host: %s:%d\r\n" % (host.encode(), port))
+        parts += (req.framing(), CRLF)
+        body = req.body.stream() if req.body is not None else None
+        try:
+            upstream = await self.pool.send(
+                host,
+                port,
+                b"".join(parts),
+                body,
+                head_only=req.method == b"HEAD",
+                idle_timeout=RELAY_TIMEOUT,
+                content_length=req.content_length,
+            )
+        except UpstreamError as exc:
+            raise _relay_failure(exc) from None
+        try:
+            await _respond(conn, req, upstream, b"", HOP_BY_HOP, _relay_failure)
+        finally:
+            upstream.release()
+
+    async def tunnel_to_app(self, conn: Connection, req: Request) -> None:
+        """Hand the rest of the connection to the aiohttp app: the head as received, then bytes both ways."""
+        host, port = self.internal
+        tunnel = Tunnel(conn.transport, conn.peer.decode(), self.router.relayed_peers)
+        try:
+            await conn.loop.create_connection(lambda: tunnel, host, port)
+        except OSError as exc:
+            req.keep_alive = False
+            raise _relay_failure(exc) from None
+        req.keep_alive = False
+        tunnel.transport.write(req.head_as_received() + b"".join(req.tail))
+        req.tail.clear()
+        conn.start_tunnel(tunnel)
+        try:
+            await asyncio.shield(tunnel.closed)
+        finally:
+            if not tunnel.transport.is_closing():
+                tunnel.transport.close()
 
 
 def _forward_head(conn: Connection, req: Request, cid: bytes) -> tuple[bytes, bool]:
     """The head for the backend without its final CRLF, and whether it has a Host header."""
-    extra = req.connection_tokens() if b"connection" in req.special else None
+    extra = connection_tokens(req.special.get(b"connection")) if b"connection" in req.special else None
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     for name, value, lname in req.headers:
-        if lname in PROXY_DROP or lname[:9] == b"x-waiter-" or (extra and lname in extra):
+        if lname in REQUEST_DROP or lname[:9] == b"x-waiter-" or (extra and lname in extra):
             continue
         parts += (name, b": ", value, CRLF)
     previous = req.special.get(b"x-forwarded-for")
     forwarded = previous + b", " + conn.peer if previous else conn.peer
     parts += (b"x-forwarded-for: ", forwarded, b"\r\nx-cid: ", cid, CRLF, req.framing())
     return b"".join(parts), b"host" in req.special
-
-
-async def relay(conn: Connection, req: Request) -> None:
-    """The admin API: the request as received, less hop-by-hop headers, to the aiohttp app, and its answer back."""
-    extra = req.connection_tokens() if b"connection" in req.special else None
-    parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
-    for name, value, lname in req.headers:
-        if lname in HOP_BYTES or (extra and lname in extra):
-            continue
-        parts += (name, b": ", value, CRLF)
-    if b"host" not in req.special:
-        parts.append(b"Host: %s:%d\r\n" % (conn.door.internal[0].encode(), conn.door.internal[1]))
-    parts += (req.framing(), CRLF)
-    host, port = conn.door.internal
-    body = req.body.stream() if req.body is not None else None
-    try:
-        upstream = await conn.door.pool.send(
-            host,
-            port,
-            b"".join(parts),
-            body,
-            head_only=req.method == b"HEAD",
-            idle_timeout=RELAY_TIMEOUT,
-            content_length=req.content_length,
-        )
-    except UpstreamError as exc:
-        raise _relay_failure(exc) from None
-    try:
-        await _respond(conn, req, upstream, b"", HOP_BYTES, _relay_failure)
-    finally:
-        upstream.release()
 
 
 async def _respond(
@@ -164,9 +217,7 @@ async def _respond(
 
 def _end_head(conn: Connection, req: Request, parts: list[Chunk], delimited: bool) -> None:
     """Close the head: Connection as this exchange ends (a body that ends with the connection closes it)."""
-    keep = req.keep_alive = (
-        req.keep_alive and delimited and not conn.door.draining and (req.body is None or req.body.done)
-    )
+    keep = req.keep_alive = req.keep_alive and delimited and not conn.draining and (req.body is None or req.body.done)
     if not keep:
         parts.append(b"connection: close\r\n\r\n")
     else:
@@ -197,26 +248,6 @@ async def _stream_body(conn: Connection, req: Request, upstream: UpstreamRespons
         return
     if chunked:
         conn.write(b"0\r\n\r\n")
-
-
-async def tunnel_to_app(conn: Connection, req: Request) -> None:
-    """Hand the rest of the connection to the aiohttp app: the head as received, then bytes both ways."""
-    host, port = conn.door.internal
-    tunnel = Tunnel(conn.transport, conn.peer.decode(), conn.door.router.relayed_peers)
-    try:
-        await conn.loop.create_connection(lambda: tunnel, host, port)
-    except OSError as exc:
-        req.keep_alive = False
-        raise _relay_failure(exc) from None
-    req.keep_alive = False
-    tunnel.transport.write(req.head_as_received() + b"".join(req.tail))
-    req.tail.clear()
-    conn.start_tunnel(tunnel)
-    try:
-        await asyncio.shield(tunnel.closed)
-    finally:
-        if not tunnel.transport.is_closing():
-            tunnel.transport.close()
 
 
 def _relay_failure(exc: BaseException) -> WaiterError:

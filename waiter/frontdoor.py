@@ -1,14 +1,12 @@
-"""The router's public HTTP/1.1 server: proxied requests served natively on asyncio.Protocol and httptools.
+"""The router's public HTTP/1.1 server on asyncio.Protocol and httptools. It knows nothing of routing: it parses
+requests and hands each to its handler (``handler(conn, request)``, as uvicorn's protocol calls its app), which
+writes the response through the connection (waiter.exchange routes and forwards).
 
-aiohttp's server half cost more CPU per request than everything else the router does, so the hot path — a request
-for a service — is served here end to end, with Router.handle's and Proxy.handle's behaviour (through their shared
-helpers): x-cid, x-forwarded-for, header rules, timeouts, retries, 502/504, bodies streamed both ways with flow
-control. What the router answers itself (the admin API) is relayed to the aiohttp app (waiter.app) on a private
-loopback port through the upstream pool, and protocol upgrades (websockets) are tunnelled to it byte for byte, so
-that API and the websocket proxy keep their one implementation (waiter.exchange does the three).
-
-This module is the connection: parsing (with head size limits: 414, 431, 400), one request served at a time in
-order (pipelined ones wait, reading paused), keep-alive and its idle timeout, half-closed clients, drain.
+This module is the connection: parsing with limits (414, 431, 400 for malformed heads and framing, 408 for a head
+that takes too long), one request served at a time in order (pipelined ones wait, reading paused), keep-alive and
+its idle timeout, half-closed clients, flow control both ways, drain. A request whose framing breaks before its
+handler started is answered here and never reaches the handler; after that its body fails with BadRequest, so
+nothing downstream takes a truncated body for a whole one.
 """
 
 from __future__ import annotations
@@ -17,15 +15,15 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import cast
 
 import httptools
 
-from waiter import exchange
-from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.errors import WaiterError, internal_error, render_error_parts
+from waiter.forwarding import new_cid
 from waiter.http1 import (
     ENC,
     ERRORS,
@@ -37,33 +35,51 @@ from waiter.http1 import (
     Tunnel,
     error_response,
 )
-from waiter.proxy import timeouts
-from waiter.router import Router, new_cid
-from waiter.service import Timeouts
 from waiter.text import printable
-from waiter.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
-MAX_URL = 64 * 1024
-MAX_FIELD = 64 * 1024  # one header, name and value: aiohttp's max_field_size in waiter.app
-MAX_HEAD = 256 * 1024
 # Reasons reading from a client is paused (bits): a body backlog, requests waiting their turn, a tunnel, a fault.
 _BODY, _PIPELINE, _TUNNEL, _STOPPED = 1, 2, 4, 8
+LINGER_SECS = 2.0  # at most this long reading what a refused client still sends (see Connection._linger)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may ask of the front door. Defaults: aiohttp's field size, Apache's header count
+    (LimitRequestFields) and a head deadline between Apache's (20-40 s) and nginx's (60 s)."""
+
+    max_url: int = 64 * 1024
+    max_field: int = 64 * 1024  # one header, name and value
+    max_head: int = 256 * 1024
+    max_headers: int = 100
+    head_timeout: float = 30.0  # from a request head's first byte to its end
+    idle_timeout: float = 75.0  # keep-alive: between requests
+
+    def __post_init__(self) -> None:
+        for name in ("head_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
+        for name in ("max_url", "max_field", "max_head", "max_headers"):
+            value = getattr(self, name)
+            if not value >= 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}.")
+
+
+Handler = Callable[["Connection", Request], Awaitable[None]]
 
 
 class FrontDoor:
-    """The server's shared state; called, it makes the protocol of a new connection."""
+    """The server's shared state; called, it makes the protocol of a new connection.
 
-    def __init__(
-        self, router: Router, pool: UpstreamPool, internal: tuple[str, int], *, idle_timeout: float = 75.0
-    ) -> None:
-        if not idle_timeout > 0:
-            raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}.")
-        self.router = router
-        self.pool = pool
-        self.internal = internal
-        self.idle_timeout = idle_timeout
+    ``handler`` serves one request: it writes a whole response through the connection (``write_head``, ``write``,
+    ``drain``, or ``answer_error``) or raises; WaiterError is answered with its status, BadRequest with 400 and a
+    close, anything else with 500 (or, after the head went out, by closing the connection)."""
+
+    def __init__(self, handler: Handler, limits: Limits | None = None) -> None:
+        self.handler = handler
+        self.limits = limits or Limits()
         self.connections: set[Connection] = set()
         self.draining = False
         self._emptied: asyncio.Event | None = None
@@ -103,6 +119,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, door: FrontDoor) -> None:
         self.door = door
+        self.limits = door.limits
         self.loop = asyncio.get_running_loop()
         self.peer = b""
         self.active: Request | None = None
@@ -113,11 +130,12 @@ class Connection(asyncio.Protocol):
         self._ready: asyncio.Future[None] | None = None  # the idle task waits on it for the next request
         self._paused = 0
         self._in_head = False
-        self._head_bytes = self._fields_size = 0  # raw bytes of an unfinished head; sizes of its headers
-        self._write_paused = self._closed = self._eof = False
+        self._head_bytes = self._fields_size = self._field_count = 0  # of an unfinished head
+        self._head_started = 0.0
+        self._write_paused = self._closed = self._eof = self._lingering = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._last_io = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._tunnel: Tunnel | None = None
         self._responded = False  # the current request's response head is written
 
@@ -132,11 +150,13 @@ class Connection(asyncio.Protocol):
         self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
         self.door.connections.add(self)
         self._last_io = self.loop.time()
-        self._idle_timer = self.loop.call_later(self.door.idle_timeout, self._check_idle)
+        self._arm_timer()
         if self.door.draining:
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         if self._tunnel is not None:
             self._tunnel.transport.write(data)
             return
@@ -158,25 +178,31 @@ class Connection(asyncio.Protocol):
             else:
                 self._fault(BadRequest(400, f"The request is not valid HTTP/1.1: {exc}."))
         else:
-            if self._in_head and self._head_bytes > MAX_HEAD:
-                self._fault(BadRequest(431, f"The request head is larger than the limit of {MAX_HEAD} bytes."))
+            if self._in_head and self._head_bytes > self.limits.max_head:
+                self._fault(
+                    BadRequest(431, f"The request head is larger than the limit of {self.limits.max_head} bytes.")
+                )
 
     def eof_received(self) -> bool:
         self._eof = True
+        if self._lingering:
+            return False
         if self._tunnel is not None:
             if self._tunnel.transport.can_write_eof():
                 self._tunnel.transport.write_eof()
             return True
         if self._parsing is not None and self._parsing.body is not None:
-            self._parsing.body.fail(ConnectionResetError("The client closed its side before the body was complete."))
+            # Half-closed before the body's end: the client's fault, and it can still read the answer.
+            self._fault(BadRequest(400, "The client closed its side of the connection before the request body ended."))
         # Half-closed: still answer the requests already received, then close.
         return self.active is not None or bool(self._queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self.door._forget(self)
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         gone = ConnectionResetError("The client closed the connection.")
         for req in (self.active, self._parsing, *self._queue):
             if req is not None and req.body is not None:
@@ -203,26 +229,31 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._parsing = Request()
-        self._in_head, self._head_bytes, self._fields_size = True, 0, 0
+        self._in_head, self._head_bytes, self._fields_size, self._field_count = True, 0, 0, 0
+        self._head_started = self._last_io
 
     def on_url(self, url: bytes) -> None:
         req = self._parsing
         assert req is not None
         req.url += url
-        if len(req.url) > MAX_URL:
-            raise BadRequest(414, f"The request target is longer than the limit of {MAX_URL} bytes.")
+        if len(req.url) > self.limits.max_url:
+            raise BadRequest(414, f"The request target is longer than the limit of {self.limits.max_url} bytes.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self._parsing
         assert req is not None
+        limits = self.limits
         size = len(name) + len(value)
-        if size > MAX_FIELD:
+        if size > limits.max_field:
             raise BadRequest(
-                431, f"The header {name.decode(ENC, ERRORS)} is larger than the limit of {MAX_FIELD} bytes."
+                431, f"The header {name.decode(ENC, ERRORS)} is larger than the limit of {limits.max_field} bytes."
             )
         self._fields_size += size
-        if self._fields_size > MAX_HEAD:
-            raise BadRequest(431, f"The request head is larger than the limit of {MAX_HEAD} bytes.")
+        if self._fields_size > limits.max_head:
+            raise BadRequest(431, f"The request head is larger than the limit of {limits.max_head} bytes.")
+        self._field_count += 1
+        if self._field_count > limits.max_headers:
+            raise BadRequest(431, f"The request has more headers than the limit of {limits.max_headers}.")
         lname = name.lower()
         req.headers.append((name, value, lname))
         if lname[:9] == b"x-waiter-":
@@ -231,22 +262,31 @@ class Connection(asyncio.Protocol):
             known = req.special.get(lname)
             if known is None:
                 req.special[lname] = value
-            elif lname == b"connection":
+            elif lname == b"connection" or lname == b"transfer-encoding":
                 req.special[lname] = known + b", " + value
 
     def on_headers_complete(self) -> None:
         req = self._parsing
         assert req is not None
         parser = self._parser
-        self._in_head = False
         req.method = parser.get_method()
         req.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
         special = req.special
-        chunked = b"chunked" in special.get(b"transfer-encoding", b"").lower()
+        coding = special.get(b"transfer-encoding")
+        chunked = coding is not None
+        if coding is not None and coding.strip().lower() != b"chunked":
+            # Any other coding would be passed on undone or framed wrongly: refused, as llhttp refuses it too.
+            raise BadRequest(
+                400,
+                f"The request's Transfer-Encoding {coding.decode(ENC, ERRORS)!r} is not supported; only 'chunked' is.",
+            )
         length = special.get(b"content-length")
-        if not chunked and length is not None:
-            req.content_length = int(length)
+        if length is not None:
+            if chunked:
+                raise BadRequest(400, "The request has both Content-Length and Transfer-Encoding; only one is allowed.")
+            req.content_length = int(length)  # llhttp checked it is digits
+        self._in_head = False
         if chunked or (req.content_length or 0) > 0:
             expect = special.get(b"expect", b"").lower() == b"100-continue"
             req.body = RequestBody(self._pause_body, self._write_continue, expect)
@@ -298,10 +338,15 @@ class Connection(asyncio.Protocol):
         req, self._parsing = self._parsing, None
         self._pause(_STOPPED, True)
         if req is not None and not self._in_head:
-            # Its head was fine and it is served already (or queued): its body is what broke, so it cannot end.
-            if req.body is not None:
-                req.body.fail(ConnectionResetError(fault.message))
+            # Its head was fine, so it is queued or served already, and its body is what broke. Not yet taken by
+            # its handler: answered here, nothing was forwarded. Taken: its body fails, so it never ends whole.
+            req.keep_alive = False
+            if not req.taken:
+                req.fault = fault
+            elif req.body is not None:
+                req.body.fail(fault)
             return
+        self._in_head = False
         req = req or Request()
         req.fault, req.keep_alive = fault, False
         self._enqueue(req)
@@ -314,8 +359,9 @@ class Connection(asyncio.Protocol):
                     self._ready = self.loop.create_future()
                     await self._ready
                     continue
+                req.taken = True
                 try:
-                    await self._handle(req)
+                    await self._serve(req)
                 except ConnectionResetError:
                     return
                 except Exception:
@@ -336,7 +382,11 @@ class Connection(asyncio.Protocol):
         if self._closed:
             return False
         self._last_io = self.loop.time()
-        if not req.keep_alive or self.door.draining or (req.body is not None and not req.body.done):
+        unread = req.body is not None and not req.body.done
+        if req.fault is not None or unread:
+            self._linger()
+            return False
+        if not req.keep_alive or self.door.draining:
             self.transport.close()
             return False
         if self._queue:
@@ -348,21 +398,51 @@ class Connection(asyncio.Protocol):
             return False
         return True
 
+    def _linger(self) -> None:
+        """Close after an answer sent while the client may still be sending (a refused head, a body left unread):
+        closing at once with unread bytes would reset the connection and could destroy the answer in flight, so
+        end our side, then read and discard until the client ends its side or LINGER_SECS pass (nginx's
+        lingering close)."""
+        if self._eof or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self._lingering = True
+        self.transport.write_eof()
+        self._paused = 0
+        self.transport.resume_reading()
+        self.loop.call_later(LINGER_SECS, self.transport.close)
+
     def close_if_idle(self) -> None:
         if self.active is None and not self._closed:
             self.transport.close()
 
-    def _check_idle(self) -> None:
-        timeout = self.door.idle_timeout
+    # One timer per connection for both deadlines; it is re-armed when it fires, not per request.
+    def _arm_timer(self) -> None:
+        limits = self.limits
         if self.active is not None:
-            self._idle_timer = self.loop.call_later(timeout, self._check_idle)
-            return
-        idle_for = self.loop.time() - self._last_io
-        if idle_for >= timeout:
-            self._idle_timer = None
-            self.transport.close()
+            due = self.loop.time() + limits.idle_timeout  # a request in progress has its own timeouts
         else:
-            self._idle_timer = self.loop.call_later(timeout - idle_for, self._check_idle)
+            due = self._last_io + limits.idle_timeout
+            if self._in_head:
+                due = min(due, self._head_started + limits.head_timeout)
+            else:
+                due = min(due, self.loop.time() + limits.head_timeout)  # a head may start meanwhile
+        self._timer = self.loop.call_at(due, self._check_time)
+
+    def _check_time(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now, limits = self.loop.time(), self.limits
+        if self.active is None and not self._paused & _STOPPED:
+            if self._in_head and now >= self._head_started + limits.head_timeout:
+                self._fault(
+                    BadRequest(408, f"The request head was not received within {limits.head_timeout:g} seconds.")
+                )
+            elif not self._in_head and now >= self._last_io + limits.idle_timeout:
+                self.transport.close()
+                return
+        self._arm_timer()
 
     # flow control and writing
 
@@ -383,11 +463,15 @@ class Connection(asyncio.Protocol):
         if not self._closed:
             self.transport.write(data)
 
-    # what waiter.exchange writes through
+    # what handlers write through
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def draining(self) -> bool:
+        return self.door.draining
 
     @property
     def write_paused(self) -> bool:
@@ -404,7 +488,7 @@ class Connection(asyncio.Protocol):
         self._responded = True
 
     def start_tunnel(self, tunnel: Tunnel) -> None:
-        """From now on the client's bytes go to ``tunnel`` and back (the app answers the upgrade itself)."""
+        """From now on the client's bytes go to ``tunnel`` and back."""
         self._tunnel = tunnel
         self._responded = True
         if self._write_paused:
@@ -423,51 +507,39 @@ class Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    # serving one request
-
-    async def _handle(self, req: Request) -> None:
-        if req.fault is not None:
-            err = WaiterError(req.fault.status, req.fault.message)
-            self.write(self._error_bytes(req, err, new_cid().encode()))
-            return
-        cid = req.special.get(b"x-cid") or new_cid().encode()
-        waiter = tuple(req.waiter)
-        host = req.host()
-        router = self.door.router
-        received_at = time.time() if waiter else 0.0
-        limits: Timeouts | None = None
-        try:
-            if req.upgrade:
-                await exchange.tunnel_to_app(self, req)
-            elif router.is_api(req.path, host or "", waiter):
-                await exchange.relay(self, req)
-            else:
-                service, options = router.service_for(waiter, host)
-                limits = timeouts(options, service.timeouts)
-                await exchange.proxy(self, req, service, options, cid)
-        except WaiterError as err:
-            if wants_debug(waiter):
-                protocol = "HTTP/1.1" if req.http11 else "HTTP/1.0"
-                rid = router.settings.router_id
-                add_to_error(err, DebugInfo(rid, cid.decode(ENC, ERRORS), received_at, protocol, limits=limits))
-            self._answer_error(req, err, cid)
-        except ConnectionResetError:
-            raise
-        except Exception:
-            if self._responded:
-                raise  # the head is out: _run logs it and closes the connection
-            text = printable(cid.decode(ENC, ERRORS))
-            log.exception("internal error on %s %s (cid %s)", req.method_str(), printable(req.path), text)
-            self._answer_error(req, internal_error(text), cid)
-
-    def _answer_error(self, req: Request, err: WaiterError, cid: bytes) -> None:
+    def answer_error(self, req: Request, err: WaiterError, cid: bytes) -> None:
+        """Answer ``err`` as the whole response (rendered as the request's Accept asks)."""
         if self._closed:
             return
         if req.body is not None and not req.body.done:
             req.keep_alive = False  # the unread rest of the body would be taken for the next request
-        self.write(self._error_bytes(req, err, cid))
-
-    def _error_bytes(self, req: Request, err: WaiterError, cid: bytes) -> bytes:
         keep_alive = req.keep_alive and not self.door.draining
         rendered = render_error_parts(ErrorView(req), err, cid.decode(ENC, ERRORS))
-        return error_response(rendered, keep_alive, req.method == b"HEAD")
+        self.write_head(error_response(rendered, keep_alive, req.method == b"HEAD"))
+
+    # serving one request
+
+    async def _serve(self, req: Request) -> None:
+        if req.fault is not None:
+            self.answer_error(req, WaiterError(req.fault.status, req.fault.message), new_cid().encode())
+            return
+        try:
+            await self.door.handler(self, req)
+        except BadRequest as fault:
+            # The request's body broke (a framing error, or the client half-closed early) on its way on.
+            req.keep_alive = False
+            if self._responded:
+                return  # the response is cut short; the connection closes
+            cid = req.special.get(b"x-cid") or new_cid().encode()
+            self.answer_error(req, WaiterError(fault.status, fault.message), cid)
+        except WaiterError as err:
+            self.answer_error(req, err, req.special.get(b"x-cid") or new_cid().encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            if self._responded:
+                raise
+            cid = req.special.get(b"x-cid") or new_cid().encode()
+            text = printable(cid.decode(ENC, ERRORS))
+            log.exception("internal error on %s %s (cid %s)", req.method_str(), printable(req.path), text)
+            self.answer_error(req, internal_error(text), cid)

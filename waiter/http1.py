@@ -19,7 +19,6 @@ from urllib.parse import unquote
 import httptools
 
 from waiter.errors import RenderedError
-from waiter.proxy import HOP_BY_HOP
 
 ENC, ERRORS = "utf-8", "surrogateescape"
 CRLF = b"\r\n"
@@ -29,11 +28,8 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 BODY_HIGH_WATER = 256 * 1024
 BODY_LOW_WATER = 64 * 1024
 
-HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
-# Request headers not forwarded to a backend as received: hop-by-hop, and the two the router sets itself.
-PROXY_DROP = HOP_BYTES | {b"x-cid", b"x-forwarded-for"}
-RESPONSE_DROP_CID = HOP_BYTES | {b"x-cid"}
-# Request headers the front door looks at; the first of each is kept (Connection's values are joined).
+# Request headers the front door looks at; the first of each is kept (Connection's and Transfer-Encoding's values
+# are joined, as their repetitions mean one list).
 SPECIAL = frozenset(
     {
         b"host",
@@ -87,6 +83,7 @@ class Request:
         "method",
         "special",
         "tail",
+        "taken",
         "upgrade",
         "url",
         "waiter",
@@ -103,6 +100,7 @@ class Request:
         self.content_length: int | None = None
         self.body: RequestBody | None = None
         self.fault: BadRequest | None = None  # set: answer this error instead of serving the request
+        self.taken = False  # a handler has started serving it: from here on a fault can only break its body
         self.upgrade = False  # tunnel the rest of the connection to the aiohttp app
         self.tail: list[bytes] = []  # bytes after an upgrade request's head, for the tunnel
 
@@ -142,10 +140,6 @@ class Request:
 
     def method_str(self) -> str:
         return self.method.decode("ascii", ERRORS)
-
-    def connection_tokens(self) -> frozenset[bytes]:
-        value = self.special.get(b"connection")
-        return frozenset(t.strip().lower() for t in value.split(b",")) if value else frozenset()
 
     def framing(self) -> bytes:
         """The request's body framing header for the next hop."""

@@ -9,65 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 
-from waiter.debug import DebugInfo, debug_headers
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError
+from waiter.forwarding import (
+    HOP_BY_HOP,
+    NO_BODY_STATUSES,
+    SMALL_BODY,
+    Timing,
+    backend_failure,
+    backend_timeout,
+    open_upstream,
+    timeouts,
+)
 from waiter.scheduler.base import Instance
 from waiter.service import Service, Timeouts
-from waiter.upstream import (
-    ConnectError,
-    UpstreamError,
-    UpstreamPool,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
+from waiter.upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
-# Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the two halves set themselves.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "expect",
-    }
-)
-_WS_HOP = HOP_BY_HOP | {
+_HOP = frozenset(name.decode() for name in HOP_BY_HOP)
+_WS_HOP = _HOP | {
     "sec-websocket-key",
     "sec-websocket-version",
     "sec-websocket-extensions",
     "sec-websocket-accept",
     "host",
 }
-SMALL_BODY = 64 * 1024  # responses up to this size are read whole and written in one piece
-_MAX_CONNECT_ATTEMPTS = 3
-NO_BODY_STATUSES = frozenset({204, 304})
-
-
-def timeouts(options: RequestOptions, defaults: Timeouts) -> Timeouts:
-    """The request's headers override the token's timeouts (docs/api.md §3.1)."""
-    if options.queue_timeout_ms is None and options.timeout_ms is None and options.streaming_timeout_ms is None:
-        return defaults
-    return Timeouts(
-        queue_ms=options.queue_timeout_ms or defaults.queue_ms,
-        socket_ms=options.timeout_ms or defaults.socket_ms,
-        streaming_ms=options.streaming_timeout_ms or defaults.streaming_ms,
-    )
 
 
 def _extra_hop_headers(request: web.BaseRequest) -> frozenset[str]:
@@ -77,7 +50,7 @@ def _extra_hop_headers(request: web.BaseRequest) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in connection.split(","))
 
 
-def forward_headers(request: web.BaseRequest, cid: str, drop: frozenset[str] = HOP_BY_HOP) -> list[tuple[str, str]]:
+def forward_headers(request: web.BaseRequest, cid: str, drop: frozenset[str] = _HOP) -> list[tuple[str, str]]:
     extra = _extra_hop_headers(request)
     headers = [
         (name, value)
@@ -102,91 +75,6 @@ async def _request_body(request: web.BaseRequest) -> AsyncIterator[bytes]:
         if not chunk:
             return
         yield chunk
-
-
-class Timing:
-    """When a proxied request started waiting for an instance and when it was sent to one (for debug headers)."""
-
-    __slots__ = ("received_at", "sent_ns", "start_ns")
-
-    def __init__(self) -> None:
-        self.received_at = time.time()
-        self.start_ns = self.sent_ns = time.perf_counter_ns()
-
-    def sent(self) -> None:
-        self.sent_ns = time.perf_counter_ns()
-
-    def headers(
-        self, router_id: str, cid: str, service: Service, limits: Timeouts, instance: Instance
-    ) -> list[tuple[str, str]]:
-        info = DebugInfo(
-            router_id=router_id,
-            cid=cid,
-            received_at=self.received_at,
-            service_id=service.id,
-            limits=limits,
-            instance=instance,
-            get_instance_ns=self.sent_ns - self.start_ns,
-            backend_response_ns=time.perf_counter_ns() - self.sent_ns,
-        )
-        return debug_headers(info)
-
-
-def backend_timeout(service: Service, instance: Instance) -> WaiterError:
-    return WaiterError(
-        504,
-        "Request to service backend timed out",
-        error_class="waiter.BackendError",
-        service_id=service.id,
-        instance_id=instance.id,
-    )
-
-
-def backend_failure(service: Service, instance: Instance, exc: BaseException) -> WaiterError:
-    return WaiterError(
-        502,
-        f"Request to service backend failed: {exc}",
-        error_class="waiter.BackendError",
-        service_id=service.id,
-        instance_id=instance.id,
-    )
-
-
-async def open_upstream(
-    service: Service, limits: Timeouts, send: Callable[[Instance], Awaitable[UpstreamResponse]]
-) -> tuple[Instance, UpstreamResponse, float]:
-    """Take a slot and ``send`` the request to its instance, until the response head is in.
-
-    A refused connection (nothing sent) ejects the instance and tries another, up to _MAX_CONNECT_ATTEMPTS; other
-    failures become the router's 502/504. On success the caller owns the slot and the response: release both
-    (the slot with ``Service.done`` and the returned ``time.monotonic()`` at which it was taken)."""
-    attempt = 0
-    while True:
-        instance = await service.acquire(limits.queue_ms)
-        taken = time.monotonic()
-        try:
-            return instance, await send(instance), taken
-        except ConnectError:
-            service.release(instance.id)
-            service.eject(instance.id)
-            attempt += 1
-            if attempt >= _MAX_CONNECT_ATTEMPTS:
-                raise WaiterError(
-                    502,
-                    "Request failed to connect to service backend",
-                    error_class="waiter.BackendError",
-                    service_id=service.id,
-                    instance_id=instance.id,
-                ) from None
-        except UpstreamTimeout:
-            service.release(instance.id)
-            raise backend_timeout(service, instance) from None
-        except (UpstreamError, OSError) as exc:
-            service.release(instance.id)
-            raise backend_failure(service, instance, exc) from None
-        except BaseException:
-            service.release(instance.id)
-            raise
 
 
 class Proxy:
@@ -226,7 +114,7 @@ class Proxy:
         instance, upstream, taken = await open_upstream(service, limits, send)
         try:
             out_headers = CIMultiDict(
-                (k, v) for k, v in upstream.headers if (lk := k.lower()) not in HOP_BY_HOP and lk != "x-cid"
+                (k, v) for k, v in upstream.headers if (lk := k.lower()) not in _HOP and lk != "x-cid"
             )
             out_headers["x-cid"] = cid
             if timing is not None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -19,28 +17,20 @@ from waiter.coordinator import Coordinator
 from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError, internal_error, render_error
+from waiter.forwarding import new_cid, timeouts
 from waiter.lifecycle import in_fallback
-from waiter.proxy import Proxy, timeouts
+from waiter.proxy import Proxy
 from waiter.registry import ServiceRegistry
 from waiter.resolver import Resolver
 from waiter.service import ResolvedService, Service, Timeouts
 from waiter.settings import Settings
 from waiter.text import printable
 from waiter.tokens import HISTORY_LIMIT, TokenRegistry
+from waiter.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
 _LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "[::1]", "::1"})
-
-
-# Generated correlation ids keep Waiter's <hex-nanotime>-<hex-random> shape: the time and random part are drawn once
-# per process and a counter makes each id unique, so a request costs no clock read and no urandom call.
-_CID_PREFIX = f"{time.time_ns():x}-{os.urandom(4).hex()}"
-_cid_counter = itertools.count(1)
-
-
-def new_cid() -> str:
-    return f"{_CID_PREFIX}{next(_cid_counter):08x}"
 
 
 class Router:
@@ -50,11 +40,13 @@ class Router:
         tokens: TokenRegistry,
         registry: ServiceRegistry,
         proxy: Proxy,
+        pool: UpstreamPool,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
         self.registry = registry
         self.proxy = proxy
+        self.pool = pool  # keep-alive connections to instances, for every request the router forwards
         self.resolver = Resolver(settings, tokens, self._core_of)
         self.auth: Authenticator = create_authenticator(settings)
         self.draining = False

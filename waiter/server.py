@@ -21,7 +21,8 @@ from types import TracebackType
 from aiohttp import web
 
 from waiter.app import ROUTER, build_app
-from waiter.frontdoor import Connection, FrontDoor
+from waiter.exchange import Dispatcher
+from waiter.frontdoor import Connection, FrontDoor, Limits
 from waiter.router import Router
 from waiter.scheduler.base import Scheduler
 from waiter.settings import Settings
@@ -60,15 +61,16 @@ class RouterServer:
         *,
         scheduler: Scheduler | None = None,
         reuse_port: bool = False,
-        idle_timeout: float = 75.0,
+        limits: Limits | None = None,
     ) -> None:
         self.settings = settings
         self._scheduler = scheduler
         self._reuse_port = reuse_port
-        self._idle_timeout = idle_timeout
+        self._limits = limits
         self._server: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._door: FrontDoor | None = None
+        self._dispatcher: Dispatcher | None = None
         self._stopped = False
         self._port: int | None = None  # kept: the listening socket is gone once stopping
 
@@ -85,9 +87,13 @@ class RouterServer:
 
     @property
     def router(self) -> Router:
-        if self._door is None:
+        return self.dispatcher.router
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        if self._dispatcher is None:
             raise RuntimeError("The router server is not started; call start() first.")
-        return self._door.router
+        return self._dispatcher
 
     @property
     def front_door(self) -> FrontDoor:
@@ -97,7 +103,7 @@ class RouterServer:
 
     @property
     def internal_port(self) -> int:
-        return self.front_door.internal[1]
+        return self.dispatcher.internal[1]
 
     def _connection(self) -> Connection:
         assert self._door is not None  # connections arrive only after start_serving()
@@ -127,9 +133,8 @@ class RouterServer:
             await site.start()
             internal_port = int(self._runner.addresses[0][1])
             router = self._runner.app[ROUTER]
-            self._door = FrontDoor(
-                router, router.proxy.pool, (INTERNAL_HOST, internal_port), idle_timeout=self._idle_timeout
-            )
+            self._dispatcher = Dispatcher(router, router.pool, (INTERNAL_HOST, internal_port))
+            self._door = FrontDoor(self._dispatcher, self._limits)
             await self._server.start_serving()
         except BaseException:
             await self._close()
@@ -149,8 +154,8 @@ class RouterServer:
         self._stopped = True
         if self._server is not None:
             self._server.close()
-        if self._door is not None:
-            self._door.router.draining = True
+        if self._door is not None and self._dispatcher is not None:
+            self._dispatcher.router.draining = True
             await self._door.drain(self.settings.drain_timeout_secs)
         await self._close()
 

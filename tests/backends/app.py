@@ -16,7 +16,7 @@ import time
 
 from aiohttp import web
 
-state = {"current": 0, "peak": 0, "total": 0, "cut_short": 0}
+state = {"current": 0, "peak": 0, "total": 0, "cut_short": 0, "uploads": 0}
 CHUNK = b"0123456789abcdef" * 4096  # 64 KiB
 
 
@@ -66,6 +66,7 @@ async def upload(request: web.Request) -> web.Response:
     async for chunk in request.content.iter_any():
         digest.update(chunk)
         size += len(chunk)
+    state["uploads"] += 1  # bodies received whole
     return web.json_response({"bytes": size, "sha256": digest.hexdigest()})
 
 

@@ -270,7 +270,7 @@ async def _ping(
         async with asyncio.timeout(wait_ms / 1000):
             instance = await service.acquire(queue_ms)
             try:
-                upstream = await router.proxy.pool.request(
+                upstream = await router.pool.request(
                     instance.host,
                     instance.port,
                     "GET",
