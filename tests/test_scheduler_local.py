@@ -34,6 +34,7 @@ from waiter.scheduler.environment import format_number
 from waiter.scheduler.leftovers import InstanceRecord
 from waiter.scheduler.local import LocalScheduler, LocalSettings, ended_instance
 from waiter.scheduler.ports import PortAllocator, port_is_bindable
+from waiter.scheduler.sandboxes import EndedSandbox, to_remove
 
 HTTP_SERVER = 'exec python3 -m http.server "$PORT0" --bind 127.0.0.1'
 SLEEPER = "exec sleep 1000"
@@ -527,6 +528,14 @@ Step = tuple[str, Any]
         ([("alloc", 1), ("release-now", (100,)), ("alloc", 1)], set(), (100,)),
         ([("alloc", 1)], {101, 103}, (100,)),
         ([("alloc", 3)], {101, 103}, (100, 102, 104)),
+        # The range is full but for released ports: they are reused at once, the longest released first.
+        ([("alloc", 11), ("release", (105,)), ("advance", 1.0), ("release", (103,)), ("alloc", 1)], set(), (105,)),
+        (
+            [("alloc", 11), ("release", (105, 103)), ("advance", 1.0), ("release", (104,)), ("alloc", 2)],
+            set(),
+            (103, 105),
+        ),
+        ([("alloc", 10), ("release", (100,)), ("alloc", 1)], set(), (110,)),  # a fresh port still goes first
     ],
     ids=[
         "first-free",
@@ -537,6 +546,9 @@ Step = tuple[str, Any]
         "released-without-hold",
         "lowest-first",
         "gaps",
+        "held-reused-when-full",
+        "held-longest-first",
+        "fresh-before-held",
     ],
 )
 def test_port_allocator(steps: list[Step], busy: set[int], expected: tuple[int, ...]) -> None:
@@ -578,6 +590,20 @@ def test_port_allocator_exhaustion(held: tuple[int, ...], busy: set[int], count:
 def test_port_allocator_refuses_bad_settings(port_range: tuple[int, int], hold: float) -> None:
     with pytest.raises(ValueError, match=r"port-range|port-hold-secs"):
         PortAllocator(port_range, hold)
+
+
+def test_a_released_port_is_unlocked_machine_wide_at_once(tmp_path: Path) -> None:
+    """The lock only keeps two routers from sharing a live port; a released one is another router's to take."""
+    mine = PortAllocator((100, 101), 120.0, clock=FakeClock(), probe=lambda port: True, lock_dir=tmp_path)
+    theirs = PortAllocator((100, 101), 120.0, clock=FakeClock(), probe=lambda port: True, lock_dir=tmp_path)
+    assert mine.allocate(1) == (100,)
+    assert theirs.allocate(1) == (101,)  # 100 is live and locked by the other allocator
+    with pytest.raises(SchedulerError):
+        theirs.allocate(1)
+    mine.release((100,))
+    assert theirs.allocate(1) == (100,)
+    mine.close()
+    theirs.close()
 
 
 def test_port_is_bindable_sees_a_listening_socket() -> None:
@@ -704,3 +730,51 @@ async def test_watchdog_stops_the_instances_when_their_router_is_killed(
     await eventually(lambda: group_members(instance_pid) == [], "the watchdog to stop the instance")
     psutil.Process(watchdog_pid).wait(5)  # and the watchdog itself is gone
     assert leftovers.read_records(work_dir) == []
+
+
+# -- sandboxes of ended instances (waiter.scheduler.sandboxes) --
+
+
+def _ended(*ages: float) -> list[EndedSandbox]:
+    return [EndedSandbox(Path(f"s{index}"), 1000.0 - age) for index, age in enumerate(ages)]
+
+
+@pytest.mark.parametrize(
+    ("ages", "retention", "kept", "exists", "expected"),
+    [
+        ((10, 20, 30), 15, 0, True, ["s1", "s2"]),
+        ((10, 20, 30), 15, 2, True, ["s2"]),  # the newest two stay however old
+        ((10, 20, 30), 15, 5, True, []),
+        ((10, 20, 30), 15, 2, False, ["s1", "s2"]),  # a deleted service keeps none beyond the retention
+        ((10, 20, 30), 100, 0, False, []),
+        ((30, 10, 20), 0, 1, True, ["s2", "s0"]),  # newest first, whatever the order found
+    ],
+    ids=["retention", "kept", "all-kept", "deleted-service", "young", "order"],
+)
+def test_sandboxes_to_remove(
+    ages: tuple[float, ...], retention: float, kept: int, exists: bool, expected: list[str]
+) -> None:
+    assert [str(p) for p in to_remove(_ended(*ages), 1000.0, retention, kept, exists)] == expected
+
+
+async def test_sandboxes_of_ended_instances_are_swept(make_scheduler: MakeScheduler, tmp_path: Path) -> None:
+    # Swept at start and then hourly: the test sweeps by itself.
+    scheduler = await make_scheduler(sandbox_retention_secs=0, sandboxes_kept=1, sandbox_sweep_interval_secs=3600)
+    work_dir = scheduler.settings.work_dir
+    stranger = work_dir / "not-a-service" / "x"
+    stranger.mkdir(parents=True)
+    await scheduler.create_service(make_spec(SLEEPER), 1)
+    for _ in range(3):
+        (instance,) = state_of(scheduler).active
+        await scheduler.kill_instance("svc-test", instance.id, replace=True, force=True)
+    (running,) = state_of(scheduler).active
+    newest_ended = state_of(scheduler).killed[-1]
+    service_dir = work_dir / "svc-test"
+    assert len([p for p in service_dir.iterdir() if p.is_dir()]) == 4
+    assert await scheduler.sweep_sandboxes() == 2
+    left = {p.name for p in service_dir.iterdir() if p.is_dir()}
+    assert left == {running.id, newest_ended.id}
+    await scheduler.delete_service("svc-test")
+    assert await scheduler.sweep_sandboxes() == 2
+    assert not service_dir.exists()
+    assert stranger.is_dir()  # what the router did not make is not its to remove

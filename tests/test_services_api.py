@@ -79,6 +79,16 @@ async def test_delete_service(make_router) -> None:
     assert await started(r) == sid
 
 
+async def test_a_deleted_service_leaves_no_scaling_state(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    sid = await started(r)
+    autoscaler = r.router.autoscaler
+    await eventually(lambda: sid in autoscaler.decisions, "the leader to decide for the service")
+    async with r.client.delete(r.url + f"/apps/{sid}") as resp:
+        assert resp.status == 200
+    await eventually(lambda: sid not in autoscaler.decisions and sid not in autoscaler._states, "scaling state pruned")
+
+
 async def test_instance_kill_and_expire_signals(make_router) -> None:
     r = await make_router([backend_token("echo")])
     sid = await started(r)

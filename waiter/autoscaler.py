@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from waiter.aio import raise_if_cancelling
 from waiter.coordinator import Coordinator
@@ -117,6 +118,7 @@ class Autoscaler:
                 log.exception("autoscaler cycle failed")
 
     async def tick(self, now: float) -> None:
+        self._prune()
         leading = await self.state.lead(self.router_id, int(max(3.0, self.interval * 3) * 1000))
         if leading != self.is_leader:
             log.info("router %s %s the scaling leader", self.router_id, "is now" if leading else "is no longer")
@@ -131,6 +133,14 @@ class Autoscaler:
             del self._meters[gone]
         for service in list(services.values()):
             await self._scale(service, now)
+
+    def _prune(self) -> None:
+        """Forget services that are gone (deleted, reaped), so this state does not grow with every service run."""
+        live = self.registry.services
+        tables: tuple[dict[str, Any], ...] = (self.decisions, self._states, self._last_kill, self._pending)
+        for table in tables:
+            for sid in [sid for sid in table if sid not in live]:
+                del table[sid]
 
     def candidates(self, service: Service, now: float) -> list[Candidate]:
         expiry = int(service.resolved.effective.get("instance-expiry-mins", 7200))

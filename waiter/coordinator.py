@@ -190,6 +190,7 @@ class Coordinator:
             if sid not in self.registry.services and sid not in deleted:
                 self.registry.adopt(resolved_from_record(record))
                 self._registered.add(sid)
+        self._registered.intersection_update(self.registry.services)  # services reaped or deleted meanwhile
 
     async def forget(self, service_id: str) -> None:
         """A service was deleted through this router: tell the others."""

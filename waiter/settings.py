@@ -48,6 +48,8 @@ class LocalSchedulerConfig:
     work_dir: Path = Path("scheduler")
     port_range: tuple[int, int] = (10000, 10999)
     memory_check_interval_secs: float = 1.0
+    sandbox_retention_secs: float = 3600.0  # sandboxes of ended instances are removed after this
+    sandboxes_kept: int = 3  # except the newest few of each service that still exists
 
 
 MARATHON_APP_ID_PREFIX = re.compile(r"/(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?/)*")
@@ -161,6 +163,8 @@ class Settings:
                     "work-dir": str(self.local.work_dir),
                     "port-range": list(self.local.port_range),
                     "memory-check-interval-secs": self.local.memory_check_interval_secs,
+                    "sandbox-retention-secs": self.local.sandbox_retention_secs,
+                    "sandboxes-kept": self.local.sandboxes_kept,
                 },
                 "marathon": {
                     "url": redact_url(self.marathon.url),
@@ -430,6 +434,8 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
                 f"scheduler.local.port-range is {raw_range!r} but must be [low, high] with 1 <= low <= high <= 65535."
             )
     mem_interval = local_r.number("memory-check-interval-secs", base.local.memory_check_interval_secs, 0.05, 3600)
+    retention = local_r.number("sandbox-retention-secs", base.local.sandbox_retention_secs, 60, 365 * 86400)
+    kept = local_r.integer("sandboxes-kept", base.local.sandboxes_kept, 0, 1000)
     local_r.check_unknown()
     marathon = _marathon(_Reader(sched.mapping("marathon"), "scheduler.marathon.", problems), base.marathon, kind)
     mesos = _mesos(_Reader(sched.mapping("mesos"), "scheduler.mesos.", problems), base.mesos, kind)
@@ -482,7 +488,13 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         scheduler_kind=kind,
         agent_url=agent_url,
         workers=workers,
-        local=LocalSchedulerConfig(work_dir=work_dir, port_range=port_range, memory_check_interval_secs=mem_interval),
+        local=LocalSchedulerConfig(
+            work_dir=work_dir,
+            port_range=port_range,
+            memory_check_interval_secs=mem_interval,
+            sandbox_retention_secs=retention,
+            sandboxes_kept=kept,
+        ),
         marathon=marathon,
         mesos=mesos,
         health=health,

@@ -17,6 +17,8 @@ def create_scheduler(settings: Settings) -> Scheduler:
                 port_range=settings.local.port_range,
                 cluster_name=settings.cluster_name,
                 memory_check_interval_secs=settings.local.memory_check_interval_secs,
+                sandbox_retention_secs=settings.local.sandbox_retention_secs,
+                sandboxes_kept=settings.local.sandboxes_kept,
             )
         )
     if kind == "marathon":

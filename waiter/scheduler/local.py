@@ -29,7 +29,7 @@ from typing import BinaryIO
 
 import psutil
 
-from waiter.scheduler import leftovers
+from waiter.scheduler import leftovers, sandboxes
 from waiter.scheduler.base import (
     Instance,
     InstanceFlag,
@@ -57,7 +57,7 @@ INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 class LocalSettings:
     work_dir: Path  # instances live under <work_dir>/<service-id>/<instance-id>/
     port_range: tuple[int, int] = (10000, 10999)
-    port_hold_secs: float = 120.0  # a released port is not reused before this (Waiter behaviour)
+    port_hold_secs: float = 120.0  # a released port is reused last for this long (Waiter reserves it)
     # Machine-wide port locks shared by every router on this machine (None: this scheduler's own bookkeeping only).
     port_lock_dir: Path | None = Path(tempfile.gettempdir()) / "waiter-ports"
     host: str = "127.0.0.1"  # reported host and the address ports are checked on
@@ -67,6 +67,9 @@ class LocalSettings:
     restart_backoff_base_secs: float = 0.5  # crash n waits base * restart-backoff-factor**(n-1), <= 60 s
     max_ended_instances: int = 10  # kept per list (failed, killed)
     watchdog: bool = True  # a process that stops the instances if the router dies without cleaning up
+    sandbox_retention_secs: float = 3600.0  # sandboxes of ended instances are removed after this
+    sandboxes_kept: int = 3  # except the newest few of each service that still exists
+    sandbox_sweep_interval_secs: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ class LocalScheduler:
         self._restart_timers: dict[str, asyncio.TimerHandle] = {}
         self._fills: set[asyncio.Task[None]] = set()
         self._memory_task: asyncio.Task[None] | None = None
+        self._last_sweep = 0.0  # monotonic
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._closing = False
         me = os.getpid()
@@ -201,8 +205,10 @@ class LocalScheduler:
             stopped = await asyncio.to_thread(leftovers.stop_instances, left)
             log.warning("Stopped %d instances left running in %s by a router that is gone", stopped, work_dir)
         self._ensure_watchdog()
+        self._last_sweep = time.monotonic()
+        await self.sweep_sandboxes()
         if self._memory_task is None:
-            self._memory_task = asyncio.create_task(self._memory_loop(), name="local-scheduler-memory")
+            self._memory_task = asyncio.create_task(self._maintenance_loop(), name="local-scheduler-maintenance")
 
     async def close(self) -> None:
         self._closing = True
@@ -486,16 +492,38 @@ class LocalScheduler:
                 self._schedule_fill(book.spec.service_id, restart_delay(failures, base, factor))
         self._notify(running.service_id)
 
-    # -- memory --
+    # -- maintenance: memory, the watchdog, sandboxes --
 
-    async def _memory_loop(self) -> None:
+    async def _maintenance_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.memory_check_interval_secs)
             try:
                 self._check_memory()
                 self._ensure_watchdog()
+                if time.monotonic() - self._last_sweep >= self.settings.sandbox_sweep_interval_secs:
+                    self._last_sweep = time.monotonic()
+                    await self.sweep_sandboxes()
             except Exception:  # one bad sweep must not end memory enforcement for good
-                log.exception("Memory check of local instances failed")
+                log.exception("Maintenance of local instances failed")
+
+    async def sweep_sandboxes(self) -> int:
+        """Remove the sandboxes past their retention (``waiter.scheduler.sandboxes``); returns how many went."""
+        settings = self.settings
+        removed, empty = await asyncio.to_thread(
+            sandboxes.sweep,
+            settings.work_dir,
+            set(self._processes),
+            set(self._books),
+            time.time(),
+            settings.sandbox_retention_secs,
+            settings.sandboxes_kept,
+        )
+        for service_id in empty:
+            if service_id not in self._books:  # checked here, on the loop: no launch of it can be starting
+                sandboxes.remove_service_dir(settings.work_dir / service_id)
+        if removed:
+            log.info("Removed %d sandboxes of ended instances from %s", removed, settings.work_dir)
+        return removed
 
     def _check_memory(self) -> None:
         for running in list(self._processes.values()):

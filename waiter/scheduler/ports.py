@@ -1,12 +1,13 @@
 """Port reservation for instances run on this machine.
 
-Waiter's shell scheduler hands each instance the first free ports of a fixed range and keeps a released
-port reserved for a while, so a late request aimed at a dead instance never reaches a newer instance that
-happens to reuse its port. A port is free when no instance of ours holds it, its hold has expired, and the
-host lets us bind it.
+Waiter's shell scheduler hands each instance the first free ports of a fixed range and prefers not to reuse a
+released port for a while, so a late request aimed at a dead instance does not reach a newer instance that
+happens to reuse its port. That hold is a preference, not a reservation: when the range has no other free port,
+released ports are reused at once, the longest released first, rather than failing a launch with ports idle. A
+port is free when no instance of ours holds it and the host lets us bind it.
 
-With ``lock_dir``, ports are also locked machine-wide (an flock on ``<lock_dir>/<port>``, held while the port is in
-use or on hold): several routers running instances on one machine then never hand out the same port, even in the
+With ``lock_dir``, live ports are also locked machine-wide (an flock on ``<lock_dir>/<port>``, held from allocation
+to release): several routers running instances on one machine then never hand out the same live port, even in the
 moment between choosing a port and the instance binding it, when the bind check alone cannot see the other one.
 """
 
@@ -47,7 +48,7 @@ def port_is_bindable(host: str, port: int) -> bool:
 
 
 class PortAllocator:
-    """Hands out ports of ``port_range`` (inclusive) and holds released ones for ``hold_secs``.
+    """Hands out ports of ``port_range`` (inclusive), preferring ports not released in the last ``hold_secs``.
 
     ``clock`` (monotonic seconds) and ``probe`` (is this port bindable?) are injectable for tests; by default
     the probe binds the port on ``host`` and on 0.0.0.0.
@@ -81,39 +82,42 @@ class PortAllocator:
             lock_dir.mkdir(parents=True, exist_ok=True)
 
     def allocate(self, count: int) -> tuple[int, ...]:
-        """Reserve the ``count`` lowest free ports, or raise ``SchedulerError`` without reserving any."""
+        """Reserve the ``count`` lowest free ports not on hold, topped up with held ones (the longest released
+        first) when too few are; or raise ``SchedulerError`` without reserving any."""
         if count < 1:
             raise SchedulerError(f"An instance needs at least one port, but {count} were asked for.")
         self._forget_expired_holds()
         low, high = self.port_range
+        fresh = (port for port in range(low, high + 1) if port not in self._held_until)
+        held = sorted(self._held_until, key=lambda port: (self._held_until[port], port))
         chosen: list[int] = []
-        for port in range(low, high + 1):
-            if port in self._in_use or port in self._held_until or not self._probe(port) or not self._lock(port):
+        for port in (*fresh, *held):
+            if port in self._in_use or not self._probe(port) or not self._lock(port):
                 continue
             chosen.append(port)
             if len(chosen) == count:
                 self._in_use.update(chosen)
-                return tuple(chosen)
+                for taken in chosen:
+                    self._held_until.pop(taken, None)
+                return tuple(sorted(chosen))
         for port in chosen:
             self._unlock(port)
         raise SchedulerError(
             f"Not enough free ports in port-range [{low}, {high}]: an instance needs {count}, "
-            f"only {len(chosen)} are free (the others are used by instances, on hold for "
-            f"{self.hold_secs:g} s after release, or bound by other programs)."
+            f"only {len(chosen)} are free (the others are used by instances or bound by other programs)."
         )
 
     def release(self, ports: Iterable[int], *, hold: bool = True) -> None:
-        """Give ports back; with ``hold`` they stay reserved for ``hold_secs`` from now."""
+        """Give ports back (and their machine-wide locks); with ``hold`` they are reused last for ``hold_secs``."""
         until = self._clock() + self.hold_secs
         for port in ports:
             self._in_use.discard(port)
+            self._unlock(port)
             if hold and self.hold_secs > 0:
                 self._held_until[port] = until
-            else:
-                self._unlock(port)
 
     def reserved(self) -> frozenset[int]:
-        """Ports that ``allocate`` will not hand out now: in use or still on hold."""
+        """Ports that ``allocate`` hands out only when no other port is free: in use or released recently."""
         self._forget_expired_holds()
         return frozenset(self._in_use | self._held_until.keys())
 
@@ -121,7 +125,6 @@ class PortAllocator:
         now = self._clock()
         for port in [port for port, until in self._held_until.items() if until <= now]:
             del self._held_until[port]
-            self._unlock(port)
 
     def close(self) -> None:
         """Drop every machine-wide lock (the scheduler is shutting down)."""
