@@ -71,7 +71,8 @@ async def test_delete_service(make_router) -> None:
 
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     async with r.client.get(r.url + f"/apps/{sid}", headers=JSON) as resp:
-        assert resp.status == 404
+        assert resp.status == 200  # known, not running (tests/test_service_states.py)
+        assert (await resp.json())["status"] == "Inactive"
     async with r.client.delete(r.url + f"/apps/{sid}") as resp:
         assert resp.status == 404
         assert (await resp.json())["result"] == "no-such-service-exists"

@@ -23,7 +23,7 @@ from typing import Any
 from waiter.aio import raise_if_cancelling
 from waiter.registry import ServiceRegistry
 from waiter.reservation import Reservations
-from waiter.service import ResolvedService, Service
+from waiter.service import Service, resolved_from_record, service_record
 from waiter.state.base import RouterStats, SharedState, StateUnavailable
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,16 @@ class Coordinator:
     async def forget(self, service_id: str) -> None:
         """A service was deleted through this router: tell the others."""
         self._registered.discard(service_id)
-        await self.state.forget_service(service_id)
+        await self.state.forget_service(service_id, self.registry.inactive_record(service_id) or {})
+
+    async def inactive(self, service_id: str) -> dict[str, Any] | None:
+        """A deleted service's record: this router's, else the one the deleting router shared (then kept here)."""
+        record = self.registry.inactive.get(service_id)
+        if record is None and self.state.shared:
+            record = await self.state.inactive_service(service_id)
+            if record:
+                self.registry.remember(service_id, record)
+        return record or None
 
     async def _apply_blocks(self, blocked: set[str]) -> None:
         """Instances the leader is about to kill leave this router's rotation; unblocked ones come back."""
@@ -228,25 +237,3 @@ class Coordinator:
                 else:
                     held_by_iid.pop(iid, None)
                 res.set_capacity(iid, granted)
-
-
-def service_record(resolved: ResolvedService) -> dict[str, Any]:
-    return {
-        "service-id": resolved.service_id,
-        "core": dict(resolved.core),
-        "effective": dict(resolved.effective),
-        "token-meta": dict(resolved.token_meta),
-        "source-tokens": [list(t) for t in resolved.source_tokens],
-        "on-the-fly": resolved.on_the_fly,
-    }
-
-
-def resolved_from_record(record: Mapping[str, Any]) -> ResolvedService:
-    return ResolvedService(
-        service_id=str(record["service-id"]),
-        core=dict(record["core"]),
-        effective=dict(record["effective"]),
-        token_meta=dict(record.get("token-meta", {})),
-        source_tokens=tuple((str(t), str(v)) for t, v in record.get("source-tokens", [])),
-        on_the_fly=bool(record.get("on-the-fly", False)),
-    )

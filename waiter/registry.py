@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import replace
+from typing import Any
 
 import aiohttp
 
-from waiter.scheduler.base import Scheduler
-from waiter.service import DemandHook, ResolvedService, Service, SlotsPolicy, all_slots
+from waiter.api.views import instance_json
+from waiter.scheduler.base import Instance, Scheduler
+from waiter.service import DemandHook, ResolvedService, Service, SlotsPolicy, all_slots, service_record
 from waiter.settings import HealthConfig
+
+KILLED_LIMIT = 10  # instances of each kind kept for a deleted service
+INACTIVE_LIMIT = 10_000  # deleted services a router remembers
 
 
 class ServiceRegistry:
@@ -17,6 +24,8 @@ class ServiceRegistry:
         self.session = session
         self.health = health
         self.services: dict[str, Service] = {}
+        # Deleted services, as inactive_record made them: /apps/{id} answers Inactive, a ping starts them again.
+        self.inactive: dict[str, dict[str, Any]] = {}
         # Set by the coordinator and the autoscaler when they start.
         self.slots_policy: SlotsPolicy = all_slots
         self.demand_hooks: list[DemandHook] = []
@@ -38,6 +47,7 @@ class ServiceRegistry:
                 on_demand=self._demand,
             )
             self.services[resolved.service_id] = service
+            self.inactive.pop(resolved.service_id, None)
         return service
 
     def start(self, resolved: ResolvedService) -> Service:
@@ -55,15 +65,50 @@ class ServiceRegistry:
         service.follow()
         return service
 
+    def inactive_record(self, service_id: str) -> dict[str, Any] | None:
+        """What stays known of a service once it is deleted (docs/api.md §1.7): its description and its instances,
+        those still running listed as killed (the deletion kills them), at most KILLED_LIMIT of each kind."""
+        service = self.services.get(service_id)
+        if service is None:
+            return self.inactive.get(service_id)
+        state = self.scheduler.service_state(service_id)
+        killed = (*state.killed, *(replace(i, killed=True) for i in state.active)) if state else ()
+        failed = state.failed if state else ()
+
+        def listed(instances: tuple[Instance, ...]) -> list[dict[str, Any]]:
+            ordered = sorted(instances, key=lambda i: (i.started_at, i.id))[-KILLED_LIMIT:]
+            return [instance_json(i) for i in ordered]
+
+        return {
+            "service": service_record(service.resolved),
+            "killed-instances": listed(killed),
+            "failed-instances": listed(failed),
+            "last-request-time": service.last_request_time,
+            "deleted-at": time.time(),
+        }
+
+    def remember(self, service_id: str, record: dict[str, Any]) -> None:
+        """Keep a deleted service's record (bounded: the oldest are dropped past INACTIVE_LIMIT)."""
+        self.inactive.pop(service_id, None)
+        self.inactive[service_id] = record
+        while len(self.inactive) > INACTIVE_LIMIT:
+            del self.inactive[next(iter(self.inactive))]
+
     async def forget(self, service_id: str) -> None:
         """Stop following a service (deleted elsewhere) without touching the scheduler."""
+        record = self.inactive_record(service_id)
         service = self.services.pop(service_id, None)
         if service is not None:
             await service.close()
+        if record is not None:
+            self.remember(service_id, record)
 
     async def delete(self, service_id: str) -> bool:
         """Stop every instance of the service and forget it. False if neither this router nor the scheduler knew it."""
+        record = self.inactive_record(service_id)
         service = self.services.pop(service_id, None)
+        if record is not None:
+            self.remember(service_id, record)
         if service is not None:
             for instance_id in list(service.tracker.tracked):
                 service.tracker.retire(instance_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -21,9 +22,10 @@ from waiter.forwarding import new_cid, timeouts
 from waiter.lifecycle import in_fallback
 from waiter.proxy import Proxy
 from waiter.registry import ServiceRegistry
-from waiter.resolver import Resolver
+from waiter.resolver import SERVICE_ID_TOKEN, Resolver
 from waiter.service import ResolvedService, Service, Timeouts
 from waiter.settings import Settings
+from waiter.state import StateUnavailable
 from waiter.text import printable
 from waiter.tokens import HISTORY_LIMIT, TokenRegistry
 from waiter.upstream import UpstreamPool
@@ -65,7 +67,28 @@ class Router:
 
     def _core_of(self, service_id: str) -> dict[str, Any] | None:
         service = self.registry.get(service_id)
-        return dict(service.resolved.core) if service else None
+        if service is not None:
+            return dict(service.resolved.core)
+        record = self.registry.inactive.get(service_id)
+        return dict(record["service"]["core"]) if record else None
+
+    async def inactive_service(self, service_id: str) -> dict[str, Any] | None:
+        """The record of a deleted service (Registry.inactive_record), from any router that deleted it."""
+        if self.coordinator is not None:
+            with contextlib.suppress(StateUnavailable):
+                return await self.coordinator.inactive(service_id)
+        return self.registry.inactive.get(service_id)
+
+    async def _load_pseudo_tokens(self, headers: tuple[tuple[str, str], ...]) -> None:
+        """Make the services named by ^SERVICE-ID#<id> tokens known here, even those deleted through another router
+        (the resolver itself never waits on the shared state)."""
+        for name, value in headers:
+            if name != "x-waiter-token" or SERVICE_ID_TOKEN not in value:
+                continue
+            for token in value.split(","):
+                sid = token.strip().removeprefix(SERVICE_ID_TOKEN)
+                if token.strip().startswith(SERVICE_ID_TOKEN) and self.registry.get(sid) is None:
+                    await self.inactive_service(sid)
 
     def is_api(self, path: str, host: str, headers: tuple[tuple[str, str], ...]) -> bool:
         """docs/api.md §0.2: own paths, or the router's own host with no service-addressing x-waiter-* header.
@@ -178,6 +201,7 @@ class Router:
         limits: Timeouts | None = None
         try:
             if self.is_api(request.path, request.headers.get("host", ""), headers):
+                await self._load_pseudo_tokens(headers)
                 response = await admin.dispatch(self, request, headers)
                 if not response.prepared:
                     response.headers["x-cid"] = cid

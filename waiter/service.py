@@ -273,3 +273,25 @@ class Service:
         )
         err.for_service = True
         return err
+
+
+def service_record(resolved: ResolvedService) -> dict[str, Any]:
+    return {
+        "service-id": resolved.service_id,
+        "core": dict(resolved.core),
+        "effective": dict(resolved.effective),
+        "token-meta": dict(resolved.token_meta),
+        "source-tokens": [list(t) for t in resolved.source_tokens],
+        "on-the-fly": resolved.on_the_fly,
+    }
+
+
+def resolved_from_record(record: Mapping[str, Any]) -> ResolvedService:
+    return ResolvedService(
+        service_id=str(record["service-id"]),
+        core=dict(record["core"]),
+        effective=dict(record["effective"]),
+        token_meta=dict(record.get("token-meta", {})),
+        source_tokens=tuple((str(t), str(v)) for t, v in record.get("source-tokens", [])),
+        on_the_fly=bool(record.get("on-the-fly", False)),
+    )

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from waiter.api.common import base_url, included, json_response, query_true, request_cid
 from waiter.api.filters import Filter
-from waiter.api.views import Cluster, service_detail, service_status, service_summary
+from waiter.api.views import Cluster, inactive_detail, service_detail, service_status, service_summary
 from waiter.errors import WaiterError, render_error_parts
 from waiter.service import Service
 from waiter.state import StateUnavailable
@@ -87,11 +87,8 @@ async def apps(router: Router, request: web.BaseRequest, _h: Headers) -> web.Res
     return json_response(body)
 
 
-def _service(router: Router, service_id: str) -> Service:
-    service = router.registry.get(service_id)
-    if service is None:
-        raise WaiterError(404, "Service not found", error_class="waiter.ServiceUnknown", service_id=service_id)
-    return service
+def _unknown(service_id: str) -> WaiterError:
+    return WaiterError(404, "Service not found", error_class="waiter.ServiceUnknown", service_id=service_id)
 
 
 def _split(path: str) -> list[str]:
@@ -104,8 +101,16 @@ async def app_get(router: Router, request: web.BaseRequest, _h: Headers) -> web.
         if len(parts) == 4 and parts[1] == "instance":
             return json_response({"message": "Method not allowed"}, 405)
         raise WaiterError(404, "Not found")
-    service = _service(router, parts[0])
     effective = query_true(request, "effective-parameters") or included(request, "effective-parameters")
+    service = router.registry.get(parts[0])
+    if service is None:
+        record = await router.inactive_service(parts[0])
+        if record is None:
+            raise _unknown(parts[0])
+        body = inactive_detail(record, router.settings.router_id, cluster_view(router), effective=effective)
+        sources = record["service"].get("source-tokens", [])
+        body["current-for-tokens"] = [t for t, _ in sources if router.resolver.token_service_id(t) == parts[0]]
+        return json_response(body)
     body = service_detail(service, router.settings.router_id, cluster_view(router), effective=effective)
     body["current-for-tokens"] = current_for_tokens(router, service)
     return json_response(body)

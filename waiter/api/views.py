@@ -149,3 +149,31 @@ def service_detail(service: Service, router_id: str, cluster: Cluster, *, effect
         }
     )
     return body
+
+
+def inactive_detail(record: Mapping[str, Any], router_id: str, cluster: Cluster, *, effective: bool) -> dict[str, Any]:
+    """/apps/{id} of a deleted service (Registry.inactive_record): Inactive, nothing running, what it had."""
+    service = record["service"]
+    body: dict[str, Any] = {
+        "service-id": service["service-id"],
+        "status": "Inactive",
+        "request-metrics": {"outstanding": 0, "total": 0},
+        "resource-usage": {"cpus": 0, "mem": 0},
+        "service-description": dict(service["core"]),
+        "last-request-time": iso_millis(record.get("last-request-time")),
+        "scaling-state": "stable",
+        "router-id": router_id,
+        "num-routers": cluster.num_routers,
+        "num-active-instances": 0,
+        "instances": {
+            "active-instances": [],
+            "failed-instances": list(record.get("failed-instances", [])),
+            "killed-instances": list(record.get("killed-instances", [])),
+        },
+    }
+    sources = [{"token": t, "version": v} for t, v in service.get("source-tokens", [])]
+    if sources:
+        body["source-tokens"] = [sources]
+    if effective:
+        body["effective-parameters"] = dict(service["effective"])
+    return body

@@ -74,8 +74,13 @@ class SharedState(Protocol):
 
     async def services(self) -> dict[str, dict[str, Any]]: ...
 
-    async def forget_service(self, service_id: str) -> None:
-        """Forget a deleted service and leave a tombstone, so other routers forget it too (see deleted_services)."""
+    async def forget_service(self, service_id: str, inactive: dict[str, Any]) -> None:
+        """Forget a deleted service and leave a tombstone, so other routers forget it too (see deleted_services).
+
+        ``inactive`` is what stays known of it (its description, the instances it had): see inactive_service."""
+
+    async def inactive_service(self, service_id: str) -> dict[str, Any] | None:
+        """The record a deleted service left (see forget_service), kept until it is registered again."""
 
     async def deleted_services(self) -> set[str]:
         """Services deleted recently (registering one again lifts its tombstone)."""

@@ -43,6 +43,7 @@ class MemoryState:
         self._services: dict[str, dict[str, Any]] = {}
         self._leases: dict[str, dict[str, int]] = {}
         self._deleted = _Expiring()
+        self._inactive: dict[str, dict[str, Any]] = {}
 
     async def start(self) -> None:
         return None
@@ -86,14 +87,20 @@ class MemoryState:
     async def register_service(self, service_id: str, record: dict[str, Any]) -> None:
         self._services[service_id] = copy.deepcopy(record)
         self._deleted.pop(service_id)
+        self._inactive.pop(service_id, None)
 
     async def services(self) -> dict[str, dict[str, Any]]:
         return copy.deepcopy(self._services)
 
-    async def forget_service(self, service_id: str) -> None:
+    async def forget_service(self, service_id: str, inactive: dict[str, Any]) -> None:
         self._services.pop(service_id, None)
         self._scaling.pop(service_id, None)
         self._deleted.put(service_id, True, TOMBSTONE_MS)
+        self._inactive[service_id] = copy.deepcopy(inactive)
+
+    async def inactive_service(self, service_id: str) -> dict[str, Any] | None:
+        record = self._inactive.get(service_id)
+        return copy.deepcopy(record) if record is not None else None
 
     async def deleted_services(self) -> set[str]:
         return set(self._deleted.items())

@@ -10,6 +10,7 @@ Keys (``<p>`` = ``waiter:<namespace>:``):
   <p>lease:<iid>          hash router id -> slots leased on that instance (only live routers' fields count)
   <p>blocked              hash instance id -> epoch ms until which it gets no new slots (it is being killed)
   <p>deleted              hash service id -> epoch ms until which other routers must forget it (a tombstone)
+  <p>inactive             hash service id -> JSON record a deleted service left (description, its instances)
 """
 
 from __future__ import annotations
@@ -176,6 +177,7 @@ class RedisState:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hsetnx(f"{self.p}services", service_id, body)
                 pipe.hdel(f"{self.p}deleted", service_id)
+                pipe.hdel(f"{self.p}inactive", service_id)
                 await pipe.execute()
 
         await self._call("register a service", run)
@@ -184,15 +186,22 @@ class RedisState:
         raw = await self._call("list services", lambda: self._redis.hgetall(f"{self.p}services"))
         return {sid: json.loads(v) for sid, v in raw.items()}
 
-    async def forget_service(self, service_id: str) -> None:
+    async def forget_service(self, service_id: str, inactive: dict[str, Any]) -> None:
+        body = json.dumps(inactive, default=str)
+
         async def run() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(f"{self.p}services", service_id)
                 pipe.delete(f"{self.p}scaling:{service_id}")
                 pipe.hset(f"{self.p}deleted", service_id, int(time.time() * 1000) + TOMBSTONE_MS)
+                pipe.hset(f"{self.p}inactive", service_id, body)
                 await pipe.execute()
 
         await self._call("forget a service", run)
+
+    async def inactive_service(self, service_id: str) -> dict[str, Any] | None:
+        raw = await self._call("read an inactive service", lambda: self._redis.hget(f"{self.p}inactive", service_id))
+        return json.loads(raw) if raw else None
 
     async def deleted_services(self) -> set[str]:
         raw = await self._call("read deleted services", lambda: self._redis.hgetall(f"{self.p}deleted"))
@@ -235,4 +244,3 @@ class RedisState:
         raw = await self._call("read blocked instances", lambda: self._redis.hgetall(f"{self.p}blocked"))
         now = int(time.time() * 1000)
         return {iid for iid, until in raw.items() if int(until) > now}
-

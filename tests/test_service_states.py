@@ -1,0 +1,82 @@
+"""What Waiter's clients see of a service across its life, through two routers sharing a test-owned Redis and one
+Marathon (the emulator): a deleted service stays known as Inactive and a ping starts it again (docs/api.md §1.6,
+§1.7, §1.9); expired instances carry the expired flag until they are killed (§6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningRouter, backend_token
+from tests.redis_server import needs_redis
+from tests.support import eventually
+
+pytestmark = [needs_redis, pytest.mark.schedulers("marathon")]
+
+TOKEN = {"x-waiter-token": "echo"}
+FAST = {"autoscaler": {"interval-ms": 200, "publish-interval-ms": 50, "router-ttl-ms": 1500}}
+
+
+async def two_routers(make_router, redis_server, token: dict[str, Any]) -> tuple[RunningRouter, RunningRouter]:  # type: ignore[no-untyped-def]
+    a = await make_router([token], redis=redis_server.url, **FAST)
+    b = await make_router([token], redis=redis_server.url, **FAST)
+    return a, b
+
+
+async def detail(r: RunningRouter, sid: str) -> dict[str, Any]:
+    return await r.get_json(f"/apps/{sid}")  # type: ignore[no-any-return]
+
+
+async def test_a_deleted_service_is_inactive_on_every_router_and_a_ping_starts_it_again(
+    make_router, redis_server
+) -> None:
+    a, b = await two_routers(make_router, redis_server, backend_token("echo"))
+    async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+        served_by = (await resp.text()).split()[-1]
+    sid = await a.service_id(TOKEN)
+    async with a.client.delete(a.url + f"/apps/{sid}?timeout=10000") as resp:
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["routers-agree"] is True
+
+    for r in (a, b):
+        body = await detail(r, sid)
+        assert body["status"] == "Inactive"
+        assert body["service-id"] == sid
+        assert body["num-active-instances"] == 0
+        assert body["instances"]["active-instances"] == []
+        assert served_by in [i["id"] for i in body["instances"]["killed-instances"]]
+        assert all(i["killed?"] for i in body["instances"]["killed-instances"])
+        assert body["request-metrics"] == {"outstanding": 0, "total": 0}
+        assert body["service-description"]["cmd"] == backend_token("echo")["cmd"]
+        assert body["current-for-tokens"] == ["echo"]
+        assert sid not in [s["service-id"] for s in await r.get_json("/apps")]
+
+    # Deleting or killing what is not running answers as for an unknown service; it stays Inactive.
+    async with b.client.delete(b.url + f"/apps/{sid}") as resp:
+        assert resp.status == 404
+        assert (await resp.json())["result"] == "no-such-service-exists"
+    async with b.client.post(b.url + f"/apps/{sid}/instance/{served_by}/kill") as resp:
+        assert resp.status == 404
+    assert (await detail(b, sid))["status"] == "Inactive"
+
+    # A ping by service id (waiter ping --service-id) through the other router brings it back.
+    headers = {"x-waiter-token": f"^SERVICE-ID#{sid}", "x-waiter-timeout": "30000"}
+    async with b.client.get(b.url + "/waiter-ping", headers=headers) as resp:
+        assert resp.status == 200
+        ping = await resp.json()
+    assert ping["ping-response"]["result"] == "received-response", ping
+    assert ping["ping-response"]["status"] == 200
+    assert ping["service-state"]["service-id"] == sid
+
+    async def running_on_a() -> bool:
+        return a.router.registry.get(sid) is not None and (await detail(a, sid))["status"] == "Running"
+
+    await eventually(running_on_a, timeout=15, what="router A to see the service running again")
+
+
+async def test_an_unknown_service_is_still_404(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    async with r.client.get(r.url + "/apps/waiter-service-nothing") as resp:
+        assert resp.status == 404
