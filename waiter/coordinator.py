@@ -182,6 +182,10 @@ class Coordinator:
             if sid in deleted and sid in self._registered:
                 self._registered.discard(sid)
                 await self.registry.forget(sid)
+                # The deleting router saw the instances the deletion killed; this one's scheduler may not have.
+                record = await self.state.inactive_service(sid)
+                if record:
+                    self.registry.remember(sid, record)
         for sid, service in list(self.registry.services.items()):
             if sid not in shared:
                 await self.state.register_service(sid, service_record(service.resolved))
