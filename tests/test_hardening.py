@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import BACKEND_CMD, RunningRouter, backend_token
+from tests.support import eventually
 from tests.test_frontdoor import Response, close, connect, read_response
 from waiter import jsonbounds
 from waiter.api import admin
@@ -342,3 +343,41 @@ def test_bounded_json(text: str, outcome: Any) -> None:
     else:
         value = jsonbounds.loads(text, "x")
         assert outcome == "ok" or value == outcome
+
+
+# -- tokens survive an emptied Redis -----------------------------------------------------------------------------
+
+
+async def test_tokens_survive_a_redis_restarted_empty(make_router, redis_server) -> None:
+    a = await make_router(redis=redis_server.url)
+    async with a.client.post(a.url + "/token", json=backend_token("kept")) as resp:
+        assert resp.status == 200, await resp.text()
+    headers = {"x-waiter-token": "kept"}
+    async with a.client.get(a.url + "/hello", headers=headers) as resp:
+        assert resp.status == 200
+    stop = asyncio.Event()
+    statuses: list[int] = []
+
+    async def load() -> None:
+        while not stop.is_set():
+            async with a.client.get(a.url + "/hello", headers=headers) as resp:
+                statuses.append(resp.status)
+
+    client = asyncio.create_task(load())
+    try:
+        redis_server.stop()
+        await eventually(lambda: not a.router.tokens.store.status().connected, what="the outage to show")
+        await redis_server.start()  # no persistence: every key is gone
+        await eventually(lambda: a.router.tokens.store.status().connected, what="the store to reconnect")
+        served = len(statuses)
+        await eventually(lambda: len(statuses) > served + 20, what="requests after the restart")
+    finally:
+        stop.set()
+        await client
+    assert set(statuses) == {200}
+    # The token is in Redis again: a router that starts now serves it and lists the service.
+    b = await make_router(redis=redis_server.url)
+    async with b.client.get(b.url + "/token?token=kept") as resp:
+        assert resp.status == 200
+    async with b.client.get(b.url + "/hello", headers=headers) as resp:
+        assert resp.status == 200

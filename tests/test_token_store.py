@@ -6,6 +6,8 @@ Redis tests use a test-owned ``redis-server`` on a free port (never the shared o
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,12 +19,14 @@ from tests.redis_server import RedisServer, needs_redis, running_redis
 from tests.support import eventually
 from waiter.tokens import (
     HISTORY_LIMIT,
+    IndexEntry,
     MemoryTokenStore,
     RedisTokenStore,
     StaleWrite,
     StoreUnavailable,
     TokenRecord,
     TokenStore,
+    make_record,
     token_etag,
 )
 from waiter.tokens.records import cap_history, name_problem, new_record, parse_time, shown, soft_deleted
@@ -139,8 +143,14 @@ def test_history_is_capped(depth: int, kept: int) -> None:
 
 def test_new_record_fills_system_metadata_and_pushes_history() -> None:
     old = {"cmd": "a", "owner": "alice", "root": "elsewhere", "last-update-time": 1}
-    record = new_record({"cmd": "b", "allowed-params": ["B", "A", "B"]}, owner="alice", user="bob",
-                        now_ms=2000, cluster="c1", existing=old)
+    record = new_record(
+        {"cmd": "b", "allowed-params": ["B", "A", "B"]},
+        owner="alice",
+        user="bob",
+        now_ms=2000,
+        cluster="c1",
+        existing=old,
+    )
     assert record == {
         "cmd": "b",
         "allowed-params": ["A", "B"],
@@ -162,8 +172,13 @@ def test_soft_delete_marks_and_keeps_the_live_record_as_history() -> None:
 
 
 def test_shown_body_with_and_without_metadata() -> None:
-    record = {"cmd": "a", "run-as-user": "legacy", "last-update-time": 1679504180123, "last-update-user": "u",
-              "previous": {"cmd": "z", "last-update-time": 0, "previous": {"last-update-time": 1000}}}
+    record = {
+        "cmd": "a",
+        "run-as-user": "legacy",
+        "last-update-time": 1679504180123,
+        "last-update-user": "u",
+        "previous": {"cmd": "z", "last-update-time": 0, "previous": {"last-update-time": 1000}},
+    }
     assert shown(record, metadata=False, cluster="c") == {"cmd": "a", "run-as-user": "legacy", "owner": "legacy"}
     full = shown(record, metadata=True, cluster="c")
     assert full["cluster"] == "c" and full["root"] == "c" and full["last-update-user"] == "u"
@@ -257,12 +272,62 @@ async def test_redis_outage_keeps_the_cache_and_recovers(redis_server: RedisServ
         assert status["error"] and status["down-since"] and "cached tokens" in status["serving"]
         with pytest.raises(StoreUnavailable, match=r"Redis at redis://127\.0\.0\.1:\d+/0\) is unavailable"):
             await store.read("t")
-        await redis_server.start()  # back, empty (no persistence): the cache follows Redis
+        await redis_server.start()  # back, empty (no persistence): the store writes back what it held
         await eventually(lambda: store.status().connected, timeout=5, what="reconnection")
-        await eventually(lambda: store.cached("t") is None, what="the reload after reconnecting")
+        assert store.cached("t") is not None
+
+        async def restored() -> bool:
+            # The first call on a pooled connection from before the restart may fail once: poll.
+            with contextlib.suppress(StoreUnavailable):
+                record = await store.read("t")
+                return record is not None and record.data == data()
+            return False
+
+        await eventually(restored, what="token t back in Redis")
+        assert [e.token for e in await store.index(["alice"])] == ["t"]
         await store.write("u", data(), expected=None)
         assert (await store.read("u")) is not None
     finally:
+        await store.close()
+
+
+@needs_redis
+async def test_a_flushed_redis_gets_back_every_token_the_newest_version_winning(redis_server: RedisServer) -> None:
+    store = RedisTokenStore(redis_server.url, timeout=0.5, poll_interval=0.05)
+    fresh = RedisTokenStore(redis_server.url, timeout=0.5, poll_interval=0.05)
+    await store.start()
+    raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        for name in ("kept", "older-in-redis", "newer-in-redis"):
+            await store.write(name, data(**{"last-update-time": 1000}), expected=None)
+        epoch = await raw.get("waiter:tokens:epoch")
+        assert epoch
+        # Redis loses everything; before the store notices, another writer stores two of the tokens again.
+        newer, older = data(cmd="newer", **{"last-update-time": 2000}), data(cmd="older", **{"last-update-time": 500})
+        async with raw.pipeline(transaction=True) as pipe:
+            pipe.flushall()
+            for name, record in (("newer-in-redis", newer), ("older-in-redis", older)):
+                pipe.hset("waiter:tokens:data", name, json.dumps(record))
+                pipe.hset("waiter:tokens:etag", name, token_etag(record))
+                pipe.hset("waiter:tokens:owner:alice", name, IndexEntry.of(make_record(name, record)).dumps())
+            pipe.sadd("waiter:tokens:owners", "alice")
+            await pipe.execute()
+
+        async def written_back() -> bool:
+            return await raw.hlen("waiter:tokens:data") == 3 and await raw.get("waiter:tokens:epoch") is not None
+
+        await eventually(written_back, what="the store to write its tokens back")
+        assert await raw.get("waiter:tokens:epoch") != epoch
+        stored = {n: json.loads(v)["cmd"] for n, v in (await raw.hgetall("waiter:tokens:data")).items()}
+        assert stored == {"kept": "run", "older-in-redis": "run", "newer-in-redis": "newer"}
+        await eventually(lambda: store.cached("newer-in-redis").data["cmd"] == "newer", what="the cache to follow")
+        # A router that starts now sees them all, with their owner index.
+        await fresh.start()
+        assert {r.name for r in fresh.cached_records()} == {"kept", "older-in-redis", "newer-in-redis"}
+        assert len(await fresh.index(["alice"])) == 3
+    finally:
+        await raw.aclose()
+        await fresh.close()
         await store.close()
 
 

@@ -6,6 +6,13 @@ Keys under ``prefix`` (the router uses ``waiter:<cluster name>:tokens:``):
   owner:<owner>   hash name -> index entry JSON; ``owners`` is the set of owners
   version         counter bumped by every write
   changed         channel on which every write publishes ``<version> <name>``
+  epoch           a random id set when a router first finds the keys absent: a Redis that lost its data (restarted
+                  without persistence, flushed, failed over to an empty replica) has none, or another router's new one
+
+A router that finds the epoch missing or changed writes back every record it holds, the newest
+``last-update-time`` winning over what is there already, so tokens survive an emptied Redis as long as one router
+that knew them is running: serving never degrades to 404 ``Couldn't find token``. Run Redis with AOF in production
+all the same (docs/operations.md): a token written while no router cached it is only as durable as Redis.
 
 The request path never waits on Redis: it reads the local cache, which a follower task keeps current from the
 channel, and re-reads in full whenever the version counter shows a missed message (after a reconnect, say).
@@ -20,6 +27,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Collection, Mapping
 from typing import Any, TypeVar
 
@@ -68,6 +76,37 @@ return {1, tostring(version)}
 """
 
 
+# Write back one record a router held when Redis lost its data, unless the stored one is as new or newer.
+# KEYS: data hash, etag hash, owners set, version key. ARGV: name, JSON, etag, owner ('' = none), index entry JSON,
+# owner key prefix, channel, last-update-time (millis, 0 when unknown). Returns 1 when written.
+_RESTORE = """
+local name = ARGV[1]
+local current = redis.call('HGET', KEYS[1], name)
+if current then
+  local ok, stored = pcall(cjson.decode, current)
+  local stored_time = 0
+  if ok and type(stored) == 'table' then stored_time = tonumber(stored['last-update-time']) or 0 end
+  if stored_time >= tonumber(ARGV[8]) then return 0 end
+  local old_owner = ok and type(stored) == 'table' and (stored['owner'] or stored['run-as-user'])
+  if type(old_owner) == 'string' and old_owner ~= ARGV[4] then redis.call('HDEL', ARGV[6] .. old_owner, name) end
+end
+redis.call('HSET', KEYS[1], name, ARGV[2])
+redis.call('HSET', KEYS[2], name, ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('HSET', ARGV[6] .. ARGV[4], name, ARGV[5])
+  redis.call('SADD', KEYS[3], ARGV[4])
+end
+local version = redis.call('INCR', KEYS[4])
+redis.call('PUBLISH', ARGV[7], version .. ' ' .. name)
+return 1
+"""
+
+
+def _update_time(record: TokenRecord) -> int:
+    updated = record.data.get("last-update-time")
+    return int(updated) if isinstance(updated, int | float) and not isinstance(updated, bool) else 0
+
+
 class RedisTokenStore(CachedStore):
     kind = "redis"
 
@@ -84,6 +123,8 @@ class RedisTokenStore(CachedStore):
         self._connection = RedisConnection(url, timeout=timeout, health_check_interval=0.2)
         self._client = self._connection.client
         self._cas = self._client.register_script(_CAS)
+        self._restore = self._client.register_script(_RESTORE)
+        self._epoch: str | None = None  # the epoch of the data the cache reflects; None before the first load
         self._version = -1  # the version counter value the cache reflects
         self._error: str | None = "not connected yet"
         self._down_since: float | None = time.time()
@@ -208,12 +249,50 @@ class RedisTokenStore(CachedStore):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _reload(self) -> None:
+        await self._check_epoch()
         version = await self._client.get(self._key("version"))
         table = await self._client.hgetall(self._key("data"))
         self._replace_all({str(name): make_record(str(name), json.loads(raw)) for name, raw in table.items()})
         self._version = int(version or 0)
         self._mark_up()
         self._first_attempt.set()
+
+    async def _check_epoch(self) -> None:
+        """Write back what the cache holds when Redis lost its data since the cache was filled."""
+        epoch = await self._client.get(self._key("epoch"))
+        epoch = None if epoch is None else str(epoch)
+        if self._epoch is not None and epoch != self._epoch and self._cache:
+            restored = await self._write_back()
+            log.warning(
+                "token store at %s lost its data (epoch %s, was %s): wrote back %d of the %d token(s) this router "
+                "held (the others were as new in Redis already)",
+                redact_url(self.url),
+                epoch or "missing",
+                self._epoch,
+                restored,
+                len(self._cache),
+            )
+        if epoch is None:
+            await self._client.set(self._key("epoch"), uuid.uuid4().hex, nx=True)
+            epoch = str(await self._client.get(self._key("epoch")))
+        self._epoch = epoch
+
+    async def _write_back(self) -> int:
+        keys = [self._key("data"), self._key("etag"), self._key("owners"), self._key("version")]
+        restored = 0
+        for record in list(self._cache.values()):
+            args = [
+                record.name,
+                json.dumps(record.data, sort_keys=True),
+                record.etag,
+                record.owner or "",
+                IndexEntry.of(record).dumps(),
+                self._key("owner:"),
+                self._key("changed"),
+                str(_update_time(record)),
+            ]
+            restored += int(await self._restore(keys=keys, args=args))
+        return restored
 
     async def _check_version(self) -> None:
         version = int(await self._client.get(self._key("version")) or 0)
