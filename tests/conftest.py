@@ -144,10 +144,14 @@ async def cluster(scheduler_kind: str, tmp_path: Path) -> AsyncIterator[Cluster]
             marathon = {"url": url, "sync-interval-ms": 100, "retry-backoff-ms": 20, "agent-work-dir": str(work_dir)}
             yield Cluster("marathon", {"kind": "marathon", "marathon": marathon}, url, work_dir)
     elif scheduler_kind == "mesos":
+        # Every real-master behaviour the emulator has is on: two agents, part of each reserved for the
+        # framework's role (offers mix reserved and unreserved resources), core dumps, exact Content-Type, ...
         args = ("--work-dir", str(work_dir), "--port-range", task_port_range(), "--allocation-secs", "0.05",
-                "--heartbeat-secs", "1", "--update-retry-secs", "1")
+                "--heartbeat-secs", "1", "--update-retry-secs", "1", "--agents", "2", "--reserve", "waiter:0.5:512",
+                "--behaviour", "core-dumps=true")
         async with running_emulator("mesos", *args) as url:
-            mesos = {"master": url.removeprefix("http://"), "request-timeout-ms": 2000, "agent-work-dir": str(work_dir)}
+            mesos = {"master": url.removeprefix("http://"), "request-timeout-ms": 2000, "agent-work-dir": str(work_dir),
+                     "role": "waiter"}
             yield Cluster("mesos", {"kind": "mesos", "mesos": mesos}, url, work_dir)
     else:
         raise ValueError(f"scheduler_kind {scheduler_kind!r} has no cluster fixture; known: {SCHEDULER_KINDS}")

@@ -18,12 +18,14 @@ import pytest
 
 from tests.emulators.runner import running_emulator
 from tests.support import Changes, eventually
+from waiter.lifecycle import MESSAGES, deployment_error
 from waiter.scheduler import create_scheduler
 from waiter.scheduler.base import KillOutcome, ServiceSpec, ServiceState
 from waiter.scheduler.mesos import MesosScheduler, MesosSettings
 from waiter.scheduler.mesos_proto import (
     Need,
     Offer,
+    Pool,
     RecordIOError,
     RecordIOParser,
     TaskPhase,
@@ -36,6 +38,7 @@ from waiter.scheduler.mesos_proto import (
     shortfall,
     take,
     task_outcome,
+    usable_role,
 )
 from waiter.settings import SettingsError, load_settings
 
@@ -192,6 +195,236 @@ async def test_launches_a_task_with_its_environment_ports_and_sandbox(
     assert Path(env["MESOS_SANDBOX"]).parent == sandbox.parent  # runs/<run id>, which runs/latest links to
     (task,) = (await emulator.state())["tasks"]
     assert (task["id"], task["ports"]) == (instance.id, [instance.port, *instance.extra_ports])
+    assert task["user"] == "alice"  # the user Mesos runs it as is the one USER and HOME name
+
+
+async def test_without_run_as_user_the_task_runs_as_the_framework_user_and_says_so(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator, user="svc-runner")
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec("env > env.tmp && mv env.tmp env.txt; " + SLEEPER), 1)
+    await changes.until(running(scheduler, 1))
+    (instance,) = state_of(scheduler).active
+    sandbox = Path(str(instance.log_directory))
+    await eventually(lambda: (sandbox / "env.txt").exists())
+    env = dict(line.split("=", 1) for line in (sandbox / "env.txt").read_text().splitlines() if "=" in line)
+    (task,) = (await emulator.state())["tasks"]
+    assert task["user"] == env["USER"] == env["LOGNAME"] == "svc-runner"
+    assert env["HOME"] == "/home/svc-runner"
+
+
+async def test_launches_from_role_reserved_offers_of_several_agents_as_the_master_validates(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    # Two agents of 2 cpus, 1 of each reserved for "web": six instances of 0.5 cpus need reserved and unreserved
+    # cpus of both agents. The master refuses any task whose resources are not in the offer field by field.
+    emulator = await start_emulator("--agents", "2", "--cpus", "2", "--mem", "2048", "--reserve", "web:1:512")
+    scheduler = await make_scheduler(emulator, role="web")
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(cpus=0.5, mem=128.0), 6)
+    await changes.until(running(scheduler, 6))
+    state = await emulator.state()
+    assert state_of(scheduler).failed == ()
+    assert {t["agent_id"] for t in state["tasks"]} == {a["id"] for a in state["agents"]}
+    used = {role for t in state["tasks"] for role in t["resources_by_role"]}
+    assert used == {"web", "*"}
+    reserved_cpus = sum(t["resources_by_role"].get("web", [0, 0])[0] for t in state["tasks"])
+    assert reserved_cpus == pytest.approx(2.0)  # reserved first: all of both agents' reservations are used
+    assert (await emulator.framework())["roles"] == ["web"]
+
+
+async def test_the_master_refuses_resources_summed_across_roles(start_emulator: StartEmulator) -> None:
+    """What the scheduler used to send: cpus without the reservation they came from. TASK_ERROR, as validation.cpp."""
+    emulator = await start_emulator("--cpus", "2", "--reserve", "web:1:512")
+    url = f"{emulator.url}/api/v1/scheduler"
+    info = {"user": "u", "name": "n", "roles": ["web"], "capabilities": [{"type": "MULTI_ROLE"}]}
+    subscribe = {"type": "SUBSCRIBE", "subscribe": {"framework_info": info}}
+    async with aiohttp.ClientSession() as session, session.post(url, json=subscribe) as stream:
+        stream_id = stream.headers["Mesos-Stream-Id"]
+        parser = RecordIOParser()
+        events: list[dict[str, Any]] = []
+
+        async def next_event(kind: str) -> dict[str, Any]:
+            while True:
+                while events:
+                    event = events.pop(0)
+                    if event["type"] == kind:
+                        return event
+                events.extend(json.loads(r) for r in parser.feed(await stream.content.readany()))
+
+        framework = (await next_event("SUBSCRIBED"))["subscribed"]["framework_id"]
+        (offer,) = (await next_event("OFFERS"))["offers"]["offers"]
+        assert {r.get("role") for r in offer["resources"] if r["name"] == "cpus"} == {"web", "*"}
+        summed = [
+            {"name": "cpus", "type": "SCALAR", "scalar": {"value": 1.5}, "allocation_info": {"role": "web"}},
+            {"name": "mem", "type": "SCALAR", "scalar": {"value": 64}, "allocation_info": {"role": "web"}},
+        ]
+        task = {
+            "name": "t",
+            "task_id": {"value": "t1"},
+            "agent_id": offer["agent_id"],
+            "resources": summed,
+            "command": {"value": "sleep 100"},
+        }
+        accept = {
+            "type": "ACCEPT",
+            "framework_id": framework,
+            "accept": {
+                "offer_ids": [offer["id"]],
+                "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}],
+            },
+        }
+        headers = {"Content-Type": "application/json", "Mesos-Stream-Id": stream_id}
+        async with session.post(url, data=json.dumps(accept), headers=headers) as response:
+            assert response.status == 202
+        status = (await next_event("UPDATE"))["update"]["status"]
+    assert (status["state"], status["reason"]) == ("TASK_ERROR", "REASON_TASK_INVALID")
+    assert status["message"].startswith("Task uses more resources cpus(allocated: web):1.5")
+    assert (await emulator.state())["tasks"] == []
+
+
+async def test_an_out_of_memory_task_is_a_memory_deployment_error(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator, restart_backoff_base_secs=0.01)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 1)
+    for round_ in range(2):
+        await changes.until(lambda r=round_: running(scheduler, 1)() and len(state_of(scheduler).failed) == r)
+        (victim,) = state_of(scheduler).active
+        await emulator.control(f"tasks/{victim.id}/oom")
+    await changes.until(lambda: len(state_of(scheduler).failed) == 2)
+    failed = state_of(scheduler).failed
+    assert all(i.flags == {"memory-limit-exceeded"} for i in failed)
+    assert failed[0].message == "Memory limit exceeded: Requested: 128MB Maximum Used: 128MB"  # no statistics
+    assert deployment_error(failed, 0.0) == MESSAGES["not-enough-memory"]
+
+
+async def test_the_exit_code_survives_core_dumped(start_emulator: StartEmulator, make_scheduler: MakeScheduler) -> None:
+    emulator = await start_emulator("--behaviour", "core-dumps=true")
+    scheduler = await make_scheduler(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 1)
+    await changes.until(running(scheduler, 1))
+    (victim,) = state_of(scheduler).active
+    await emulator.control(f"tasks/{victim.id}/kill", {"signal": "SEGV"})
+    await changes.until(lambda: bool(state_of(scheduler).failed))
+    (ended,) = state_of(scheduler).failed
+    assert (ended.exit_code, ended.message) == (-11, "Killed by signal SIGSEGV")
+
+
+async def test_every_other_event_is_handled_and_a_removed_agent_is_replaced(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator("--agents", "2")
+    scheduler = await make_scheduler(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 1)
+    await changes.until(running(scheduler, 1))
+    (first,) = state_of(scheduler).active
+    await emulator.control("events", {"type": "INVERSE_OFFERS"})
+
+    async def inverse_offer_accepted() -> bool:
+        return list((await emulator.framework())["inverse_answers"].values()) == ["accepted"]
+
+    await eventually(inverse_offer_accepted)  # maintenance agreed: instances are replaceable
+    for kind in ("RESCIND_INVERSE_OFFER", "MESSAGE", "UPDATE_OPERATION_STATUS"):
+        await emulator.control("events", {"type": kind})
+    await scheduler.scale_service("svc-test", 2)  # still works on the same subscription after all of them
+    await changes.until(running(scheduler, 2))
+    (extra,) = [i for i in state_of(scheduler).active if i.id != first.id]
+    assert (await scheduler.kill_instance("svc-test", extra.id)).success
+    framework = await emulator.framework()
+    assert framework["subscriptions"] == 1 and framework["connected"]  # nothing above broke the subscription
+    assert [i.id for i in state_of(scheduler).active] == [first.id]
+
+    index = [a["id"] for a in (await emulator.state())["agents"]].index(first.extras["mesos/agent-id"])
+    await emulator.control(f"agents/{index}/remove")  # TASK_LOST for its task, then FAILURE
+    await changes.until(lambda: bool(state_of(scheduler).failed) and running(scheduler, 1)())
+    (replacement,) = state_of(scheduler).active
+    assert replacement.extras["mesos/agent-id"] != first.extras["mesos/agent-id"]
+    assert state_of(scheduler).failed[0].id == first.id
+
+
+async def test_a_task_lost_and_back_running_is_killed_as_surplus(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator()
+    scheduler = await make_scheduler(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 1)
+    await changes.until(running(scheduler, 1))
+    (lost,) = state_of(scheduler).active
+    await emulator.control(f"tasks/{lost.id}/lose", {"come-back-after-ms": 300})
+    await changes.until(lambda: bool(state_of(scheduler).failed) and running(scheduler, 1)())
+
+    async def killed_when_back() -> bool:
+        state = await emulator.state()
+        tasks = {t["id"]: t["state"] for t in state["tasks"]}
+        kills = state["frameworks"][0]["calls"].get("KILL", 0)
+        return bool(kills >= 1 and tasks.get(lost.id) in (None, "TASK_KILLED"))
+
+    await eventually(killed_when_back)
+    assert [i.id for i in state_of(scheduler).active] != [lost.id] and len(state_of(scheduler).active) == 1
+
+
+async def test_a_new_master_recovering_then_silent_on_reconciliation_is_asked_again(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator("--behaviour", "reregister-after-secs=1.0")
+    scheduler = await make_scheduler(emulator, reconcile_retry_secs=0.3)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(), 1)
+    await changes.until(running(scheduler, 1))
+    (instance,) = state_of(scheduler).active
+    await emulator.control("behaviours", {"recovering": True})
+    await emulator.control("master-failover")
+    await eventually(lambda: not scheduler.client.connected.is_set())
+    refused = (await emulator.state())["unavailable"]
+    await eventually(lambda: _unavailable_more_than(emulator, refused))  # SUBSCRIBE met 503 and is retried
+    await emulator.control("behaviours", {"recovering": False})
+    reconciles = (await emulator.framework())["calls"]["RECONCILE"]
+
+    async def asked_again() -> bool:
+        return bool((await emulator.framework())["calls"]["RECONCILE"] >= reconciles + 3)
+
+    await eventually(asked_again)  # explicit + implicit after subscribing, then explicit again for no answer
+    assert [i.id for i in state_of(scheduler).active] == [instance.id]
+    assert scheduler._unreconciled == {} or await _eventually_reconciled(scheduler)
+
+
+async def _unavailable_more_than(emulator: Emulator, count: int) -> bool:
+    return bool((await emulator.state())["unavailable"] > count)
+
+
+async def _eventually_reconciled(scheduler: MesosScheduler) -> bool:
+    await eventually(lambda: scheduler._unreconciled == {})
+    return True
+
+
+async def test_a_scheduler_whose_framework_failed_over_steps_aside(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    emulator = await start_emulator()
+    first = await make_scheduler(emulator)
+    changes = Changes(first)
+    await first.create_service(make_spec(), 1)
+    await changes.until(running(first, 1))
+    second = MesosScheduler(MesosSettings(master=emulator.address, request_timeout_secs=2.0, reconnect_max_secs=0.2))
+    second.client.framework_id = first.client.framework_id  # e.g. a restarted router that kept the id
+    try:
+        await second.start()
+        await changes.until(lambda: state_of(first).error is not None)
+        assert "another scheduler took over Mesos framework" in str(state_of(first).error)
+        assert "Framework failed over" in str(state_of(first).error)
+        assert first.client.superseded is not None and not first.client.connected.is_set()
+        framework = await emulator.framework()
+        assert framework["subscriptions"] == 2 and framework["connected"]  # no tug of war
+    finally:
+        await second.close()
 
 
 async def test_reconnects_resubscribes_and_reconciles_when_the_stream_closes(
@@ -477,6 +710,8 @@ async def test_emulator_answers_with_the_masters_status_codes(start_emulator: St
         assert await status(b"", {}, "GET") == 405
         assert await status(subscribe, {}) == 400  # no Content-Type
         assert await status(subscribe, {"Content-Type": "text/plain"}) == 415
+        # The master compares the whole Content-Type: a charset parameter makes it unsupported.
+        assert await status(subscribe, {"Content-Type": "application/json; charset=utf-8"}) == 415
         assert await status(b"{nope", plain) == 400
         assert await status(subscribe, {**plain, "Accept": "application/x-protobuf"}) == 406
         assert await status(subscribe, {**plain, "Mesos-Stream-Id": "x"}) == 400
@@ -638,8 +873,10 @@ def test_task_outcome(
         ("Command terminated with signal 12", -12),
         ("Command terminated with signal Bogus", None),
         ("oops", None),
+        ("Command terminated with signal Segmentation fault (core dumped)", -11),
+        ("Command terminated with signal Aborted (core dumped)", -6),
     ],
-    ids=["none", "status", "named-signal", "numbered-signal", "unknown-signal", "no-code"],
+    ids=["none", "status", "named-signal", "numbered-signal", "unknown-signal", "no-code", "core-dumped", "abort"],
 )
 def test_exit_code_of(message: str | None, expected: int | None) -> None:
     assert exit_code_of(message) == expected
@@ -677,12 +914,14 @@ def test_offers_of_reads_the_nested_offers_and_sums_resources() -> None:
         ],
     }
     (parsed,) = offers_of({"type": "OFFERS", "offers": {"offers": [offer]}})
-    assert parsed == Offer("o1", "a1", "h1", cpus=2.0, mem=1024.0, ports=((31, 31), (40, 41)), role="web")
+    assert (parsed.id, parsed.agent_id, parsed.hostname, parsed.role) == ("o1", "a1", "h1", "web")
+    assert (parsed.cpus, parsed.mem, parsed.ports) == (2.0, 1024.0, ((31, 31), (40, 41)))
     assert parsed.port_count == 3
+    assert [p.source for p in parsed.pools if p.name == "cpus"] == ["{}", '{"role": "web"}']
 
 
 def _offer(cpus: float, mem: float, ports: tuple[tuple[int, int], ...] = ((100, 104),)) -> Offer:
-    return Offer("o", "a", "h", cpus=cpus, mem=mem, ports=ports)
+    return Offer.unreserved("o", "a", "h", cpus=cpus, mem=mem, ports=ports)
 
 
 @pytest.mark.parametrize(
@@ -703,9 +942,9 @@ def test_need_fits(need: Need, offer: Offer, fits: bool) -> None:
 
 def test_take_uses_the_lowest_ports_across_ranges_and_leaves_the_rest() -> None:
     offer = _offer(2, 1024, ((100, 101), (200, 205)))
-    ports, rest = take(offer, Need(0.5, 256, 3))
-    assert ports == (100, 101, 200)
-    assert (rest.cpus, rest.mem, rest.ports) == (1.5, 768, ((201, 205),))
+    taken = take(offer, Need(0.5, 256, 3))
+    assert taken.ports == (100, 101, 200)
+    assert (taken.rest.cpus, taken.rest.mem, taken.rest.ports) == (1.5, 768, ((201, 205),))
 
 
 @pytest.mark.parametrize(
@@ -755,3 +994,70 @@ def test_shortfall_names_the_missing_resource(need: Need, offers: list[Offer], e
 )
 def test_port_ranges(ports: list[int], expected: list[dict[str, int]]) -> None:
     assert port_ranges(ports) == expected
+
+
+def _pool(name: str, amount: float = 0.0, ranges: tuple[tuple[int, int], ...] = (), role: str = "*") -> Pool:
+    source: dict[str, Any] = {"allocation_info": {"role": "web"}, "role": role}
+    if role != "*":
+        source["reservations"] = [{"type": "STATIC", "role": role}]
+    return Pool(name, amount, ranges, json.dumps(source, sort_keys=True))
+
+
+def test_take_uses_reserved_pools_first_and_echoes_each_pools_role_and_reservations() -> None:
+    offer = Offer(
+        "o",
+        "a",
+        "h",
+        (
+            _pool("cpus", 3.0),
+            _pool("cpus", 0.25, role="web"),
+            _pool("mem", 1024),
+            _pool("mem", 100, role="web"),
+            _pool("ports", ranges=((10, 12),)),
+        ),
+        role="web",
+    )
+    taken = take(offer, Need(1.0, 128, 2))
+    reserved = {"allocation_info": {"role": "web"}, "role": "web", "reservations": [{"type": "STATIC", "role": "web"}]}
+    unreserved = {"allocation_info": {"role": "web"}, "role": "*"}
+    assert taken.resources == [
+        {"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.25}, **reserved},
+        {"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.75}, **unreserved},
+        {"name": "mem", "type": "SCALAR", "scalar": {"value": 100}, **reserved},
+        {"name": "mem", "type": "SCALAR", "scalar": {"value": 28}, **unreserved},
+        {"name": "ports", "type": "RANGES", "ranges": {"range": [{"begin": 10, "end": 11}]}, **unreserved},
+    ]
+    assert taken.ports == (10, 11)
+    assert (taken.rest.cpus, taken.rest.mem, taken.rest.ports) == (2.25, 996, ((12, 12),))
+    assert all(not p.reserved for p in taken.rest.pools)
+
+
+def test_offers_of_leaves_revocable_resources_out() -> None:
+    offer = {
+        "id": {"value": "o"},
+        "agent_id": {"value": "a"},
+        "hostname": "h",
+        "resources": [
+            {"name": "cpus", "type": "SCALAR", "scalar": {"value": 4}, "revocable": {}},
+            {"name": "cpus", "type": "SCALAR", "scalar": {"value": 1}},
+        ],
+    }
+    (parsed,) = offers_of({"offers": {"offers": [offer]}})
+    assert parsed.cpus == 1
+
+
+@pytest.mark.parametrize(
+    ("role", "roles", "usable"),
+    [("web", ("web",), True), ("other", ("web",), False), (None, ("*",), True), (None, ("web",), False)],
+)
+def test_usable_role(role: str | None, roles: tuple[str, ...], usable: bool) -> None:
+    assert usable_role(Offer("o", "a", "h", role=role), roles) is usable
+
+
+def test_a_memory_limitation_flags_the_instance_and_keeps_the_first_sentence() -> None:
+    message = "Memory limit exceeded: Requested: 64MB Maximum Used: 64MB\n\nMEMORY STATISTICS: \ncache 0\n"
+    status = TaskStatus("t", "TASK_FAILED", message=message, reason="REASON_CONTAINER_LIMITATION_MEMORY")
+    outcome = task_outcome(status)
+    assert outcome.flags == {"memory-limit-exceeded"}
+    assert outcome.message == "Memory limit exceeded: Requested: 64MB Maximum Used: 64MB"
+    assert task_outcome(TaskStatus("t", "TASK_FAILED", message="Command exited with status 1")).flags == frozenset()

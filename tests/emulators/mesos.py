@@ -1,8 +1,10 @@
 """A Mesos master emulator (v1 scheduler HTTP API) with one agent whose tasks are real local processes.
 
-The scheduler API is in ``mesos_master``, the agent in ``mesos_agent``. Emulator-only controls live under
-``/emulator/`` for tests: read the state, close the event stream, kill or lose a task, change the agent's resources,
-pause heartbeats.
+The scheduler API is in ``mesos_master``, the agents in ``mesos_agent``. Emulator-only controls live under
+``/emulator/`` for tests: read the state, close the event stream, kill a task (with a signal), lose it (and have it
+come back), run it out of memory, change the first agent's resources, remove an agent, pause heartbeats, fail the
+master over, send an event of any type the master sends, and switch real-master behaviours on and off
+(``POST /emulator/behaviours``, see ``mesos_master.Behaviours``).
 
 Run from the project root: ``python -m tests.emulators.mesos --port 5050`` (``--port 0`` picks a free port; the
 first line on stdout says where it listens). ``--leader HOST:PORT`` makes it a non-leading master that answers
@@ -18,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -46,14 +49,64 @@ def controls(master: Master) -> Iterator[web.RouteDef]:
                 framework.stream.put_nowait(None)
         return web.json_response({"closed": closed})
 
+    async def body_of(request: web.Request) -> dict[str, Any]:
+        body = await request.json() if request.can_read_body else {}
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text="the body must be a JSON object")
+        return body
+
     async def kill_task(request: web.Request) -> web.Response:
-        master.agent.signal(_task_or_404(master, request), signal.SIGKILL)
-        return web.json_response({"killed": request.match_info["task_id"]})
+        task = _task_or_404(master, request)
+        name = str((await body_of(request)).get("signal", "KILL")).upper().removeprefix("SIG")
+        master.agent_of(task.agent_id).signal(task, signal.Signals[f"SIG{name}"])  # type: ignore[union-attr]
+        return web.json_response({"killed": task.id})
 
     async def lose_task(request: web.Request) -> web.Response:
+        """The agent loses the task (TASK_LOST); with come-back-after-ms the process lives on and reappears."""
         task = _task_or_404(master, request)
-        master.agent.lose(task)
+        after = (await body_of(request)).get("come-back-after-ms")
+        if after is None:
+            master.agent_of(task.agent_id).lose(task)  # type: ignore[union-attr]
+        else:
+            task.state = "TASK_LOST"
+            master._update(
+                task.framework_id,
+                task.agent_id,
+                task.id,
+                "TASK_LOST",
+                "Agent disconnected",
+                "REASON_AGENT_DISCONNECTED",
+            )
+            asyncio.get_running_loop().call_later(float(after) / 1000, master.come_back, task)
         return web.json_response({"lost": task.id})
+
+    async def oom_task(request: web.Request) -> web.Response:
+        task = _task_or_404(master, request)
+        master.agent_of(task.agent_id).run_out_of_memory(task)  # type: ignore[union-attr]
+        return web.json_response({"out-of-memory": task.id})
+
+    async def behaviours(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(master.set_behaviours(await body_of(request)))
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
+
+    async def fail_over(request: web.Request) -> web.Response:
+        master.fail_over()
+        return web.json_response({"reregistering-for-secs": master.behaviours.reregister_after_secs})
+
+    async def remove_agent(request: web.Request) -> web.Response:
+        index = int(request.match_info["index"])
+        if not 0 <= index < len(master.agents):
+            raise web.HTTPNotFound(text=f"No agent {index}; there are {len(master.agents)}")
+        master.remove_agent(master.agents[index])
+        return web.json_response({"removed": master.agents[index].id})
+
+    async def send_event(request: web.Request) -> web.Response:
+        try:
+            return web.json_response(master.send_event(str((await body_of(request)).get("type"))))
+        except ValueError as error:
+            raise web.HTTPBadRequest(text=str(error)) from None
 
     async def agent(request: web.Request) -> web.Response:
         body = await request.json()
@@ -73,6 +126,11 @@ def controls(master: Master) -> Iterator[web.RouteDef]:
     yield web.post("/emulator/close-stream", close_stream)
     yield web.post("/emulator/tasks/{task_id}/kill", kill_task)
     yield web.post("/emulator/tasks/{task_id}/lose", lose_task)
+    yield web.post("/emulator/tasks/{task_id}/oom", oom_task)
+    yield web.post("/emulator/behaviours", behaviours)
+    yield web.post("/emulator/master-failover", fail_over)
+    yield web.post("/emulator/agents/{index}/remove", remove_agent)
+    yield web.post("/emulator/events", send_event)
     yield web.post("/emulator/agent", agent)
     yield web.post("/emulator/heartbeats", heartbeats)
 
@@ -100,6 +158,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-secs", type=float, default=15.0)
     parser.add_argument("--allocation-secs", type=float, default=1.0)
     parser.add_argument("--update-retry-secs", type=float, default=10.0)
+    parser.add_argument("--agents", type=int, default=1, help="agents, each with the resources above")
+    parser.add_argument(
+        "--reserve",
+        action="append",
+        default=[],
+        metavar="ROLE:CPUS:MEM",
+        help="statically reserve this much of every agent's cpus and mem (MiB) for ROLE; repeatable",
+    )
+    parser.add_argument(
+        "--behaviour",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="switch a real-master behaviour at start (as POST /emulator/behaviours does), e.g. core-dumps=true",
+    )
     return parser.parse_args(argv)
 
 
@@ -115,6 +188,9 @@ async def serve(args: argparse.Namespace) -> None:
         allocation_secs=args.allocation_secs,
         update_retry_secs=args.update_retry_secs,
         leader=args.leader,
+        agents=args.agents,
+        reserved={role: (float(cpus), float(mem)) for role, cpus, mem in (r.split(":") for r in args.reserve)},
+        behaviours=dict(b.split("=", 1) for b in args.behaviour),
     )
     runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None, shutdown_timeout=5)
     await runner.setup()

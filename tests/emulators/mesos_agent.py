@@ -1,21 +1,24 @@
-"""The Mesos master emulator's one agent: its resources, and its tasks run as real local processes.
+"""The Mesos master emulator's agents: their resources (some statically reserved for roles), and their tasks run as
+real local processes.
 
 A task runs as ``/bin/sh -c <command>`` (``shell: true``) in a new session, so one ``killpg`` reaches everything it
 started. Its sandbox is laid out like a real agent's (``<work-dir>/slaves/<agent>/frameworks/<framework>/executors/
 <task>/runs/<run>``, with a ``latest`` link) and holds its ``stdout`` and ``stderr``. Every change of a task is
 reported through ``on_status`` in the command executor's words ("Command exited with status 3", "Command
-terminated with signal Killed").
+terminated with signal Killed", "... (core dumped)" when core dumps are switched on), or the memory isolator's
+("Memory limit exceeded: ...", REASON_CONTAINER_LIMITATION_MEMORY) for a task the controls run out of memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,21 +28,30 @@ TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_ERROR", "TASK_L
 # What an agent passes on from its own environment (a real one passes all of it; tests need only these).
 INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 DEFAULT_KILL_GRACE_SECS = 3.0  # the command executor's default
+UNRESERVED = "*"
+# Signals whose default action dumps core (signal(7)); with core dumps on, WSTRINGIFY says "(core dumped)".
+CORE_SIGNALS = frozenset(
+    {signal.SIGQUIT, signal.SIGILL, signal.SIGTRAP, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGSEGV}
+)
+_QUANTITY_FIELDS = frozenset({"name", "type", "scalar", "ranges", "set"})
 
 
 @dataclass
 class Task:
     id: str
     framework_id: str
-    cpus: float
-    mem: float
+    agent_id: str
+    usage: dict[str, tuple[float, float]]  # reservation role ("*": unreserved) -> cpus, mem taken from it
     ports: tuple[int, ...]
     sandbox: Path
     kill_grace: float
+    user: str
     state: str = "TASK_STAGING"
     process: asyncio.subprocess.Process | None = None
     kill_requested: bool = False
     lost: bool = False  # report TASK_LOST (the agent "lost" it) instead of how the process ended
+    out_of_memory: bool = False  # report the memory isolator's limitation instead of how the process ended
+    mem_limit: float = 0.0
 
     @property
     def terminal(self) -> bool:
@@ -50,19 +62,59 @@ class Task:
 StatusSink = Callable[[Task, str, str | None, str | None, str], None]
 
 
-def task_resources(task_info: dict[str, Any]) -> tuple[float, float, list[int]]:
-    """The cpus, mem and ports a TaskInfo asks for."""
-    cpus = mem = 0.0
+def source_key(resource: Mapping[str, Any]) -> str:
+    """Where a resource comes from, as the master compares it: role, reservations, allocation, disk, ...
+
+    The deprecated ``role`` (with ``reservation``) is the same thing as a one-entry ``reservations`` list.
+    """
+    fields = {k: v for k, v in resource.items() if k not in _QUANTITY_FIELDS}
+    role = fields.pop("role", UNRESERVED)
+    reservation = fields.pop("reservation", None)
+    if not fields.get("reservations") and role != UNRESERVED:
+        fields["reservations"] = [{"type": "DYNAMIC" if reservation else "STATIC", "role": role}]
+    if not fields.get("reservations"):
+        fields.pop("reservations", None)  # an empty list says the same as none
+    return json.dumps(fields, sort_keys=True)
+
+
+def reservation_role(resource: Mapping[str, Any]) -> str:
+    """The role a resource is reserved for ("*" when unreserved): the last (most refined) reservation's."""
+    reservations = json.loads(source_key(resource)).get("reservations") or []
+    return str(reservations[-1].get("role", UNRESERVED)) if reservations else UNRESERVED
+
+
+def describe(resources: Iterable[Mapping[str, Any]]) -> str:
+    """Resources the way the master writes them in messages: ``cpus(allocated: web)(reservations: [...]):0.5``."""
+    parts = []
+    for resource in resources:
+        fields = json.loads(source_key(resource))
+        label = str(resource.get("name"))
+        if "allocation_info" in fields:
+            label += f"(allocated: {fields['allocation_info'].get('role')})"
+        if fields.get("reservations"):
+            entries = ",".join(f"({r.get('type')},{r.get('role')})" for r in fields["reservations"])
+            label += f"(reservations: [{entries}])"
+        if "scalar" in resource:
+            label += f":{resource['scalar']['value']:g}"
+        elif "ranges" in resource:
+            label += ":[" + ", ".join(f"{r['begin']}-{r['end']}" for r in resource["ranges"]["range"]) + "]"
+        parts.append(label)
+    return "; ".join(parts) or "{}"
+
+
+def task_resources(task_info: Mapping[str, Any]) -> tuple[dict[str, tuple[float, float]], list[int]]:
+    """The cpus and mem a TaskInfo takes per reservation role, and its ports."""
+    usage: dict[str, list[float]] = {}
     ports: list[int] = []
     for resource in task_info.get("resources") or ():
-        if resource.get("name") == "cpus":
-            cpus += float(resource["scalar"]["value"])
-        elif resource.get("name") == "mem":
-            mem += float(resource["scalar"]["value"])
+        role = reservation_role(resource)
+        if resource.get("name") in ("cpus", "mem"):
+            entry = usage.setdefault(role, [0.0, 0.0])
+            entry[0 if resource["name"] == "cpus" else 1] += float(resource["scalar"]["value"])
         elif resource.get("name") == "ports":
             for span in resource["ranges"]["range"]:
                 ports.extend(range(int(span["begin"]), int(span["end"]) + 1))
-    return cpus, mem, ports
+    return {role: (cpus, mem) for role, (cpus, mem) in usage.items()}, ports
 
 
 def open_logs(sandbox: Path) -> tuple[BinaryIO, BinaryIO]:
@@ -75,11 +127,20 @@ def open_logs(sandbox: Path) -> tuple[BinaryIO, BinaryIO]:
         raise
 
 
-def exit_message(code: int) -> str:
+def exit_message(code: int, core_dumps: bool = False) -> str:
     """The command executor's words (WSTRINGIFY); asyncio reports death by signal N as -N."""
     if code >= 0:
         return f"Command exited with status {code}"
-    return f"Command terminated with signal {signal.strsignal(-code) or -code}"
+    core = " (core dumped)" if core_dumps and -code in CORE_SIGNALS else ""
+    return f"Command terminated with signal {signal.strsignal(-code) or -code}{core}"
+
+
+def memory_limit_message(mem: float) -> str:
+    """The cgroups memory isolator's words for a task it stopped, statistics after a blank line."""
+    return (
+        f"Memory limit exceeded: Requested: {mem:g}MB Maximum Used: {mem:g}MB\n\n"
+        "MEMORY STATISTICS: \ncache 0\nrss 0\nmapped_file 0\n"
+    )
 
 
 def grace_of(holder: dict[str, Any], default: float) -> float:
@@ -88,42 +149,83 @@ def grace_of(holder: dict[str, Any], default: float) -> float:
     return default if nanos is None else int(nanos) / 1e9
 
 
+@dataclass
+class Held:
+    """Resources of an agent held in an outstanding offer."""
+
+    usage: dict[str, tuple[float, float]]  # reservation role -> cpus, mem
+    ports: list[int]
+
+
+@dataclass
+class Free:
+    """What an agent can still offer: cpus and mem per reservation role ("*": unreserved), and free ports."""
+
+    by_role: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ports: list[int] = field(default_factory=list)
+
+
 class Agent:
     def __init__(
-        self, hostname: str, cpus: float, mem: float, ports: tuple[int, int], work_dir: Path, on_status: StatusSink
+        self,
+        index: int,
+        hostname: str,
+        cpus: float,
+        mem: float,
+        ports: tuple[int, int],
+        work_dir: Path,
+        on_status: StatusSink,
+        tasks: dict[str, Task],
+        reserved: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
-        self.id = f"{uuid.uuid4()}-S0"
+        self.id = f"{uuid.uuid4()}-S{index}"
         self.hostname = hostname
         self.cpus = cpus
         self.mem = mem
         self.ports = ports
+        self.reserved = dict(reserved or {})  # static reservations: role -> cpus, mem (out of cpus and mem)
         self.work_dir = work_dir
-        self.tasks: dict[str, Task] = {}
+        self.tasks = tasks  # shared with the master (every agent's tasks, by id)
+        self.removed = False  # the agent failed: no more offers, its tasks are lost
+        self.core_dumps = False
         self._on_status = on_status
         self._watchers: set[asyncio.Task[None]] = set()
 
-    def free(self, held: Iterable[tuple[float, float, Iterable[int]]]) -> tuple[float, float, list[int]]:
+    def capacity(self) -> dict[str, tuple[float, float]]:
+        reserved_cpus = sum(c for c, _ in self.reserved.values())
+        reserved_mem = sum(m for _, m in self.reserved.values())
+        return {UNRESERVED: (self.cpus - reserved_cpus, self.mem - reserved_mem), **self.reserved}
+
+    def free(self, held: Iterable[Held]) -> Free:
         """Resources neither used by a live task nor ``held`` (outstanding offers); ports must also be bindable."""
-        live = [t for t in self.tasks.values() if not t.terminal]
+        live = [t for t in self.tasks.values() if t.agent_id == self.id and not t.terminal]
         held = list(held)
-        cpus = self.cpus - sum(t.cpus for t in live) - sum(h[0] for h in held)
-        mem = self.mem - sum(t.mem for t in live) - sum(h[1] for h in held)
-        taken = {p for t in live for p in t.ports} | {p for h in held for p in h[2]}
+        left = {role: [cpus, mem] for role, (cpus, mem) in self.capacity().items()}
+        for usage in [t.usage for t in live] + [h.usage for h in held]:
+            for role, (cpus, mem) in usage.items():
+                if role in left:
+                    left[role][0] -= cpus
+                    left[role][1] -= mem
+        taken = {p for t in live for p in t.ports} | {p for h in held for p in h.ports}
         low, high = self.ports
         ports = [p for p in range(low, high + 1) if p not in taken and port_is_bindable(self.hostname, p)]
-        return round(cpus, 6), round(mem, 6), ports
+        return Free({role: (round(c, 6), round(m, 6)) for role, (c, m) in left.items()}, ports)
 
-    def launch(self, framework_id: str, info: dict[str, Any], cpus: float, mem: float, ports: tuple[int, ...]) -> None:
+    def launch(self, framework_id: str, info: dict[str, Any], user: str) -> Task:
         task_id = str(info["task_id"]["value"])
+        usage, ports = task_resources(info)
         executor = self.work_dir / "slaves" / self.id / "frameworks" / framework_id / "executors" / task_id
         run = executor / "runs" / str(uuid.uuid4())
         run.mkdir(parents=True)
         (executor / "runs" / "latest").symlink_to(run.name)
-        task = Task(task_id, framework_id, cpus, mem, ports, run, grace_of(info, DEFAULT_KILL_GRACE_SECS))
+        grace = grace_of(info, DEFAULT_KILL_GRACE_SECS)
+        task = Task(task_id, framework_id, self.id, usage, tuple(ports), run, grace, user)
+        task.mem_limit = sum(mem for _, mem in usage.values())
         self.tasks[task_id] = task
         watcher = asyncio.create_task(self._run(task, info["command"]), name=f"task {task_id}")
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
+        return task
 
     def kill(self, task: Task, grace: float) -> None:
         """SIGTERM, then SIGKILL after ``grace`` (at once when it is 0); reported as TASK_KILLED."""
@@ -136,6 +238,11 @@ class Agent:
 
     def lose(self, task: Task) -> None:
         task.lost = True
+        self.signal(task, signal.SIGKILL)
+
+    def run_out_of_memory(self, task: Task) -> None:
+        """What the memory isolator does to a task over its limit: SIGKILL, reported as a memory limitation."""
+        task.out_of_memory = True
         self.signal(task, signal.SIGKILL)
 
     def signal(self, task: Task, signum: int) -> None:
@@ -200,9 +307,13 @@ class Agent:
         self.signal(task, signal.SIGKILL)  # what the command left behind dies with it
         if task.lost:
             self._report(task, "TASK_LOST", "Agent lost the task", "REASON_AGENT_DISCONNECTED", "SOURCE_MASTER")
+        elif task.out_of_memory:
+            message = memory_limit_message(task.mem_limit)
+            self._report(task, "TASK_FAILED", message, "REASON_CONTAINER_LIMITATION_MEMORY", "SOURCE_AGENT")
         elif task.kill_requested:
-            self._report(task, "TASK_KILLED", exit_message(code))
+            self._report(task, "TASK_KILLED", exit_message(code, self.core_dumps))
         elif code == 0:
             self._report(task, "TASK_FINISHED", exit_message(code))
         else:
-            self._report(task, "TASK_FAILED", exit_message(code), "REASON_COMMAND_EXECUTOR_FAILED")
+            message = exit_message(code, self.core_dumps)
+            self._report(task, "TASK_FAILED", message, "REASON_COMMAND_EXECUTOR_FAILED")

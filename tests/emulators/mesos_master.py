@@ -5,6 +5,13 @@ with the real nesting (``{"offers": {"offers": [...]}}``, ``{"error": {"message"
 framework, status updates carrying a uuid and resent until acknowledged (one at a time per task, as an agent's
 status update manager does), implicit and explicit reconciliation, offer filters (``refuse_seconds``), REVIVE and
 SUPPRESS, and the failover timeout: a framework that stays away longer loses its tasks and its id.
+
+Several agents, each with part of its cpus and mem statically reserved for roles (``Config.reserved``); a framework
+holding several roles gets one offer per agent and role, each resource with its ``allocation_info`` and reserved
+ones with their ``reservations``. An ACCEPT is checked as the master's validation does: the tasks' resources must be
+contained in the offered ones field by field (role, reservations, allocation), else TASK_ERROR "Task uses more
+resources ... than available ...". Behaviours of a real master that tests switch on and off (``Behaviours``, the
+``/emulator/behaviours`` control) are listed there.
 """
 
 from __future__ import annotations
@@ -22,7 +29,16 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.emulators.mesos_agent import TERMINAL, Agent, Task, grace_of, task_resources
+from tests.emulators.mesos_agent import (
+    TERMINAL,
+    UNRESERVED,
+    Agent,
+    Held,
+    Task,
+    describe,
+    grace_of,
+    source_key,
+)
 from waiter.scheduler.mesos_proto import encode_record, port_ranges
 
 JSON = "application/json"
@@ -59,6 +75,26 @@ class Config:
     allocation_secs: float = 1.0  # offers are made this often (and at once after a change)
     update_retry_secs: float = 10.0  # an unacknowledged status update is sent again after this
     leader: str | None = None  # set: this master does not lead and redirects to the leader
+    agents: int = 1  # each with cpus, mem and ports as above
+    reserved: dict[str, tuple[float, float]] = field(default_factory=dict)  # role -> cpus, mem on every agent
+    behaviours: dict[str, str] = field(default_factory=dict)  # switched at start, as the control does
+
+
+@dataclass
+class Behaviours:
+    """What a real master does that tests switch on or off (POST /emulator/behaviours with these names, dashed)."""
+
+    # 415 unless Content-Type is exactly application/json (http.cpp compares the whole value: no ";charset").
+    exact_content_type: bool = True
+    # A framework subscribing again closes its old stream with ERROR "Framework failed over" first.
+    failover_error: bool = True
+    # 503 "Master has not finished recovery" for every scheduler call (a new leader still reading its registry).
+    recovering: bool = False
+    # Signals that dump core are reported "Command terminated with signal ... (core dumped)".
+    core_dumps: bool = False
+    # After /emulator/master-failover, explicit reconciliation of a task whose agent has not re-registered gets
+    # no answer, and implicit reconciliation leaves it out, until the agent re-registers this long after.
+    reregister_after_secs: float = 1.0
 
 
 @dataclass
@@ -76,10 +112,15 @@ class Framework:
     pending: dict[str, collections.deque[dict[str, Any]]] = field(default_factory=dict)
     sent_at: dict[str, float] = field(default_factory=dict)
 
+    inverse_answers: dict[str, str] = field(default_factory=dict)  # inverse offer id -> accepted | declined
+
+    @property
+    def roles(self) -> list[str]:
+        return [str(r) for r in self.info.get("roles") or [self.info.get("role") or "*"]]
+
     @property
     def role(self) -> str:
-        roles = self.info.get("roles") or [self.info.get("role") or "*"]
-        return str(roles[0])
+        return self.roles[0]
 
     def send(self, event: dict[str, Any]) -> None:
         if self.stream is not None:
@@ -95,30 +136,86 @@ def _value(obj: Any, key: str) -> str | None:
     return str(inner["value"]) if isinstance(inner, dict) and "value" in inner else None
 
 
+@dataclass
+class HeldOffer:
+    framework_id: str
+    agent: Agent
+    role: str
+    held: Held
+    resources: list[dict[str, Any]]
+
+
 class Master:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.agent = Agent(config.hostname, config.cpus, config.mem, config.ports, config.work_dir, self._on_status)
-        self.tasks = self.agent.tasks
+        self.behaviours = Behaviours()
+        self.tasks: dict[str, Task] = {}  # every agent's tasks
+        self.agents = [
+            Agent(
+                index,
+                config.hostname,
+                config.cpus,
+                config.mem,
+                _slice(config.ports, index, config.agents),
+                config.work_dir,
+                self._on_status,
+                self.tasks,
+                config.reserved,
+            )
+            for index in range(config.agents)
+        ]
         self.frameworks: dict[str, Framework] = {}
         self.removed: set[str] = set()
-        self.offers: dict[str, tuple[str, float, float, list[int]]] = {}  # id -> framework, cpus, mem, ports
+        self.offers: dict[str, HeldOffer] = {}
+        self.inverse_offers: dict[str, str] = {}  # id -> agent id
+        self.reregistering_until: float = 0.0  # monotonic: agents re-register after a master failover
         self.heartbeats = True
+        self.unavailable = 0  # calls answered 503 while recovering
+        self.set_behaviours(config.behaviours)
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._offer_counter = 0
+
+    def set_behaviours(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Switch behaviours by their dashed names (true/false, numbers); all of them, as they are now."""
+        known = self.behaviours
+        for name, value in values.items():
+            attribute = name.replace("-", "_")
+            if not hasattr(known, attribute):
+                raise ValueError(f"behaviour {name!r} is unknown; known: {sorted(vars(known))}")
+            current = getattr(known, attribute)
+            if isinstance(current, bool):
+                setattr(known, attribute, str(value).lower() in ("true", "1", "yes", "on"))
+            else:
+                setattr(known, attribute, type(current)(value))
+        for agent in self.agents:
+            agent.core_dumps = known.core_dumps
+        return {k.replace("_", "-"): v for k, v in vars(known).items()}
+
+    @property
+    def agent(self) -> Agent:
+        """The first agent (the one the single-agent controls act on)."""
+        return self.agents[0]
+
+    def agent_of(self, agent_id: str) -> Agent | None:
+        return next((a for a in self.agents if a.id == agent_id), None)
 
     # -- the HTTP API --
 
     async def scheduler(self, request: web.Request) -> web.StreamResponse:
         if self.config.leader:
             raise web.HTTPTemporaryRedirect(f"//{self.config.leader}/api/v1/scheduler")
+        if self.behaviours.recovering:
+            self.unavailable += 1
+            raise web.HTTPServiceUnavailable(text="Master has not finished recovery")
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         content_type = request.headers.get("Content-Type")
         if not content_type:
             raise web.HTTPBadRequest(text="Expecting 'Content-Type' to be present")
-        media = content_type.split(";")[0].strip().lower()
+        media = content_type.strip().lower()
+        if not self.behaviours.exact_content_type:
+            media = media.split(";")[0].strip()
         if media not in (JSON, PROTOBUF):
             raise web.HTTPUnsupportedMediaType(text=f"Expecting 'Content-Type' of {JSON} or {PROTOBUF}")
         if media == PROTOBUF:
@@ -193,8 +290,10 @@ class Master:
         framework = self.frameworks.get(framework_id)
         if framework is None:
             framework = self.frameworks[framework_id] = Framework(framework_id, info)
-        if framework.stream is not None:
-            framework.stream.put_nowait(None)  # one subscription per framework: the old stream closes
+        if framework.stream is not None:  # one subscription per framework: the old stream closes
+            if self.behaviours.failover_error:
+                framework.send({"type": "ERROR", "error": {"message": "Framework failed over"}})
+            framework.stream.put_nowait(None)
         if framework.failover_timer is not None:
             framework.failover_timer.cancel()
             framework.failover_timer = None
@@ -213,7 +312,7 @@ class Master:
 
     def _disconnected(self, framework: Framework) -> None:
         framework.stream = None
-        for offer_id in [o for o, (fid, *_rest) in self.offers.items() if fid == framework.id]:
+        for offer_id in [o for o, held in self.offers.items() if held.framework_id == framework.id]:
             del self.offers[offer_id]
         timeout = float(framework.info.get("failover_timeout", 0.0))
         loop = asyncio.get_running_loop()
@@ -228,7 +327,7 @@ class Master:
             framework.stream = None
         for task in self.tasks.values():
             if task.framework_id == framework.id and not task.terminal:
-                self.agent.kill(task, 0.0)
+                self._agent_of_task(task).kill(task, 0.0)
 
     # -- calls --
 
@@ -255,6 +354,11 @@ class Master:
             framework.suppressed = True
         elif kind == "TEARDOWN":
             self._remove(framework)
+        elif kind in ("ACCEPT_INVERSE_OFFERS", "DECLINE_INVERSE_OFFERS"):
+            answer = "accepted" if kind == "ACCEPT_INVERSE_OFFERS" else "declined"
+            for inverse_id in body.get("inverse_offer_ids") or ():
+                if str(inverse_id.get("value")) in self.inverse_offers:
+                    framework.inverse_answers[str(inverse_id["value"])] = answer
 
     def _refuse(self, framework: Framework, body: dict[str, Any]) -> None:
         refuse = float((body.get("filters") or {}).get("refuse_seconds", 5.0))
@@ -263,42 +367,64 @@ class Master:
 
     def _accept(self, framework: Framework, body: dict[str, Any]) -> None:
         offer_ids = [str(o["value"]) for o in body.get("offer_ids") or ()]
-        invalid = [o for o in offer_ids if self.offers.get(o, ("",))[0] != framework.id]
-        cpus = mem = 0.0
-        ports: set[int] = set()
-        for offer_id in offer_ids:
-            if offer_id not in invalid:
-                _fid, offer_cpus, offer_mem, offer_ports = self.offers.pop(offer_id)
-                cpus, mem = cpus + offer_cpus, mem + offer_mem
-                ports.update(offer_ports)
+        invalid = [o for o in offer_ids if o not in self.offers or self.offers[o].framework_id != framework.id]
+        held = [self.offers.pop(o) for o in offer_ids if o not in invalid]
+        agents = {h.agent.id for h in held}
+        offered: dict[tuple[str, str], float] = collections.defaultdict(float)
+        offered_ports: dict[str, set[int]] = collections.defaultdict(set)
+        for resource in (r for h in held for r in h.resources):
+            _add(resource, offered, offered_ports)
+        listing = [r for h in held for r in h.resources]
         for operation in body.get("operations") or ():
             if operation.get("type") != "LAUNCH":
                 continue
             for info in operation.get("launch", {}).get("task_infos") or ():
                 task_id = _value(info, "task_id") or ""
+                agent_id = _value(info, "agent_id") or ""
                 if invalid:
                     reason = f"Task launched with invalid offers: Offer {invalid[0]} is no longer valid"
-                    self._update(framework.id, task_id, "TASK_LOST", reason, "REASON_INVALID_OFFERS", "SOURCE_MASTER")
+                    self._update(framework.id, agent_id, task_id, "TASK_LOST", reason, "REASON_INVALID_OFFERS")
                     continue
-                need_cpus, need_mem, need_ports = task_resources(info)
-                problem = self._launch_problem(info, task_id, cpus - need_cpus, mem - need_mem, ports, need_ports)
+                problem = self._launch_problem(info, task_id, agent_id, agents, offered, offered_ports, listing)
                 if problem:
-                    self._update(framework.id, task_id, "TASK_ERROR", problem, "REASON_TASK_INVALID", "SOURCE_MASTER")
+                    self._update(framework.id, agent_id, task_id, "TASK_ERROR", problem, "REASON_TASK_INVALID")
                     continue
-                cpus, mem = cpus - need_cpus, mem - need_mem
-                ports.difference_update(need_ports)
-                self.agent.launch(framework.id, info, need_cpus, need_mem, tuple(need_ports))
+                user = str((info.get("command") or {}).get("user") or framework.info.get("user"))
+                agent = self.agent_of(agent_id)
+                assert agent is not None
+                agent.launch(framework.id, info, user)
         self._refuse(framework, body)
 
     def _launch_problem(
-        self, info: dict[str, Any], task_id: str, cpus_left: float, mem_left: float, ports: set[int], need: list[int]
+        self,
+        info: dict[str, Any],
+        task_id: str,
+        agent_id: str,
+        agents: set[str],
+        offered: dict[tuple[str, str], float],
+        offered_ports: dict[str, set[int]],
+        listing: list[dict[str, Any]],
     ) -> str | None:
+        """The master's validation of one task against what is left of the offers (which it then takes)."""
         if not task_id or task_id in self.tasks:
             return f"Task has duplicate or missing ID: {task_id!r}"
+        if len(agents) != 1 or agent_id not in agents:
+            return f"Task uses agent {agent_id!r} but the offers are from {sorted(agents)}"
         if not (info.get("command") or {}).get("value"):
             return "Task has no 'command.value' (this emulator runs commands only)"
-        if cpus_left < -1e-9 or mem_left < -1e-9 or not set(need) <= ports:
-            return "Task uses more resources than available in the offers"
+        needed: dict[tuple[str, str], float] = collections.defaultdict(float)
+        needed_ports: dict[str, set[int]] = collections.defaultdict(set)
+        for resource in info.get("resources") or ():
+            _add(resource, needed, needed_ports)
+        short = any(amount > offered.get(key, 0.0) + 1e-9 for key, amount in needed.items())
+        if short or any(not ports <= offered_ports.get(key, set()) for key, ports in needed_ports.items()):
+            return (
+                f"Task uses more resources {describe(info.get('resources') or [])} than available {describe(listing)}"
+            )
+        for key, amount in needed.items():
+            offered[key] -= amount
+        for key, ports in needed_ports.items():
+            offered_ports[key] -= ports
         return None
 
     def _kill(self, framework: Framework, body: dict[str, Any]) -> None:
@@ -309,7 +435,7 @@ class Master:
             return
         if task.terminal:
             return
-        self.agent.kill(task, grace_of(body, task.kill_grace))
+        self._agent_of_task(task).kill(task, grace_of(body, task.kill_grace))
 
     def _acknowledge(self, framework: Framework, body: dict[str, Any]) -> None:
         task_id = _value(body, "task_id") or ""
@@ -325,6 +451,7 @@ class Master:
             self._resend_updates(framework)
 
     def _reconcile(self, framework: Framework, entries: list[dict[str, Any]]) -> None:
+        reregistering = time.monotonic() < self.reregistering_until
         if entries:
             wanted = [_value(entry, "task_id") or "" for entry in entries]
         else:
@@ -332,6 +459,9 @@ class Master:
         for task_id in wanted:
             task = self.tasks.get(task_id)
             known = task is not None and task.framework_id == framework.id
+            if known and reregistering:
+                continue  # its agent has not re-registered with this (new) master: no answer yet
+            agent_id = task.agent_id if task is not None else self.agent.id
             state = task.state if known and task is not None else "TASK_LOST"
             message = "Reconciliation: Latest task state" if known else "Reconciliation: Task is unknown"
             framework.send(
@@ -339,7 +469,7 @@ class Master:
                     "type": "UPDATE",
                     "update": {
                         "status": self._status(
-                            task_id, state, message, "REASON_RECONCILIATION", "SOURCE_MASTER", with_uuid=False
+                            agent_id, task_id, state, message, "REASON_RECONCILIATION", "SOURCE_MASTER", with_uuid=False
                         )
                     },
                 }
@@ -348,13 +478,21 @@ class Master:
     # -- status updates --
 
     def _status(
-        self, task_id: str, state: str, message: str | None, reason: str | None, source: str, *, with_uuid: bool
+        self,
+        agent_id: str,
+        task_id: str,
+        state: str,
+        message: str | None,
+        reason: str | None,
+        source: str,
+        *,
+        with_uuid: bool,
     ) -> dict[str, Any]:
         status: dict[str, Any] = {
             "task_id": _id(task_id),
             "state": state,
             "source": source,
-            "agent_id": _id(self.agent.id),
+            "agent_id": _id(agent_id),
             "timestamp": time.time(),
         }
         if source == "SOURCE_EXECUTOR":
@@ -363,23 +501,32 @@ class Master:
             status["message"] = message
         if reason:
             status["reason"] = reason
+        if reason == "REASON_CONTAINER_LIMITATION_MEMORY":
+            status["limitation"] = {"resources": [{"name": "mem", "type": "SCALAR", "scalar": {"value": 0}}]}
         if with_uuid:
             status["uuid"] = base64.b64encode(uuid.uuid4().bytes).decode()
         return status
 
     def _on_status(self, task: Task, state: str, message: str | None, reason: str | None, source: str) -> None:
-        self._update(task.framework_id, task.id, state, message, reason, source)
+        self._update(task.framework_id, task.agent_id, task.id, state, message, reason, source)
         if task.terminal:
             self._wake.set()  # its resources are free again
 
     def _update(
-        self, framework_id: str, task_id: str, state: str, message: str | None, reason: str | None, source: str
+        self,
+        framework_id: str,
+        agent_id: str,
+        task_id: str,
+        state: str,
+        message: str | None,
+        reason: str | None,
+        source: str = "SOURCE_MASTER",
     ) -> None:
         """A reliable update: queued per task and sent (again) until acknowledged."""
         framework = self.frameworks.get(framework_id)
         if framework is None:
             return  # removed: nobody to tell
-        status = self._status(task_id, state, message, reason, source, with_uuid=True)
+        status = self._status(agent_id, task_id, state, message, reason, source, with_uuid=True)
         framework.pending.setdefault(task_id, collections.deque()).append(status)
         self._resend_updates(framework)
 
@@ -398,40 +545,128 @@ class Master:
         for framework in self.frameworks.values():
             if framework.stream is None or framework.suppressed or now < framework.refused_until:
                 continue
-            if any(o[0] == framework.id for o in self.offers.values()):
+            if any(held.framework_id == framework.id for held in self.offers.values()):
                 continue
-            cpus, mem, ports = self.agent.free(o[1:] for o in self.offers.values())
-            if cpus < 0.01 and mem < 32:
-                return
-            self._offer_counter += 1
-            offer_id = f"{self.agent.id}-O{self._offer_counter}"
-            self.offers[offer_id] = (framework.id, cpus, mem, ports)
-            framework.send({"type": "OFFERS", "offers": {"offers": [self._offer_json(framework, offer_id)]}})
+            offers = []
+            for agent in self.agents:
+                if agent.removed:
+                    continue
+                for index, role in enumerate(framework.roles):
+                    offer = self._make_offer(framework, agent, role, first_role=index == 0)
+                    if offer is not None:
+                        offers.append(offer)
+            if offers:
+                framework.send({"type": "OFFERS", "offers": {"offers": offers}})
 
-    def _offer_json(self, framework: Framework, offer_id: str) -> dict[str, Any]:
-        _fid, cpus, mem, ports = self.offers[offer_id]
-        allocation = {"role": framework.role}
-        resources: list[dict[str, Any]] = [
-            {"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus}},
-            {"name": "mem", "type": "SCALAR", "scalar": {"value": mem}},
-        ]
-        if ports:
-            resources.append({"name": "ports", "type": "RANGES", "ranges": {"range": port_ranges(ports)}})
+    def _make_offer(self, framework: Framework, agent: Agent, role: str, *, first_role: bool) -> dict[str, Any] | None:
+        """One agent's free resources for one of the framework's roles: its reservations, and the unreserved ones
+        (all of them go to the framework's first role)."""
+        free = agent.free(h.held for h in self.offers.values() if h.agent is agent)
+        allocation = {"role": role}
+        resources: list[dict[str, Any]] = []
+        usage: dict[str, tuple[float, float]] = {}
+        ports: list[int] = []
+        sources = [role] if role != UNRESERVED else []
+        if first_role:
+            sources.append(UNRESERVED)
+        for source in sources:
+            cpus, mem = free.by_role.get(source, (0.0, 0.0))
+            if cpus < 0.01 and mem < 1:
+                continue
+            where: dict[str, Any] = {"role": source, "allocation_info": allocation}
+            if source != UNRESERVED:
+                where["reservations"] = [{"type": "STATIC", "role": source}]
+            resources.append({"name": "cpus", "type": "SCALAR", "scalar": {"value": max(cpus, 0.0)}, **where})
+            resources.append({"name": "mem", "type": "SCALAR", "scalar": {"value": max(mem, 0.0)}, **where})
+            usage[source] = (max(cpus, 0.0), max(mem, 0.0))
+            if source == UNRESERVED and free.ports:
+                ports = free.ports
+                ranges = {"range": port_ranges(ports)}
+                resources.append({"name": "ports", "type": "RANGES", "ranges": ranges, **where})
+        if not resources:
+            return None
+        self._offer_counter += 1
+        offer_id = f"{agent.id}-O{self._offer_counter}"
+        self.offers[offer_id] = HeldOffer(framework.id, agent, role, Held(usage, ports), resources)
         return {
             "id": _id(offer_id),
             "framework_id": _id(framework.id),
-            "agent_id": _id(self.agent.id),
-            "hostname": self.agent.hostname,
+            "agent_id": _id(agent.id),
+            "hostname": agent.hostname,
             "allocation_info": allocation,
-            "resources": [{**r, "role": "*", "allocation_info": allocation} for r in resources],
+            "resources": resources,
             "attributes": [],
             "executor_ids": [],
         }
 
+    # -- what the controls make happen --
+
+    def fail_over(self) -> None:
+        """A new master takes over: every stream closes; agents re-register after a while (see Behaviours)."""
+        self.reregistering_until = time.monotonic() + self.behaviours.reregister_after_secs
+        self.offers.clear()
+        for framework in self.frameworks.values():
+            if framework.stream is not None:
+                framework.stream.put_nowait(None)
+
+    def remove_agent(self, agent: Agent) -> None:
+        """The agent failed for good: its tasks are lost (their processes die), then FAILURE names the agent."""
+        agent.removed = True
+        for held_id in [o for o, held in self.offers.items() if held.agent is agent]:
+            del self.offers[held_id]
+        for task in [t for t in self.tasks.values() if t.agent_id == agent.id and not t.terminal]:
+            agent.lose(task)
+        for framework in self.frameworks.values():
+            framework.send({"type": "FAILURE", "failure": {"agent_id": _id(agent.id)}})
+
+    def come_back(self, task: Task) -> None:
+        """A task reported TASK_LOST turns up again (its agent re-registered): TASK_RUNNING once more."""
+        task.state = "TASK_RUNNING"
+        self.tasks[task.id] = task
+        self._update(task.framework_id, task.agent_id, task.id, "TASK_RUNNING", "Agent re-registered", None)
+
+    def send_event(self, kind: str) -> dict[str, Any]:
+        """Send every framework one event of ``kind`` as a real master would; the event sent."""
+        agent = self.agent
+        if kind == "INVERSE_OFFERS":
+            self._offer_counter += 1
+            inverse_id = f"{agent.id}-IO{self._offer_counter}"
+            self.inverse_offers[inverse_id] = agent.id
+            start = {"nanoseconds": int((time.time() + 3600) * 1e9)}
+            offers = [
+                {
+                    "id": _id(inverse_id),
+                    "framework_id": _id(framework.id),
+                    "agent_id": _id(agent.id),
+                    "unavailability": {"start": start},
+                }
+                for framework in self.frameworks.values()
+            ]
+            event: dict[str, Any] = {"type": kind, "inverse_offers": {"inverse_offers": offers}}
+        elif kind == "RESCIND_INVERSE_OFFER":
+            inverse_id = next(iter(self.inverse_offers), f"{agent.id}-IO0")
+            self.inverse_offers.pop(inverse_id, None)
+            event = {"type": kind, "rescind_inverse_offer": {"inverse_offer_id": _id(inverse_id)}}
+        elif kind == "MESSAGE":
+            data = base64.b64encode(b"hello from an executor").decode()
+            event = {"type": kind, "message": {"agent_id": _id(agent.id), "executor_id": _id("custom"), "data": data}}
+        elif kind == "UPDATE_OPERATION_STATUS":
+            status = {
+                "state": "OPERATION_FINISHED",
+                "agent_id": _id(agent.id),
+                "uuid": {"value": base64.b64encode(uuid.uuid4().bytes).decode()},
+            }
+            event = {"type": kind, "update_operation_status": {"status": status}}
+        else:
+            raise ValueError(f"event type {kind!r} is not one this control sends")
+        for framework in self.frameworks.values():
+            framework.send(event)
+        return event
+
     def rescind_all(self) -> None:
-        for offer_id, (framework_id, *_rest) in list(self.offers.items()):
+        for offer_id, held in list(self.offers.items()):
             del self.offers[offer_id]
-            framework = self.frameworks.get(framework_id)
+            framework = self.frameworks.get(held.framework_id)
             if framework is not None:
                 framework.send({"type": "RESCIND", "rescind": {"offer_id": _id(offer_id)}})
         self._wake.set()
@@ -472,17 +707,30 @@ class Master:
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        await self.agent.shutdown()
+        for agent in self.agents:
+            await agent.shutdown()
+
+    def _agent_of_task(self, task: Task) -> Agent:
+        agent = self.agent_of(task.agent_id)
+        assert agent is not None
+        return agent
 
     def state(self) -> dict[str, Any]:
+        agents = [
+            {
+                "id": agent.id,
+                "hostname": agent.hostname,
+                "cpus": agent.cpus,
+                "mem": agent.mem,
+                "ports": list(agent.ports),
+                "reserved": {role: list(amounts) for role, amounts in agent.reserved.items()},
+                "removed": agent.removed,
+            }
+            for agent in self.agents
+        ]
         return {
-            "agent": {
-                "id": self.agent.id,
-                "hostname": self.agent.hostname,
-                "cpus": self.agent.cpus,
-                "mem": self.agent.mem,
-                "ports": list(self.agent.ports),
-            },
+            "agent": agents[0],
+            "agents": agents,
             "frameworks": [
                 {
                     "id": f.id,
@@ -493,14 +741,20 @@ class Master:
                     "calls": dict(f.calls),
                     "failover_timeout": f.info.get("failover_timeout", 0.0),
                     "role": f.role,
+                    "roles": f.roles,
+                    "inverse_answers": dict(f.inverse_answers),
                 }
                 for f in self.frameworks.values()
             ],
             "removed": sorted(self.removed),
+            "unavailable": self.unavailable,
             "tasks": [
                 {
                     "id": t.id,
                     "framework_id": t.framework_id,
+                    "agent_id": t.agent_id,
+                    "user": t.user,
+                    "resources_by_role": {role: list(amounts) for role, amounts in t.usage.items()},
                     "state": t.state,
                     "ports": list(t.ports),
                     "pid": t.process.pid if t.process else None,
@@ -508,5 +762,22 @@ class Master:
                 }
                 for t in self.tasks.values()
             ],
-            "offers": [{"id": i, "framework_id": o[0], "cpus": o[1], "mem": o[2]} for i, o in self.offers.items()],
+            "offers": [{"id": i, "framework_id": o.framework_id, "role": o.role} for i, o in self.offers.items()],
         }
+
+
+def _add(resource: dict[str, Any], amounts: dict[tuple[str, str], float], ports: dict[str, set[int]]) -> None:
+    """Add a resource to a tally keyed by name and source (role, reservations, allocation)."""
+    key = source_key(resource)
+    if resource.get("type") == "RANGES" or "ranges" in resource:
+        for span in (resource.get("ranges") or {}).get("range") or ():
+            ports[key].update(range(int(span["begin"]), int(span["end"]) + 1))
+    else:
+        amounts[(str(resource.get("name")), key)] += float((resource.get("scalar") or {}).get("value", 0.0))
+
+
+def _slice(ports: tuple[int, int], index: int, count: int) -> tuple[int, int]:
+    """Agent ``index``'s share of the port range: the agents all run on this machine, so their ports must differ."""
+    low, high = ports
+    size = (high - low + 1) // count
+    return low + index * size, (high if index == count - 1 else low + (index + 1) * size - 1)

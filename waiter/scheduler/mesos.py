@@ -38,6 +38,7 @@ from waiter.scheduler.mesos_proto import (
     MesosError,
     Need,
     Offer,
+    Taken,
     TaskOutcome,
     TaskPhase,
     TaskStatus,
@@ -47,6 +48,8 @@ from waiter.scheduler.mesos_proto import (
     take,
     task_info,
     task_outcome,
+    task_user,
+    usable_role,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,8 @@ class MesosSettings:
     reconnect_max_secs: float = 5.0
     heartbeat_misses: int = 5
     max_ended_instances: int = 10
+    reconcile_retry_secs: float = 2.0  # explicit reconciliation unanswered this long is sent again (doubling)
+    reconcile_retry_max_secs: float = 60.0
 
 
 # -- bookkeeping -----------------------------------------------------------------------------------------------
@@ -109,6 +114,11 @@ class _Task:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def _value(holder: Any) -> str | None:
+    """The ``value`` of a Mesos id message ({"value": ...}), None when absent."""
+    return str(holder["value"]) if isinstance(holder, Mapping) and "value" in holder else None
+
+
 def ended_instance(task: _Task, outcome: TaskOutcome) -> Instance:
     """The instance as recorded once its task ended: by itself, or by our kill (``task.ending``)."""
     exit_code = outcome.exit_code
@@ -122,6 +132,7 @@ def ended_instance(task: _Task, outcome: TaskOutcome) -> Instance:
             task.instance,
             exit_code=exit_code,
             message=message,
+            flags=outcome.flags,
             failed=outcome.phase is TaskPhase.FAILED,
             killed=outcome.phase is TaskPhase.KILLED,
         )
@@ -129,7 +140,7 @@ def ended_instance(task: _Task, outcome: TaskOutcome) -> Instance:
         task.instance,
         exit_code=exit_code,
         message=ending.message,
-        flags=ending.flags,
+        flags=ending.flags | outcome.flags,
         failed=ending.failed,
         killed=not ending.failed,
     )
@@ -163,6 +174,9 @@ class MesosScheduler:
         self._suppressed = False
         self._reviving = False
         self._closing = False
+        self._unreconciled: dict[str, str] = {}  # task id -> agent id: asked about since subscribing, unanswered
+        self._reconcile_delay = settings.reconcile_retry_secs
+        self._reconcile_at = 0.0  # monotonic
 
     # -- the Scheduler protocol --
 
@@ -280,6 +294,7 @@ class MesosScheduler:
     # -- the event stream (EventHandler) --
 
     def handle_event(self, event: Mapping[str, Any]) -> None:
+        """Every event of scheduler.proto is handled here, or ignored on purpose for the reason given."""
         kind = event["type"]
         if kind == "SUBSCRIBED":
             self._on_subscribed()
@@ -287,17 +302,68 @@ class MesosScheduler:
             self._on_offers(offers_of(event))
         elif kind == "UPDATE":
             self._on_update(status_from_json(event["update"]["status"]))
+        elif kind == "INVERSE_OFFERS":
+            self._on_inverse_offers(event.get("inverse_offers", {}).get("inverse_offers") or [])
         elif kind == "FAILURE":
-            log.warning("Mesos reported a failure: %s", event.get("failure"))
+            # An agent was removed or an executor ended. The master sends each affected task's status separately
+            # (TASK_LOST, TASK_FAILED...), and those are what end instances; this event only names the cause.
+            failure = event.get("failure") or {}
+            log.warning(
+                "Mesos reported a failure of agent %s, executor %s (status %s)",
+                _value(failure.get("agent_id")),
+                _value(failure.get("executor_id")),
+                failure.get("status"),
+            )
+        elif kind == "RESCIND":
+            # Offers are answered (accepted or declined) as they arrive and never kept, so none is held to forget;
+            # a launch that raced the rescind comes back as TASK_LOST (REASON_INVALID_OFFERS) and is replaced.
+            log.debug("Offer %s rescinded", _value(event.get("rescind", {}).get("offer_id")))
+        elif kind == "RESCIND_INVERSE_OFFER":
+            # Inverse offers are accepted as they arrive (see _on_inverse_offers): none is held to forget.
+            log.debug(
+                "Inverse offer %s rescinded", _value(event.get("rescind_inverse_offer", {}).get("inverse_offer_id"))
+            )
+        elif kind == "MESSAGE":
+            # Only custom executors send framework messages; instances run under the command executor.
+            log.info(
+                "Ignoring a framework message from executor %s", _value(event.get("message", {}).get("executor_id"))
+            )
+        elif kind == "UPDATE_OPERATION_STATUS":
+            # Only operations sent with an id get status updates that need acknowledging; LAUNCH is sent without
+            # one, and task statuses (UPDATE) say what became of the tasks.
+            status = event.get("update_operation_status", {}).get("status") or {}
+            log.info("Ignoring operation status %s", status.get("state"))
+        else:
+            log.info("Ignoring a Mesos event of unknown type %s", kind)
 
     def handle_disconnect(self, reason: str) -> None:
         self._suppressed = False  # a new subscription starts unsuppressed
 
+    def _on_inverse_offers(self, inverse_offers: list[Mapping[str, Any]]) -> None:
+        """Accept maintenance on an agent: instances are stateless and a killed one is replaced elsewhere.
+
+        Accepting tells the operator the agent may go down; instances are not moved ahead of time (the master
+        kills them when the maintenance starts, and the TASK_KILLED/LOST that follows starts a replacement).
+        """
+        ids = [str(_value(offer.get("id"))) for offer in inverse_offers if _value(offer.get("id"))]
+        if ids:
+            log.info(
+                "Accepting inverse offers %s (maintenance of agents %s)",
+                ids,
+                sorted({str(_value(offer.get("agent_id"))) for offer in inverse_offers}),
+            )
+            self._spawn("ACCEPT_INVERSE_OFFERS", self.client.accept_inverse_offers(ids))
+
     def _on_subscribed(self) -> None:
         self._suppressed = False
-        known = [(task_id, task.agent_id) for task_id, task in self._tasks.items()]
+        known = {task_id: task.agent_id for task_id, task in self._tasks.items()}
+        # After a master failover, tasks on agents that have not re-registered yet get no answer at all: ask again
+        # (with backoff) until every known task has been heard of (docs/scheduler-http-api.md, reconciliation).
+        self._unreconciled = known
+        self._reconcile_delay = self.settings.reconcile_retry_secs
+        self._reconcile_at = time.monotonic() + self._reconcile_delay
         if known:
-            self._spawn("explicit reconciliation", self.client.reconcile(known))
+            self._spawn("explicit reconciliation", self.client.reconcile(list(known.items())))
         self._spawn("implicit reconciliation", self.client.reconcile())
         for task in self._tasks.values():
             if task.ending is not None:
@@ -309,12 +375,21 @@ class MesosScheduler:
         demands = self._demands()
         left: list[Offer] = []
         for offer in offers:
+            if not usable_role(offer, self.client.roles):
+                # The master offers only our roles' resources; one that is not (our roles changed since) cannot
+                # be launched on: the master would refuse the task.
+                log.warning(
+                    "Declining offer %s allocated to role %s, which this framework does not hold", offer.id, offer.role
+                )
+                self._spawn("DECLINE", self.client.decline([offer.id], self.settings.decline_refuse_secs))
+                continue
             task_infos: list[dict[str, Any]] = []
             for book in demands:
                 need = Need.of(book.spec)
                 while book.missing() > 0 and need.fits(offer):
-                    ports, offer = take(offer, need)
-                    task_infos.append(self._launch(book, offer, ports))
+                    taken = take(offer, need)
+                    task_infos.append(self._launch(book, offer, taken))
+                    offer = taken.rest
             left.append(offer)
             if task_infos:
                 self._spawn_accept(offer.id, task_infos)
@@ -331,11 +406,14 @@ class MesosScheduler:
     def _on_update(self, status: TaskStatus) -> None:
         if status.uuid is not None:
             self._spawn(f"ACKNOWLEDGE of {status.task_id}", self.client.acknowledge(status))
+        self._unreconciled.pop(status.task_id, None)
         outcome = task_outcome(status)
         task = self._tasks.get(status.task_id)
         if task is None:
             if outcome.phase is TaskPhase.ACTIVE:
-                log.warning("Killing task %s, which this framework does not know", status.task_id)
+                # E.g. TASK_RUNNING after TASK_LOST (its agent came back): the instance was recorded as failed and
+                # replaced, so the task is surplus.
+                log.warning("Killing task %s, which this framework does not know (or already ended)", status.task_id)
                 self._spawn(f"KILL of {status.task_id}", self.client.kill(status.task_id, status.agent_id, 0.0))
             return
         if outcome.phase is TaskPhase.ACTIVE:
@@ -355,7 +433,7 @@ class MesosScheduler:
     def _has_missing(self) -> bool:
         return any(b.missing() > 0 and not b.deleting for b in self._books.values())
 
-    def _launch(self, book: MesosBook, offer: Offer, ports: tuple[int, ...]) -> dict[str, Any]:
+    def _launch(self, book: MesosBook, offer: Offer, taken: Taken) -> dict[str, Any]:
         """Record a new instance (active from now on) and return the TaskInfo that launches it."""
         spec = book.spec
         framework_id = self.client.framework_id or ""
@@ -365,7 +443,8 @@ class MesosScheduler:
             f"/executors/{instance_id}/runs/latest"
         )
         grace = max(float(spec.termination_grace_period_secs), self.settings.min_kill_grace_secs)
-        user = spec.run_as_user or getpass.getuser()
+        ports = taken.ports
+        user = task_user(spec, self.settings.user)
         env = instance_environment(
             spec, self.settings.cluster_name, home=f"/home/{user}", user=user,
             sandbox=sandbox, instance_id=instance_id, ports=ports,
@@ -390,7 +469,7 @@ class MesosScheduler:
         book.waiting_since = time.monotonic() if book.missing() > 0 else None
         log.info("Launching instance %s on %s (ports %s)", instance_id, offer.hostname, ports)
         self._notify(spec.service_id)
-        return task_info(spec, offer, instance_id, ports, env, grace)
+        return task_info(spec, offer, instance_id, taken.resources, env, grace, user)
 
     def _spawn_accept(self, offer_id: str, task_infos: list[dict[str, Any]]) -> None:
         async def accept() -> None:
@@ -464,8 +543,20 @@ class MesosScheduler:
             self._tick(time.monotonic())
 
     def _tick(self, now: float) -> None:
+        superseded = self.client.superseded
         for book in self._books.values():
-            self._check_waiting(book, now)
+            if superseded is None:
+                self._check_waiting(book, now)
+            elif book.error != superseded:
+                book.error = superseded  # instances can no longer be placed nor watched by this router
+                self._notify(book.spec.service_id)
+        if self._unreconciled and now >= self._reconcile_at and self.client.connected.is_set():
+            self._unreconciled = {t: a for t, a in self._unreconciled.items() if t in self._tasks}
+            if self._unreconciled:
+                log.info("No answer yet about tasks %s: asking the master again", sorted(self._unreconciled))
+                self._spawn("explicit reconciliation", self.client.reconcile(list(self._unreconciled.items())))
+            self._reconcile_delay = min(self._reconcile_delay * 2, self.settings.reconcile_retry_max_secs)
+            self._reconcile_at = now + self._reconcile_delay
         for task in self._tasks.values():
             retry_after = task.grace_secs + self.settings.request_timeout_secs
             if task.ending is not None and (task.kill_sent_at is None or now - task.kill_sent_at > retry_after):

@@ -77,6 +77,13 @@ class MesosClient:
         self._stream_id: str | None = None
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        # Set when the master said another scheduler subscribed with our framework id: we stop, not fight back.
+        self.superseded: str | None = None
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The roles the framework subscribes with (FrameworkInfo.roles); offers of other roles are unusable."""
+        return (self.settings.role,)
 
     async def start(self) -> None:
         if self._task is None:
@@ -130,6 +137,9 @@ class MesosClient:
                 "filters": filters(refuse_seconds),
             },
         )
+
+    async def accept_inverse_offers(self, inverse_offer_ids: Sequence[str]) -> None:
+        await self.call("ACCEPT_INVERSE_OFFERS", {"inverse_offer_ids": [{"value": i} for i in inverse_offer_ids]})
 
     async def decline(self, offer_ids: Sequence[str], refuse_seconds: float) -> None:
         payload = {"offer_ids": [{"value": i} for i in offer_ids], "filters": filters(refuse_seconds)}
@@ -190,6 +200,9 @@ class MesosClient:
             self.leader = self.settings.master  # the leader may have changed: ask the configured master again
             log.warning("Mesos subscription lost: %s", reason)
             self._handler.handle_disconnect(reason)
+            if self.superseded is not None:
+                log.error("Not subscribing again: %s", self.superseded)
+                return
             if self.subscriptions > before:
                 delay = self.settings.reconnect_min_secs
             await asyncio.sleep(delay)
@@ -265,6 +278,12 @@ class MesosClient:
             if not self.connected.is_set() and "removed" in message.lower():
                 # The failover timeout expired: the old id is dead, so register anew next time.
                 self.framework_id = None
+            if "failed over" in message.lower():
+                # Another scheduler subscribed with our framework id and now owns its tasks; subscribing again
+                # would take them back and start a tug of war, so this one steps aside.
+                self.superseded = (
+                    f"another scheduler took over Mesos framework {self.framework_id} (the master said: {message})"
+                )
             raise MesosError(f"The Mesos master sent an error: {message}")
         try:
             self._handler.handle_event(event)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from waiter.scheduler.base import SchedulerError, ServiceSpec
+from waiter.scheduler.base import InstanceFlag, SchedulerError, ServiceSpec
 from waiter.scheduler.environment import format_number
 
 SCHEDULER_PATH = "/api/v1/scheduler"
@@ -103,15 +103,65 @@ def decode_event(record: bytes) -> dict[str, Any]:
     return event
 
 
+# Fields of a Resource that say how much; every other field (role, reservations, allocation_info, disk, ...) says
+# where it comes from, and a task must echo those exactly: the master checks that the offer contains the task's
+# resources field by field (validation.cpp), so cpus summed across roles and sent without them are refused.
+_QUANTITY_FIELDS = frozenset({"name", "type", "scalar", "ranges", "set"})
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Some of one resource in an offer, from one source (a role, a reservation); ``source`` is its other fields."""
+
+    name: str  # cpus, mem or ports
+    amount: float = 0.0  # cpus and mem
+    ranges: tuple[tuple[int, int], ...] = ()  # ports, inclusive
+    source: str = "{}"  # the resource's non-quantity fields as sorted JSON, echoed in the task's resources
+
+    @property
+    def reserved(self) -> bool:
+        fields = json.loads(self.source)
+        return bool(fields.get("reservations")) or fields.get("role", "*") != "*"
+
+    def resource(self, amount: float = 0.0, ports: Sequence[int] = ()) -> dict[str, Any]:
+        """This pool's share for a task, with the source fields the master compares."""
+        if self.name == "ports":
+            quantity: dict[str, Any] = {"type": "RANGES", "ranges": {"range": port_ranges(ports)}}
+        else:
+            quantity = {"type": "SCALAR", "scalar": {"value": round(amount, 6)}}
+        return {"name": self.name, **quantity, **json.loads(self.source)}
+
+
 @dataclass(frozen=True, slots=True)
 class Offer:
     id: str
     agent_id: str
     hostname: str
-    cpus: float = 0.0
-    mem: float = 0.0
-    ports: tuple[tuple[int, int], ...] = ()  # inclusive ranges
+    pools: tuple[Pool, ...] = ()
     role: str | None = None  # the role the offer is allocated to (multi-role frameworks echo it in tasks)
+
+    @classmethod
+    def unreserved(
+        cls, id: str, agent_id: str, hostname: str, cpus: float, mem: float, ports: tuple[tuple[int, int], ...] = ()
+    ) -> Offer:
+        """An offer of unreserved resources only (for tables of tests)."""
+        pools = (Pool("cpus", cpus), Pool("mem", mem), Pool("ports", ranges=ports))
+        return cls(id, agent_id, hostname, pools)
+
+    def _amount(self, name: str) -> float:
+        return sum(p.amount for p in self.pools if p.name == name)
+
+    @property
+    def cpus(self) -> float:
+        return self._amount("cpus")
+
+    @property
+    def mem(self) -> float:
+        return self._amount("mem")
+
+    @property
+    def ports(self) -> tuple[tuple[int, int], ...]:
+        return tuple(sorted(span for p in self.pools if p.name == "ports" for span in p.ranges))
 
     @property
     def port_count(self) -> int:
@@ -119,28 +169,28 @@ class Offer:
 
 
 def offer_from_json(data: Mapping[str, Any]) -> Offer:
-    """An Offer message; scalars of one name are summed over roles, port ranges joined."""
-    cpus = mem = 0.0
-    ports: list[tuple[int, int]] = []
+    """An Offer message: each cpus, mem and ports resource is a pool of its own source (role, reservation).
+
+    Revocable resources are left out: an instance serving requests must not be preempted by the cluster.
+    """
+    pools: list[Pool] = []
     for resource in data.get("resources") or ():
         name = resource.get("name")
+        if resource.get("revocable") is not None:
+            continue
+        source = json.dumps({k: v for k, v in resource.items() if k not in _QUANTITY_FIELDS}, sort_keys=True)
         if name in ("cpus", "mem") and resource.get("type", "SCALAR") == "SCALAR":
-            value = float(resource.get("scalar", {}).get("value", 0.0))
-            if name == "cpus":
-                cpus += value
-            else:
-                mem += value
+            pools.append(Pool(name, float(resource.get("scalar", {}).get("value", 0.0)), source=source))
         elif name == "ports" and resource.get("type") == "RANGES":
-            for span in resource.get("ranges", {}).get("range") or ():
-                ports.append((int(span["begin"]), int(span["end"])))
+            spans = resource.get("ranges", {}).get("range") or ()
+            ranges = tuple(sorted((int(span["begin"]), int(span["end"])) for span in spans))
+            pools.append(Pool(name, ranges=ranges, source=source))
     allocation = data.get("allocation_info")
     return Offer(
         id=str(data["id"]["value"]),
         agent_id=str(data["agent_id"]["value"]),
         hostname=str(data["hostname"]),
-        cpus=cpus,
-        mem=mem,
-        ports=tuple(sorted(ports)),
+        pools=tuple(pools),
         role=str(allocation["role"]) if isinstance(allocation, Mapping) and "role" in allocation else None,
     )
 
@@ -197,7 +247,9 @@ _PHASES = {
     "TASK_KILLED": TaskPhase.KILLED,
 }
 _EXITED = re.compile(r"exited with status (-?\d+)")
-_SIGNALLED = re.compile(r"terminated with signal (.+?)\s*$")
+# WSTRINGIFY adds " (core dumped)" when the process left a core: "terminated with signal Aborted (core dumped)".
+_SIGNALLED = re.compile(r"terminated with signal (.+?)(?:\s*\(core dumped\))?\s*$")
+_MEMORY_REASONS = frozenset({"REASON_CONTAINER_LIMITATION_MEMORY"})
 # The command executor names a signal the way strsignal(3) does ("Killed", "Terminated").
 _SIGNALS = {signal.strsignal(number): number for number in signal.Signals if signal.strsignal(number)}
 
@@ -207,6 +259,7 @@ class TaskOutcome:
     phase: TaskPhase
     message: str
     exit_code: int | None = None
+    flags: frozenset[str] = frozenset()
 
 
 def exit_code_of(message: str | None) -> int | None:
@@ -228,11 +281,16 @@ def exit_code_of(message: str | None) -> int | None:
 def task_outcome(status: TaskStatus) -> TaskOutcome:
     """Translate a TaskStatus: running-ish states are active; everything unknown or lost is a failure."""
     phase = _PHASES.get(status.state, TaskPhase.FAILED)
-    message = status.message or status.state
+    # A memory limitation's message goes on with the cgroup's statistics after a blank line: keep the sentence.
+    message = (status.message or status.state).split("\n\n", 1)[0]
     exit_code = exit_code_of(status.message)
-    if phase is TaskPhase.FAILED and exit_code is None and status.reason and status.reason not in message:
+    flags: frozenset[str] = frozenset()
+    # The agent's memory isolator (or the OOM killer it watches) ended the task: Waiter's "not enough memory".
+    if status.reason in _MEMORY_REASONS or message.startswith("Memory limit exceeded"):
+        flags = frozenset({InstanceFlag.MEMORY_LIMIT_EXCEEDED.value})
+    elif phase is TaskPhase.FAILED and exit_code is None and status.reason and status.reason not in message:
         message = f"{message} ({status.reason})"  # without an exit code, the reason is the best clue
-    return TaskOutcome(phase, message, exit_code)
+    return TaskOutcome(phase, message, exit_code, flags)
 
 
 # -- calls -----------------------------------------------------------------------------------------------------
@@ -288,17 +346,57 @@ class Need:
         )
 
 
-def take(offer: Offer, need: Need) -> tuple[tuple[int, ...], Offer]:
-    """The lowest ``need.ports`` ports of a fitting offer, and what is left of the offer after one instance."""
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What one instance takes from an offer: its ports, its resources (as the task states them), the rest."""
+
+    ports: tuple[int, ...]
+    resources: list[dict[str, Any]]
+    rest: Offer
+
+
+def take(offer: Offer, need: Need) -> Taken:
+    """Take one instance's cpus, mem and lowest ports from a fitting offer, reserved pools first.
+
+    Reserved resources are the framework's own: using them first leaves shared ones to others. Each share keeps the
+    role and reservation of the pool it came from, so the master finds it in the offer.
+    """
+    resources: list[dict[str, Any]] = []
+    pools = sorted(offer.pools, key=lambda p: not p.reserved)
+    left: list[Pool] = []
+    wanted = {"cpus": need.cpus, "mem": need.mem}
     chosen: list[int] = []
-    left: list[tuple[int, int]] = []
-    for begin, end in offer.ports:
-        count = min(need.ports - len(chosen), end - begin + 1)
-        chosen.extend(range(begin, begin + count))
-        if begin + count <= end:
-            left.append((begin + count, end))
-    rest = dataclasses.replace(offer, cpus=offer.cpus - need.cpus, mem=offer.mem - need.mem, ports=tuple(left))
-    return tuple(chosen), rest
+    for pool in pools:
+        if pool.name in wanted:
+            share = min(pool.amount, wanted[pool.name])
+            if share > _EPSILON:
+                wanted[pool.name] -= share
+                resources.append(pool.resource(share))
+            if pool.amount - share > _EPSILON:
+                left.append(dataclasses.replace(pool, amount=pool.amount - share))
+        elif pool.name == "ports":
+            ports: list[int] = []
+            spans: list[tuple[int, int]] = []
+            for begin, end in pool.ranges:
+                count = min(need.ports - len(chosen) - len(ports), end - begin + 1)
+                ports.extend(range(begin, begin + count))
+                if begin + count <= end:
+                    spans.append((begin + count, end))
+            if ports:
+                chosen.extend(ports)
+                resources.append(pool.resource(ports=ports))
+            if spans:
+                left.append(dataclasses.replace(pool, ranges=tuple(spans)))
+        else:
+            left.append(pool)
+    order = {"cpus": 0, "mem": 1, "ports": 2}
+    resources.sort(key=lambda r: order[r["name"]])
+    return Taken(tuple(sorted(chosen)), resources, dataclasses.replace(offer, pools=tuple(left)))
+
+
+def usable_role(offer: Offer, roles: Sequence[str]) -> bool:
+    """Whether the offer is allocated to a role the framework holds (an offer without allocation_info is "*")."""
+    return (offer.role or "*") in roles
 
 
 def shortfall(need: Need, offers: Sequence[Offer]) -> str:
@@ -331,27 +429,34 @@ def port_ranges(ports: Sequence[int]) -> list[dict[str, int]]:
     return spans
 
 
+def task_user(spec: ServiceSpec, framework_user: str) -> str:
+    """The user Mesos runs the task as: the service's run-as-user, else the framework's user (FrameworkInfo.user)."""
+    return spec.run_as_user or framework_user
+
+
+
 def task_info(
-    spec: ServiceSpec, offer: Offer, instance_id: str, ports: Sequence[int], env: Mapping[str, str], grace: float
+    spec: ServiceSpec,
+    offer: Offer,
+    instance_id: str,
+    resources: Sequence[Mapping[str, Any]],
+    env: Mapping[str, str],
+    grace: float,
+    user: str,
 ) -> dict[str, Any]:
-    role = {"allocation_info": {"role": offer.role}} if offer.role else {}
-    resources = [
-        {"name": "cpus", "type": "SCALAR", "scalar": {"value": spec.cpus}, **role},
-        {"name": "mem", "type": "SCALAR", "scalar": {"value": spec.mem}, **role},
-        {"name": "ports", "type": "RANGES", "ranges": {"range": port_ranges(ports)}, **role},
-    ]
+    """The TaskInfo of one instance; ``resources`` come from ``take`` (role and reservations of their offer)."""
     command: dict[str, Any] = {
         "value": spec.cmd,
         "shell": True,
         "environment": {"variables": [{"name": k, "value": v} for k, v in sorted(env.items())]},
     }
-    if spec.run_as_user:
-        command["user"] = spec.run_as_user
+    if user:
+        command["user"] = user  # what USER and HOME in ``env`` name: the master would otherwise use the framework's
     return {
         "name": instance_id,
         "task_id": {"value": instance_id},
         "agent_id": {"value": offer.agent_id},
-        "resources": resources,
+        "resources": [dict(r) for r in resources],
         "command": command,
         "kill_policy": {"grace_period": {"nanoseconds": int(grace * 1e9)}},
         "labels": {"labels": [{"key": "source", "value": "waiter"}, {"key": "service-id", "value": spec.service_id}]},
@@ -362,8 +467,10 @@ __all__ = [
     "MesosError",
     "Need",
     "Offer",
+    "Pool",
     "RecordIOError",
     "RecordIOParser",
+    "Taken",
     "TaskOutcome",
     "TaskPhase",
     "TaskStatus",
@@ -381,4 +488,6 @@ __all__ = [
     "take",
     "task_info",
     "task_outcome",
+    "task_user",
+    "usable_role",
 ]
