@@ -80,3 +80,57 @@ async def test_an_unknown_service_is_still_404(make_router) -> None:
     r = await make_router([backend_token("echo")])
     async with r.client.get(r.url + "/apps/waiter-service-nothing") as resp:
         assert resp.status == 404
+
+
+def active(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return body["instances"]["active-instances"]  # type: ignore[no-any-return]
+
+
+async def test_an_instance_expired_through_one_router_is_flagged_on_both_until_it_is_replaced(
+    make_router, redis_server
+) -> None:
+    a, b = await two_routers(make_router, redis_server, backend_token("echo"))
+    async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    sid = await a.service_id(TOKEN)
+
+    async def b_follows() -> bool:
+        return b.router.registry.get(sid) is not None and len(active(await detail(b, sid))) == 1
+
+    await eventually(b_follows, timeout=10, what="router B to follow the service")
+    (first,) = active(await detail(a, sid))
+    assert "expired" not in first["flags"]
+    async with b.client.post(b.url + f"/apps/{sid}/instance/{first['id']}/expire") as resp:
+        assert resp.status == 200
+        assert (await resp.json())["signal-response"]["success"] is True
+
+    async def flagged_on(r: RunningRouter) -> bool:
+        listed = {i["id"]: i for i in active(await detail(r, sid))}
+        return first["id"] in listed and "expired" in listed[first["id"]]["flags"]
+
+    for r in (b, a):
+        await eventually(lambda r=r: flagged_on(r), timeout=10, what=f"the expired flag on {r.settings.router_id}")
+        (app,) = [s for s in await r.get_json("/apps") if s["service-id"] == sid]
+        assert app["instance-counts"]["expired-instances"] >= 1
+
+    async def replaced() -> bool:
+        body = await detail(a, sid)
+        ids = [i["id"] for i in active(body)]
+        return first["id"] not in ids and any(i["healthy?"] for i in active(body))
+
+    await eventually(replaced, timeout=30, what="the expired instance to be replaced and killed")
+    assert all("expired" not in i["flags"] for i in active(await detail(a, sid)))
+
+
+@pytest.mark.schedulers("local")
+async def test_an_instance_older_than_instance_expiry_mins_is_flagged(make_router) -> None:
+    # A "minute" of 0.5 s: the instance expires half a second after it started.
+    r = await make_router([backend_token("echo", **{"instance-expiry-mins": 1})], lifecycle={"minute-secs": 0.5})
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    sid = await r.service_id(TOKEN)
+
+    async def some_flagged() -> bool:
+        return any("expired" in i["flags"] for i in active(await detail(r, sid)))
+
+    await eventually(some_flagged, timeout=10, what="an instance flagged expired")

@@ -28,6 +28,8 @@ from waiter.state.base import RouterStats, SharedState, StateUnavailable
 
 log = logging.getLogger(__name__)
 
+EXPIRED_FLAG_TTL_MS = 86_400_000  # an expired instance is replaced and killed long before its flag lapses
+
 
 @dataclass
 class GlobalView:
@@ -159,6 +161,7 @@ class Coordinator:
             self._last_service_sync = now
             await self._sync_services()
         await self._apply_blocks(await state.blocked())
+        self._apply_expired(await state.expired())
         if state.shared:
             await self._lease_all()
 
@@ -219,6 +222,16 @@ class Coordinator:
                 elif iid in self.blocked and iid not in blocked:
                     service.tracker.reinstate(iid)
         self.blocked = blocked
+
+    def _apply_expired(self, expired: set[str]) -> None:
+        """Instances flagged expired through any router are expired here too (the leader replaces them)."""
+        for service in self.registry.services.values():
+            for iid in expired.intersection(service.tracker.tracked):
+                service.expire(iid)
+
+    async def share_expired(self, instance_id: str) -> None:
+        """Tell the other routers an instance was flagged expired here."""
+        await self.state.flag_expired(instance_id, EXPIRED_FLAG_TTL_MS)
 
     async def _lease_all(self) -> None:
         view = self.view

@@ -192,6 +192,7 @@ class InstanceTracker:
                 self._on_unroutable(instance.id)
             if tracked.failures >= spec.health_check_max_consecutive_failures:
                 tracked.healthy = False
+                tracked.expired = True  # listed as expired until the kill below lands
                 self._on_unroutable(instance.id)
                 self._replace(
                     instance,

@@ -32,8 +32,9 @@ def current_for_tokens(router: Router, service: Service) -> list[str]:
 
 def cluster_view(router: Router) -> Cluster:
     coordinator, autoscaler = router.coordinator, router.autoscaler
+    minute_secs = router.settings.lifecycle.minute_secs
     if coordinator is None:
-        return Cluster()
+        return Cluster(minute_secs=minute_secs)
     view = coordinator.view
     return Cluster(
         outstanding_elsewhere=view.outstanding_elsewhere,
@@ -41,6 +42,7 @@ def cluster_view(router: Router) -> Cluster:
         last_request_time=view.last_request_time,
         scaling_states=autoscaler.decisions if autoscaler and autoscaler.is_leader else {},
         num_routers=max(1, len(view.routers)),
+        minute_secs=minute_secs,
     )
 
 
@@ -203,6 +205,9 @@ async def app_post(router: Router, request: web.BaseRequest, _h: Headers) -> web
         return json_response({"signal-response": response}, 404)
     if signal == "expire":
         service.expire(instance_id)
+        if router.coordinator is not None:
+            with contextlib.suppress(StateUnavailable):
+                await router.coordinator.share_expired(instance_id)
         return json_response({"signal-response": {"success": True, "message": f"Flagged {instance_id} as expired"}})
     force = query_true(request, "force")
     service.tracker.retire(instance_id)

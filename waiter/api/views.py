@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from waiter.errors import iso_millis
 from waiter.instances import TrackedInstance
-from waiter.scheduler.base import Instance
+from waiter.lifecycle import is_expired
+from waiter.scheduler.base import Instance, InstanceFlag
 from waiter.service import Service
 
 
-def instance_json(instance: Instance, tracked: TrackedInstance | None = None) -> dict[str, Any]:
+def instance_json(
+    instance: Instance, tracked: TrackedInstance | None = None, *, expired: bool = False
+) -> dict[str, Any]:
     healthy = bool(tracked and tracked.healthy)
+    flags = set(instance.flags)
+    if expired:
+        flags.add(InstanceFlag.EXPIRED)
     body: dict[str, Any] = {
         "id": instance.id,
         "service-id": instance.service_id,
@@ -24,7 +31,7 @@ def instance_json(instance: Instance, tracked: TrackedInstance | None = None) ->
         "port": instance.port,
         "extra-ports": list(instance.extra_ports),
         "log-directory": instance.log_directory,
-        "flags": sorted(instance.flags),
+        "flags": sorted(flags),
         "killed?": instance.killed,
         "failed?": instance.failed,
     }
@@ -69,6 +76,16 @@ class Cluster:
     last_request_time: Mapping[str, float] = field(default_factory=dict)
     scaling_states: Mapping[str, str] = field(default_factory=dict)
     num_routers: int = 1
+    minute_secs: float = 60.0  # the length of a minute of instance-expiry-mins (settings lifecycle.minute-secs)
+
+    def expired(self, service: Service, now: float) -> set[str]:
+        """The service's running instances that are expired now (flagged, or older than instance-expiry-mins)."""
+        expiry = int(service.resolved.effective.get("instance-expiry-mins", 7200))
+        return {
+            iid
+            for iid, t in service.tracker.tracked.items()
+            if is_expired(t.instance, expiry, t.expired, now, self.minute_secs)
+        }
 
 
 def _common(service: Service, effective: bool, cluster: Cluster) -> dict[str, Any]:
@@ -109,6 +126,7 @@ def service_summary(
     body["instance-counts"] = {
         "healthy-instances": healthy,
         "unhealthy-instances": len(service.tracker.tracked) - healthy,
+        "expired-instances": len(cluster.expired(service, time.time())),
     }
     if healthy_instances:
         body["instances"] = {
@@ -130,7 +148,8 @@ def service_detail(service: Service, router_id: str, cluster: Cluster, *, effect
     body = _common(service, effective, cluster)
     state = service.scheduler.service_state(service.id)
     tracked = service.tracker.tracked
-    active = [instance_json(i, tracked.get(i.id)) for i in (state.active if state else ())]
+    expired = cluster.expired(service, time.time())
+    active = [instance_json(i, tracked.get(i.id), expired=i.id in expired) for i in (state.active if state else ())]
     active.sort(key=lambda i: (not i["healthy?"], i["started-at"] or "", i["id"]))
 
     def ended(instances: tuple[Instance, ...]) -> list[dict[str, Any]]:

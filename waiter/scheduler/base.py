@@ -28,6 +28,7 @@ class InstanceFlag(enum.StrEnum):
     HEALTH_CHECK_TIMED_OUT = "health-check-timed-out"
     HAS_CONNECTED = "has-connected"
     HAS_RESPONDED = "has-responded"
+    EXPIRED = "expired"  # still running, to be replaced then killed (shown on active instances, docs/api.md §6)
 
 
 @dataclass(frozen=True, slots=True)

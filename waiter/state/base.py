@@ -100,3 +100,9 @@ class SharedState(Protocol):
     async def unblock(self, instance_id: str) -> None: ...
 
     async def blocked(self) -> set[str]: ...
+
+    # -- expired instances (flagged through any router's API; the leader replaces them) ---------------------------
+    async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
+        """Mark an instance expired for every router, for ``ttl_ms`` (it is killed long before)."""
+
+    async def expired(self) -> set[str]: ...

@@ -39,6 +39,7 @@ class MemoryState:
         self._stats = _Expiring()
         self._leader = _Expiring()
         self._blocked = _Expiring()
+        self._expired = _Expiring()
         self._scaling: dict[str, dict[str, Any]] = {}
         self._services: dict[str, dict[str, Any]] = {}
         self._leases: dict[str, dict[str, int]] = {}
@@ -134,3 +135,9 @@ class MemoryState:
 
     async def blocked(self) -> set[str]:
         return set(self._blocked.items())
+
+    async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
+        self._expired.put(instance_id, True, ttl_ms)
+
+    async def expired(self) -> set[str]:
+        return set(self._expired.items())

@@ -9,6 +9,7 @@ Keys (``<p>`` = ``waiter:<namespace>:``):
   <p>services             hash service id -> JSON record
   <p>lease:<iid>          hash router id -> slots leased on that instance (only live routers' fields count)
   <p>blocked              hash instance id -> epoch ms until which it gets no new slots (it is being killed)
+  <p>expired              hash instance id -> epoch ms until which it counts as expired (flagged through the API)
   <p>deleted              hash service id -> epoch ms until which other routers must forget it (a tombstone)
   <p>inactive             hash service id -> JSON record a deleted service left (description, its instances)
 """
@@ -243,4 +244,16 @@ class RedisState:
     async def blocked(self) -> set[str]:
         raw = await self._call("read blocked instances", lambda: self._redis.hgetall(f"{self.p}blocked"))
         now = int(time.time() * 1000)
+        return {iid for iid, until in raw.items() if int(until) > now}
+
+    async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
+        until = int(time.time() * 1000) + ttl_ms
+        await self._call("flag an expired instance", lambda: self._redis.hset(f"{self.p}expired", instance_id, until))
+
+    async def expired(self) -> set[str]:
+        raw = await self._call("read expired instances", lambda: self._redis.hgetall(f"{self.p}expired"))
+        now = int(time.time() * 1000)
+        gone = [iid for iid, until in raw.items() if int(until) <= now]
+        if gone:
+            await self._call("prune expired instances", lambda: self._redis.hdel(f"{self.p}expired", *gone))
         return {iid for iid, until in raw.items() if int(until) > now}
