@@ -419,7 +419,7 @@ async def test_admin_endpoints(make_router, scheduler_kind: str) -> None:
     assert app["url"].endswith(f"/apps/{sid}")
     assert app["effective-parameters"]["concurrency-level"] == 1
     assert app["source-tokens"][0][0]["token"] == "echo"
-    assert app["instance-counts"] == {"healthy-instances": 1, "unhealthy-instances": 0}
+    assert app["instance-counts"] == {"healthy-instances": 1, "unhealthy-instances": 0, "expired-instances": 0}
     assert app["resource-usage"] == {"cpus": 0.1, "mem": 256.0}
     detail = await r.get_json(f"/apps/{sid}")
     (active,) = detail["instances"]["active-instances"]
