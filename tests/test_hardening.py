@@ -15,6 +15,7 @@ from tests.support import eventually
 from tests.test_frontdoor import Response, close, connect, read_response
 from waiter import jsonbounds
 from waiter.api import admin
+from waiter.availability import Availability
 from waiter.params import text_problems
 from waiter.text import printable
 
@@ -381,3 +382,72 @@ async def test_tokens_survive_a_redis_restarted_empty(make_router, redis_server)
         assert resp.status == 200
     async with b.client.get(b.url + "/hello", headers=headers) as resp:
         assert resp.status == 200
+
+
+async def test_status_does_not_flap_while_redis_is_down(make_router, redis_server) -> None:
+    r = await make_router([backend_token("busy", **{"concurrency-level": 2})], redis=redis_server.url)
+    headers = {"x-waiter-token": "busy"}
+    async with r.client.get(r.url + "/hello", headers=headers) as resp:
+        assert resp.status == 200
+
+    async def available() -> bool:
+        return bool((await r.get_json("/status"))["shared-state"]["available"])
+
+    stop = asyncio.Event()
+
+    async def load() -> None:  # requests queue for slots: the coordinator wakes between its ticks to lease
+        while not stop.is_set():
+            async with r.client.get(r.url + "/sleep?ms=30", headers=headers) as resp:
+                await resp.read()
+
+    clients = [asyncio.create_task(load()) for _ in range(6)]
+    try:
+        assert await available()
+        redis_server.stop()
+        await eventually(lambda: _not(available), what="the outage to show")
+        seen = []
+        for _ in range(60):  # ~3 s of samples, through ~30 publish ticks
+            seen.append(await available())
+            await asyncio.sleep(0.05)
+        assert not any(seen), seen
+        await redis_server.start()
+        await eventually(available, what="the shared state to be back")
+        seen = []
+        for _ in range(20):
+            seen.append(await available())
+            await asyncio.sleep(0.05)
+        assert all(seen), seen
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+
+
+async def _not(predicate: Any) -> bool:
+    return not await predicate()
+
+
+@pytest.mark.parametrize(
+    ("events", "states"),
+    [
+        # (time, ok?) -> available after each event, recover_secs = 1
+        ([(0, True), (0.1, False), (0.2, True), (0.3, False)], [True, False, False, False]),
+        ([(0, False), (0.1, True), (0.6, True), (1.1, True), (1.2, True)], [False, False, False, True, True]),
+        (
+            [(0, False), (0.1, True), (0.9, False), (1.5, True), (2.4, True), (2.5, True)],
+            [False, False, False, False, False, True],
+        ),
+    ],
+)
+def test_availability_goes_down_at_once_and_up_after_a_quiet_second(
+    events: list[tuple[float, bool]], states: list[bool]
+) -> None:
+    health = Availability(recover_secs=1.0)
+    seen = []
+    for now, ok in events:
+        if ok:
+            health.succeeded(now)
+        else:
+            health.failed(now, "down")
+        seen.append(health.available)
+    assert seen == states
+    assert (health.error is None) == health.available

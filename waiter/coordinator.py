@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from waiter.aio import raise_if_cancelling
+from waiter.availability import Availability
 from waiter.registry import ServiceRegistry
 from waiter.reservation import Reservations
 from waiter.service import Service, resolved_from_record, service_record
@@ -97,8 +98,7 @@ class Coordinator:
         self.service_sync_interval = service_sync_interval
         self.scheduler = scheduler  # announced in the heartbeat (waiter.peers)
         self.view = GlobalView()
-        self.available = True
-        self.last_error: str | None = None
+        self.health = Availability(recover_secs=max(1.0, 5 * publish_interval))
         self.blocked: set[str] = set()
         self.started_at = time.time()
         self._wake = asyncio.Event()
@@ -107,6 +107,14 @@ class Coordinator:
         self._leases: dict[str, dict[str, int]] = {}  # service id -> instance id -> slots leased in the state
         registry.slots_policy = self.initial_slots
         registry.demand_hooks.append(lambda _service: self._wake.set())
+
+    @property
+    def available(self) -> bool:
+        return self.health.available
+
+    @property
+    def last_error(self) -> str | None:
+        return self.health.error
 
     # -- hooks used by services ---------------------------------------------------------------------------------
 
@@ -132,14 +140,13 @@ class Coordinator:
                         await self._lease_all()
                 else:
                     await self.tick()
-                if not self.available:
-                    log.info("shared state %s is reachable again", self.state.kind)
-                self.available, self.last_error = True, None
+                    # Only a full exchange proves the state works again (a lease-only one may touch nothing).
+                    if self.health.succeeded(time.monotonic()):
+                        log.info("shared state %s is reachable again", self.state.kind)
             except StateUnavailable as exc:
                 raise_if_cancelling()
-                if self.available:
+                if self.health.failed(time.monotonic(), str(exc)):
                     log.error("shared state unavailable, serving with what this router knows: %s", exc)
-                self.available, self.last_error = False, str(exc)
             self._wake.clear()
             try:
                 async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
