@@ -11,8 +11,8 @@ import aiohttp
 from aiohttp import web
 
 from waiter.aio import stop
-from waiter.autoscaler import Autoscaler
-from waiter.coordinator import Coordinator
+from waiter.autoscaler import Autoscaler, wake_when_unserved
+from waiter.coordinator import Coordinator, slots_policy, wake_on_demand
 from waiter.peers import refuse_mixed_schedulers, this_identity
 from waiter.proxy import Proxy
 from waiter.reaper import Reaper
@@ -37,84 +37,18 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
     app = web.Application(handler_args={"max_field_size": 65536})
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        scaling = settings.scaling
-        state = open_state(settings)
-        await state.start()
-        identity = this_identity(settings)
-        try:
-            await refuse_mixed_schedulers(state, settings, identity, scaling.router_ttl_ms)
-        except BaseException:
-            await state.close()
-            raise
-        sched = scheduler or create_scheduler(settings)
-        tokens = open_registry(settings)
-        await tokens.start()
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        pool = UpstreamPool(connect_timeout=5.0)
-        await sched.start()
-        registry = ServiceRegistry(sched, session, settings.health)
-        router = Router(settings, tokens, registry, Proxy(pool, session, settings.router_id), pool)
-        router.coordinator = Coordinator(
-            state,
-            registry,
-            settings.router_id,
-            f"http://{settings.host}:{settings.port}",
-            publish_interval=scaling.publish_interval_ms / 1000,
-            router_ttl_ms=scaling.router_ttl_ms,
-            scheduler=identity,
-        )
-        router.autoscaler = Autoscaler(
-            state,
-            registry,
-            router.coordinator,
-            settings.router_id,
-            interval=scaling.interval_ms / 1000,
-            burst=BurstSettings(
-                scaling.burst_enabled,
-                scaling.burst_threshold,
-                scaling.burst_stable_window_secs,
-                scaling.burst_drain_secs,
-            ),
-            kill_interval=scaling.kill_interval_ms / 1000,
-            minute_secs=settings.lifecycle.minute_secs,
-        )
-        autoscaler = router.autoscaler
-        reaper = Reaper(
-            registry,
-            router.coordinator,
-            lambda: autoscaler.is_leader,
-            router.current_for,
-            interval=settings.lifecycle.reap_interval_secs,
-            minute_secs=settings.lifecycle.minute_secs,
-            broken_timeout_secs=settings.lifecycle.broken_service_timeout_secs,
-        )
-        loops = [
-            asyncio.create_task(router.coordinator.run(), name="coordinator"),
-            asyncio.create_task(router.autoscaler.run(), name="autoscaler"),
-            asyncio.create_task(reaper.run(), name="reaper"),
-        ]
-        app[ROUTER] = router
-        app[SCHEDULER] = sched
-        log.info(
-            "router %s serving on %s:%d with the %s scheduler",
-            settings.router_id,
-            settings.host,
-            settings.port,
-            sched.kind,
-        )
-        try:
+        async with contextlib.AsyncExitStack() as opened:
+            router, sched = await compose(settings, scheduler, opened)
+            app[ROUTER] = router
+            app[SCHEDULER] = sched
+            log.info(
+                "router %s serving on %s:%d with the %s scheduler",
+                settings.router_id,
+                settings.host,
+                settings.port,
+                sched.kind,
+            )
             yield
-        finally:
-            await stop(loops)
-            with contextlib.suppress(StateUnavailable):
-                await state.resign(settings.router_id)
-            await state.close()
-            await registry.close()
-            await tokens.close()
-            await sched.close()
-            await pool.close()
-            await session.close()
 
     async def on_shutdown(app: web.Application) -> None:
         if ROUTER in app:
@@ -127,3 +61,92 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
     app.on_shutdown.append(on_shutdown)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+async def compose(
+    settings: Settings, scheduler: Scheduler | None, opened: contextlib.AsyncExitStack
+) -> tuple[Router, Scheduler]:
+    """The composition root: every component built once, in dependency order, and handed to whoever needs it.
+
+    Each resource registers its own cleanup on ``opened`` right after it opened, so a start that fails half-way
+    (a scheduler that cannot reach its cluster, say) unwinds exactly what was opened, in reverse order.
+    """
+    scaling = settings.scaling
+    state = open_state(settings)
+    await state.start()
+    opened.push_async_callback(state.close)
+    # Before anything runs: routers sharing a Redis must share one scheduler (see waiter.peers).
+    identity = this_identity(settings)
+    await refuse_mixed_schedulers(state, settings, identity, scaling.router_ttl_ms)
+    tokens = open_registry(settings)
+    await tokens.start()
+    opened.push_async_callback(tokens.close)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
+    opened.push_async_callback(session.close)
+    pool = UpstreamPool(connect_timeout=5.0)
+    opened.push_async_callback(pool.close)
+    sched = scheduler or create_scheduler(settings)
+    await sched.start()
+    opened.push_async_callback(sched.close)
+
+    # A request that queues wakes the coordinator (to lease slots) and the autoscaler (to decide at once).
+    coordinator_wake, autoscaler_wake = asyncio.Event(), asyncio.Event()
+    registry = ServiceRegistry(
+        sched,
+        session,
+        settings.health,
+        slots_policy=slots_policy(state.shared, coordinator_wake),
+        demand_hooks=(wake_on_demand(coordinator_wake), wake_when_unserved(autoscaler_wake)),
+    )
+    opened.push_async_callback(registry.close)
+    coordinator = Coordinator(
+        state,
+        registry,
+        settings.router_id,
+        f"http://{settings.host}:{settings.port}",
+        publish_interval=scaling.publish_interval_ms / 1000,
+        router_ttl_ms=scaling.router_ttl_ms,
+        scheduler=identity,
+        wake=coordinator_wake,
+    )
+    autoscaler = Autoscaler(
+        state,
+        registry,
+        coordinator,
+        settings.router_id,
+        interval=scaling.interval_ms / 1000,
+        burst=BurstSettings(
+            scaling.burst_enabled,
+            scaling.burst_threshold,
+            scaling.burst_stable_window_secs,
+            scaling.burst_drain_secs,
+        ),
+        kill_interval=scaling.kill_interval_ms / 1000,
+        minute_secs=settings.lifecycle.minute_secs,
+        wake=autoscaler_wake,
+    )
+
+    async def resign() -> None:
+        with contextlib.suppress(StateUnavailable):
+            await state.resign(settings.router_id)
+
+    opened.push_async_callback(resign)
+    router = Router(
+        settings, tokens, registry, Proxy(pool, session, settings.router_id), pool, coordinator, autoscaler
+    )
+    reaper = Reaper(
+        registry,
+        coordinator,
+        lambda: autoscaler.is_leader,
+        router.current_for,
+        interval=settings.lifecycle.reap_interval_secs,
+        minute_secs=settings.lifecycle.minute_secs,
+        broken_timeout_secs=settings.lifecycle.broken_service_timeout_secs,
+    )
+    loops = [
+        asyncio.create_task(coordinator.run(), name="coordinator"),
+        asyncio.create_task(autoscaler.run(), name="autoscaler"),
+        asyncio.create_task(reaper.run(), name="reaper"),
+    ]
+    opened.push_async_callback(stop, loops)
+    return router, sched

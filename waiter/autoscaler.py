@@ -22,7 +22,7 @@ from waiter.lifecycle import is_expired
 from waiter.registry import ServiceRegistry
 from waiter.scaling import BurstSettings, Counts, ScalingSettings, ScalingState, decide
 from waiter.scheduler.base import SchedulerError
-from waiter.service import Service
+from waiter.service import DemandHook, Service
 from waiter.state.base import SharedState, StateUnavailable
 from waiter.throughput import Sample, ThroughputMeter
 
@@ -58,6 +58,16 @@ class _PendingKill:
     since: float
 
 
+def wake_when_unserved(wake: asyncio.Event) -> DemandHook:
+    """A request waits and nothing can serve it yet: decide now instead of at the next tick (bursts, cold starts)."""
+
+    def hook(service: Service) -> None:
+        if service.reservations.capacity == 0 or service.reservations.queued > service.reservations.capacity:
+            wake.set()
+
+    return hook
+
+
 class Autoscaler:
     def __init__(
         self,
@@ -71,7 +81,9 @@ class Autoscaler:
         kill_interval: float = 1.0,
         drain_wait: float = 10.0,
         minute_secs: float = 60.0,
+        wake: asyncio.Event | None = None,
     ) -> None:
+        """``wake`` makes the leader decide before its next tick (see ``wake_when_unserved``)."""
         self.state = state
         self.registry = registry
         self.coordinator = coordinator
@@ -87,13 +99,7 @@ class Autoscaler:
         self._last_kill: dict[str, float] = {}
         self._pending: dict[str, _PendingKill] = {}
         self._meters: dict[str, ThroughputMeter] = {}
-        self._wake = asyncio.Event()
-        registry.demand_hooks.append(self._on_demand)
-
-    def _on_demand(self, service: Service) -> None:
-        # A request waits and nothing can serve it yet: decide now instead of at the next tick (bursts, cold starts).
-        if service.reservations.capacity == 0 or service.reservations.queued > service.reservations.capacity:
-            self._wake.set()
+        self._wake = wake or asyncio.Event()
 
     async def run(self) -> None:
         last = 0.0

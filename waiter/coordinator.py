@@ -24,7 +24,7 @@ from waiter.aio import raise_if_cancelling
 from waiter.availability import Availability
 from waiter.registry import ServiceRegistry
 from waiter.reservation import Reservations
-from waiter.service import Service, resolved_from_record, service_record
+from waiter.service import DemandHook, Service, SlotsPolicy, all_slots, resolved_from_record, service_record
 from waiter.state.base import RouterStats, SharedState, StateUnavailable
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,23 @@ def lease_wants(res: Reservations, queued_elsewhere: int, outstanding_elsewhere:
     return wants
 
 
+def slots_policy(shared: bool, wake: asyncio.Event) -> SlotsPolicy:
+    """Slots a newly healthy instance offers at once: all of them alone; none until leased when shared, and the
+    coordinator (waiting on ``wake``) leases them at once."""
+    if not shared:
+        return all_slots
+
+    def leased(service: Service) -> int:
+        wake.set()
+        return 0
+
+    return leased
+
+
+def wake_on_demand(wake: asyncio.Event) -> DemandHook:
+    return lambda _service: wake.set()
+
+
 class Coordinator:
     def __init__(
         self,
@@ -87,7 +104,9 @@ class Coordinator:
         router_ttl_ms: int = 3000,
         service_sync_interval: float = 1.0,
         scheduler: str = "",
+        wake: asyncio.Event | None = None,
     ) -> None:
+        """``wake`` is set when a request queues (see ``slots_policy`` and the registry's demand hooks)."""
         self.state = state
         self.registry = registry
         self.router_id = router_id
@@ -101,12 +120,10 @@ class Coordinator:
         self.health = Availability(recover_secs=max(1.0, 5 * publish_interval))
         self.blocked: set[str] = set()
         self.started_at = time.time()
-        self._wake = asyncio.Event()
+        self._wake = wake or asyncio.Event()
         self._last_service_sync = 0.0
         self._registered: set[str] = set()
         self._leases: dict[str, dict[str, int]] = {}  # service id -> instance id -> slots leased in the state
-        registry.slots_policy = self.initial_slots
-        registry.demand_hooks.append(lambda _service: self._wake.set())
 
     @property
     def available(self) -> bool:
@@ -117,13 +134,6 @@ class Coordinator:
         return self.health.error
 
     # -- hooks used by services ---------------------------------------------------------------------------------
-
-    def initial_slots(self, service: Service) -> int:
-        """Slots a newly healthy instance offers at once: all of them alone, none until leased when shared."""
-        if not self.state.shared:
-            return service.reservations.concurrency_level
-        self._wake.set()
-        return 0
 
     # -- the loop -----------------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,16 +20,25 @@ INACTIVE_LIMIT = 10_000  # deleted services a router remembers
 
 
 class ServiceRegistry:
-    def __init__(self, scheduler: Scheduler, session: aiohttp.ClientSession, health: HealthConfig) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        session: aiohttp.ClientSession,
+        health: HealthConfig,
+        *,
+        slots_policy: SlotsPolicy = all_slots,
+        demand_hooks: Sequence[DemandHook] = (),
+    ) -> None:
+        """``slots_policy``: slots a newly healthy instance offers at once; ``demand_hooks``: called when a request
+        of a service waits (the coordinator and the autoscaler wake on it)."""
         self.scheduler = scheduler
         self.session = session
         self.health = health
         self.services: dict[str, Service] = {}
         # Deleted services, as inactive_record made them: /apps/{id} answers Inactive, a ping starts them again.
         self.inactive: dict[str, dict[str, Any]] = {}
-        # Set by the coordinator and the autoscaler when they start.
-        self.slots_policy: SlotsPolicy = all_slots
-        self.demand_hooks: list[DemandHook] = []
+        self._slots_policy = slots_policy
+        self._demand_hooks = tuple(demand_hooks)
         scheduler.subscribe(self._on_change)
 
     def get(self, service_id: str) -> Service | None:
@@ -43,7 +53,7 @@ class ServiceRegistry:
                 self.scheduler,
                 self.session,
                 self.health,
-                slots_policy=lambda s: self.slots_policy(s),
+                slots_policy=self._slots_policy,
                 on_demand=self._demand,
             )
             self.services[resolved.service_id] = service
@@ -117,7 +127,7 @@ class ServiceRegistry:
         return deleted or service is not None
 
     def _demand(self, service: Service) -> None:
-        for hook in self.demand_hooks:
+        for hook in self._demand_hooks:
             hook(service)
 
     def _on_change(self, service_id: str) -> None:

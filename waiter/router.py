@@ -43,18 +43,19 @@ class Router:
         registry: ServiceRegistry,
         proxy: Proxy,
         pool: UpstreamPool,
+        coordinator: Coordinator,
+        autoscaler: Autoscaler,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
         self.registry = registry
         self.proxy = proxy
         self.pool = pool  # keep-alive connections to instances, for every request the router forwards
+        self.coordinator = coordinator
+        self.autoscaler = autoscaler
         self.resolver = Resolver(settings, tokens, self._core_of)
         self.auth: Authenticator = create_authenticator(settings)
         self.draining = False
-        # Set by the app's lifecycle once the shared state is open.
-        self.coordinator: Coordinator | None = None
-        self.autoscaler: Autoscaler | None = None
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
         # The front door (waiter.frontdoor) tunnels websocket upgrades to this app over loopback connections:
         # their local address -> the real client's address, so x-forwarded-for names the client, not the tunnel.
@@ -104,8 +105,6 @@ class Router:
     def shared_state_status(self) -> dict[str, Any]:
         """How this router shares counts and leases, and whether that works right now (for /status)."""
         coordinator, autoscaler = self.coordinator, self.autoscaler
-        if coordinator is None or autoscaler is None:
-            return {"available": False, "message": "not started"}
         body: dict[str, Any] = {
             "kind": coordinator.state.kind,
             "available": coordinator.available,

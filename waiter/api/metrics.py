@@ -44,9 +44,9 @@ class RouterCollector(Collector):
         yield from (requests, outstanding, queued, instances, failing)
         coordinator, autoscaler = router.coordinator, router.autoscaler
         shared = GaugeMetricFamily("waiter_shared_state_available", "1 while the shared state (Redis) answers.")
-        shared.add_metric([], 1 if coordinator is None or coordinator.available else 0)
+        shared.add_metric([], 1 if coordinator.available else 0)
         leader = GaugeMetricFamily("waiter_scaling_leader", "1 while this router holds the scaling lease.")
-        leader.add_metric([], 1 if autoscaler is not None and autoscaler.is_leader else 0)
+        leader.add_metric([], 1 if autoscaler.is_leader else 0)
         yield from (shared, leader)
 
 

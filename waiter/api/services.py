@@ -33,14 +33,12 @@ def current_for_tokens(router: Router, service: Service) -> list[str]:
 def cluster_view(router: Router) -> Cluster:
     coordinator, autoscaler = router.coordinator, router.autoscaler
     minute_secs = router.settings.lifecycle.minute_secs
-    if coordinator is None:
-        return Cluster(minute_secs=minute_secs)
     view = coordinator.view
     return Cluster(
         outstanding_elsewhere=view.outstanding_elsewhere,
         total_elsewhere=view.total_elsewhere,
         last_request_time=view.last_request_time,
-        scaling_states=autoscaler.decisions if autoscaler and autoscaler.is_leader else {},
+        scaling_states=autoscaler.decisions if autoscaler.is_leader else {},
         num_routers=max(1, len(view.routers)),
         minute_secs=minute_secs,
     )
@@ -146,9 +144,8 @@ async def app_delete(router: Router, request: web.BaseRequest, _h: Headers) -> w
         timeout = _timeout_ms(request, positive=False)
     except _TimeoutError as exc:
         raise WaiterError(400, f"timeout is {exc.raw!r} but must be an integer number of milliseconds.") from None
-    if router.coordinator is not None:
-        with contextlib.suppress(StateUnavailable):
-            await router.coordinator.forget(service_id)
+    with contextlib.suppress(StateUnavailable):
+        await router.coordinator.forget(service_id)
     if not await router.registry.delete(service_id):
         return json_response(
             {
@@ -175,7 +172,7 @@ async def _routers_forgot(router: Router, service_id: str, timeout: float) -> bo
     coordinator = router.coordinator
     if router.registry.get(service_id) is not None:
         return False
-    if coordinator is None or not coordinator.state.shared:
+    if not coordinator.state.shared:
         return True
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
