@@ -6,9 +6,9 @@ moves on leaves its instances to nobody. So every router announces its scheduler
 whose scheduler differs from a live peer's refuses to start, saying what to do instead.
 
 A scheduler's identity is a string: the cluster for Marathon and Mesos, the socket for an agent, and for a local
-scheduler the router process itself (host, pid, start time), since no two routers can share one. A peer's local
-identity on this host whose process is gone is a heartbeat not yet expired (a router killed a moment ago, now
-restarted): it is ignored, so a restart is never refused.
+scheduler the router process itself (host, pid, start time), since no two routers can share one. A peer on this
+host whose scheduler is provably gone (its process no longer runs, its agent socket refuses connections) left a
+heartbeat not yet expired (killed a moment ago, now restarted): it is ignored, so a restart is never refused.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from waiter.state import SharedState, StateUnavailable
 
 log = logging.getLogger(__name__)
 
-Alive = Callable[[int, float], bool]  # is process pid, started at this time, running?
+Gone = Callable[[str], bool]  # is the scheduler of this identity (on this host) provably gone?
 
 
 @dataclass(frozen=True)
@@ -54,19 +54,37 @@ def this_identity(settings: Settings) -> str:
     return scheduler_identity(settings, host=socket.gethostname(), pid=os.getpid(), started=started)
 
 
-def _local_process(identity: str) -> tuple[str, int, float] | None:
-    """(host, pid, start time) of a local identity, None for any other."""
+def host_of(identity: str) -> str | None:
+    """The host of a local or agent identity, None for a cluster (Marathon, Mesos)."""
     words = identity.split(" ")
-    if len(words) != 7 or words[:2] != ["local", "on"] or words[3] != "pid" or words[5] != "started":
-        return None
-    try:
-        return words[2], int(words[4]), float(words[6])
-    except ValueError:
-        return None
+    if len(words) == 7 and words[:2] == ["local", "on"]:
+        return words[2]
+    if len(words) == 4 and words[0] == "agent" and words[2] == "on":
+        return words[3]
+    return None
+
+
+def provably_gone(identity: str) -> bool:
+    """For an identity on this host: its router process is gone (local) or its agent refuses connections."""
+    words = identity.split(" ")
+    if words[0] == "local":
+        try:
+            return not is_alive(int(words[4]), float(words[6]))
+        except (IndexError, ValueError):
+            return False
+    if words[0] == "agent" and words[1].startswith("unix:"):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1.0)
+            try:
+                sock.connect(words[1].removeprefix("unix:"))
+            except OSError:
+                return True  # nobody listens there any more
+        return False
+    return False
 
 
 def conflicts(
-    me: str, identity: str, routers: Mapping[str, Mapping[str, Any]], host: str, alive: Alive
+    me: str, identity: str, routers: Mapping[str, Mapping[str, Any]], host: str, gone: Gone
 ) -> list[Conflict]:
     """The live peers whose scheduler is not ``identity``; a peer announcing none predates this check."""
     found = []
@@ -74,8 +92,7 @@ def conflicts(
         theirs = info.get("scheduler")
         if router_id == me or not isinstance(theirs, str) or theirs == identity:
             continue
-        local = _local_process(theirs)
-        if local is not None and local[0] == host and not alive(local[1], local[2]):
+        if host_of(theirs) == host and gone(theirs):
             continue  # a dead router's heartbeat, not yet expired
         found.append(Conflict(router_id, theirs))
     return found
@@ -105,6 +122,6 @@ async def refuse_mixed_schedulers(state: SharedState, settings: Settings, identi
     except StateUnavailable as error:
         log.warning("Cannot check which schedulers the other routers use: %s", error)
         return
-    found = conflicts(settings.router_id, identity, routers, socket.gethostname(), is_alive)
+    found = conflicts(settings.router_id, identity, routers, socket.gethostname(), provably_gone)
     if found:
         raise SettingsError(refusal(identity, found, redact_url(settings.redis or "")))
