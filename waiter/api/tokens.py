@@ -19,7 +19,16 @@ from waiter.auth import Caller, Permissions
 from waiter.descriptor import DescriptorError, validate_token
 from waiter.errors import WaiterError, iso_millis
 from waiter.tokens import StaleWrite, StoreUnavailable, TokenRecord, token_etag
-from waiter.tokens.records import EDITABLE, editable, name_problem, new_record, parse_time, service_params, shown
+from waiter.tokens.records import (
+    EDITABLE,
+    editable,
+    history,
+    name_problem,
+    new_record,
+    parse_time,
+    service_params,
+    shown,
+)
 from waiter.tokens.records import soft_deleted as soft_deleted_record
 
 if TYPE_CHECKING:
@@ -144,7 +153,7 @@ def _post_name(request: web.BaseRequest, body: dict[str, Any]) -> str:
         raise WaiterError(400, "The token should be provided only as a query parameter or in the json payload")
     name = in_query if in_query is not None else in_body
     if not isinstance(name, str) or not name.strip():
-        raise WaiterError(400, "Must provide the token\nGive it as ?token=NAME or as \"token\" in the JSON body.")
+        raise WaiterError(400, 'Must provide the token\nGive it as ?token=NAME or as "token" in the JSON body.')
     return name
 
 
@@ -323,9 +332,7 @@ async def delete_token(router: Router, request: web.BaseRequest, headers: Header
         _check_if_match(if_match, existing.etag, name)
         data = None if hard else soft_deleted_record(existing.data, user=caller.user, now_ms=_now_ms())
         if await _write(router, name, data, existing):
-            return _reply(
-                {"delete": name, "hard-delete": hard, "success": True}, etag=if_match, result="token-deleted"
-            )
+            return _reply({"delete": name, "hard-delete": hard, "success": True}, etag=if_match, result="token-deleted")
     raise _too_busy(name)
 
 
@@ -362,7 +369,52 @@ async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers
     return json_response(listed)
 
 
+# -- token administration: history, owners, re-index ----------------------------------------------------------
+
+
+async def token_history(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+    """Every kept version of a token (soft-deleted ones too), newest first, each with its ETag."""
+    await router.auth.authenticate(request)
+    name = request.query.get("token")
+    if not name:
+        raise WaiterError(400, "Couldn't find token in request\nGive it as ?token=NAME.")
+    record = await _read(router, name)
+    if record is None:
+        raise WaiterError(404, f"Couldn't find token {name}")
+    return json_response(history(record.data, cluster=router.settings.cluster_name))
+
+
+async def token_owners(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+    """Each owner in the index with how many live and soft-deleted tokens it holds."""
+    await router.auth.authenticate(request)
+    try:
+        entries = await router.tokens.index(None)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    owners: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        counts = owners.setdefault(entry.owner, {"tokens": 0, "deleted": 0})
+        counts["deleted" if entry.deleted else "tokens"] += 1
+    return json_response(owners)
+
+
+async def reindex_tokens(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+    """Rebuild the owner index behind /tokens from the token records (admins only)."""
+    caller = await router.auth.authenticate(request)
+    problem = Permissions.of(router.settings).admin_problem(caller.user, "re-index tokens")
+    if problem:
+        raise WaiterError(403, problem)
+    try:
+        count = await router.tokens.store.reindex()
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from None
+    return json_response({"message": f"Re-indexed {count} tokens", "tokens": count})
+
+
 EXACT: dict[str, dict[str, Handler]] = {
     "/token": {"GET": get_token, "POST": post_token, "DELETE": delete_token},
     "/tokens": {"GET": list_tokens},
+    "/token-history": {"GET": token_history},
+    "/tokens/owners": {"GET": token_owners},
+    "/tokens/reindex": {"POST": reindex_tokens},
 }

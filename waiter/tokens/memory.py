@@ -34,6 +34,14 @@ class MemoryTokenStore(CachedStore):
         chosen = self._owners.keys() if owners is None else owners
         return [entry for owner in chosen for entry in self._owners.get(owner, {}).values()]
 
+    async def reindex(self) -> int:
+        records = self.cached_records()
+        self._owners = {}
+        for record in records:
+            if record.owner:
+                self._owners.setdefault(record.owner, {})[record.name] = IndexEntry.of(record)
+        return len(list(records))
+
     def status(self) -> StoreStatus:
         return StoreStatus(kind=self.kind, connected=True, tokens=len(self._cache))
 

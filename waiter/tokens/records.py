@@ -14,7 +14,7 @@ from typing import Any
 
 from waiter.errors import iso_millis
 from waiter.params import SERVICE_PARAMS, TOKEN_PARAMS
-from waiter.tokens.store import HISTORY_LIMIT
+from waiter.tokens.store import HISTORY_LIMIT, token_etag
 
 TOKEN_NAME_RE = re.compile(r"[a-zA-Z][a-zA-Z0-9\-_$.]+")
 _NAME_CHAR_RE = re.compile(r"[a-zA-Z0-9\-_$.]")
@@ -135,9 +135,23 @@ def shown(data: Mapping[str, Any], *, metadata: bool, cluster: str) -> dict[str,
         if key in data:
             body[key] = data[key]
     body["last-update-time"] = _iso(data.get("last-update-time"))
-    if isinstance(data.get("previous"), Mapping):
-        body["previous"] = _times_as_iso(data["previous"])
+    previous = data.get("previous")
+    body["previous"] = _times_as_iso(previous) if isinstance(previous, Mapping) else {}
     return body
+
+
+def history(data: Mapping[str, Any], *, cluster: str) -> list[dict[str, Any]]:
+    """GET /token-history: every version kept, newest first, each as GET /token?include=metadata shows it (without
+    its nested ``previous``) with its ``etag``."""
+    versions: list[dict[str, Any]] = []
+    level: Any = data
+    while isinstance(level, Mapping) and level:
+        version = shown(level, metadata=True, cluster=cluster)
+        del version["previous"]
+        version["etag"] = token_etag(level)
+        versions.append(version)
+        level = level.get("previous")
+    return versions
 
 
 def _iso(value: Any) -> Any:

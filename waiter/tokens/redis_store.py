@@ -191,6 +191,28 @@ class RedisTokenStore(CachedStore):
             for token, text in table.items()
         ]
 
+    async def reindex(self) -> int:
+        return await self._call(self._reindex(), "re-index tokens")
+
+    async def _reindex(self) -> int:
+        raw = await self._client.hgetall(self._key("data"))
+        tables: dict[str, dict[Any, Any]] = {}
+        for name, text in raw.items():
+            record = make_record(str(name), json.loads(text))
+            if record.owner:
+                tables.setdefault(record.owner, {})[record.name] = IndexEntry.of(record).dumps()
+        old_owners = [str(owner) for owner in await self._client.smembers(self._key("owners"))]
+        # One transaction: readers see the old index or the new one, never a half-built one.
+        async with self._client.pipeline(transaction=True) as pipe:
+            for owner in old_owners:
+                pipe.delete(self._key(f"owner:{owner}"))
+            pipe.delete(self._key("owners"))
+            for owner, table in tables.items():
+                pipe.hset(self._key(f"owner:{owner}"), mapping=table)
+                pipe.sadd(self._key("owners"), owner)
+            await pipe.execute()
+        return len(raw)
+
     # -- the follower: keeps the cache current ------------------------------------------------------------------
 
     async def start(self) -> None:
