@@ -251,16 +251,45 @@ async def test_api_requests_go_through_the_relay(make_router) -> None:
     await close(writer)
 
 
-async def test_websocket_through_the_relay(make_router) -> None:
+async def test_websocket_is_tunnelled_to_the_instance_holding_its_slot(make_router) -> None:
     r = await echo_router(make_router)
-    async with r.client.ws_connect(r.url + "/ws", headers={"x-waiter-token": "echo"}) as ws:
+    service = r.router.registry.get(await r.service_id({"x-waiter-token": "echo"}))
+    assert service is not None
+    async with r.client.ws_connect(r.url + "/ws", headers={"x-waiter-token": "echo", "x-cid": "ws-1"}) as ws:
+        assert ws._response.headers["x-cid"] == "ws-1"
+        assert service.reservations.in_flight == 1  # the websocket holds its slot while it is open
         for i in range(3):
             await ws.send_str(f"ping {i}")
             assert await ws.receive_str() == f"echo: ping {i}"
-        await ws.send_bytes(b"\x00" * 200_000)
-        assert await ws.receive_bytes() == b"\x00" * 200_000
-    # The tunnel is gone with the websocket: its client-address entry too.
-    await eventually(_async(lambda: not r.router.relayed_peers), what="the tunnel's peer entry to go")
+        big = bytes(range(256)) * 12_000  # 3 MB each way (the backend takes up to 4): more than buffers hold
+        await ws.send_bytes(big)
+        assert await ws.receive_bytes() == big
+    await eventually(_async(lambda: service.reservations.in_flight == 0), what="the slot to be released")
+
+
+async def test_refused_upgrade_is_answered_as_the_instance_said_and_the_connection_closed(make_router) -> None:
+    r = await echo_router(make_router)
+    reader, writer = await connect(r)
+    writer.write(
+        b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        + b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        + TOKEN_LINE
+        + b"\r\n"
+    )
+    resp = await read_response(reader)
+    assert resp.status == 200 and resp.body.startswith(b"hello from ")  # the instance's plain answer
+    assert resp.headers["connection"] == "close" and resp.headers["x-cid"]
+    await close(writer)
+
+
+async def test_upgrade_to_an_api_path_is_served_as_a_plain_request(make_router) -> None:
+    r = await make_router()
+    reader, writer = await connect(r)
+    writer.write(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+    resp = await read_response(reader)
+    assert resp.status == 200 and b"shared-state" in resp.body
+    assert await closed_by_peer(reader)
+    await close(writer)
 
 
 def _async(pred):  # type: ignore[no-untyped-def]

@@ -14,7 +14,6 @@ from waiter.aio import stop
 from waiter.autoscaler import Autoscaler, wake_when_unserved
 from waiter.coordinator import Coordinator, slots_policy, wake_on_demand
 from waiter.peers import refuse_mixed_schedulers, this_identity
-from waiter.proxy import Proxy
 from waiter.reaper import Reaper
 from waiter.registry import ServiceRegistry
 from waiter.router import Router
@@ -131,9 +130,7 @@ async def compose(
             await state.resign(settings.router_id)
 
     opened.push_async_callback(resign)
-    router = Router(
-        settings, tokens, registry, Proxy(pool, session, settings.router_id), pool, coordinator, autoscaler
-    )
+    router = Router(settings, tokens, registry, pool, coordinator, autoscaler)
     reaper = Reaper(
         registry,
         coordinator,

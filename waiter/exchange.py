@@ -22,7 +22,9 @@ from waiter.forwarding import (
     NO_BODY_STATUSES,
     REQUEST_DROP,
     RESPONSE_DROP,
+    RESPONSE_DROP_101,
     SMALL_BODY,
+    UPGRADE_DROP,
     Timing,
     backend_error,
     connection_tokens,
@@ -35,7 +37,15 @@ from waiter.http1 import CRLF, ENC, ERRORS, Request, Tunnel
 from waiter.router import Router
 from waiter.scheduler.base import Instance
 from waiter.service import Service, Timeouts
-from waiter.upstream import Chunk, UpstreamError, UpstreamPool, UpstreamResponse
+from waiter.upstream import (
+    Chunk,
+    ConnectError,
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +69,17 @@ class Dispatcher:
         received_at = time.time() if waiter else 0.0
         limits: Timeouts | None = None
         try:
-            if req.upgrade:
-                await self.tunnel_to_app(conn, req)
-            elif router.is_api(req.path, host or "", waiter):
+            if router.is_api(req.path, host or "", waiter):
+                if req.upgrade:
+                    req.keep_alive = False  # the bytes after an upgrade request's head are not HTTP
                 await self.relay(conn, req)
             else:
                 service, options = router.service_for(waiter, host)
                 limits = timeouts(options, service.timeouts)
-                await self.proxy(conn, req, service, options, cid)
+                if req.upgrade:
+                    await self.upgrade(conn, req, service, options, cid)
+                else:
+                    await self.proxy(conn, req, service, options, cid)
         except WaiterError as err:
             if wants_debug(waiter):
                 protocol = "HTTP/1.1" if req.http11 else "HTTP/1.0"
@@ -138,32 +151,80 @@ class Dispatcher:
         finally:
             upstream.release()
 
-    async def tunnel_to_app(self, conn: Connection, req: Request) -> None:
-        """Hand the rest of the connection to the aiohttp app: the head as received, then bytes both ways."""
-        host, port = self.internal
-        tunnel = Tunnel(conn.transport, conn.peer.decode(), self.router.relayed_peers)
-        try:
-            await conn.loop.create_connection(lambda: tunnel, host, port)
-        except OSError as exc:
-            req.keep_alive = False
-            raise _relay_failure(exc) from None
+    async def upgrade(
+        self, conn: Connection, req: Request, service: Service, options: RequestOptions, cid: bytes
+    ) -> None:
+        """A protocol upgrade (a websocket) for a service: its slot is held while the instance's ``101`` and then
+        the connection's bytes pass both ways. An instance that refuses the upgrade is answered as it said."""
         req.keep_alive = False
-        tunnel.transport.write(req.head_as_received() + b"".join(req.tail))
-        req.tail.clear()
-        conn.start_tunnel(tunnel)
+        if req.body is not None:
+            raise WaiterError(400, "A protocol upgrade request with a body is not supported; send it without one.")
+        limits = timeouts(options, service.timeouts)
+        head, has_host = _forward_head(conn, req, cid, upgrade=True)
+        loop, connect_timeout, head_timeout = conn.loop, self.pool.connect_timeout, limits.socket_ms / 1000
+        timing = Timing() if options.debug else None
+
+        async def open_tunnel(instance: Instance) -> Tunnel:
+            if timing is not None:
+                timing.sent()
+            host, port = instance.host, instance.port
+            tunnel = Tunnel(conn.transport)
+            try:
+                async with asyncio.timeout(connect_timeout):
+                    await loop.create_connection(lambda: tunnel, host, port)
+            except (OSError, TimeoutError) as exc:
+                raise ConnectError(f"Could not connect to {host}:{port}: {exc or 'timed out'}.") from None
+            full = head + CRLF if has_host else head + b"Host: %s:%d\r\n\r\n" % (host.encode(), port)
+            tunnel.transport.write(full + b"".join(req.tail))
+            req.tail.clear()
+            try:
+                async with asyncio.timeout(head_timeout):
+                    await tunnel.head
+            except TimeoutError:
+                tunnel.transport.abort()
+                raise UpstreamTimeout(f"The backend sent no response head for {head_timeout:g} s.") from None
+            except ConnectionResetError as exc:
+                tunnel.transport.abort()
+                raise UpstreamClosed(str(exc)) from None
+            return tunnel
+
+        instance, tunnel, taken = await open_upstream(service, limits, open_tunnel)
         try:
+            drop = RESPONSE_DROP_101 if tunnel.upgraded else RESPONSE_DROP
+            parts = [b"HTTP/1.1 %d %s\r\n" % (tunnel.status, tunnel.reason)]
+            for name, value in tunnel.headers:
+                if name.lower() not in drop:
+                    parts += (name, b": ", value, CRLF)
+            parts += (b"x-cid: ", cid, CRLF)
+            if timing is not None:
+                router_id = self.router.settings.router_id
+                parts.append(
+                    _header_lines(timing.headers(router_id, cid.decode(ENC, ERRORS), service, limits, instance))
+                )
+            # A refused upgrade's body is passed on de-chunked, so it ends with the connection.
+            parts.append(CRLF if tunnel.upgraded else b"connection: close\r\n\r\n")
+            conn.write_head(b"".join(parts))
+            if tunnel.upgraded:
+                conn.start_tunnel(tunnel)
+            tunnel.start()
             await asyncio.shield(tunnel.closed)
         finally:
             if not tunnel.transport.is_closing():
                 tunnel.transport.close()
+            service.done(instance.id, taken)
 
 
-def _forward_head(conn: Connection, req: Request, cid: bytes) -> tuple[bytes, bool]:
-    """The head for the backend without its final CRLF, and whether it has a Host header."""
+def _forward_head(conn: Connection, req: Request, cid: bytes, upgrade: bool = False) -> tuple[bytes, bool]:
+    """The head for the backend without its final CRLF, and whether it has a Host header. An upgrade keeps its
+    Upgrade header and asks for it with ``Connection: Upgrade``."""
     extra = connection_tokens(req.special.get(b"connection")) if b"connection" in req.special else None
+    drop = REQUEST_DROP
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
+    if upgrade:
+        drop, extra = UPGRADE_DROP, (extra or frozenset()) - {b"upgrade"}
+        parts.append(b"Connection: Upgrade\r\n")
     for name, value, lname in req.headers:
-        if lname in REQUEST_DROP or lname[:9] == b"x-waiter-" or (extra and lname in extra):
+        if lname in drop or lname[:9] == b"x-waiter-" or (extra and lname in extra):
             continue
         parts += (name, b": ", value, CRLF)
     previous = req.special.get(b"x-forwarded-for")

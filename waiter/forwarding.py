@@ -40,8 +40,10 @@ HOP_BY_HOP = frozenset(
 REQUEST_DROP = HOP_BY_HOP | {b"x-cid", b"x-forwarded-for"}
 # Response headers not passed back as received: the router sets x-cid itself.
 RESPONSE_DROP = HOP_BY_HOP | {b"x-cid"}
-# An upgrade keeps the headers that make it one (Connection: upgrade is written by the forwarding side).
+# An upgrade keeps the headers that make it one (Connection: Upgrade is written by the forwarding side), and so
+# does the instance's 101 that accepts it.
 UPGRADE_DROP = REQUEST_DROP - {b"upgrade"}
+RESPONSE_DROP_101 = frozenset({b"x-cid"})
 
 SMALL_BODY = 64 * 1024  # responses up to this size are read whole and written with their head in one piece
 NO_BODY_STATUSES = frozenset({204, 304})

@@ -1,5 +1,5 @@
 """HTTP/1.1 pieces of the front door (waiter.frontdoor): a parsed request, its body on the way to a backend, the
-heads the front door writes, and the byte tunnel that carries protocol upgrades to the aiohttp app.
+heads the front door writes, and the byte tunnel that carries protocol upgrades (websockets) to an instance.
 
 Header names and values stay ``bytes`` as httptools parsed them; llhttp refuses CR and LF inside them, so they can
 be written into a new head unchanged. Text is decoded (UTF-8, surrogateescape, as aiohttp does) only where the
@@ -101,7 +101,7 @@ class Request:
         self.body: RequestBody | None = None
         self.fault: BadRequest | None = None  # set: answer this error instead of serving the request
         self.taken = False  # a handler has started serving it: from here on a fault can only break its body
-        self.upgrade = False  # tunnel the rest of the connection to the aiohttp app
+        self.upgrade = False  # a protocol upgrade: the rest of the connection is tunnelled if it is accepted
         self.tail: list[bytes] = []  # bytes after an upgrade request's head, for the tunnel
 
     # what error rendering reads (waiter.errors.RequestInfo)
@@ -148,15 +148,6 @@ class Request:
         if self.content_length is not None:
             return b"Content-Length: %d\r\n" % self.content_length
         return b""
-
-    def head_as_received(self) -> bytes:
-        """The request head rebuilt from its parsed parts, for the upgrade tunnel."""
-        version = b"HTTP/1.1" if self.http11 else b"HTTP/1.0"
-        parts = [self.method, b" ", self.url, b" ", version, CRLF]
-        for name, value, _ in self.headers:
-            parts += (name, b": ", value, CRLF)
-        parts.append(CRLF)
-        return b"".join(parts)
 
 
 class ErrorView:
@@ -264,47 +255,113 @@ class RequestBody:
 
 
 class Tunnel(asyncio.Protocol):
-    """The loopback side of an upgraded connection: bytes pass both ways unchanged, with flow control.
+    """The instance side of a protocol upgrade (a websocket): the response head is parsed and handed to the
+    exchange, then bytes pass both ways unchanged, each side's flow control pausing the other's reading.
 
-    ``client`` is the front door connection's transport. While the tunnel is open, ``peers`` maps its local address
-    to the client's, so the app behind it can name the real client in x-forwarded-for."""
+    An instance that answers without ``101`` gets no tunnel: its response body (de-chunked) is passed on and the
+    client connection closes after it, so a refused upgrade never leaves a raw channel to the instance open."""
 
     transport: asyncio.Transport
 
-    def __init__(self, client: asyncio.Transport, client_addr: str, peers: dict[tuple[str, int], str]) -> None:
-        self.client, self.client_addr, self.peers = client, client_addr, peers
-        self._key: tuple[str, int] | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self, client: asyncio.Transport) -> None:
+        loop = asyncio.get_running_loop()
+        self.client = client
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.upgraded = False
+        self.head: asyncio.Future[None] = loop.create_future()  # the response head is in (or it failed)
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._parser = httptools.HttpResponseParser(self)
+        self._pending: list[bytes] = []  # bytes for the client until its head is written
+        self._passing = False
+        self._complete = False
+
+    # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        local = transport.get_extra_info("sockname")
-        if isinstance(local, tuple):
-            self._key = (str(local[0]), int(local[1]))
-            self.peers[self._key] = self.client_addr
 
     def data_received(self, data: bytes) -> None:
-        if not self.client.is_closing():
-            self.client.write(data)
+        if self.upgraded:
+            self._to_client(data)
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgraded = self.status == 101
+            tail = data[upgrade.args[0] :]
+            if tail:
+                self._to_client(tail)
+            self._head_done()
+        except httptools.HttpParserError as exc:
+            if not self.head.done():
+                self.head.set_exception(ConnectionResetError(f"The backend sent an invalid HTTP response: {exc}."))
+            self.transport.abort()
 
     def eof_received(self) -> bool:
-        return False
+        return False  # the instance is done: close, and the client with it
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._key is not None:
-            self.peers.pop(self._key, None)
-        if not self.client.is_closing():
-            self.client.close()
+        # The exchange waits on ``closed`` and then ends the client's connection (after what was written to it).
+        if not self.head.done():
+            reason = f" ({exc})" if exc is not None else ""
+            self.head.set_exception(
+                ConnectionResetError(f"The backend closed the connection before its response head{reason}.")
+            )
         if not self.closed.done():
             self.closed.set_result(None)
 
-    # The app stops reading: stop reading the client, and the other way round (see the front door's callbacks).
+    # The instance stops reading: stop reading the client, and the other way round (see the front door's callbacks).
     def pause_writing(self) -> None:
         self.client.pause_reading()
 
     def resume_writing(self) -> None:
         if not self.client.is_closing():
             self.client.resume_reading()
+
+    # httptools callbacks
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        if self.status != 101:
+            self._head_done()
+
+    def on_body(self, body: bytes) -> None:
+        self._to_client(body)
+
+    def on_message_complete(self) -> None:
+        if self.status != 101:
+            self._complete = True
+            if self._passing:
+                self.transport.close()
+
+    # the exchange's side
+
+    def start(self) -> None:
+        """The client has the response head: pass on what came after it, and from now on as it comes."""
+        self._passing = True
+        pending, self._pending = self._pending, []
+        if pending and not self.client.is_closing():
+            self.client.writelines(pending)
+        if self._complete:
+            self.transport.close()
+
+    def _head_done(self) -> None:
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def _to_client(self, data: bytes) -> None:
+        if not self._passing:
+            self._pending.append(data)
+        elif not self.client.is_closing():
+            self.client.write(data)

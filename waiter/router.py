@@ -1,4 +1,5 @@
-"""The front door: decide whether a request is the router's own (admin API) or a service's, and handle it."""
+"""The router's request-side state: which requests are its own (the admin API, which it serves through the aiohttp
+app), which service a proxied one goes to (resolution, maintenance, fallback), and its shared-state view."""
 
 from __future__ import annotations
 
@@ -18,12 +19,11 @@ from waiter.coordinator import Coordinator
 from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError, internal_error, render_error
-from waiter.forwarding import new_cid, timeouts
+from waiter.forwarding import new_cid
 from waiter.lifecycle import in_fallback
-from waiter.proxy import Proxy
 from waiter.registry import ServiceRegistry
 from waiter.resolver import SERVICE_ID_TOKEN, Resolver
-from waiter.service import ResolvedService, Service, Timeouts
+from waiter.service import ResolvedService, Service
 from waiter.settings import Settings
 from waiter.state import StateUnavailable
 from waiter.text import printable
@@ -41,7 +41,6 @@ class Router:
         settings: Settings,
         tokens: TokenRegistry,
         registry: ServiceRegistry,
-        proxy: Proxy,
         pool: UpstreamPool,
         coordinator: Coordinator,
         autoscaler: Autoscaler,
@@ -49,7 +48,6 @@ class Router:
         self.settings = settings
         self.tokens = tokens
         self.registry = registry
-        self.proxy = proxy
         self.pool = pool  # keep-alive connections to instances, for every request the router forwards
         self.coordinator = coordinator
         self.autoscaler = autoscaler
@@ -57,14 +55,6 @@ class Router:
         self.auth: Authenticator = create_authenticator(settings)
         self.draining = False
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
-        # The front door (waiter.frontdoor) tunnels websocket upgrades to this app over loopback connections:
-        # their local address -> the real client's address, so x-forwarded-for names the client, not the tunnel.
-        self.relayed_peers: dict[tuple[str, int], str] = {}
-
-    def _with_client_address(self, request: web.BaseRequest) -> web.BaseRequest:
-        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
-        client = self.relayed_peers.get(tuple(peer[:2])) if isinstance(peer, tuple) else None
-        return request.clone(remote=client) if client is not None else request
 
     def _core_of(self, service_id: str) -> dict[str, Any] | None:
         service = self.registry.get(service_id)
@@ -189,29 +179,24 @@ class Router:
         return self.serving(resolved, options, headers, host), options
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The aiohttp app's one handler: the admin API. The front door (waiter.exchange) relays only requests it
+        found to be the router's own; everything proxied to a service stays on the front door."""
         cid = printable(request.headers.get("x-cid") or new_cid())
         headers = tuple(
             (name.lower(), value) for name, value in request.headers.items() if name[:9].lower() == "x-waiter-"
         )
-        if self.relayed_peers:
-            request = self._with_client_address(request)
         request[CID] = cid
         received_at = time.time()
-        limits: Timeouts | None = None
         try:
-            if self.is_api(request.path, request.headers.get("host", ""), headers):
-                await self._load_pseudo_tokens(headers)
-                response = await admin.dispatch(self, request, headers)
-                if not response.prepared:
-                    response.headers["x-cid"] = cid
-                return response
-            service, options = self.service_for(headers, request.headers.get("host"))
-            limits = timeouts(options, service.timeouts)
-            return await self.proxy.handle(request, service, options, cid)
+            await self._load_pseudo_tokens(headers)
+            response = await admin.dispatch(self, request, headers)
+            if not response.prepared:
+                response.headers["x-cid"] = cid
+            return response
         except WaiterError as err:
             if wants_debug(headers):
                 version = f"HTTP/{request.version.major}.{request.version.minor}"
-                add_to_error(err, DebugInfo(self.settings.router_id, cid, received_at, version, limits=limits))
+                add_to_error(err, DebugInfo(self.settings.router_id, cid, received_at, version))
             return render_error(request, err, cid)
         except Exception:
             log.exception("internal error on %s %s (cid %s)", request.method, printable(request.path), cid)

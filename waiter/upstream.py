@@ -625,6 +625,10 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
+    @property
+    def connect_timeout(self) -> float:
+        return self._connect_timeout
+
     async def request(
         self,
         host: str,
