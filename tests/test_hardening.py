@@ -256,6 +256,25 @@ async def test_a_backtracking_apps_filter_answers_at_once(make_router) -> None:
     assert [a["service-id"] for a in apps] == [sid]
 
 
+async def test_tokens_filters_run_on_re2_too(make_router) -> None:
+    r = await make_router()
+    for name, team in (("blue-one", "blue"), ("red-one", "red")):
+        body = backend_token(name, cmd="exec python3 " + "x" * 40, metadata={"team": team})
+        assert (await post_token(r, json.dumps(body).encode()))[0] == 200
+
+    async def listed(query: str) -> list[str]:
+        return [t["token"] for t in await r.get_json("/tokens?" + query)]
+
+    assert await listed("cmd=exec%20pytho(.%7C.)*X") == []
+    assert await listed("metadata.team=bl.*") == ["blue-one"]
+    assert await listed("metadata.team=*&name=red-.*") == ["red-one"]
+    async with r.client.get(r.url + "/tokens?cmd=(a)%5C1", headers={"accept": "application/json"}) as resp:
+        assert resp.status == 400
+        assert (
+            "The filter cmd is not a regular expression RE2 accepts" in (await resp.json())["waiter-error"]["message"]
+        )
+
+
 @pytest.mark.parametrize(
     ("query", "problem"),
     [
@@ -376,8 +395,14 @@ async def test_tokens_survive_a_redis_restarted_empty(make_router, redis_server)
         stop.set()
         await client
     assert set(statuses) == {200}
-    # The token is in Redis again: a router that starts now serves it and lists the service.
+    # The token and the service record are in Redis again: a router that starts now lists and serves them.
+    sid = await a.service_id(headers)
     b = await make_router(redis=redis_server.url)
+
+    async def listed() -> bool:
+        return sid in [app["service-id"] for app in await b.get_json("/apps")]
+
+    await eventually(listed, what="router B to adopt the service from the shared state")
     async with b.client.get(b.url + "/token?token=kept") as resp:
         assert resp.status == 200
     async with b.client.get(b.url + "/hello", headers=headers) as resp:

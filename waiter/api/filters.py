@@ -8,6 +8,7 @@ RE2 has no backreferences or lookaround; a pattern it cannot compile is a 400 na
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,3 +60,13 @@ class Filter:
             return self.regex.fullmatch(text) is not None
         except UnicodeEncodeError:  # a value that is not text (stored before the edge checked it) matches nothing
             return False
+
+
+def lookup(description: Mapping[str, Any], dotted: str) -> Any:
+    """The value a filter names: a top-level field, or a nested one by a dotted path (``metadata.team``)."""
+    value: Any = description
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from waiter.api.common import base_url, included, json_response, query_true, request_cid
-from waiter.api.filters import Filter
+from waiter.api.filters import Filter, lookup
 from waiter.api.views import Cluster, inactive_detail, service_detail, service_status, service_summary
 from waiter.errors import WaiterError, render_error_parts
 from waiter.service import Service
@@ -44,15 +43,6 @@ def cluster_view(router: Router) -> Cluster:
     )
 
 
-def _lookup(description: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = description
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part)
-    return value
-
-
 _NOT_FILTERS = frozenset({"effective-parameters", "include", "token", "token-version", "star-mode", "run-as-user"})
 
 
@@ -70,7 +60,7 @@ def _selected(router: Router, request: web.BaseRequest) -> list[Service]:
         wanted = Filter.of("run-as-user", query["run-as-user"])
         services = [s for s in services if wanted.matches(s.resolved.effective.get("run-as-user"))]
     for wanted in filters:
-        services = [s for s in services if wanted.matches(_lookup(s.resolved.effective, wanted.name))]
+        services = [s for s in services if wanted.matches(lookup(s.resolved.effective, wanted.name))]
     return services
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from waiter.api.common import included, json_response, query_true, read_json
+from waiter.api.filters import Filter, lookup
 from waiter.auth import Caller, Permissions
 from waiter.descriptor import DescriptorError, validate_token
 from waiter.errors import WaiterError, iso_millis
@@ -339,11 +340,15 @@ async def delete_token(router: Router, request: web.BaseRequest, headers: Header
 # -- GET /tokens ---------------------------------------------------------------------------------------------
 
 
+_LIST_OPTIONS = frozenset({"owner", "include", "maintenance"})  # GET /tokens query keys that are not filters
+
+
 async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
     await router.auth.authenticate(request)
     owners = request.query.getall("owner", []) or None
     deleted, metadata = included(request, "deleted"), included(request, "metadata")
     maintenance = request.query.get("maintenance")
+    filters = [Filter.of(key, value) for key, value in request.query.items() if key not in _LIST_OPTIONS]
     try:
         entries = await router.tokens.index(owners)
     except StoreUnavailable as exc:
@@ -354,6 +359,11 @@ async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers
             maintenance is not None and entry.maintenance != (maintenance.lower() == "true")
         ):
             continue
+        if filters:
+            record = router.tokens.cached(entry.token)
+            data = record.data if record is not None else {}
+            if not all(wanted.matches(lookup(data, wanted.name)) for wanted in filters):
+                continue
         item: dict[str, Any] = {
             "token": entry.token,
             "owner": entry.owner,

@@ -36,6 +36,10 @@ class TokenRegistry:
         record = self.files.get(name) or self.store.cached(name)
         return None if record is None or record.deleted else record
 
+    def cached(self, name: str) -> TokenRecord | None:
+        """The record as last seen, soft-deleted ones included (a file token first), without waiting on anything."""
+        return self.files.get(name) or self.store.cached(name)
+
     def file_token(self, name: str) -> TokenRecord | None:
         return self.files.get(name)
 
