@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import task_port_range
 from tests.emulators.runner import running_emulator
-from tests.support import Changes
+from tests.support import Changes, eventually
 from waiter.scheduler.base import Instance, InstanceFlag, KillOutcome, SchedulerError, ServiceSpec
 from waiter.scheduler.marathon import MarathonScheduler
 from waiter.scheduler.marathon_apps import (
@@ -159,6 +159,147 @@ async def test_cold_start_refreshes_at_once_and_posts_waiters_app(make_emulator:
         1,
         30,
     )
+    assert check["maxConsecutiveFailures"] == 0  # Marathon never kills on its own check: the router decides
+
+
+# -- real Marathon's corner cases --------------------------------------------------------------------------------
+
+
+async def test_marathon_health_checks_never_kill_ours_and_hold_the_deployment_open(
+    make_emulator: MakeEmulator, started: Start
+) -> None:
+    emulator = await make_emulator()  # health kills and health-gated deployments are on, as in Marathon
+    scheduler = await started(emulator)
+    changes = Changes(scheduler)
+    spec = make_spec(health_check_url="/never-there", health_check_interval_secs=1, grace_period_secs=1)
+    await scheduler.create_service(spec, 1)
+    await changes.until(lambda: len(active(scheduler)) == 1)
+    (instance,) = active(scheduler)
+
+    async def failing_for_a_while() -> bool:
+        (task,) = (await emulator.call("GET", f"/v2/apps/waiter/{SID}/tasks"))["tasks"]
+        results = task.get("healthCheckResults") or [{}]
+        return bool(results[0].get("consecutiveFailures", 0) >= 3)
+
+    await eventually(failing_for_a_while)
+    assert [i.id for i in active(scheduler)] == [instance.id]  # still there: Marathon left it to the router
+    deployments = await emulator.call("GET", "/v2/deployments")
+    assert [d["affectedApps"] for d in deployments] == [[f"/waiter/{SID}"]]  # open until the task is healthy
+    await scheduler.scale_service(SID, 2)  # ... which does not block the router's changes
+    await changes.until(lambda: len(active(scheduler)) == 2)
+
+
+async def test_a_task_marathon_killed_for_its_health_is_a_failed_instance(
+    make_emulator: MakeEmulator, started: Start
+) -> None:
+    emulator = await make_emulator()
+    scheduler = await started(emulator)
+    changes = Changes(scheduler)
+    # An app whose check kills (an operator's, or an older router's): Marathon kills and replaces the task.
+    check = {
+        "protocol": "HTTP",
+        "path": "/never-there",
+        "portIndex": 0,
+        "intervalSeconds": 1,
+        "gracePeriodSeconds": 1,
+        "maxConsecutiveFailures": 2,
+    }
+    app = {"id": f"/waiter/{SID}", "cmd": SERVER, "cpus": 0.1, "mem": 64, "instances": 1, "healthChecks": [check]}
+    await emulator.call("POST", "/v2/apps", app)
+    await changes.until(lambda: bool(scheduler.service_state(SID) and scheduler.service_state(SID).failed))
+    (killed,) = scheduler.service_state(SID).failed  # type: ignore[union-attr]
+    assert killed.failed and str(killed.message).startswith("Task was killed since health check failed")
+    assert NEVER in killed.flags
+
+
+async def test_kill_results_say_what_marathon_really_did(make_emulator: MakeEmulator, started: Start) -> None:
+    emulator = await make_emulator()
+    scheduler, _ = await running_service(started, emulator, sync_interval_ms=60_000)
+    (victim,) = active(scheduler)
+    task_id = victim.extras["marathon/task-id"]
+    await emulator.call("POST", f"/emulator/tasks/{task_id}/kill", {"signal": "KILL"})
+
+    async def gone_from_marathon() -> bool:
+        tasks = (await emulator.call("GET", f"/v2/apps/waiter/{SID}/tasks"))["tasks"]
+        return task_id not in [t["id"] for t in tasks]
+
+    await eventually(gone_from_marathon)
+    assert [i.id for i in active(scheduler)] == [victim.id]  # the snapshot has not caught up (slow sync)
+    result = await scheduler.kill_instance(SID, victim.id)
+    assert result.outcome is KillOutcome.ALREADY_KILLED, result.message
+    assert scheduler.service_state(SID).requested == 1  # type: ignore[union-attr]
+    assert (await emulator.call("GET", f"/v2/apps/waiter/{SID}"))["app"]["instances"] == 1
+    (failed,) = scheduler.service_state(SID).failed  # type: ignore[union-attr]
+    assert failed.id == victim.id and failed.exit_code == -9
+
+
+async def test_emulated_answers_for_unknown_and_malformed_task_ids(make_emulator: MakeEmulator) -> None:
+    emulator = await make_emulator()
+    app = {"id": "/waiter/x", "cmd": SERVER, "cpus": 0.1, "mem": 64, "instances": 1}
+    await emulator.call("POST", "/v2/apps", app)
+    unknown = "waiter_x.1b6f8a3c-0d3e-4c5a-9b1e-2f3a4b5c6d7e"
+
+    async def delete(task_id: str, query: str) -> tuple[int, Any]:
+        url = f"{emulator.url}/v2/apps/waiter/x/tasks/{task_id}{query}"
+        async with emulator.session.delete(url) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    status, body = await delete(unknown, "?scale=true&force=true")
+    assert status == 200 and body["deploymentId"]  # a deployment that kills and scales by nothing
+    assert (await emulator.call("GET", "/v2/apps/waiter/x"))["app"]["instances"] == 1
+    assert (await delete(unknown, "?scale=false"))[0] == 404
+    assert (await delete("not-a-task-id", "?scale=true"))[0] == 500
+    await emulator.call("POST", "/emulator/behaviours", {"malformed-task-id-status": 422})
+    assert (await delete("waiter_x.nope", "?scale=true"))[0] == 422
+
+
+async def test_instance_era_task_ids_round_trip(make_emulator: MakeEmulator, started: Start) -> None:
+    emulator = await make_emulator("--behaviour", "instance-ids=true")
+    scheduler, changes = await running_service(started, emulator, instances=2)
+    cmd_env = await emulator.call("GET", "/emulator/tasks")
+    assert all(".instance-" in t["id"] and t["id"].endswith("._app.1") for t in cmd_env["tasks"])
+    victim, survivor = active(scheduler)
+    assert victim.id.startswith(f"{SID}.instance-") and victim.id.endswith("__app_1") and victim.id.count(".") == 1
+    result = await scheduler.kill_instance(SID, victim.id)
+    assert result.success, result.message
+    await changes.until(lambda: [i.id for i in active(scheduler)] == [survivor.id])
+    assert (await emulator.call("GET", f"/v2/apps/waiter/{SID}"))["app"]["instances"] == 1
+
+
+@pytest.mark.parametrize("status", [503, 502])
+async def test_a_leader_election_is_waited_out(make_emulator: MakeEmulator, started: Start, status: int) -> None:
+    emulator = await make_emulator()
+    scheduler = await started(emulator, retry_attempts=8, retry_backoff_ms=50)
+    await emulator.call("POST", "/emulator/leader-election", {"status": status, "for-ms": 400})
+    changes = Changes(scheduler)
+    assert await scheduler.create_service(make_spec(), 1) is True  # retried through the election
+    await changes.until(lambda: len(active(scheduler)) == 1)
+
+
+async def test_tasks_run_as_marathons_mesos_user_without_a_run_as_user(
+    make_emulator: MakeEmulator, started: Start
+) -> None:
+    emulator = await make_emulator("--mesos-user", "svc-runner")
+    scheduler = await started(emulator)
+    changes = Changes(scheduler)
+    await scheduler.create_service(make_spec(run_as_user=""), 1)
+    await changes.until(lambda: len(active(scheduler)) == 1)
+    app = (await emulator.call("GET", f"/v2/apps/waiter/{SID}"))["app"]
+    assert (app["user"], app["env"]["USER"], app["env"]["HOME"]) == ("svc-runner", "svc-runner", "/home/svc-runner")
+    (task,) = (await emulator.call("GET", "/emulator/tasks"))["tasks"]
+    assert task["user"] == "svc-runner"
+
+
+async def test_an_unreachable_task_leaves_the_active_set_until_it_is_back(
+    make_emulator: MakeEmulator, started: Start
+) -> None:
+    emulator = await make_emulator()
+    scheduler, changes = await running_service(started, emulator)
+    (instance,) = active(scheduler)
+    await emulator.call("POST", f"/emulator/tasks/{instance.extras['marathon/task-id']}/unreachable", {"for-ms": 800})
+    await changes.until(lambda: active(scheduler) == ())
+    await changes.until(lambda: [i.id for i in active(scheduler)] == [instance.id])
+    assert scheduler.service_state(SID).failed == ()  # type: ignore[union-attr]
 
 
 async def test_log_directory_is_the_tasks_sandbox(make_emulator: MakeEmulator, started: Start) -> None:
@@ -388,10 +529,11 @@ def test_naming_of_tasks(prefix: str, task_id: str, instance_id: str) -> None:
         ("Command exited with status 137 (Killed)", 137, frozenset()),
         ("Memory limit exceeded: Requested: 64MB Maximum Used: 70MB", None, frozenset({MEMORY})),
         ("Task was killed since health check failed. Reason: 503", None, frozenset({NEVER})),
-        ("Command terminated with signal Killed", None, frozenset()),
+        ("Command terminated with signal Killed", -9, frozenset()),
+        ("Command terminated with signal Segmentation fault (core dumped)", -11, frozenset()),
         ("", None, frozenset()),
     ],
-    ids=["exit", "exit-with-detail", "memory", "health", "signal", "empty"],
+    ids=["exit", "exit-with-detail", "memory", "health", "signal", "core-dumped", "empty"],
 )
 def test_failure_facts(message: str, exit_code: int | None, flags: frozenset[str]) -> None:
     assert failure_facts(message) == (exit_code, flags)
@@ -570,8 +712,9 @@ def test_retry_delay(failures: int, expected: float) -> None:
         ),
         ("<html>Bad Gateway</html>", "<html>Bad Gateway</html>"),
         (None, "no message"),
+        ({"message": "Invalid JSON", "details": "Unexpected end-of-input"}, "Invalid JSON (Unexpected end-of-input)"),
     ],
-    ids=["message", "validation-details", "not-json", "empty"],
+    ids=["message", "validation-details", "not-json", "empty", "string-details"],
 )
 def test_marathon_message(body: Any, expected: str) -> None:
     assert marathon_message(body) == expected

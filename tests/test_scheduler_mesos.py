@@ -21,6 +21,7 @@ from tests.support import Changes, eventually
 from waiter.lifecycle import MESSAGES, deployment_error
 from waiter.scheduler import create_scheduler
 from waiter.scheduler.base import KillOutcome, ServiceSpec, ServiceState
+from waiter.scheduler.exits import exit_code_of
 from waiter.scheduler.mesos import MesosScheduler, MesosSettings
 from waiter.scheduler.mesos_proto import (
     Need,
@@ -31,7 +32,6 @@ from waiter.scheduler.mesos_proto import (
     TaskPhase,
     TaskStatus,
     encode_record,
-    exit_code_of,
     leader_from_location,
     offers_of,
     port_ranges,

@@ -15,7 +15,16 @@ Emulator-only controls (never part of Marathon) for tests, outside ``/v2``:
 * ``GET /emulator/faults``: the faults still pending.
 * ``GET /emulator/tasks``: every task's process id and sandbox.
 * ``POST /emulator/tasks/{task-id}/kill`` ``{"signal": "KILL"}``: the process dies from outside (TASK_FAILED);
-  ``POST /emulator/tasks/{task-id}/lose``: its agent "loses" it (SIGKILL, reported as TASK_LOST).
+  ``POST /emulator/tasks/{task-id}/lose``: its agent "loses" it (SIGKILL, reported as TASK_LOST);
+  ``POST /emulator/tasks/{task-id}/unreachable`` ``{"for-ms": n}``: listed as TASK_UNREACHABLE for a while.
+* ``POST /emulator/behaviours`` ``{"health-kills": true, ...}``: switch real-Marathon behaviours (``Behaviours`` in
+  ``marathon_cluster``; ``--behaviour NAME=VALUE`` at start).
+* ``POST /emulator/leader-election`` ``{"status": 503|502, "for-ms": n}``: for that long every ``/v2`` request
+  meets a leader election: 503 from a Marathon that knows no leader, 502 from one proxying to a leader that is gone.
+
+Killing a task the app does not have: a well-formed id answers 404 without ``scale``, and with ``scale=true`` 200
+and a deployment that changes nothing (Marathon scales by the tasks it found, none); a malformed id answers
+``malformed-task-id-status`` (500 by default, as Marathon's id parser throws).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.emulators.marathon_cluster import App, Cluster, ClusterConfig, Task
+from tests.emulators.marathon_cluster import WELL_FORMED_SUFFIX, App, Cluster, ClusterConfig, Task, safe_path
 from tests.emulators.marathon_http import (
     CLUSTER,
     LOCK_MESSAGE,
@@ -266,9 +275,18 @@ def kill_some(request: web.Request, app: App, tasks: list[Task]) -> web.Response
 async def kill_task(request: web.Request, app_id: str, task_id: str) -> web.Response:
     cluster = request.app[CLUSTER]
     app = find_app(cluster, app_id)
+    well_formed = re.fullmatch(rf"(.+?)\.({WELL_FORMED_SUFFIX.pattern})", task_id)
+    if well_formed is None:
+        status = cluster.behaviours.malformed_task_id_status
+        return error(status, f"Unexpected error: invalid task id '{task_id}'")
     task = app.tasks.get(task_id)
     if task is None:
-        return error(404, f"Task '{task_id}' does not exist")
+        scale, _, force = kill_flags(request)
+        if not scale or well_formed.group(1) != safe_path(app_id):
+            return error(404, f"Task '{task_id}' does not exist")
+        check_unlocked(cluster, app.id, force)
+        deployment = cluster.deploy(app.id, "ScaleApplication", app.version)  # kills none, scales by none
+        return deployment_result(deployment.id, deployment.version)
     response = kill_some(request, app, [task])
     if response.headers.get("Marathon-Deployment-Id"):
         return response
@@ -353,7 +371,12 @@ async def info(request: web.Request) -> web.Response:
             "elected": True,
             "leader": settings.leader,
             "frameworkId": cluster.config.framework_id,
-            "marathon_config": {"master": "emulated", "mesos_role": "*", "task_launch_timeout": 300000},
+            "marathon_config": {
+                "master": "emulated",
+                "mesos_role": "*",
+                "mesos_user": cluster.config.mesos_user,
+                "task_launch_timeout": 300000,
+            },
             "http_config": {"http_port": int(settings.leader.rsplit(":", 1)[-1] or 0)},
         }
     )
@@ -376,6 +399,7 @@ def build_app(config: ClusterConfig, settings: EmulatorSettings) -> web.Applicat
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         cluster = Cluster(config)
+        cluster.behaviours.update(settings.behaviours)
         await cluster.start()
         app[CLUSTER] = cluster
         yield
@@ -407,6 +431,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--password", help="the basic auth password")
     parser.add_argument("--kill-grace-secs", type=float, default=3.0, help="SIGTERM->SIGKILL without an app's own")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--mesos-user", default="marathon", help="who tasks of apps without a user run as")
+    parser.add_argument(
+        "--behaviour",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="switch a real-Marathon behaviour at start (as POST /emulator/behaviours does), e.g. instance-ids=true",
+    )
     return parser.parse_args(argv)
 
 
@@ -417,12 +449,18 @@ async def serve(args: argparse.Namespace) -> None:
         port_range=(int(low), int(high or low)),
         agent_host=args.host,
         default_kill_grace_secs=args.kill_grace_secs,
+        mesos_user=args.mesos_user,
     )
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
-    settings = EmulatorSettings(args.username, args.password, leader=f"{args.host}:{port}")
+    settings = EmulatorSettings(
+        args.username,
+        args.password,
+        leader=f"{args.host}:{port}",
+        behaviours=dict(b.split("=", 1) for b in args.behaviour),
+    )
     runner = web.AppRunner(build_app(config, settings), access_log=None)
     await runner.setup()
     await web.SockSite(runner, sock).start()

@@ -7,9 +7,12 @@ runs/latest``) with ``stdout`` and ``stderr`` files, with ports from a pool and 
 change and on a short tick, launches missing tasks (after the app's backoff when the last one failed), kills extra
 ones (youngest first) and finishes deployments whose goal is reached.
 
-Simplifications, all documented: readiness is "running" (a deployment ends once its tasks run; health checks are
-probed and reported in ``healthCheckResults`` but never kill), config changes restart every task at once, a
-rollback of a deployment only cancels it, and every task runs as the emulator's user whatever the app's ``user``.
+Real Marathon behaviours, switched by ``Behaviours`` (``POST /emulator/behaviours``, ``--behaviour``): HTTP health
+checks kill a task after ``maxConsecutiveFailures`` failures past its grace period (0: never), deployments of an app
+with health checks end only once its tasks are healthy, task ids can be instance-era ones
+(``<app>.instance-<uuid>._app.1``). Simplifications, all documented: config changes restart every task at once, a
+rollback of a deployment only cancels it, and every task runs as the emulator's user whatever the app's ``user``
+(the user Marathon would run it as is recorded on the task).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 import uuid
@@ -60,6 +64,35 @@ def exit_message(returncode: int) -> str:
     return f"Command terminated with signal {name}"
 
 
+HEALTH_KILL_MESSAGE = "Task was killed since health check failed. Reason: "
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+# What Marathon's Task.Id parser accepts after the app's prefix: a legacy id, or an instance-era one.
+WELL_FORMED_SUFFIX = re.compile(rf"(?:marathon-)?{_UUID}|instance-(?:marathon-)?{_UUID}\.[a-z0-9_-]+\.\d+")
+
+
+@dataclass
+class Behaviours:
+    """Real Marathon behaviours tests switch on and off (dashed names in the control and the flag)."""
+
+    health_kills: bool = True  # kill a task after maxConsecutiveFailures failed health checks (0 never kills)
+    health_gated_deployments: bool = True  # a deployment ends once its tasks are healthy, not merely running
+    instance_ids: bool = False  # task ids <app>.instance-<uuid>._app.1 (Marathon 1.5+) instead of <app>.<uuid>
+    malformed_task_id_status: int = 500  # what a kill of a malformed task id answers (Marathon: 500, some 422)
+
+    def update(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Set behaviours by dashed name (true/false, numbers); all of them as they are now."""
+        for name, value in values.items():
+            attribute = name.replace("-", "_")
+            if not hasattr(self, attribute):
+                raise ValueError(f"behaviour {name!r} is unknown; known: {sorted(vars(self))}")
+            current = getattr(self, attribute)
+            if isinstance(current, bool):
+                setattr(self, attribute, str(value).lower() in ("true", "1", "yes", "on"))
+            else:
+                setattr(self, attribute, type(current)(value))
+        return {k.replace("_", "-"): v for k, v in vars(self).items()}
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     work_dir: Path
@@ -70,6 +103,7 @@ class ClusterConfig:
     default_kill_grace_secs: float = 3.0  # when the app sets no taskKillGracePeriodSeconds
     port_hold_secs: float = 30.0
     tick_secs: float = 0.05
+    mesos_user: str = "marathon"  # --mesos_user: who tasks of apps without a user run as
 
 
 @dataclass
@@ -85,6 +119,9 @@ class Task:
     process: asyncio.subprocess.Process | None = None
     kill_requested: bool = False
     lost: bool = False
+    user: str = ""  # who Mesos would run it as: the app's user, else Marathon's mesos_user
+    health_failure: str | None = None  # set when Marathon killed it for failing health checks: the cause
+    reachable_again_at: float | None = None  # set while TASK_UNREACHABLE (monotonic): when its agent returns
     health: dict[str, Any] | None = None  # the one healthCheckResults entry, once probed
     jobs: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -96,7 +133,7 @@ class Task:
             "ports": list(self.ports),
             "servicePorts": [],
             "slaveId": config.agent_id,
-            "state": self.state,
+            "state": "TASK_UNREACHABLE" if self.reachable_again_at is not None else self.state,
             "stagedAt": iso(self.staged_at),
             "startedAt": iso(self.started_at) if self.started_at else None,
             "version": self.version,
@@ -166,6 +203,7 @@ class Cluster:
         self._loop: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stopping = False
+        self.behaviours = Behaviours()
 
     # -- lifecycle --
 
@@ -275,6 +313,9 @@ class Cluster:
 
     def reconcile(self) -> None:
         now = time.monotonic()
+        for task in self.tasks.values():
+            if task.reachable_again_at is not None and now >= task.reachable_again_at:
+                task.reachable_again_at = None
         for app in list(self.apps.values()):
             live = app.live
             wanted = int(app.definition["instances"])
@@ -295,6 +336,8 @@ class Cluster:
         if deployment.action == "StopApplication" or app is None:
             return not self.app_tasks(deployment.app_id)
         running = [t for t in app.tasks.values() if t.state == "TASK_RUNNING" and not t.kill_requested]
+        if app.definition.get("healthChecks") and self.behaviours.health_gated_deployments:
+            running = [t for t in running if t.health and t.health.get("alive")]
         return len(running) == int(app.definition["instances"]) and len(app.tasks) == len(running)
 
     # -- processes --
@@ -305,10 +348,14 @@ class Cluster:
             ports = self._ports.allocate(count)
         except Exception:
             return False
-        task_id = f"{safe_path(app.id)}.{uuid.uuid4()}"
+        if self.behaviours.instance_ids:
+            task_id = f"{safe_path(app.id)}.instance-{uuid.uuid4()}._app.1"
+        else:
+            task_id = f"{safe_path(app.id)}.{uuid.uuid4()}"
         executor = self.config.work_dir / "slaves" / self.config.agent_id / "frameworks" / self.config.framework_id
         executor = executor / "executors" / task_id / "runs"
         task = Task(task_id, app.id, app.version, ports, executor / str(uuid.uuid4()), time.time())
+        task.user = str(app.definition.get("user") or self.config.mesos_user)
         app.tasks[task_id] = task
         self.tasks[task_id] = task
         task.jobs.append(asyncio.create_task(self._run(app, task), name=f"run {task_id}"))
@@ -370,7 +417,9 @@ class Cluster:
         for job in task.jobs:
             if job is not asyncio.current_task():
                 job.cancel()
-        if task.kill_requested:
+        if task.health_failure is not None:
+            self._ended(task, "TASK_KILLED", HEALTH_KILL_MESSAGE + task.health_failure, failure=True)
+        elif task.kill_requested:
             self._ended(task, "TASK_KILLED", "Task killed")
         elif task.lost:
             self._ended(task, "TASK_LOST", f"Agent {self.config.agent_id} lost the task (emulated)")
@@ -379,13 +428,14 @@ class Cluster:
         else:
             self._ended(task, "TASK_FAILED", exit_message(returncode))
 
-    def _ended(self, task: Task, state: str, message: str) -> None:
+    def _ended(self, task: Task, state: str, message: str, *, failure: bool = False) -> None:
         log.info("task %s: %s (%s)", task.id, state, message)
         task.state = state
         self.tasks.pop(task.id, None)
         self._ports.release(task.ports)
         app = self.apps.get(task.app_id)
-        if app is not None and app.tasks.pop(task.id, None) is not None and state in FAILURE_STATES:
+        failed = failure or state in FAILURE_STATES
+        if app is not None and app.tasks.pop(task.id, None) is not None and failed:
             app.failures += 1
             app.launch_after = time.monotonic() + app.launch_delay()
             app.last_failure = {
@@ -420,7 +470,7 @@ class Cluster:
             "lastSuccess": None,
             "lastFailure": None,
             "lastFailureCause": None,
-            "instanceId": task.id,
+            "instanceId": task.id.rsplit("._app.", 1)[0],
         }
         assert self._session is not None
         interval = float(check["intervalSeconds"])
@@ -439,6 +489,20 @@ class Cluster:
                 result.update(alive=False, lastFailure=now, lastFailureCause=cause)
                 result["consecutiveFailures"] += 1
             task.health = dict(result)
+            if cause is not None and self._kills_for_health(check, task, result):
+                log.info("task %s: killed for failing %d health checks", task.id, result["consecutiveFailures"])
+                task.health_failure = cause
+                self.kill(task)
+                return
+
+    def _kills_for_health(self, check: dict[str, Any], task: Task, result: dict[str, Any]) -> bool:
+        """Marathon's rule: maxConsecutiveFailures failures in a row (0: never), counted once the task passed a
+        check or its grace period is over."""
+        limit = int(check.get("maxConsecutiveFailures", 3))
+        if not self.behaviours.health_kills or limit <= 0 or result["consecutiveFailures"] < limit:
+            return False
+        grace_over = time.time() - (task.started_at or time.time()) >= float(check.get("gracePeriodSeconds", 300))
+        return bool(result["firstSuccess"]) or grace_over
 
 
 def _open_sandbox(sandbox: Path) -> tuple[BinaryIO, BinaryIO]:

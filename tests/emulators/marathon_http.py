@@ -9,6 +9,7 @@ import asyncio
 import base64
 import json
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,8 @@ class Fault:
     delay_ms: int
     method: str | None = None
     path: str | None = None
+    message: str | None = None  # the error body's message and details (a list, or a string as some 400s have)
+    details: Any = None
 
     def matches(self, request: web.Request) -> bool:
         return (self.method is None or self.method.upper() == request.method) and (
@@ -46,6 +49,9 @@ class EmulatorSettings:
     password: str | None = None
     leader: str = ""
     faults: list[Fault] = field(default_factory=list)
+    behaviours: dict[str, str] = field(default_factory=dict)  # switched at start
+    election_until: float = 0.0  # monotonic: a leader election goes on until then
+    election_status: int = 503
 
     def take_fault(self, request: web.Request) -> Fault | None:
         for fault in self.faults:
@@ -105,6 +111,8 @@ async def add_fault(request: web.Request) -> web.Response:
         delay_ms=int(body.get("delay-ms", 0)),
         method=body.get("method"),
         path=body.get("path"),
+        message=body.get("message"),
+        details=body.get("details"),
     )
     request.app[SETTINGS].faults.append(fault)
     return web.json_response({"faults": len(request.app[SETTINGS].faults)})
@@ -125,6 +133,7 @@ async def emulator_tasks(request: web.Request) -> web.Response:
                     "appId": t.app_id,
                     "state": t.state,
                     "pid": t.process.pid if t.process else None,
+                    "user": t.user,
                     "sandbox": str(t.sandbox),
                 }
                 for t in tasks
@@ -152,7 +161,38 @@ async def list_faults(request: web.Request) -> web.Response:
     return web.json_response({"faults": [vars(f) for f in faults]})
 
 
+async def set_behaviours(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        return error(400, "behaviours are a JSON object")
+    try:
+        return web.json_response(request.app[CLUSTER].behaviours.update(body))
+    except ValueError as exc:
+        return error(400, str(exc))
+
+
+async def leader_election(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    settings = request.app[SETTINGS]
+    settings.election_status = int(body.get("status", 503))
+    settings.election_until = time.monotonic() + float(body.get("for-ms", 1000)) / 1000
+    return web.json_response({"status": settings.election_status})
+
+
+async def unreachable(request: web.Request) -> web.Response:
+    cluster = request.app[CLUSTER]
+    task = cluster.tasks.get(request.match_info["task"])
+    if task is None:
+        return error(404, f"Task '{request.match_info['task']}' does not exist")
+    body = await read_json(request) if request.can_read_body else {}
+    task.reachable_again_at = time.monotonic() + float(body.get("for-ms", 1000)) / 1000
+    return web.json_response({"task": task_json(cluster, task)})
+
+
 def add_controls(app: web.Application) -> None:
+    app.router.add_post("/emulator/behaviours", set_behaviours)
+    app.router.add_post("/emulator/leader-election", leader_election)
+    app.router.add_post("/emulator/tasks/{task}/unreachable", unreachable)
     app.router.add_get("/emulator/faults", list_faults)
     app.router.add_post("/emulator/faults", add_fault)
     app.router.add_delete("/emulator/faults", clear_faults)
@@ -181,11 +221,16 @@ async def auth_and_faults(request: web.Request, handler: Handler) -> web.StreamR
                 status=401,
                 headers={"WWW-Authenticate": 'Basic realm="Mesosphere Marathon"'},
             )
+    if time.monotonic() < settings.election_until:
+        if settings.election_status == 502:
+            return error(502, "Could not proxy the request to the leader: the connection was refused")
+        return error(503, "Could not determine the current leader")
     fault = settings.take_fault(request)
     if fault is not None:
         await asyncio.sleep(fault.delay_ms / 1000)
         if fault.status == 409:
             return error(409, LOCK_MESSAGE, deployments=[{"id": "emulated-fault-deployment"}])
         if fault.status:
-            return error(fault.status, f"Emulated fault: HTTP {fault.status}")
+            extra = {} if fault.details is None else {"details": fault.details}
+            return error(fault.status, fault.message or f"Emulated fault: HTTP {fault.status}", **extra)
     return await handler(request)

@@ -70,6 +70,7 @@ class MarathonScheduler:
         self._refresh_lock = asyncio.Lock()
         self._loop_task: asyncio.Task[None] | None = None
         self._sync_failing = False
+        self._mesos_user: str | None = None  # Marathon's --mesos_user: who tasks run as without a run-as-user
 
     # -- the Scheduler protocol --
 
@@ -78,8 +79,12 @@ class MarathonScheduler:
 
     async def start(self) -> None:
         try:
-            framework_id = (await self.client.info()).get("frameworkId")
+            info = await self.client.info()
+            framework_id = info.get("frameworkId")
             self._place = dataclasses.replace(self._place, framework_id=str(framework_id) if framework_id else None)
+            marathon_config = info.get("marathon_config")
+            if isinstance(marathon_config, Mapping) and marathon_config.get("mesos_user"):
+                self._mesos_user = str(marathon_config["mesos_user"])
         except SchedulerError as error:
             log.warning("Marathon at %s did not describe itself (no log directories): %s", self.config.url, error)
         await self._refresh_logged()
@@ -98,7 +103,8 @@ class MarathonScheduler:
         if spec.service_id in self._books:
             return False
         app_id = self.naming.app_id(spec.service_id)
-        created = await self.client.create_app(app_descriptor(spec, instances, self.naming, self.cluster_name))
+        app = app_descriptor(spec, instances, self.naming, self.cluster_name, self._mesos_user)
+        created = await self.client.create_app(app)
         if created is None:
             log.info("Marathon app %s exists already", app_id)
             existing = await self.client.get_app(app_id)
@@ -140,20 +146,38 @@ class MarathonScheduler:
         flags: frozenset[str] = frozenset(),
         failed: bool = False,
     ) -> KillResult:
-        book = self._books.get(service_id)
-        if book is None:
-            return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+        app_id = self.naming.app_id(service_id)
+        none = KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+        if service_id not in self._books:
+            return none
+        # Marathon answers a kill of a task it does not have (any more) with 200 and a deployment that changes
+        # nothing when scale=true, so the answer alone cannot say whether anything died: ask what it runs first.
+        try:
+            app = await self.client.get_app(app_id)
+        except SchedulerError as error:
+            return KillResult(KillOutcome.FAILED, str(error))
+        if app is None:
+            return none
+        book = self._adopt(service_id, app)
         if book.find_ended(instance_id):
             return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
-        task_id = book.task_ids.get(instance_id) or self.naming.task_id(service_id, instance_id)
-        app_id = self.naming.app_id(service_id)
+        task_id = book.task_ids.get(instance_id)
+        if task_id is None or instance_id not in book.tasks:
+            return none
+        if book.tasks[instance_id].extras.get("marathon/state") == "TASK_KILLING":
+            return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} is already being killed.")
+        instances_before = int(app.get("instances", book.requested))
         try:
             # Marathon has no signal choice: its force overrides a deployment lock, the closest to "at once".
             killed = await self.client.kill_task(app_id, task_id, scale=not replace, force=force)
+            after = None if replace or killed is None else await self.client.get_app(app_id)
         except SchedulerError as error:
             return KillResult(KillOutcome.FAILED, str(error))
-        if killed is None:
-            return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+        if killed is None or (after is not None and int(after.get("instances", 0)) >= instances_before):
+            # The task ended between the listing and the kill: Marathon killed nothing (and scaled by nothing).
+            if after is not None:
+                self._adopt(service_id, after)
+            return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} ended before it could be killed.")
         seen = book.tasks.get(instance_id) or Instance(instance_id, service_id, host="", port=0, started_at=0.0)
         book.end(
             dataclasses.replace(

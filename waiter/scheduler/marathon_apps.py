@@ -20,12 +20,12 @@ from typing import Any
 
 from waiter.scheduler.base import Instance, InstanceFlag, SchedulerError, ServiceSpec, ServiceState
 from waiter.scheduler.environment import instance_environment
+from waiter.scheduler.exits import exit_code_of
 
 JSON = dict[str, Any]
 ACTIVE_STATES = frozenset({"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING"})
 MAX_ENDED = 10  # kept per list (failed, killed), as the local scheduler does
 _SERVICE_ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
-_EXIT_STATUS = re.compile(r"Command exited with status (-?\d+)")
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,13 @@ class Naming:
         return self.task_prefix(service_id) + instance_id.removeprefix(f"{service_id}.")
 
 
-def app_environment(spec: ServiceSpec, cluster_name: str) -> dict[str, str]:
-    """§7.1's variables with ``HOME=/home/<run-as-user>``; PORT0.., MESOS_SANDBOX come from Mesos itself."""
-    user = spec.run_as_user
+def app_user(spec: ServiceSpec, mesos_user: str | None) -> str | None:
+    """Who Mesos runs the tasks as: the service's run-as-user, else Marathon's ``--mesos_user`` (from /v2/info)."""
+    return spec.run_as_user or mesos_user or None
+
+
+def app_environment(spec: ServiceSpec, cluster_name: str, user: str | None) -> dict[str, str]:
+    """§7.1's variables with ``HOME=/home/<user>`` of the task's user; PORT0.., MESOS_SANDBOX come from Mesos."""
     return instance_environment(spec, cluster_name, home=f"/home/{user}" if user else "/tmp", user=user)
 
 
@@ -71,8 +75,16 @@ def app_command(spec: ServiceSpec, naming: Naming) -> str:
     )
 
 
-def app_descriptor(spec: ServiceSpec, instances: int, naming: Naming, cluster_name: str) -> JSON:
-    """The Marathon app of a service (docs/api.md §8)."""
+def app_descriptor(
+    spec: ServiceSpec, instances: int, naming: Naming, cluster_name: str, mesos_user: str | None = None
+) -> JSON:
+    """The Marathon app of a service (docs/api.md §8).
+
+    Its HTTP health check never kills (``maxConsecutiveFailures: 0``): the router judges health and decides which
+    unhealthy instance to kill and when (it counts the instance's requests and may be waiting on it); Marathon's
+    check still shows health in its views and holds a deployment open until the tasks are healthy.
+    """
+    user = app_user(spec, mesos_user)
     app: JSON = {
         "id": naming.app_id(spec.service_id),
         "cmd": app_command(spec, naming),
@@ -80,7 +92,7 @@ def app_descriptor(spec: ServiceSpec, instances: int, naming: Naming, cluster_na
         "mem": spec.mem,
         "instances": instances,
         "ports": [0] * spec.ports,
-        "env": app_environment(spec, cluster_name),
+        "env": app_environment(spec, cluster_name, user),
         "labels": {"source": "waiter", "user": spec.run_as_user},
         "healthChecks": [
             {
@@ -88,15 +100,15 @@ def app_descriptor(spec: ServiceSpec, instances: int, naming: Naming, cluster_na
                 "path": spec.health_check_url,
                 "portIndex": spec.health_check_port_index,
                 "intervalSeconds": spec.health_check_interval_secs,
-                "maxConsecutiveFailures": spec.health_check_max_consecutive_failures,
+                "maxConsecutiveFailures": 0,
                 "timeoutSeconds": 20,
                 "gracePeriodSeconds": spec.grace_period_secs if spec.grace_period_secs > 0 else 300,
             }
         ],
         "backoffFactor": spec.restart_backoff_factor,
     }
-    if spec.run_as_user:
-        app["user"] = spec.run_as_user
+    if user:
+        app["user"] = user
     if spec.termination_grace_period_secs > 0:
         app["taskKillGracePeriodSeconds"] = spec.termination_grace_period_secs
     return app
@@ -141,8 +153,7 @@ def failure_facts(message: str) -> tuple[int | None, frozenset[str]]:
         flags.add(InstanceFlag.MEMORY_LIMIT_EXCEEDED.value)
     if message.startswith("Task was killed since health check failed"):
         flags.add(InstanceFlag.NEVER_PASSED_HEALTH_CHECKS.value)
-    match = _EXIT_STATUS.search(message)
-    return (int(match.group(1)) if match else None), frozenset(flags)
+    return exit_code_of(message), frozenset(flags)
 
 
 @dataclass(frozen=True)
@@ -287,6 +298,7 @@ __all__ = [
     "app_command",
     "app_descriptor",
     "app_environment",
+    "app_user",
     "check_spec",
     "failure_facts",
     "failure_instance",

@@ -59,6 +59,8 @@ def marathon_message(body: Any) -> str:
         return text[:300] if text else "no message"
     message = str(body.get("message") or "no message")
     details = body.get("details")
+    if isinstance(details, str) and details.strip():
+        return f"{message} ({details.strip()[:300]})"  # some 400s carry a sentence, not a list of paths
     if isinstance(details, list) and details:
         parts = []
         for detail in details:

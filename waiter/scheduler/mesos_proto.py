@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import re
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from waiter.scheduler.base import InstanceFlag, SchedulerError, ServiceSpec
 from waiter.scheduler.environment import format_number
+from waiter.scheduler.exits import exit_code_of
 
 SCHEDULER_PATH = "/api/v1/scheduler"
 _EPSILON = 1e-9  # offers carry floats: 0.1 + 0.2 must still fit in 0.3
@@ -246,12 +245,7 @@ _PHASES = {
     "TASK_FINISHED": TaskPhase.FINISHED,
     "TASK_KILLED": TaskPhase.KILLED,
 }
-_EXITED = re.compile(r"exited with status (-?\d+)")
-# WSTRINGIFY adds " (core dumped)" when the process left a core: "terminated with signal Aborted (core dumped)".
-_SIGNALLED = re.compile(r"terminated with signal (.+?)(?:\s*\(core dumped\))?\s*$")
 _MEMORY_REASONS = frozenset({"REASON_CONTAINER_LIMITATION_MEMORY"})
-# The command executor names a signal the way strsignal(3) does ("Killed", "Terminated").
-_SIGNALS = {signal.strsignal(number): number for number in signal.Signals if signal.strsignal(number)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,22 +254,6 @@ class TaskOutcome:
     message: str
     exit_code: int | None = None
     flags: frozenset[str] = frozenset()
-
-
-def exit_code_of(message: str | None) -> int | None:
-    """The exit code a command executor message states: ``exited with status N``, or ``-signal`` when killed."""
-    if not message:
-        return None
-    exited = _EXITED.search(message)
-    if exited:
-        return int(exited.group(1))
-    signalled = _SIGNALLED.search(message)
-    if signalled:
-        name = signalled.group(1)
-        if name in _SIGNALS:
-            return -int(_SIGNALS[name])
-        return -int(name) if name.isdigit() else None
-    return None
 
 
 def task_outcome(status: TaskStatus) -> TaskOutcome:
