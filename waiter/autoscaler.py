@@ -149,7 +149,7 @@ class Autoscaler:
                 del table[sid]
 
     def candidates(self, service: Service, now: float) -> list[Candidate]:
-        expiry = int(service.resolved.effective.get("instance-expiry-mins", 7200))
+        expiry = service.resolved.description.instance_expiry_mins
         res = service.reservations
         candidates = [
             Candidate(

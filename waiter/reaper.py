@@ -58,8 +58,7 @@ class Reaper:
 
     def activity(self, service: Service, now: float) -> ServiceActivity:
         view = self.coordinator.view
-        meta = service.resolved.token_meta
-        d = service.resolved.effective
+        described = service.resolved.description
         last = max(
             service.last_request_time or service.registered_at,
             view.last_request_time.get(service.id, 0.0),
@@ -73,10 +72,10 @@ class Reaper:
             service_id=service.id,
             outstanding=service.reservations.outstanding + view.outstanding_elsewhere.get(service.id, 0),
             last_activity=last,
-            idle_timeout_mins=int(d.get("idle-timeout-mins", 30)),
+            idle_timeout_mins=described.idle_timeout_mins,
             stale_since=stale_since,
-            stale_timeout_mins=int(meta.get("stale-timeout-mins", 15)),
-            fallback_period_secs=int(meta.get("fallback-period-secs", 300)),
+            stale_timeout_mins=described.stale_timeout_mins,
+            fallback_period_secs=described.fallback_period_secs,
             broken_since=service.broken_since,
         )
 

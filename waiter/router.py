@@ -129,7 +129,7 @@ class Router:
             return service
         period = options.fallback_period_secs
         if period is None:
-            period = int(resolved.token_meta.get("fallback-period-secs", 300))
+            period = resolved.description.fallback_period_secs
         updated = record.data.get("last-update-time")
         updated_at = updated / 1000 if isinstance(updated, int | float) else None
         if not in_fallback(updated_at, period, time.time()):

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from waiter.aio import stop
+from waiter.description import ServiceDescription
 from waiter.errors import WaiterError
 from waiter.instances import InstanceTracker
 from waiter.lifecycle import deployment_error
@@ -32,6 +33,10 @@ class ResolvedService:
     token_meta: Mapping[str, Any]  # token user metadata with defaults (timeouts, maintenance, fallback)
     source_tokens: tuple[tuple[str, str], ...] = ()  # (token, version)
     on_the_fly: bool = False
+    description: ServiceDescription = field(init=False, compare=False, repr=False)  # effective + meta, typed
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "description", ServiceDescription.of(self.effective, self.token_meta))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,34 +46,29 @@ class Timeouts:
     streaming_ms: int
 
 
-def token_timeouts(meta: Mapping[str, Any]) -> Timeouts:
-    return Timeouts(
-        queue_ms=int(meta.get("queue-timeout-ms", 300_000)),
-        socket_ms=int(meta.get("socket-timeout-ms", 900_000)),
-        streaming_ms=int(meta.get("streaming-timeout-ms", 20_000)),
-    )
+def token_timeouts(description: ServiceDescription) -> Timeouts:
+    return Timeouts(description.queue_timeout_ms, description.socket_timeout_ms, description.streaming_timeout_ms)
 
 
 def spec_from(resolved: ResolvedService) -> ServiceSpec:
-    d = resolved.effective
-    env = {str(k): str(v) for k, v in (d.get("env") or {}).items()}
+    d = resolved.description
     return ServiceSpec(
         service_id=resolved.service_id,
-        cmd=str(d["cmd"]),
-        cpus=float(d["cpus"]),
-        mem=float(d["mem"]),
-        ports=int(d.get("ports", 1)),
-        env=env,
-        run_as_user=str(d.get("run-as-user", "")),
-        version=str(d.get("version", "")),
-        concurrency_level=int(d.get("concurrency-level", 1)),
-        health_check_url=str(d.get("health-check-url", "/status")),
-        health_check_port_index=int(d.get("health-check-port-index", 0)),
-        health_check_interval_secs=int(d.get("health-check-interval-secs", 10)),
-        health_check_max_consecutive_failures=int(d.get("health-check-max-consecutive-failures", 5)),
-        grace_period_secs=int(d.get("grace-period-secs", 30)),
-        termination_grace_period_secs=int(d.get("termination-grace-period-secs", 0)),
-        restart_backoff_factor=float(d.get("restart-backoff-factor", 2)),
+        cmd=d.cmd,
+        cpus=d.cpus,
+        mem=d.mem,
+        ports=d.ports,
+        env=d.env,
+        run_as_user=d.run_as_user,
+        version=d.version,
+        concurrency_level=d.concurrency_level,
+        health_check_url=d.health_check_url,
+        health_check_port_index=d.health_check_port_index,
+        health_check_interval_secs=d.health_check_interval_secs,
+        health_check_max_consecutive_failures=d.health_check_max_consecutive_failures,
+        grace_period_secs=d.grace_period_secs,
+        termination_grace_period_secs=d.termination_grace_period_secs,
+        restart_backoff_factor=d.restart_backoff_factor,
         token=",".join(t for t, _ in resolved.source_tokens),
     )
 
@@ -102,15 +102,15 @@ class Service:
         self.resolved = resolved
         self.id = resolved.service_id
         self.spec = spec_from(resolved)
-        self.timeouts = token_timeouts(resolved.token_meta)
+        self.timeouts = token_timeouts(resolved.description)
         self.scheduler = scheduler
-        d = resolved.effective
-        self.min_instances = int(d.get("min-instances", 1))
-        self.max_instances = int(d.get("max-instances", 500))
+        d = resolved.description
+        self.min_instances = d.min_instances
+        self.max_instances = d.max_instances
         self.reservations = Reservations(
-            concurrency_level=self.spec.concurrency_level,
-            load_balancing=str(d.get("load-balancing", "oldest")),
-            max_queue_length=int(d.get("max-queue-length", 1_000_000)),
+            concurrency_level=d.concurrency_level,
+            load_balancing=d.load_balancing,
+            max_queue_length=d.max_queue_length,
         )
         self._slots_policy = slots_policy
         self._on_demand = on_demand

@@ -80,7 +80,7 @@ class Cluster:
 
     def expired(self, service: Service, now: float) -> set[str]:
         """The service's running instances that are expired now (flagged, or older than instance-expiry-mins)."""
-        expiry = int(service.resolved.effective.get("instance-expiry-mins", 7200))
+        expiry = service.resolved.description.instance_expiry_mins
         return {
             iid
             for iid, t in service.tracker.tracked.items()
@@ -91,8 +91,7 @@ class Cluster:
 def _common(service: Service, effective: bool, cluster: Cluster) -> dict[str, Any]:
     state = service.scheduler.service_state(service.id)
     running = state.scheduled if state else 0
-    cpus = float(service.resolved.effective.get("cpus", 0))
-    mem = float(service.resolved.effective.get("mem", 0))
+    cpus, mem = service.resolved.description.cpus, service.resolved.description.mem
     body: dict[str, Any] = {
         "service-id": service.id,
         "status": service_status(service),

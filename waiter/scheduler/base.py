@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from waiter.params import SERVICE_PARAMS
+
 
 class InstanceFlag(enum.StrEnum):
     """Why an instance failed, in Waiter's words (they feed deployment-error detection)."""
@@ -39,18 +41,18 @@ class ServiceSpec:
     cmd: str
     cpus: float
     mem: float
-    ports: int = 1
+    ports: int = SERVICE_PARAMS["ports"].default
     env: Mapping[str, str] = field(default_factory=dict)
     run_as_user: str = ""
     version: str = ""
-    concurrency_level: int = 1
-    health_check_url: str = "/status"
-    health_check_port_index: int = 0
-    health_check_interval_secs: int = 10
-    health_check_max_consecutive_failures: int = 5
-    grace_period_secs: int = 30
-    termination_grace_period_secs: int = 0
-    restart_backoff_factor: float = 2.0
+    concurrency_level: int = SERVICE_PARAMS["concurrency-level"].default
+    health_check_url: str = SERVICE_PARAMS["health-check-url"].default
+    health_check_port_index: int = SERVICE_PARAMS["health-check-port-index"].default
+    health_check_interval_secs: int = SERVICE_PARAMS["health-check-interval-secs"].default
+    health_check_max_consecutive_failures: int = SERVICE_PARAMS["health-check-max-consecutive-failures"].default
+    grace_period_secs: int = SERVICE_PARAMS["grace-period-secs"].default
+    termination_grace_period_secs: int = SERVICE_PARAMS["termination-grace-period-secs"].default
+    restart_backoff_factor: float = float(SERVICE_PARAMS["restart-backoff-factor"].default)
     token: str = ""
 
 
