@@ -134,3 +134,42 @@ async def test_an_instance_older_than_instance_expiry_mins_is_flagged(make_route
         return any("expired" in i["flags"] for i in active(await detail(r, sid)))
 
     await eventually(some_flagged, timeout=10, what="an instance flagged expired")
+
+
+async def test_state_and_settings_describe_both_routers_and_the_shared_scheduler(make_router, redis_server) -> None:
+    a, b = await two_routers(make_router, redis_server, backend_token("echo"))
+    async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    sid = await a.service_id(TOKEN)
+    ids = sorted([a.settings.router_id, b.settings.router_id])
+
+    async def both_listed() -> bool:
+        listed = [sorted((await r.get_json("/state/maintainer"))["state"]["routers"]) for r in (a, b)]
+        return listed == [ids, ids]
+
+    await eventually(both_listed, timeout=10, what="/state/maintainer of each router to list both")
+    maintainer = (await b.get_json("/state/maintainer"))["state"]
+    assert maintainer["routers"][a.settings.router_id].startswith("http://")
+    overview = await a.get_json("/state")
+    assert sorted(overview["routers"]) == ids
+    for name, url in overview["details"].items():
+        async with a.client.get(url) as resp:
+            assert resp.status == 200, name
+            assert (await resp.json())["router-id"] == a.settings.router_id
+    scheduler = (await a.get_json("/state/scheduler"))["state"]
+    assert scheduler["kind"] == "marathon" and scheduler["services"][sid]["scheduled"] == 1
+
+    async def leader_decided() -> bool:
+        states = [(await r.get_json("/state/autoscaler"))["state"] for r in (a, b)]
+        return any(s["leader?"] and sid in s["services"] for s in states)
+
+    await eventually(leader_decided, timeout=10, what="the leader's autoscaler state to list the service")
+    await eventually(lambda: b.router.registry.get(sid) is not None, timeout=10, what="router B to follow it")
+    assert "tracked" in (await b.get_json(f"/state/{sid}"))["state"]
+
+    settings = await a.get_json("/settings")
+    assert settings["scheduler-config"]["kind"] == "marathon"
+    assert settings["scheduler-syncer-interval-secs"] == 0.1
+    assert settings["cluster-config"]["name"] == a.settings.cluster_name
+    assert settings["messages"]["bad-startup-command"] == "Invalid startup command"
+    assert settings["redis"] == redis_server.url

@@ -87,7 +87,7 @@ async def test_a_deleted_service_leaves_no_scaling_state(make_router) -> None:
     await eventually(lambda: sid in autoscaler.decisions, "the leader to decide for the service")
     async with r.client.delete(r.url + f"/apps/{sid}") as resp:
         assert resp.status == 200
-    await eventually(lambda: sid not in autoscaler.decisions and sid not in autoscaler._states, "scaling state pruned")
+    await eventually(lambda: sid not in autoscaler.decisions and sid not in autoscaler.states, "scaling state pruned")
 
 
 async def test_instance_kill_and_expire_signals(make_router) -> None:
@@ -165,7 +165,7 @@ async def test_state_endpoints(make_router) -> None:
     services = await r.get_json("/state/services")
     assert services["state"][sid]["healthy-instances"] == 1
     scheduler = await r.get_json("/state/scheduler")
-    assert scheduler["state"] == {"kind": "local", "services": [sid]}
+    assert scheduler["state"]["kind"] == "local" and list(scheduler["state"]["services"]) == [sid]
     async with r.client.get(r.url + "/state/nothing") as resp:
         assert resp.status == 404
 

@@ -95,7 +95,7 @@ class Autoscaler:
         self.minute_secs = minute_secs
         self.is_leader = False
         self.decisions: dict[str, str] = {}  # service id -> scaling-state of the last decision
-        self._states: dict[str, ScalingState] = {}
+        self.states: dict[str, ScalingState] = {}  # service id -> smoothing state (leader only)
         self._last_kill: dict[str, float] = {}
         self._pending: dict[str, _PendingKill] = {}
         self._meters: dict[str, ThroughputMeter] = {}
@@ -128,7 +128,7 @@ class Autoscaler:
         leading = await self.state.lead(self.router_id, int(max(3.0, self.interval * 3) * 1000))
         if leading != self.is_leader:
             log.info("router %s %s the scaling leader", self.router_id, "is now" if leading else "is no longer")
-            self._states.clear()  # a new leader reads the smoothing state from the shared state
+            self.states.clear()  # a new leader reads the smoothing state from the shared state
             self._meters.clear()
             self._pending.clear()
         self.is_leader = leading
@@ -143,7 +143,7 @@ class Autoscaler:
     def _prune(self) -> None:
         """Forget services that are gone (deleted, reaped), so this state does not grow with every service run."""
         live = self.registry.services
-        tables: tuple[dict[str, Any], ...] = (self.decisions, self._states, self._last_kill, self._pending)
+        tables: tuple[dict[str, Any], ...] = (self.decisions, self.states, self._last_kill, self._pending)
         for table in tables:
             for sid in [sid for sid in table if sid not in live]:
                 del table[sid]
@@ -196,13 +196,13 @@ class Autoscaler:
         if counts is None:
             return
         sid = service.id
-        previous = self._states.get(sid)
+        previous = self.states.get(sid)
         if previous is None:
             saved = await self.state.load_scaling(sid)
             previous = ScalingState.from_json(saved) if saved else None
         settings = ScalingSettings.from_description(service.resolved.effective, self.burst)
         decision = decide(settings, counts, previous, now)
-        self._states[sid] = decision.state
+        self.states[sid] = decision.state
         if decision.state != previous:
             await self.state.save_scaling(sid, decision.state.to_json())
         self.decisions[sid] = decision.scaling_state

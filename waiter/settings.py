@@ -140,6 +140,16 @@ class Settings:
     max_api_body_bytes: int = 1 << 20
     config_file: Path | None = None
 
+    @property
+    def scheduler_syncer_interval_secs(self) -> float:
+        """How often the scheduler's view of instances is refreshed: Marathon is polled; local processes are checked
+        by the local scheduler's loop; Mesos pushes its task updates, nothing is polled (0)."""
+        if self.scheduler_kind == "marathon":
+            return self.marathon.sync_interval_ms / 1000
+        if self.scheduler_kind == "mesos":
+            return 0.0
+        return self.local.memory_check_interval_secs
+
     def public(self) -> dict[str, Any]:
         """The effective configuration as /settings shows it (kebab-case keys, Waiter's names where they exist)."""
         return {
@@ -156,6 +166,7 @@ class Settings:
             "run-as-user": self.run_as_user,
             "drain-timeout-secs": self.drain_timeout_secs,
             "max-api-body-bytes": self.max_api_body_bytes,
+            "scheduler-syncer-interval-secs": self.scheduler_syncer_interval_secs,
             "scheduler-config": {
                 "kind": self.scheduler_kind,
                 "agent": {"url": self.agent_url},

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from waiter.api.common import json_response
 from waiter.errors import WaiterError
+from waiter.lifecycle import MESSAGES
 from waiter.version import SERVER_HEADER
 
 if TYPE_CHECKING:
@@ -32,7 +33,9 @@ async def status(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, 
 
 
 async def settings(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
-    return json_response(router.settings.public())
+    body = router.settings.public()
+    body["messages"] = dict(MESSAGES)
+    return json_response(body)
 
 
 async def service_id(router: Router, request: web.BaseRequest, headers: tuple[tuple[str, str], ...]) -> web.Response:
@@ -95,12 +98,14 @@ async def dispatch(
 
 
 def _register() -> None:
-    from waiter.api import metrics, services, tokens
+    from waiter.api import metrics, services, state, tokens
 
     EXACT["/metrics"] = {"GET": metrics.metrics}
     EXACT.update(services.EXACT)
     EXACT.update(tokens.EXACT)
+    EXACT.update(state.EXACT)
     PREFIXES.extend(services.PREFIXES)
+    PREFIXES.extend(state.PREFIXES)
 
 
 _register()

@@ -298,58 +298,12 @@ async def _ping(
     }
 
 
-async def state(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
-    rid = router.settings.router_id
-    base = base_url(request)
-    return json_response(
-        {
-            "router-id": rid,
-            "routers": {rid: base},
-            "details": {"services": f"{base}/state/services", "scheduler": f"{base}/state/scheduler"},
-        }
-    )
-
-
-async def state_component(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
-    component = request.path[len("/state/") :].strip("/")
-    rid = router.settings.router_id
-    if component == "services":
-        body: Any = {
-            s.id: {
-                "outstanding": s.reservations.outstanding,
-                "queued": s.reservations.queued,
-                "in-flight": s.reservations.in_flight,
-                "routable-instances": s.reservations.routable_ids(),
-                "healthy-instances": s.tracker.healthy_count(),
-            }
-            for s in router.registry.services.values()
-        }
-    elif component == "scheduler":
-        sched = router.registry.scheduler
-        body = {"kind": sched.kind, "services": sorted(sched.service_ids())}
-    elif (service := router.registry.get(component)) is not None:
-        body = {
-            "outstanding": service.reservations.outstanding,
-            "queued": service.reservations.queued,
-            "routable-instances": service.reservations.routable_ids(),
-            "tracked": {
-                iid: {"healthy?": t.healthy, "expired?": t.expired, "failures": t.failures}
-                for iid, t in service.tracker.tracked.items()
-            },
-        }
-    else:
-        raise WaiterError(404, f"No state component or service named {component}.")
-    return json_response({"router-id": rid, "state": body})
-
-
 EXACT: dict[str, dict[str, Handler]] = {
     "/apps": {"GET": apps},
     "/apps/": {"GET": apps},
     "/waiter-ping": {"GET": ping},
-    "/state": {"GET": state},
 }
 PREFIXES: list[tuple[str, dict[str, Handler]]] = [
     ("/apps/", {"GET": app_get, "DELETE": app_delete, "POST": app_post}),
-    ("/state/", {"GET": state_component}),
 ]
 __all__ = ["EXACT", "PREFIXES", "SERVER_HEADER"]
