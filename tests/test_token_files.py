@@ -68,15 +68,21 @@ def test_a_list_of_tokens_and_an_explicit_owner(tmp_path: Path) -> None:
         pytest.param("token: tk\ncmd: run\ncpus: -1\nmem: 64\n", 3, "cpus must be a positive number", id="bad-field"),
         pytest.param("token: tk\ncmd: run\ncolour: blue\n", 3, 'Unsupported key(s) in token: ["colour"]', id="unknown"),
         pytest.param(
-            "token: tk\ncmd: run\nfallback-period-secs: -5\n", 3, "fallback-period-secs must be an integer between",
+            "token: tk\ncmd: run\nfallback-period-secs: -5\n",
+            3,
+            "fallback-period-secs must be an integer between",
             id="bad-user-metadata",
         ),
         pytest.param(
-            "token: tk\ncmd: run\nlast-update-time: 5\n", 3, "last-update-time cannot be given in a token file",
+            "token: tk\ncmd: run\nlast-update-time: 5\n",
+            3,
+            "last-update-time cannot be given in a token file",
             id="system-metadata",
         ),
         pytest.param(
-            "token: tk\nmin-instances: 5\nmax-instances: 2\n", 1, "min-instances (5) must be less than",
+            "token: tk\nmin-instances: 5\nmax-instances: 2\n",
+            1,
+            "min-instances (5) must be less than",
             id="cross-field",
         ),
         pytest.param("- token: tk\n  cmd: a\n- token: tk\n  cmd: b\n", 3, "defined twice in this file", id="twice"),
@@ -91,6 +97,31 @@ def test_problems_name_file_line_and_reason(tmp_path: Path, text: str, line: int
     assert problem.json() == {"file": str(tmp_path / "bad.yaml"), "line": line, "message": problem.reason}
     assert f"bad.yaml, line {line}: " in str(problem)
     assert files.get("good") is not None  # every other token is still served
+
+
+DEEP_REASON = "nests lists and maps deeper than the limit of 32 levels"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        pytest.param(
+            GOOD.replace("good", "deep").encode() + b"metadata: " + b"[" * 40 + b"]" * 40, DEEP_REASON, id="deep"
+        ),
+        pytest.param(
+            GOOD.replace("good", "deep").encode() + b"metadata: " + b"[" * 5000 + b"]" * 5000,
+            DEEP_REASON,
+            id="deeper-than-pyyaml-recurses",
+        ),
+        pytest.param(b"token: bad\ncmd: caf\xe9\n", "is not valid UTF-8 (byte 0xe9 at position 19)", id="not-utf8"),
+    ],
+)
+def test_files_that_cannot_be_text_or_nest_too_deep_are_reported(tmp_path: Path, raw: bytes, reason: str) -> None:
+    (tmp_path / "bad.yaml").write_bytes(raw)
+    files = files_in(tmp_path, **{"good.yaml": GOOD})
+    (problem,) = files.problems
+    assert problem.file == str(tmp_path / "bad.yaml") and reason in problem.reason, problem
+    assert files.get("good") is not None
 
 
 def test_a_token_defined_in_two_files_keeps_the_first(tmp_path: Path) -> None:
@@ -160,6 +191,24 @@ async def test_a_file_edited_while_the_router_runs_is_served(make_router: MakeRo
     async with r.client.get(r.url + "/hello", headers=headers) as resp:
         assert resp.status == 200
         assert (await resp.text()).startswith(f"hello from {await r.service_id(headers)}.")
+
+
+async def test_a_file_too_deep_for_the_yaml_parser_does_not_stop_reloading(make_router: MakeRouter) -> None:
+    r = await make_router([backend_token("fine")])
+    deep = yaml.safe_dump(backend_token("deep")) + "metadata: " + "[" * 5000 + "]" * 5000 + "\n"
+    (r.tokens_dir / "deep.yaml").write_text(deep)
+
+    async def reported() -> bool:
+        return bool((await r.get_json("/status"))["token-file-errors"])
+
+    await eventually(reported, timeout=10, what="the deep file to be reported")
+    write(r.tokens_dir / "later.yaml", yaml.safe_dump(backend_token("later")))
+
+    async def later_served() -> bool:
+        async with r.client.get(r.url + "/token?token=later") as resp:
+            return resp.status == 200
+
+    await eventually(later_served, timeout=10, what="a file added afterwards to be loaded")
 
 
 async def test_bad_yaml_is_reported_in_status_with_its_line(make_router: MakeRouter) -> None:

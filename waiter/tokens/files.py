@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from waiter.descriptor import SYSTEM_METADATA, DescriptorError, validate_token
+from waiter.jsonbounds import MAX_DEPTH, depth
 from waiter.tokens.records import name_problem, normalise
 from waiter.tokens.store import TokenRecord, make_record
 
@@ -111,6 +112,9 @@ class TokenFiles:
             except OSError as exc:  # the directory itself went away or became unreadable: keep what is loaded
                 log.error("token directory %s cannot be read: %s; keeping the tokens loaded before",
                           self.directory, exc.strerror)
+            except Exception:  # a bug must not end reloading for good
+                log.exception("reloading the token files in %s failed; keeping the tokens loaded before",
+                              self.directory)
 
     def _files(self) -> list[Path]:
         if self.directory is None or not self.directory.is_dir():
@@ -202,11 +206,19 @@ class TokenFiles:
 def _parse(path: Path) -> tuple[Any, Any, int]:
     """(data, YAML node tree, mtime in ms); the node tree gives the line of every entry and key."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
         mtime_ms = path.stat().st_mtime_ns // 1_000_000
-        return yaml.safe_load(text), yaml.compose(text, Loader=yaml.SafeLoader), mtime_ms
+        text = raw.decode("utf-8")
+        data = yaml.safe_load(text)
+        if depth(data) > MAX_DEPTH:
+            raise _Skip(None, f"nests lists and maps deeper than the limit of {MAX_DEPTH} levels")
+        return data, yaml.compose(text, Loader=yaml.SafeLoader), mtime_ms
     except OSError as exc:
         raise _Skip(None, f"cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise _Skip(None, f"is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start})") from None
+    except RecursionError:  # PyYAML's composer recurses once per level
+        raise _Skip(None, f"nests lists and maps deeper than the limit of {MAX_DEPTH} levels") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         raise _Skip(mark.line + 1 if mark else None, f"is not valid YAML: {exc.problem or exc.context or exc}") from exc
