@@ -106,11 +106,15 @@ async def run_failover(group: SentinelGroup, make_router) -> None:  # type: igno
     assert (await shared_state(a))["redis"]["primary"] == old_primary
     leader = a if (await shared_state(a))["leader?"] else b
     await eventually(lambda: _is_leader(leader), what="one router to hold the leader lease")
+    # The write was answered once the replica confirmed it (WAIT), so the replica has it now, without waiting.
     primary = redis.Redis(port=group.primary.port, decode_responses=True)
+    replica = redis.Redis(port=group.replica.port, decode_responses=True)
     try:
-        assert await primary.execute_command("WAIT", 1, 5000) == 1  # the token reached the replica
+        assert int((await primary.info("commandstats"))["cmdstat_wait"]["calls"]) >= 1
+        assert await replica.hget(f"waiter:{a.settings.cluster_name}:tokens:data", "sentinel-echo") is not None
     finally:
         await primary.aclose()
+        await replica.aclose()
 
     stop = asyncio.Event()
     statuses: list[int] = []

@@ -107,6 +107,11 @@ class RedisConnection:
         self._primary: tuple[str, int] | None = None
         self.primary_changes = 0  # times the primary seen by this client changed (Sentinel failovers)
 
+    @property
+    def sentinel(self) -> bool:
+        """True when the server is found through Sentinel (a primary with replicas that can take over)."""
+        return self._sentinel is not None
+
     def primary(self) -> str | None:
         """host:port of the primary this client last connected to (Sentinel only; None before the first call)."""
         pool = self.client.connection_pool

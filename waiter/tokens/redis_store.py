@@ -172,6 +172,23 @@ class RedisTokenStore(CachedStore):
         self._remember(name, record)  # this router sees its own write at once
         if int(value) == self._version + 1:
             self._version = int(value)
+        if self._connection.sentinel:
+            await self._replicate(name)
+
+    async def _replicate(self, name: str) -> None:
+        """Behind Sentinel, answer a write once a replica has it too, so a failover right after does not lose it.
+
+        Replication is asynchronous: without this, a token saved just before the primary dies is gone with it.
+        A replica that does not confirm in time does not undo the write (the primary has it); it is logged.
+        """
+        wait_ms = max(1, int(self.timeout * 500))
+        try:
+            replicas = await self._call(self._client.wait(1, wait_ms), f"replicate token {name}")
+        except StoreUnavailable as error:
+            log.warning("token %s was saved on the primary; no replica confirmed it: %s", name, error)
+            return
+        if int(replicas) < 1:
+            log.warning("token %s was saved on the primary, but no replica confirmed it within %d ms", name, wait_ms)
 
     async def index(self, owners: Collection[str] | None = None) -> list[IndexEntry]:
         return await self._call(self._index(owners), "list tokens")
