@@ -19,6 +19,7 @@ from typing import Any
 from waiter.aio import raise_if_cancelling
 from waiter.coordinator import Coordinator
 from waiter.lifecycle import is_expired
+from waiter.periodic import Periodic
 from waiter.registry import ServiceRegistry
 from waiter.scaling import BurstSettings, Counts, ScalingSettings, ScalingState, decide
 from waiter.scheduler.base import SchedulerError
@@ -102,26 +103,17 @@ class Autoscaler:
         self._wake = wake or asyncio.Event()
 
     async def run(self) -> None:
-        last = 0.0
-        while True:
-            try:
-                async with asyncio.timeout(max(0.0, last + self.interval - time.monotonic())):
-                    await self._wake.wait()
-                await asyncio.sleep(max(0.0, last + 0.1 - time.monotonic()))  # at most 10 decisions a second
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            last = time.monotonic()
-            try:
-                await self.tick(time.time())
-            except StateUnavailable as exc:
-                raise_if_cancelling()
-                if self.is_leader:
-                    log.error("lost contact with the shared state; not scaling until it returns: %s", exc)
-                self.is_leader = False
-            except Exception:
-                raise_if_cancelling()
-                log.exception("autoscaler cycle failed")
+        # woken by a queued request: decide at once, but at most 10 decisions a second
+        await Periodic("autoscaler cycle", self.cycle, self.interval, wake=self._wake, min_gap=0.1).run()
+
+    async def cycle(self) -> None:
+        try:
+            await self.tick(time.time())
+        except StateUnavailable as exc:
+            raise_if_cancelling()
+            if self.is_leader:
+                log.error("lost contact with the shared state; not scaling until it returns: %s", exc)
+            self.is_leader = False
 
     async def tick(self, now: float) -> None:
         self._prune()

@@ -6,15 +6,14 @@ starts again on its next request.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Callable
 
-from waiter.aio import raise_if_cancelling
 from waiter.coordinator import Coordinator
 from waiter.lifecycle import ServiceActivity, reap_reason
+from waiter.periodic import Periodic
 from waiter.registry import ServiceRegistry
 from waiter.scheduler.base import SchedulerError
 from waiter.service import Service
@@ -47,14 +46,11 @@ class Reaper:
         self.reaped: list[tuple[str, str]] = []  # (service id, reason), newest last, for /state
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if self.is_leader():
-                try:
-                    await self.tick(time.time())
-                except Exception:
-                    raise_if_cancelling()
-                    log.exception("reaper cycle failed")
+        await Periodic("reaper cycle", self.cycle, self.interval).run()
+
+    async def cycle(self) -> None:
+        if self.is_leader():
+            await self.tick(time.time())
 
     def activity(self, service: Service, now: float) -> ServiceActivity:
         view = self.coordinator.view
