@@ -1,0 +1,241 @@
+"""Boundary rows of the pure decisions: the edges a mutation (``<=`` for ``<``, ``+`` for ``-``) would move.
+
+Each row sits exactly on, or one step beside, a rule's edge, and the times start at an arbitrary origin rather
+than 0, so ``now - x`` turned into ``now + x`` (or an origin-dependent shortcut) cannot pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from typing import Any
+
+import pytest
+
+from waiter.lifecycle import ServiceActivity, in_fallback, is_expired, reap_reason
+from waiter.reservation import Reservations
+from waiter.scaling import BurstSettings, Counts, ScalingSettings, ScalingState, decide
+from waiter.scheduler.base import Instance
+
+T0 = 1_800_000_123.25  # an arbitrary time origin
+BASE = ScalingSettings(
+    min_instances=1,
+    max_instances=50,
+    concurrency_level=1,
+    scale_factor=1,
+    scale_up_factor=0.999,
+    scale_down_factor=0.999,
+    jitter_threshold=0.5,
+    expired_instance_restart_rate=0.1,
+    burst=BurstSettings(enabled=False),
+)
+
+
+def step(
+    settings: ScalingSettings, *, total: int, outstanding: int, target: float, healthy: int, **counts: Any
+) -> tuple[int, int]:
+    """(amount, scale_to) one tick after a previous decision."""
+    decision = decide(
+        settings, Counts(outstanding, total, total, healthy, **counts), ScalingState(target, T0 - 1), T0
+    )
+    return decision.amount, decision.scale_to
+
+
+@pytest.mark.parametrize(
+    ("settings", "row", "expected"),
+    [
+        # "enough instances": no scale-up while the instances cover the need (ideal <= total) at or above min
+        pytest.param(
+            BASE, {"total": 3, "outstanding": 3, "target": 5.0, "healthy": 3}, (0, 3), id="ideal-equals-total"
+        ),
+        pytest.param(BASE, {"total": 3, "outstanding": 4, "target": 5.0, "healthy": 3}, (1, 4), id="ideal-one-above"),
+        pytest.param(
+            dataclasses.replace(BASE, min_instances=4),
+            {"total": 3, "outstanding": 0, "target": 5.0, "healthy": 3},
+            (1, 4),
+            id="below-min-scales-even-when-covered",
+        ),
+        # the jitter threshold: a gap of exactly the threshold moves, a hair below it does not
+        pytest.param(
+            dataclasses.replace(BASE, scale_up_factor=0.5, jitter_threshold=0.5),
+            {"total": 2, "outstanding": 3, "target": 2.0, "healthy": 2},
+            (1, 3),
+            id="gap-equals-jitter",
+        ),
+        pytest.param(
+            dataclasses.replace(BASE, scale_up_factor=0.49, jitter_threshold=0.5),
+            {"total": 2, "outstanding": 3, "target": 2.0, "healthy": 2},
+            (0, 2),
+            id="gap-below-jitter",
+        ),
+        # expired replacements: ceil(expired x rate) more, unless scaling down with every instance healthy
+        pytest.param(
+            BASE, {"total": 2, "outstanding": 2, "target": 2.0, "healthy": 2, "expired_healthy": 1}, (1, 3),
+            id="one-expired-one-replacement",
+        ),
+        pytest.param(
+            dataclasses.replace(BASE, expired_instance_restart_rate=0.5),
+            {"total": 4, "outstanding": 4, "target": 4.0, "healthy": 4, "expired_healthy": 3},
+            (2, 6),
+            id="ceil-of-expired-times-rate",
+        ),
+        pytest.param(
+            BASE, {"total": 4, "outstanding": 1, "target": 4.0, "healthy": 4, "expired_healthy": 1}, (-3, 1),
+            id="scale-down-all-healthy-adds-none",
+        ),
+        pytest.param(
+            # Waiter's term as written: + ceil(1 x 0.1) - max(0, healthy - scale_to) = 1 - 2
+            BASE, {"total": 4, "outstanding": 1, "target": 4.0, "healthy": 3, "expired_healthy": 1}, (-4, 0),
+            id="scale-down-not-all-healthy-applies-the-term",
+        ),
+        pytest.param(
+            BASE,
+            {"total": 2, "outstanding": 2, "target": 2.0, "healthy": 2, "expired_unhealthy": 5},
+            (1, 3),
+            id="at-most-two-expired-unhealthy-count",
+        ),
+        # min == max: pinned whatever the load
+        pytest.param(
+            dataclasses.replace(BASE, min_instances=3, max_instances=3),
+            {"total": 3, "outstanding": 100, "target": 3.0, "healthy": 3},
+            (0, 3),
+            id="min-equals-max-under-load",
+        ),
+        pytest.param(
+            dataclasses.replace(BASE, min_instances=3, max_instances=3),
+            {"total": 3, "outstanding": 0, "target": 3.0, "healthy": 3},
+            (0, 3),
+            id="min-equals-max-idle",
+        ),
+        pytest.param(
+            dataclasses.replace(BASE, min_instances=3, max_instances=3),
+            {"total": 1, "outstanding": 0, "target": 1.0, "healthy": 1},
+            (2, 3),
+            id="min-equals-max-from-below",
+        ),
+    ],
+)
+def test_scaling_boundaries(settings: ScalingSettings, row: dict[str, Any], expected: tuple[int, int]) -> None:
+    assert step(settings, **row) == expected
+
+
+def test_first_cycle_at_an_arbitrary_origin_starts_the_smoothing_there() -> None:
+    decision = decide(BASE, Counts(10, 2, 2, 2), None, T0)
+    assert (decision.amount, decision.state.last_tick, decision.state.target) == (0, T0, 2.0)
+    follow = decide(BASE, Counts(10, 2, 2, 2), decision.state, T0 + 1)
+    assert follow.state.last_tick == T0 + 1 and follow.amount > 0
+
+
+# -- reservation -------------------------------------------------------------------------------------------------
+
+
+def inst(name: str, started_at: float) -> Instance:
+    return Instance(id=f"svc.{name}", service_id="svc", host="127.0.0.1", port=1, started_at=started_at)
+
+
+A, B, C = inst("a", T0 + 1), inst("b", T0 + 2), inst("c", T0 + 3)
+
+
+def test_random_load_balancing_is_not_oldest_first() -> None:
+    r = Reservations(concurrency_level=1000, load_balancing="random", rng=random.Random(3))
+    for i in (A, B, C):
+        r.add(i)
+    picks = [r.try_acquire() for _ in range(60)]
+    assert {i.id for i in picks if i} == {A.id, B.id, C.id}
+    assert sum(1 for i in picks if i is A) < 40  # oldest-first would give A all 60
+
+
+def test_an_instance_added_again_keeps_its_requests_and_its_place() -> None:
+    r = Reservations(concurrency_level=1)
+    r.add(B)
+    r.add(A)
+    assert r.try_acquire() is A
+    r.remove(A.id)
+    r.add(A)  # back in rotation while its request runs: still full, still first in age order
+    assert r.routable_ids() == [A.id, B.id]
+    assert r.try_acquire() is B
+    assert r.try_acquire() is None
+    r.release(A.id)
+    assert r.try_acquire() is A
+
+
+async def test_abandoning_a_waiter_that_already_failed_changes_nothing() -> None:
+    r = Reservations(concurrency_level=1)
+    waiter = r.enqueue()
+    r.fail_waiters(RuntimeError("Deployment error: Invalid startup command"))
+    assert isinstance(waiter.exception(), RuntimeError)
+    r.abandon(waiter)
+    assert (r.in_flight, r.queued) == (0, 0)
+    r.add(A)
+    assert r.try_acquire() is A
+
+
+async def test_a_cancelled_waiter_at_the_head_of_the_queue_is_skipped() -> None:
+    r = Reservations(concurrency_level=1)
+    first, second = r.enqueue(), r.enqueue()
+    first.cancel()
+    r.add(A)
+    assert second.done() and second.result() is A
+    assert (r.in_flight, r.queued) == (1, 0)
+    await asyncio.sleep(0)
+
+
+# -- lifecycle ---------------------------------------------------------------------------------------------------
+
+
+def activity(**kw: Any) -> ServiceActivity:
+    base: dict[str, Any] = {
+        "service_id": "s",
+        "outstanding": 0,
+        "last_activity": T0,
+        "idle_timeout_mins": 30,
+        "stale_timeout_mins": 15,
+        "fallback_period_secs": 300,
+    }
+    return ServiceActivity(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("service", "now", "expected"),
+    [
+        pytest.param(activity(), T0 + 1800, None, id="idle-exactly-the-timeout"),
+        pytest.param(activity(), T0 + 1800.5, "idle for more than 30 minute(s)", id="idle-just-past"),
+        pytest.param(activity(last_activity=T0 + 10), T0 + 1800.5, None, id="later-activity-resets"),
+        pytest.param(
+            activity(idle_timeout_mins=0, stale_since=T0, stale_timeout_mins=1, fallback_period_secs=10),
+            T0 + 69.9,
+            None,
+            id="stale-a-hair-early",
+        ),
+        pytest.param(
+            activity(idle_timeout_mins=0, stale_since=T0, stale_timeout_mins=1, fallback_period_secs=10),
+            T0 + 70,
+            "replaced by a newer version more than 1 minute(s) ago",
+            id="stale-at-the-deadline",
+        ),
+        pytest.param(activity(idle_timeout_mins=0, broken_since=T0), T0 + 1800, None, id="broken-exactly"),
+        pytest.param(
+            activity(idle_timeout_mins=0, broken_since=T0),
+            T0 + 1800.5,
+            "unable to start for more than 1800 seconds",
+            id="broken-just-past",
+        ),
+    ],
+)
+def test_reap_reason_at_an_arbitrary_origin(service: ServiceActivity, now: float, expected: str | None) -> None:
+    assert reap_reason(service, now, broken_timeout_secs=1800) == expected
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"), [(T0 + 600, False), (T0 + 600.5, True), (T0 - 1, False)], ids=["exactly", "past", "before"]
+)
+def test_is_expired_at_an_arbitrary_origin(now: float, expected: bool) -> None:
+    assert is_expired(inst("x", T0), 10, False, now) is expected
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"), [(T0 + 299.9, True), (T0 + 300, False), (T0 - 1, True)], ids=["inside", "edge", "before"]
+)
+def test_in_fallback_at_an_arbitrary_origin(now: float, expected: bool) -> None:
+    assert in_fallback(T0, 300, now) is expected
