@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -432,3 +434,38 @@ async def test_admin_endpoints(make_router, scheduler_kind: str) -> None:
         assert (await resp.json())["waiter-error"]["message"] == "Service not found"
     async with r.client.get(r.url + "/no-such-endpoint") as resp:
         assert resp.status == 404
+
+
+@local_only
+async def test_connections_queued_when_the_router_stops_are_answered_not_reset(make_router) -> None:
+    """Connections the kernel completed but the router had not accepted yet are drained on SIGTERM, not reset."""
+    r = await make_router([backend_token("echo")])
+    async with r.client.get(r.url + "/hello", headers={"x-waiter-token": "echo"}) as resp:
+        assert resp.status == 200
+    request = b"GET /hello HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\n\r\n"
+
+    def connect() -> list[socket.socket]:
+        socks = [socket.create_connection(("127.0.0.1", r.server.port)) for _ in range(10)]
+        for sock in socks:
+            sock.sendall(request)
+        return socks
+
+    def first_line(sock: socket.socket, into: list[bytes]) -> None:
+        with sock:
+            sock.settimeout(15)
+            try:
+                into.append(sock.recv(4096).split(b"\r\n", 1)[0])
+            except OSError as error:
+                into.append(repr(error).encode())
+
+    # Connected while the loop is blocked, and stop() entered with no await in between: the router never had a
+    # chance to accept them before it stopped listening.
+    socks = connect()
+    lines: list[bytes] = []
+    readers = [threading.Thread(target=first_line, args=(sock, lines)) for sock in socks]
+    for reader in readers:
+        reader.start()
+    await r.server.stop()
+    for reader in readers:
+        await asyncio.to_thread(reader.join)
+    assert len(lines) == 10 and all(line.startswith(b"HTTP/1.1 ") for line in lines), lines

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -413,8 +414,20 @@ class Connection(asyncio.Protocol):
         self.loop.call_later(LINGER_SECS, self.transport.close)
 
     def close_if_idle(self) -> None:
-        if self.active is None and not self._closed:
+        if self.active is None and not self._closed and not self._request_waiting():
             self.transport.close()
+
+    def _request_waiting(self) -> bool:
+        """Bytes of a request arrived but are not read yet: closing now would reset the connection (unread data
+        makes the kernel send RST) and lose that request. It is served instead, and the connection closed after."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+                return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
 
     # One timer per connection for both deadlines; it is re-armed when it fires, not per request.
     def _arm_timer(self) -> None:

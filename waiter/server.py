@@ -13,7 +13,9 @@ import contextlib
 import ctypes
 import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
@@ -153,11 +155,35 @@ class RouterServer:
             return
         self._stopped = True
         if self._server is not None:
+            listeners = [socket.socket(fileno=os.dup(sock.fileno())) for sock in self._server.sockets]
             self._server.close()
+            await self._serve_queued(listeners)
         if self._door is not None and self._dispatcher is not None:
             self._dispatcher.router.draining = True
             await self._door.drain(self.settings.drain_timeout_secs)
         await self._close()
+
+    async def _serve_queued(self, listeners: list[socket.socket]) -> None:
+        """Take on the connections the kernel completed but nobody accepted yet, then stop listening for good.
+
+        Closing a listening socket resets the connections in its accept queue, requests already sent on them
+        included. ``listeners`` are duplicates of the server's sockets taken before it closed them, so the queue
+        survived; what is in it is accepted and drained like any other connection. Only a connection completed in
+        the instant between the last accept and the close is still reset.
+        """
+        loop = asyncio.get_running_loop()
+        for listener in listeners:
+            with listener:
+                listener.setblocking(False)
+                while True:
+                    try:
+                        conn, _ = listener.accept()
+                    except OSError:  # BlockingIOError: the queue is empty
+                        break
+                    try:
+                        await loop.connect_accepted_socket(self._connection, conn)
+                    except OSError:
+                        conn.close()
 
     async def _close(self) -> None:
         if self._server is not None:
