@@ -45,6 +45,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.emulators.behaviours import switch
 from tests.emulators.marathon_cluster import WELL_FORMED_SUFFIX, App, Cluster, ClusterConfig, Task, safe_path
 from tests.emulators.marathon_http import (
     CLUSTER,
@@ -399,7 +400,7 @@ def build_app(config: ClusterConfig, settings: EmulatorSettings) -> web.Applicat
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         cluster = Cluster(config)
-        cluster.behaviours.update(settings.behaviours)
+        switch(cluster.behaviours, settings.behaviours)
         await cluster.start()
         app[CLUSTER] = cluster
         yield

@@ -79,19 +79,6 @@ class Behaviours:
     instance_ids: bool = False  # task ids <app>.instance-<uuid>._app.1 (Marathon 1.5+) instead of <app>.<uuid>
     malformed_task_id_status: int = 500  # what a kill of a malformed task id answers (Marathon: 500, some 422)
 
-    def update(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Set behaviours by dashed name (true/false, numbers); all of them as they are now."""
-        for name, value in values.items():
-            attribute = name.replace("-", "_")
-            if not hasattr(self, attribute):
-                raise ValueError(f"behaviour {name!r} is unknown; known: {sorted(vars(self))}")
-            current = getattr(self, attribute)
-            if isinstance(current, bool):
-                setattr(self, attribute, str(value).lower() in ("true", "1", "yes", "on"))
-            else:
-                setattr(self, attribute, type(current)(value))
-        return {k.replace("_", "-"): v for k, v in vars(self).items()}
-
 
 @dataclass(frozen=True)
 class ClusterConfig:

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.emulators.behaviours import switch
 from tests.emulators.marathon_cluster import Cluster, Task
 from tests.emulators.marathon_validation import invalid_json
 
@@ -166,7 +167,7 @@ async def set_behaviours(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         return error(400, "behaviours are a JSON object")
     try:
-        return web.json_response(request.app[CLUSTER].behaviours.update(body))
+        return web.json_response(switch(request.app[CLUSTER].behaviours, body))
     except ValueError as exc:
         return error(400, str(exc))
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.emulators.behaviours import switch
 from tests.emulators.mesos_agent import (
     TERMINAL,
     UNRESERVED,
@@ -177,20 +178,11 @@ class Master:
         self._offer_counter = 0
 
     def set_behaviours(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Switch behaviours by their dashed names (true/false, numbers); all of them, as they are now."""
-        known = self.behaviours
-        for name, value in values.items():
-            attribute = name.replace("-", "_")
-            if not hasattr(known, attribute):
-                raise ValueError(f"behaviour {name!r} is unknown; known: {sorted(vars(known))}")
-            current = getattr(known, attribute)
-            if isinstance(current, bool):
-                setattr(known, attribute, str(value).lower() in ("true", "1", "yes", "on"))
-            else:
-                setattr(known, attribute, type(current)(value))
+        """Switch behaviours by their dashed names; all of them, as they are now."""
+        switched = switch(self.behaviours, values)
         for agent in self.agents:
-            agent.core_dumps = known.core_dumps
-        return {k.replace("_", "-"): v for k, v in vars(known).items()}
+            agent.core_dumps = self.behaviours.core_dumps
+        return switched
 
     @property
     def agent(self) -> Agent:
