@@ -385,24 +385,19 @@ async def test_a_new_master_recovering_then_silent_on_reconciliation_is_asked_ag
     await eventually(lambda: not scheduler.client.connected.is_set())
     refused = (await emulator.state())["unavailable"]
     await eventually(lambda: _unavailable_more_than(emulator, refused))  # SUBSCRIBE met 503 and is retried
+    reconciles = (await emulator.framework())["calls"]["RECONCILE"]  # before it can subscribe again
     await emulator.control("behaviours", {"recovering": False})
-    reconciles = (await emulator.framework())["calls"]["RECONCILE"]
 
     async def asked_again() -> bool:
         return bool((await emulator.framework())["calls"]["RECONCILE"] >= reconciles + 3)
 
     await eventually(asked_again)  # explicit + implicit after subscribing, then explicit again for no answer
     assert [i.id for i in state_of(scheduler).active] == [instance.id]
-    assert scheduler._unreconciled == {} or await _eventually_reconciled(scheduler)
+    await eventually(lambda: scheduler._unreconciled == {}, what="the agent re-registered and every task answered")
 
 
 async def _unavailable_more_than(emulator: Emulator, count: int) -> bool:
     return bool((await emulator.state())["unavailable"] > count)
-
-
-async def _eventually_reconciled(scheduler: MesosScheduler) -> bool:
-    await eventually(lambda: scheduler._unreconciled == {})
-    return True
 
 
 async def test_a_scheduler_whose_framework_failed_over_steps_aside(
