@@ -102,6 +102,9 @@ return 1
 """
 
 
+_WRITE_BACK_BATCH = 500  # records per pipelined round trip when writing back
+
+
 def _update_time(record: TokenRecord) -> int:
     updated = record.data.get("last-update-time")
     return int(updated) if isinstance(updated, int | float) and not isinstance(updated, bool) else 0
@@ -317,20 +320,25 @@ class RedisTokenStore(CachedStore):
         self._epoch = epoch
 
     async def _write_back(self) -> int:
+        """Restore every cached record (newest wins, in the script); pipelined, so thousands cost a round trip."""
         keys = [self._key("data"), self._key("etag"), self._key("owners"), self._key("version")]
         restored = 0
-        for record in list(self._cache.values()):
-            args = [
-                record.name,
-                json.dumps(record.data, sort_keys=True),
-                record.etag,
-                record.owner or "",
-                IndexEntry.of(record).dumps(),
-                self._key("owner:"),
-                self._key("changed"),
-                str(_update_time(record)),
-            ]
-            restored += int(await self._restore(keys=keys, args=args))
+        records = list(self._cache.values())
+        for start in range(0, len(records), _WRITE_BACK_BATCH):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for record in records[start : start + _WRITE_BACK_BATCH]:
+                    args = [
+                        record.name,
+                        json.dumps(record.data, sort_keys=True),
+                        record.etag,
+                        record.owner or "",
+                        IndexEntry.of(record).dumps(),
+                        self._key("owner:"),
+                        self._key("changed"),
+                        str(_update_time(record)),
+                    ]
+                    await self._restore(keys=keys, args=args, client=pipe)
+                restored += sum(int(done) for done in await pipe.execute())
         return restored
 
     async def _check_version(self) -> None:
