@@ -173,3 +173,63 @@ async def test_state_and_settings_describe_both_routers_and_the_shared_scheduler
     assert settings["cluster-config"]["name"] == a.settings.cluster_name
     assert settings["messages"]["bad-startup-command"] == "Invalid startup command"
     assert settings["redis"] == redis_server.url
+
+
+async def test_overrides_and_suspension_apply_on_every_router(make_router, redis_server) -> None:
+    a, b = await two_routers(make_router, redis_server, backend_token("echo"))
+    async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    sid = await a.service_id(TOKEN)
+    await eventually(lambda: b.router.registry.get(sid) is not None, timeout=10, what="router B to follow it")
+    body = await detail(b, sid)
+    assert body["service-description-overrides"] == {"overrides": {}}
+    assert body["service-suspended-state"] == {"suspended": False}
+
+    for bad, named in (({"cmd": "exec true"}, "cmd"), ({"min-instances": 0}, "min-instances"), ([], "JSON object")):
+        async with b.client.post(
+            b.url + f"/apps/{sid}/override", json=bad, headers={"accept": "application/json"}
+        ) as resp:
+            assert resp.status == 400
+            assert named in (await resp.json())["waiter-error"]["message"]
+    assert (await b.get_json(f"/apps/{sid}/override"))["overrides"] == {}
+
+    async with b.client.post(b.url + f"/apps/{sid}/override", json={"min-instances": 2}) as resp:
+        assert resp.status == 200, await resp.text()
+    assert await a.service_id(TOKEN) == sid  # an override never makes a new service
+
+    async def two_running() -> bool:
+        body = await detail(a, sid)
+        return (
+            body["service-description-overrides"]["overrides"] == {"min-instances": 2}
+            and sum(i["healthy?"] for i in active(body)) == 2
+        )
+
+    await eventually(two_running, timeout=30, what="the override's min-instances to start a second instance")
+    shown = (await detail(a, sid))["service-description-overrides"]
+    assert shown["last-updated-by"] and shown["time"].endswith("Z")
+    assert (await a.get_json(f"/apps/{sid}?effective-parameters=true"))["effective-parameters"]["min-instances"] == 2
+    async with a.client.delete(a.url + f"/apps/{sid}/override") as resp:
+        assert resp.status == 200
+    await eventually(
+        lambda: b.router.registry.get(sid).override is None,  # type: ignore[union-attr]
+        timeout=10,
+        what="router B to drop the override",
+    )
+
+    async with a.client.post(a.url + f"/apps/{sid}/suspend") as resp:
+        assert resp.status == 200
+    assert (await detail(a, sid))["service-suspended-state"]["suspended"] is True
+
+    async def refused_on_b() -> bool:
+        async with b.client.get(b.url + "/hello", headers={**TOKEN, "accept": "application/json"}) as resp:
+            return resp.status == 503 and (await resp.json())["waiter-error"]["message"] == "Service has been suspended"
+
+    await eventually(refused_on_b, timeout=10, what="router B to refuse requests for the suspended service")
+    async with b.client.post(b.url + f"/apps/{sid}/resume") as resp:
+        assert resp.status == 200
+
+    async def served_on_a() -> bool:
+        async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:
+            return resp.status == 200
+
+    await eventually(served_on_a, timeout=10, what="router A to serve the resumed service")

@@ -29,6 +29,7 @@ from waiter.state.base import RouterStats, SharedState, StateUnavailable
 
 log = logging.getLogger(__name__)
 
+OVERRIDES, SUSPENDED = "overrides", "suspended"  # the kinds of per-service control record (SharedState)
 EXPIRED_FLAG_TTL_MS = 86_400_000  # an expired instance is replaced and killed long before its flag lapses
 
 
@@ -210,6 +211,7 @@ class Coordinator:
             if sid not in shared:
                 await self.state.register_service(sid, service_record(service.resolved))
             self._registered.add(sid)
+        await self._apply_controls()
         for sid, record in shared.items():
             if sid not in self.registry.services and sid not in deleted:
                 self.registry.adopt(resolved_from_record(record))
@@ -239,6 +241,22 @@ class Coordinator:
                 elif iid in self.blocked and iid not in blocked:
                     service.tracker.reinstate(iid)
         self.blocked = blocked
+
+    async def _apply_controls(self) -> None:
+        """Overrides and suspensions set through any router apply on every router."""
+        overrides = await self.state.controls(OVERRIDES)
+        suspended = await self.state.controls(SUSPENDED)
+        for sid, service in self.registry.services.items():
+            service.set_override(overrides.get(sid))
+            service.suspension = suspended.get(sid)
+
+    async def set_control(self, kind: str, service: Service, record: dict[str, Any] | None) -> None:
+        """Set a service's override or suspension here at once, and for the other routers in the shared state."""
+        await self.state.set_control(kind, service.id, record)
+        if kind == OVERRIDES:
+            service.set_override(record)
+        else:
+            service.suspension = record
 
     def _apply_expired(self, expired: set[str]) -> None:
         """Instances flagged expired through any router are expired here too (the leader replaces them)."""

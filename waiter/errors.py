@@ -22,6 +22,7 @@ TITLES = {
     "waiter.RequestTimeout": "Request Timeout",
     "waiter.DeploymentError": "Deployment Error",
     "waiter.Maintenance": "Service In Maintenance",
+    "waiter.Suspended": "Service Suspended",
     "waiter.ServiceForbidden": "Service Forbidden",
     "waiter.ServiceMisconfigured": "Service Misconfigured",
     "waiter.ServiceUnknown": "Service Unknown",

@@ -65,7 +65,7 @@ class ServiceRegistry:
         sources = resolved.source_tokens
         if sources != service.resolved.source_tokens and sources and not any(t.startswith("^") for t, _ in sources):
             # Same service reached through a newer token version (e.g. only metadata changed): record it.
-            service.resolved = resolved
+            service.set_resolved(resolved)
         service.ensure_started()
         return service
 

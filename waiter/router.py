@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from waiter.api import admin
+from waiter.api import admin, control
 from waiter.api.common import CID
 from waiter.auth import Authenticator, create_authenticator
 from waiter.autoscaler import Autoscaler
@@ -176,7 +176,10 @@ class Router:
         """The service a proxied request goes to, started if needed. Raises WaiterError (400, 403, 404, 503)."""
         resolved, options = self.resolver.resolve(headers, host)
         self.check_maintenance(resolved)
-        return self.serving(resolved, options, headers, host), options
+        service = self.serving(resolved, options, headers, host)
+        if service.suspended:
+            raise control.suspended_error(service)
+        return service, options
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The aiohttp app's one handler: the admin API. The front door (waiter.exchange) relays only requests it

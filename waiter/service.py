@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -100,6 +100,9 @@ class Service:
         on_demand: DemandHook | None = None,
     ) -> None:
         self.resolved = resolved
+        self.base = resolved  # as resolved, before the overrides set through the API
+        self.override: dict[str, Any] | None = None  # {"overrides": {...}, "last-updated-by", "time"}
+        self.suspension: dict[str, Any] | None = None  # {"suspended": true, "last-updated-by", "time"}
         self.id = resolved.service_id
         self.spec = spec_from(resolved)
         self.timeouts = token_timeouts(resolved.description)
@@ -134,6 +137,30 @@ class Service:
         self.broken_since: float | None = None
         self.last_healthy_at = self.registered_at  # failures before this do not count towards an error
         self._started: asyncio.Task[None] | None = None
+
+    # -- what the API changes ----------------------------------------------------------------------------------
+
+    def set_resolved(self, resolved: ResolvedService) -> None:
+        """The same service reached through a newer token version: keep its overrides."""
+        self.base = resolved
+        self._apply_override()
+
+    def set_override(self, record: dict[str, Any] | None) -> None:
+        if record != self.override:
+            self.override = record
+            self._apply_override()
+
+    def _apply_override(self) -> None:
+        # Overrides change how the service scales and is reaped, never what runs: the spec and id stay.
+        overrides = self.override["overrides"] if self.override else {}
+        base = self.base
+        self.resolved = replace(base, effective={**base.effective, **overrides}) if overrides else base
+        self.min_instances = self.resolved.description.min_instances
+        self.max_instances = self.resolved.description.max_instances
+
+    @property
+    def suspended(self) -> bool:
+        return bool(self.suspension and self.suspension.get("suspended"))
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from waiter.api import control
 from waiter.api.common import base_url, included, json_response, query_true, request_cid
 from waiter.api.filters import Filter, lookup
 from waiter.api.views import Cluster, inactive_detail, service_detail, service_status, service_summary
@@ -87,6 +88,8 @@ def _split(path: str) -> list[str]:
 
 async def app_get(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     parts = _split(request.path)
+    if len(parts) == 2 and parts[1] == "override":
+        return await control.get_override(router, request, parts[0])
     if len(parts) != 1:
         if len(parts) == 4 and parts[1] == "instance":
             return json_response({"message": "Method not allowed"}, 405)
@@ -103,6 +106,7 @@ async def app_get(router: Router, request: web.BaseRequest, _h: Headers) -> web.
         return json_response(body)
     body = service_detail(service, router.settings.router_id, cluster_view(router), effective=effective)
     body["current-for-tokens"] = current_for_tokens(router, service)
+    body.update(control.shown(service))
     return json_response(body)
 
 
@@ -127,6 +131,8 @@ class _TimeoutError(Exception):
 
 async def app_delete(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     parts = _split(request.path)
+    if len(parts) == 2 and parts[1] == "override":
+        return await control.delete_override(router, request, parts[0])
     if len(parts) != 1:
         raise WaiterError(404, "Not found")
     service_id = parts[0]
@@ -179,6 +185,9 @@ async def _routers_forgot(router: Router, service_id: str, timeout: float) -> bo
 
 async def app_post(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     parts = _split(request.path)
+    if len(parts) == 2 and parts[1] in ("override", "suspend", "resume"):
+        handler = {"override": control.post_override, "suspend": control.suspend, "resume": control.resume}
+        return await handler[parts[1]](router, request, parts[0])
     if len(parts) != 4 or parts[1] != "instance" or parts[3] not in ("kill", "expire"):
         raise WaiterError(404, "Not found")
     service_id, _, instance_id, signal = parts
@@ -215,6 +224,8 @@ async def ping(router: Router, request: web.BaseRequest, headers: Headers) -> we
     router.check_maintenance(resolved)
     host = request.headers.get("host")
     service = router.serving(resolved, options, headers, host, fallback=included(request, "fallback"))
+    if service.suspended:
+        raise control.suspended_error(service)
     wait_ms = options.timeout_ms or 300_000
     ping_response = await _ping(router, service, options.queue_timeout_ms or wait_ms, wait_ms, request, cid)
     body: dict[str, Any] = {

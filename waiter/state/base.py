@@ -101,6 +101,13 @@ class SharedState(Protocol):
 
     async def blocked(self) -> set[str]: ...
 
+    # -- per-service controls: "overrides" and "suspended" records, set through any router's API ------------------
+    async def set_control(self, kind: str, service_id: str, record: dict[str, Any] | None) -> None:
+        """Set (or with None, clear) a service's ``kind`` record."""
+
+    async def controls(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every service's ``kind`` record."""
+
     # -- expired instances (flagged through any router's API; the leader replaces them) ---------------------------
     async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
         """Mark an instance expired for every router, for ``ttl_ms`` (it is killed long before)."""

@@ -40,6 +40,7 @@ class MemoryState:
         self._leader = _Expiring()
         self._blocked = _Expiring()
         self._expired = _Expiring()
+        self._controls: dict[str, dict[str, dict[str, Any]]] = {}
         self._scaling: dict[str, dict[str, Any]] = {}
         self._services: dict[str, dict[str, Any]] = {}
         self._leases: dict[str, dict[str, int]] = {}
@@ -135,6 +136,16 @@ class MemoryState:
 
     async def blocked(self) -> set[str]:
         return set(self._blocked.items())
+
+    async def set_control(self, kind: str, service_id: str, record: dict[str, Any] | None) -> None:
+        table = self._controls.setdefault(kind, {})
+        if record is None:
+            table.pop(service_id, None)
+        else:
+            table[service_id] = copy.deepcopy(record)
+
+    async def controls(self, kind: str) -> dict[str, dict[str, Any]]:
+        return copy.deepcopy(self._controls.get(kind, {}))
 
     async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
         self._expired.put(instance_id, True, ttl_ms)

@@ -9,6 +9,7 @@ Keys (``<p>`` = ``waiter:<namespace>:``):
   <p>services             hash service id -> JSON record
   <p>lease:<iid>          hash router id -> slots leased on that instance (only live routers' fields count)
   <p>blocked              hash instance id -> epoch ms until which it gets no new slots (it is being killed)
+  <p>control:<kind>       hash service id -> JSON record of "overrides" or "suspended" (set through the API)
   <p>expired              hash instance id -> epoch ms until which it counts as expired (flagged through the API)
   <p>deleted              hash service id -> epoch ms until which other routers must forget it (a tombstone)
   <p>inactive             hash service id -> JSON record a deleted service left (description, its instances)
@@ -245,6 +246,18 @@ class RedisState:
         raw = await self._call("read blocked instances", lambda: self._redis.hgetall(f"{self.p}blocked"))
         now = int(time.time() * 1000)
         return {iid for iid, until in raw.items() if int(until) > now}
+
+    async def set_control(self, kind: str, service_id: str, record: dict[str, Any] | None) -> None:
+        key = f"{self.p}control:{kind}"
+        if record is None:
+            await self._call(f"clear {kind}", lambda: self._redis.hdel(key, service_id))
+        else:
+            body = json.dumps(record, default=str)
+            await self._call(f"set {kind}", lambda: self._redis.hset(key, service_id, body))
+
+    async def controls(self, kind: str) -> dict[str, dict[str, Any]]:
+        raw = await self._call(f"read {kind}", lambda: self._redis.hgetall(f"{self.p}control:{kind}"))
+        return {sid: json.loads(v) for sid, v in raw.items()}
 
     async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
         until = int(time.time() * 1000) + ttl_ms
