@@ -12,7 +12,7 @@ Keys under ``prefix`` (the router uses ``waiter:<cluster name>:tokens:``):
 A router that finds the epoch missing or changed writes back every record it holds, the newest
 ``last-update-time`` winning over what is there already, so tokens survive an emptied Redis as long as one router
 that knew them is running: serving never degrades to 404 ``Couldn't find token``. Run Redis with AOF in production
-all the same (docs/operations.md): a token written while no router cached it is only as durable as Redis.
+all the same (README): a token written while no router cached it is only as durable as Redis.
 
 The request path never waits on Redis: it reads the local cache, which a follower task keeps current from the
 channel, and re-reads in full whenever the version counter shows a missed message (after a reconnect, say).
@@ -307,7 +307,7 @@ class RedisTokenStore(CachedStore):
             restored = await self._write_back()
             log.warning(
                 "token store at %s lost its data (epoch %s, was %s): wrote back %d of the %d token(s) this router "
-                "held (the others were as new in Redis already)",
+                "held; Redis had the rest as new or newer",
                 redact_url(self.url),
                 epoch or "missing",
                 self._epoch,
@@ -384,4 +384,4 @@ class RedisTokenStore(CachedStore):
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer within the deadline"
-    return str(exc) or type(exc).__name__
+    return str(exc).rstrip(".") or type(exc).__name__  # the caller ends the sentence
