@@ -10,6 +10,7 @@ import pytest
 
 from waiter.descriptor import effective
 from waiter.scaling import (
+    CAUSES,
     BurstSettings,
     Counts,
     Decision,
@@ -419,3 +420,20 @@ def test_load_need_is_littles_law():
     assert load_need(SHORT, counts) == LoadNeed(busy=4, backlog=1)  # ceil(3.75); ceil(16 * 0.01 / 8)
     assert load_need(SHORT, dataclasses.replace(counts, service_secs=None)) is None
     assert load_need(cfg(SHORT, burst=BurstSettings(drain_secs=0.01)), counts).backlog == 2
+
+
+@pytest.mark.parametrize(
+    ("cause", "counts", "previous"),
+    [
+        pytest.param("first-cycle", Counts(5, 1, 1, 1), None, id="first-cycle"),
+        pytest.param("blind", Counts(500, 1, 1, 0), ScalingState(1, NOW - 1), id="blind"),
+        pytest.param("burst", Counts(60, 5, 5, 5), ScalingState(5, NOW - 1), id="burst"),
+        pytest.param("burst-hold", Counts(5, 60, 60, 60), ScalingState(60, NOW - 1, NOW - 10), id="burst-hold"),
+        pytest.param("burst-exit", Counts(5, 50, 50, 50, arrival_rate=5, service_secs=1),
+                     ScalingState(50, NOW - 1, NOW - 60, 50), id="burst-exit"),
+        pytest.param("waiter", Counts(6, 5, 5, 5), ScalingState(5, NOW - 1), id="waiter"),
+    ],
+)
+def test_cause_is_a_bounded_label(cause, counts, previous):
+    decision = decide(OURS, counts, previous, NOW)
+    assert decision.cause == cause and cause in CAUSES

@@ -177,5 +177,5 @@ async def test_metrics_are_prometheus_text(make_router) -> None:
         assert resp.status == 200
         text = await resp.text()
     assert f'waiter_requests_total{{service_id="{sid}"}} 1.0' in text
-    assert f'waiter_instances{{health="healthy",service_id="{sid}"}} 1.0' in text
+    assert f'waiter_instances{{service_id="{sid}",state="healthy"}} 1.0' in text
     assert "waiter_scaling_leader 1.0" in text

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from waiter.aio import stop
+from waiter.api import metrics
 from waiter.autoscaler import Autoscaler, wake_when_unserved
 from waiter.coordinator import Coordinator, slots_policy, wake_on_demand
 from waiter.peers import refuse_mixed_schedulers, this_identity
@@ -19,6 +20,7 @@ from waiter.registry import ServiceRegistry
 from waiter.router import Router
 from waiter.scaling import BurstSettings
 from waiter.scheduler import create_scheduler
+from waiter.scheduler.agent import AgentScheduler
 from waiter.scheduler.base import Scheduler
 from waiter.settings import Settings
 from waiter.state import StateUnavailable, open_state
@@ -145,5 +147,9 @@ async def compose(
         asyncio.create_task(autoscaler.run(), name="autoscaler"),
         asyncio.create_task(reaper.run(), name="reaper"),
     ]
+    if isinstance(sched, AgentScheduler):
+        # One of --workers: the supervisor gathers the workers' metrics (waiter.api.metrics).
+        router.metrics_peers = sched
+        loops.append(asyncio.create_task(metrics.push_loop(router, sched), name="metrics push"))
     opened.push_async_callback(stop, loops)
     return router, sched

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +22,15 @@ from waiter.coordinator import Coordinator
 from waiter.lifecycle import is_expired
 from waiter.periodic import Periodic
 from waiter.registry import ServiceRegistry
-from waiter.scaling import BurstSettings, Counts, ScalingSettings, ScalingState, decide
+from waiter.scaling import BurstSettings, Counts, Decision, ScalingSettings, ScalingState, decide
 from waiter.scheduler.base import SchedulerError
 from waiter.service import DemandHook, Service
 from waiter.state.base import SharedState, StateUnavailable
 from waiter.throughput import Sample, ThroughputMeter
 
 log = logging.getLogger(__name__)
+
+HISTORY = 20  # scaling decisions kept per service
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +98,11 @@ class Autoscaler:
         self.drain_wait = drain_wait
         self.minute_secs = minute_secs
         self.is_leader = False
-        self.decisions: dict[str, str] = {}  # service id -> scaling-state of the last decision
+        self.decisions: dict[str, Decision] = {}  # service id -> its last decision
+        self.counts_seen: dict[str, Counts] = {}  # service id -> what that decision was made on
+        # service id -> the last decisions that changed something, with their times (the dashboard shows them)
+        self.history: dict[str, deque[tuple[float, Decision]]] = {}
+        self.leader_changes = 0
         self.states: dict[str, ScalingState] = {}  # service id -> smoothing state (leader only)
         self._last_kill: dict[str, float] = {}
         self._pending: dict[str, _PendingKill] = {}
@@ -123,19 +130,19 @@ class Autoscaler:
             self.states.clear()  # a new leader reads the smoothing state from the shared state
             self._meters.clear()
             self._pending.clear()
+            self.leader_changes += 1
         self.is_leader = leading
         if not leading:
             return
-        services = self.registry.services
-        for gone in self._meters.keys() - services.keys():
-            del self._meters[gone]
-        for service in list(services.values()):
+        for service in list(self.registry.services.values()):
             await self._scale(service, now)
 
     def _prune(self) -> None:
         """Forget services that are gone (deleted, reaped), so this state does not grow with every service run."""
         live = self.registry.services
-        tables: tuple[dict[str, Any], ...] = (self.decisions, self.states, self._last_kill, self._pending)
+        tables: tuple[dict[str, Any], ...] = (
+            self.decisions, self.counts_seen, self.history, self.states, self._last_kill, self._pending, self._meters
+        )
         for table in tables:
             for sid in [sid for sid in table if sid not in live]:
                 del table[sid]
@@ -197,7 +204,13 @@ class Autoscaler:
         self.states[sid] = decision.state
         if decision.state != previous:
             await self.state.save_scaling(sid, decision.state.to_json())
-        self.decisions[sid] = decision.scaling_state
+        last = self.decisions.get(sid)
+        self.decisions[sid] = decision
+        self.counts_seen[sid] = counts
+        if decision.amount != 0 or last is None or last.scaling_state != decision.scaling_state or (
+            last.burst != decision.burst
+        ):
+            self.history.setdefault(sid, deque(maxlen=HISTORY)).append((now, decision))
         if decision.amount > 0 and counts.scheduled >= counts.total:
             log.info("scaling %s up to %d: %s", sid, decision.scale_to, decision.reason)
             await self._call(service.scheduler.scale_service(sid, decision.scale_to), f"scale {sid} up")

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from waiter.access_log import AccessLog
 from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError
@@ -49,6 +50,10 @@ from waiter.upstream import (
 
 log = logging.getLogger(__name__)
 
+# A proxied request as the access log records it: instance id, when its slot was taken (time.monotonic()),
+# seconds it held the slot, the backend's status.
+Served = tuple[str, float, float, int]
+
 # Requests relayed to the aiohttp app may wait long (a service's queue behind /waiter-ping, a kill with timeout).
 RELAY_TIMEOUT = 900.0
 
@@ -56,10 +61,13 @@ RELAY_TIMEOUT = 900.0
 class Dispatcher:
     """Serves one request for the front door: the router's own (admin API) or a service's (docs/api.md §0.2)."""
 
-    def __init__(self, router: Router, pool: UpstreamPool, internal: tuple[str, int]) -> None:
+    def __init__(
+        self, router: Router, pool: UpstreamPool, internal: tuple[str, int], access: AccessLog | None = None
+    ) -> None:
         self.router = router
         self.pool = pool
         self.internal = internal  # the aiohttp app's loopback address
+        self.access = access
 
     async def __call__(self, conn: Connection, req: Request) -> None:
         cid = req.special.get(b"x-cid") or new_cid().encode()
@@ -68,29 +76,54 @@ class Dispatcher:
         router = self.router
         received_at = time.time() if waiter else 0.0
         limits: Timeouts | None = None
+        service: Service | None = None
+        served: Served | None = None
+        status = 0
+        access = self.access
+        if access is not None:
+            arrived, sent = time.monotonic(), conn.sent
         try:
             if router.is_api(req.path, host or "", waiter):
                 if req.upgrade:
                     req.keep_alive = False  # the bytes after an upgrade request's head are not HTTP
-                await self.relay(conn, req)
+                status = await self.relay(conn, req)
             else:
                 service, options = router.service_for(waiter, host)
                 limits = timeouts(options, service.timeouts)
                 if req.upgrade:
                     await self.upgrade(conn, req, service, options, cid)
+                    status = 101
                 else:
-                    await self.proxy(conn, req, service, options, cid)
+                    served = await self.proxy(conn, req, service, options, cid)
+                    status = served[3]
         except WaiterError as err:
+            status = err.status
+            if service is not None:
+                service.responses[min(status // 100, 5)] += 1
             if wants_debug(waiter):
                 protocol = "HTTP/1.1" if req.http11 else "HTTP/1.0"
                 rid = router.settings.router_id
                 add_to_error(err, DebugInfo(rid, cid.decode(ENC, ERRORS), received_at, protocol, limits=limits))
             conn.answer_error(req, err, cid)
+        finally:
+            if access is not None:
+                access.write(access.line(
+                    cid=cid.decode(ENC, ERRORS),
+                    method=req.method_str(),
+                    path=req.path,
+                    service=service,
+                    instance_id=served[0] if served else None,
+                    status=status,
+                    sent=conn.sent - sent,
+                    arrived=arrived,
+                    taken=served[1] if served else None,
+                    held=served[2] if served else None,
+                ))
 
     async def proxy(
         self, conn: Connection, req: Request, service: Service, options: RequestOptions, cid: bytes
-    ) -> None:
-        """A service's request: a slot, the backend's answer streamed back."""
+    ) -> Served:
+        """A service's request: a slot, the backend's answer streamed back. Returns what the access log says."""
         limits = timeouts(options, service.timeouts)
         head, has_host = _forward_head(conn, req, cid)
         body = req.body.stream() if req.body is not None else None
@@ -119,9 +152,10 @@ class Dispatcher:
             await _respond(conn, req, upstream, extra, RESPONSE_DROP, fail)
         finally:
             upstream.release()
-            service.done(instance.id, taken)
+            held = service.done(instance.id, taken, upstream.status)
+        return instance.id, taken, held, upstream.status
 
-    async def relay(self, conn: Connection, req: Request) -> None:
+    async def relay(self, conn: Connection, req: Request) -> int:
         """The admin API: the request as received, less hop-by-hop headers, to the aiohttp app, and its answer back."""
         extra = connection_tokens(req.special.get(b"connection"))
         parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
@@ -150,6 +184,7 @@ class Dispatcher:
             await _respond(conn, req, upstream, b"", HOP_BY_HOP, _relay_failure)
         finally:
             upstream.release()
+        return upstream.status
 
     async def upgrade(
         self, conn: Connection, req: Request, service: Service, options: RequestOptions, cid: bytes
@@ -211,7 +246,7 @@ class Dispatcher:
         finally:
             if not tunnel.transport.is_closing():
                 tunnel.transport.close()
-            service.done(instance.id, taken)
+            service.done(instance.id, taken, tunnel.status)
 
 
 def _forward_head(conn: Connection, req: Request, cid: bytes, upgrade: bool = False) -> tuple[bytes, bool]:

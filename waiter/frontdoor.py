@@ -84,6 +84,10 @@ class FrontDoor:
         self.connections: set[Connection] = set()
         self.draining = False
         self._emptied: asyncio.Event | None = None
+        # Totals for /metrics: connections accepted; bytes of connections already closed (live ones: traffic()).
+        self.accepted = 0
+        self._received_closed = 0
+        self._sent_closed = 0
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -107,7 +111,18 @@ class FrontDoor:
             log.warning("aborting a connection still busy after the %g s drain timeout", timeout)
             conn.transport.abort()
 
+    def traffic(self) -> tuple[int, int]:
+        """Bytes received from and sent to clients so far (request and response bytes, tunnels' not counted)."""
+        received, sent = self._received_closed, self._sent_closed
+        for conn in self.connections:
+            received += conn.received
+            sent += conn.sent
+        return received, sent
+
     def _forget(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self._received_closed += conn.received
+            self._sent_closed += conn.sent
         self.connections.discard(conn)
         if not self.connections and self._emptied is not None:
             self._emptied.set()
@@ -123,6 +138,7 @@ class Connection(asyncio.Protocol):
         self.limits = door.limits
         self.loop = asyncio.get_running_loop()
         self.peer = b""
+        self.received = self.sent = 0  # bytes, for /metrics and the access log
         self.active: Request | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._parsing: Request | None = None
@@ -150,12 +166,14 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
         self.door.connections.add(self)
+        self.door.accepted += 1
         self._last_io = self.loop.time()
         self._arm_timer()
         if self.door.draining:
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         if self._lingering:
             return
         if self._tunnel is not None:
@@ -493,6 +511,7 @@ class Connection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._closed:
             raise ConnectionResetError("The client closed the connection.")
+        self.sent += len(data)
         self.transport.write(data)
 
     def write_head(self, data: bytes) -> None:

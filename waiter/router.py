@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -29,6 +29,10 @@ from waiter.state import StateUnavailable
 from waiter.text import printable
 from waiter.tokens import HISTORY_LIMIT, TokenRegistry
 from waiter.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from waiter.api.metrics import Peers
+    from waiter.frontdoor import FrontDoor
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,8 @@ class Router:
         self.resolver = Resolver(settings, tokens, self._core_of)
         self.auth: Authenticator = create_authenticator(settings)
         self.draining = False
+        self.front_door: FrontDoor | None = None  # set by the server (waiter.server) once it listens
+        self.metrics_peers: Peers | None = None  # the supervisor, when this router is one of --workers
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
 
     def _core_of(self, service_id: str) -> dict[str, Any] | None:

@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CAUSES",
     "MAX_EXPIRED_UNHEALTHY",
     "BurstSettings",
     "Counts",
@@ -240,6 +241,12 @@ class Decision:
     scaling_state: str  # "scale-up" | "scale-down" | "stable"
     burst: bool  # burst mode active this cycle
     reason: str  # one short sentence for logs / debugging
+    # what decided, one of CAUSES (a bounded label for metrics): first-cycle, blind (waiting for the first
+    # instance), burst (entered this cycle), burst-hold, burst-exit (released the burst's surplus), waiter
+    cause: str = "waiter"
+
+
+CAUSES = ("first-cycle", "blind", "burst", "burst-hold", "burst-exit", "waiter")
 
 
 def smoothing_factor(factor: float, ticks: int) -> float:
@@ -303,7 +310,7 @@ def _first_cycle(settings: ScalingSettings, counts: Counts, now: float) -> Decis
         reason = f"First cycle: no scaling; smoothing starts from the {scale_to} instances requested."
     amount = scale_to - counts.total
     state = ScalingState(target=float(scale_to), last_tick=now)
-    return Decision(scale_to, amount, state, _scaling_state(amount), False, reason)
+    return Decision(scale_to, amount, state, _scaling_state(amount), False, reason, "first-cycle")
 
 
 def _scaling_state(amount: int) -> str:
@@ -379,7 +386,10 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
     state = ScalingState(target=target, last_tick=last_tick, burst_last_seen=seen if in_burst else None,
                          burst_peak=peak)
     reason = _reason(counts, ideal, load, target, amount, entered, in_burst, why_zero, blind)
-    return Decision(scale_to, amount, state, _scaling_state(amount), in_burst, reason)
+    exited = not in_burst and previous.burst_last_seen is not None and load is not None
+    cause = ("blind" if blind else "burst" if entered else "burst-hold" if in_burst else "burst-exit" if exited
+             else "waiter")
+    return Decision(scale_to, amount, state, _scaling_state(amount), in_burst, reason, cause)
 
 
 def _reason(

@@ -22,6 +22,7 @@ from types import TracebackType
 
 from aiohttp import web
 
+from waiter.access_log import AccessLog
 from waiter.app import ROUTER, build_app
 from waiter.exchange import Dispatcher
 from waiter.frontdoor import Connection, FrontDoor, Limits
@@ -135,8 +136,9 @@ class RouterServer:
             await site.start()
             internal_port = int(self._runner.addresses[0][1])
             router = self._runner.app[ROUTER]
-            self._dispatcher = Dispatcher(router, router.pool, (INTERNAL_HOST, internal_port))
-            self._door = FrontDoor(self._dispatcher, self._limits)
+            access = AccessLog(self.settings.router_id) if self.settings.access_log == "json" else None
+            self._dispatcher = Dispatcher(router, router.pool, (INTERNAL_HOST, internal_port), access)
+            self._door = router.front_door = FrontDoor(self._dispatcher, self._limits)
             await self._server.start_serving()
         except BaseException:
             await self._close()

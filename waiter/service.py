@@ -14,6 +14,7 @@ import aiohttp
 from waiter.aio import stop
 from waiter.description import ServiceDescription
 from waiter.errors import WaiterError
+from waiter.histogram import Buckets
 from waiter.instances import InstanceTracker
 from waiter.lifecycle import deployment_error
 from waiter.reservation import QueueFull, Reservations
@@ -132,6 +133,12 @@ class Service:
         # Proxied requests answered, and the seconds they held their slots: the autoscaler's service time.
         self.completed = 0
         self.served_secs = 0.0
+        # For /metrics: waits of requests that queued (the others waited 0), waits for a first healthy instance,
+        # backend times, and responses by status class (index status // 100).
+        self.queue_waits = Buckets()
+        self.cold_starts = Buckets()
+        self.backend_times = Buckets()
+        self.responses = [0] * 6
         self.start_error: str | None = None  # the scheduler refused to create the service
         self.deployment_error: str | None = None  # why its instances cannot start (docs/api.md §6)
         self.broken_since: float | None = None
@@ -235,6 +242,8 @@ class Service:
             self.ensure_started()
         if self.deployment_error is not None and self.reservations.capacity == 0:
             raise self._deployment_failure()
+        queued_at = time.monotonic()
+        cold = self.reservations.capacity == 0
         try:
             fut = self.reservations.enqueue()
         except QueueFull:
@@ -255,6 +264,11 @@ class Service:
         except BaseException:
             self.reservations.abandon(fut)
             raise
+        finally:
+            waited = time.monotonic() - queued_at
+            self.queue_waits.observe(waited)
+        if cold and done and not fut.cancelled() and fut.exception() is None:
+            self.cold_starts.observe(waited)
         if not done:
             self.reservations.abandon(fut)
             err = self._queue_timeout(queue_timeout_ms)
@@ -270,11 +284,17 @@ class Service:
         self.reservations.release(instance_id)
         self.last_request_time = time.time()
 
-    def done(self, instance_id: str, taken: float) -> None:
-        """A proxied request is over: its slot, taken at ``taken`` (``time.monotonic()``), is free again."""
+    def done(self, instance_id: str, taken: float, status: int) -> float:
+        """A proxied request is over: its slot, taken at ``taken`` (``time.monotonic()``), is free again.
+
+        ``status`` is the backend's (0 when it gave none). Returns the seconds the slot was held."""
         self.release(instance_id)
+        held = time.monotonic() - taken
         self.completed += 1
-        self.served_secs += time.monotonic() - taken
+        self.served_secs += held
+        self.backend_times.observe(held)
+        self.responses[min(status // 100, 5)] += 1
+        return held
 
     def expire(self, instance_id: str) -> bool:
         self.reservations.set_expired(instance_id)

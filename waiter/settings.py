@@ -119,6 +119,7 @@ class Settings:
     tokens_dir: Path | None = Path("config/tokens")
     service_prefix: str = "waiter-service-"
     allow_on_the_fly: bool = True
+    access_log: str = "off"  # "json": one JSON line per request on stdout (waiter.access_log)
     run_as_user: str = field(default_factory=getpass.getuser)
     drain_timeout_secs: float = 30.0
     hostnames: tuple[str, ...] = ()
@@ -163,6 +164,7 @@ class Settings:
             "tokens-dir": str(self.tokens_dir) if self.tokens_dir else None,
             "service-prefix": self.service_prefix,
             "allow-on-the-fly": self.allow_on_the_fly,
+            "access-log": self.access_log,
             "run-as-user": self.run_as_user,
             "drain-timeout-secs": self.drain_timeout_secs,
             "max-api-body-bytes": self.max_api_body_bytes,
@@ -409,6 +411,14 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     if not all(c.islower() or c.isdigit() or c == "-" for c in prefix):
         problems.append(f"service-prefix is {prefix!r} but may hold only lowercase letters, digits and '-'.")
     allow = top.boolean("allow-on-the-fly", base.allow_on_the_fly)
+    access_log = top.get("access-log")
+    if access_log is None:
+        access_log = base.access_log
+    elif access_log is False or access_log == "off":  # YAML reads a bare off as false
+        access_log = "off"
+    elif access_log != "json":
+        problems.append(f"access-log is {access_log!r} but must be off or json.")
+        access_log = base.access_log
     run_as_user = top.string("run-as-user", base.run_as_user)
     drain = top.number("drain-timeout-secs", base.drain_timeout_secs, 0, 3600)
     redis_url, token_admins = _token_store(top, base, run_as_user, problems)
@@ -490,6 +500,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         tokens_dir=tokens_dir,
         service_prefix=prefix,
         allow_on_the_fly=allow,
+        access_log=access_log,
         run_as_user=run_as_user,
         drain_timeout_secs=drain,
         max_api_body_bytes=max_api_body,

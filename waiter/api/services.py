@@ -38,7 +38,9 @@ def cluster_view(router: Router) -> Cluster:
         outstanding_elsewhere=view.outstanding_elsewhere,
         total_elsewhere=view.total_elsewhere,
         last_request_time=view.last_request_time,
-        scaling_states=autoscaler.decisions if autoscaler.is_leader else {},
+        scaling_states=(
+            {sid: d.scaling_state for sid, d in autoscaler.decisions.items()} if autoscaler.is_leader else {}
+        ),
         num_routers=max(1, len(view.routers)),
         minute_secs=minute_secs,
     )

@@ -48,7 +48,12 @@ def _autoscaler(router: Router, base: str) -> dict[str, Any]:
     return {
         "leader?": autoscaler.is_leader,
         "services": {
-            sid: {"scaling-state": decision, **({"state": s.to_json()} if (s := autoscaler.states.get(sid)) else {})}
+            sid: {
+                "scaling-state": decision.scaling_state,
+                "cause": decision.cause,
+                "reason": decision.reason,
+                **({"state": s.to_json()} if (s := autoscaler.states.get(sid)) else {}),
+            }
             for sid, decision in sorted(autoscaler.decisions.items())
         },
     }

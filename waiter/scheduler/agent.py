@@ -172,6 +172,13 @@ def agent_app(scheduler: Scheduler) -> web.Application:
     async def delete(request: web.Request) -> web.Response:
         return web.json_response({"deleted": await call(scheduler.delete_service(request.match_info["sid"]))})
 
+    # The workers' metrics texts (waiter.api.metrics): each worker puts its own and gets every worker's back.
+    metrics: dict[str, str] = {}
+
+    async def put_metrics(request: web.Request) -> web.Response:
+        metrics[request.match_info["rid"]] = await request.text()
+        return web.json_response(metrics)
+
     async def on_shutdown(_app: web.Application) -> None:
         versions.close()
 
@@ -181,6 +188,7 @@ def agent_app(scheduler: Scheduler) -> web.Application:
     app.router.add_put("/v1/services/{sid}", scale)
     app.router.add_post("/v1/services/{sid}/kill", kill)
     app.router.add_delete("/v1/services/{sid}", delete)
+    app.router.add_put("/v1/metrics/{rid}", put_metrics)
     return app
 
 
@@ -282,6 +290,18 @@ class AgentScheduler:
                 return await resp.json()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise SchedulerError(f"The scheduler agent at {self.url} did not answer {method} {path}: {exc}") from exc
+
+    async def exchange_metrics(self, router_id: str, text: str) -> dict[str, str]:
+        """Hand this worker's metrics text to the supervisor; every worker's last text comes back."""
+        assert self._session is not None, "start() the scheduler first"
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout)
+        try:
+            async with self._session.put(f"/v1/metrics/{router_id}", data=text.encode(), timeout=timeout) as resp:
+                resp.raise_for_status()
+                texts: dict[str, str] = await resp.json()
+                return texts
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise SchedulerError(f"The scheduler agent at {self.url} did not take the metrics: {exc}") from exc
 
     async def create_service(self, spec: ServiceSpec, instances: int) -> bool:
         result = await self._request("POST", "/v1/services", {"spec": spec_to_json(spec), "instances": instances})

@@ -37,6 +37,7 @@ class RouterStats:
 class SharedState(Protocol):
     kind: str
     shared: bool  # True when other routers can see what this one writes
+    errors: int  # calls that failed so far (Redis unreachable, timed out)
 
     async def start(self) -> None: ...
 

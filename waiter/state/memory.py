@@ -33,6 +33,7 @@ class _Expiring:
 class MemoryState:
     kind = "memory"
     shared = False
+    errors = 0
 
     def __init__(self) -> None:
         self._routers = _Expiring()

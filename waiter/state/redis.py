@@ -82,6 +82,7 @@ class RedisState:
     def __init__(self, url: str, namespace: str = "default", timeout: float = 0.5) -> None:
         self.url = url
         self.timeout = timeout
+        self.errors = 0
         self.p = f"waiter:{namespace}:"
         self._connection = RedisConnection(url, timeout=timeout, health_check_interval=1)
         # redis-py's async stubs type every reply as bytes | str | Awaitable; decode_responses makes them str.
@@ -95,6 +96,7 @@ class RedisState:
             async with asyncio.timeout(self.timeout * 2):
                 result = await fn()
         except (RedisError, OSError, TimeoutError) as exc:
+            self.errors += 1
             where = redact_url(self.url)
             raise StateUnavailable(f"Redis at {where} failed to {what}: {exc or type(exc).__name__}") from exc
         self._connection.primary()  # notices a Sentinel failover as soon as a call reached the new primary

@@ -359,6 +359,7 @@ class RedisTokenStore(CachedStore):
     # -- health ---------------------------------------------------------------------------------------------------
 
     def _mark_down(self, exc: BaseException) -> None:
+        self.errors += 1
         if self._error is None:
             log.error("token store at %s unavailable: %s; serving cached tokens", redact_url(self.url), _describe(exc))
             self._down_since = time.time()

@@ -124,6 +124,7 @@ class TokenStore(Protocol):
     """Where API-managed tokens live. ``cached`` and ``generation`` are synchronous and never touch the network."""
 
     kind: str
+    errors: int  # calls to the back-end that failed so far
 
     @property
     def generation(self) -> int:
@@ -168,6 +169,7 @@ class CachedStore:
     def __init__(self) -> None:
         self._cache: dict[str, TokenRecord] = {}
         self._generation = 0
+        self.errors = 0  # calls to the back-end that failed (Redis unreachable, timed out)
 
     @property
     def generation(self) -> int:
