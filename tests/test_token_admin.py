@@ -1,5 +1,5 @@
-"""Token metadata and administration: previous, /token-history, /tokens/owners, /tokens/reindex (docs/api.md §1.1,
-§1.2, §2.2-2.4), on the memory store and on Redis shared by two routers."""
+"""Token metadata, administration and listing: previous, /token-history, /tokens/owners, /tokens/reindex and the
+/tokens filters (docs/api.md §1.1, §1.2, §1.5, §2.2-2.4), on the memory store and on Redis shared by two routers."""
 
 from __future__ import annotations
 
@@ -98,3 +98,34 @@ async def test_token_admin_reads_answer_json(make_router, path: str) -> None:
     assert (await post(r, backend_token("tk"))).status == 200
     reply = await call(r, "GET", path)
     assert reply.status == 200 and reply.headers["content-type"].startswith("application/json")
+
+
+async def test_tokens_filters(make_router) -> None:
+    r = await make_router([], **{**ALICE, "token-admins": ["alice"]})
+    tokens = [
+        {**backend_token("star"), "run-as-user": "*", "metadata": {"team": "blue"}},
+        {"token": "partial", "mem": 128, "allowed-params": ["X"]},  # no cmd: requests must bring one
+        {**backend_token("bobs", cpus=0.2), "owner": "bob"},
+    ]
+    for token in tokens:
+        assert (await post(r, token)).status == 200, token
+
+    async def names(query: str) -> list[str]:
+        reply = await call(r, "GET", "/tokens?" + query)
+        assert reply.status == 200, reply.body
+        return sorted(t["token"] for t in reply.body)
+
+    assert await names("run-as-requester=true") == ["star"]
+    assert await names("run-as-requester=false") == ["bobs", "partial"]
+    assert await names("requires-parameters=true") == ["partial"]
+    assert await names("requires-parameters=false") == ["bobs", "star"]
+    assert await names("can-manage-as-user=bob") == ["bobs"]
+    assert await names("can-manage-as-user=alice") == ["bobs", "partial", "star"]  # a token admin
+    assert await names("metadata.team=*") == ["star"]
+    assert await names("cpus=0%5C.[2-9]") == ["bobs"]  # a full-match regular expression
+    assert await names("owner=bob&run-as-requester=false") == ["bobs"]
+    reply = await call(r, "GET", "/tokens?parameters=cpus&parameters=metadata.team&owner=alice")
+    assert {t["token"]: t["parameters"] for t in reply.body} == {
+        "partial": {"cpus": None, "metadata.team": None},
+        "star": {"cpus": 0.1, "metadata.team": "blue"},
+    }

@@ -17,7 +17,7 @@ from aiohttp import web
 from waiter.api.common import included, json_response, query_true, read_json
 from waiter.api.filters import Filter, lookup
 from waiter.auth import Caller, Permissions
-from waiter.descriptor import DescriptorError, validate_token
+from waiter.descriptor import REQUIRED_PARAMS, DescriptorError, validate_token
 from waiter.errors import WaiterError, iso_millis
 from waiter.tokens import StaleWrite, StoreUnavailable, TokenRecord, token_etag
 from waiter.tokens.records import (
@@ -340,7 +340,51 @@ async def delete_token(router: Router, request: web.BaseRequest, headers: Header
 # -- GET /tokens ---------------------------------------------------------------------------------------------
 
 
-_LIST_OPTIONS = frozenset({"owner", "include", "maintenance"})  # GET /tokens query keys that are not filters
+# GET /tokens query keys that are not field filters (docs/api.md §1.5)
+_LIST_OPTIONS = frozenset(
+    {
+        "owner",
+        "include",
+        "maintenance",
+        "run-as-requester",
+        "requires-parameters",
+        "can-manage-as-user",
+        "parameters",
+        "watch",
+        "streaming-timeout",
+    }
+)
+
+
+@dataclass(frozen=True)
+class _TokenQuery:
+    """The property filters of GET /tokens; None = not asked."""
+
+    run_as_requester: bool | None
+    requires_parameters: bool | None
+    manager: str | None
+    parameters: tuple[str, ...]
+
+    @classmethod
+    def of(cls, request: web.BaseRequest) -> _TokenQuery:
+        def flag(name: str) -> bool | None:
+            return query_true(request, name) if name in request.query else None
+
+        return cls(
+            flag("run-as-requester"),
+            flag("requires-parameters"),
+            request.query.get("can-manage-as-user"),
+            tuple(request.query.getall("parameters", [])),
+        )
+
+    def keeps(self, name: str, data: Mapping[str, Any], perms: Permissions) -> bool:
+        if self.run_as_requester is not None and (data.get("run-as-user") == "*") != self.run_as_requester:
+            return False
+        # A token that lacks a required service parameter serves only requests that send it as a header.
+        requires = any(data.get(p) in (None, "") for p in REQUIRED_PARAMS)
+        if self.requires_parameters is not None and requires != self.requires_parameters:
+            return False
+        return self.manager is None or perms.manage_problem(self.manager, name, data, "manage") is None
 
 
 async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
@@ -349,6 +393,7 @@ async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers
     deleted, metadata = included(request, "deleted"), included(request, "metadata")
     maintenance = request.query.get("maintenance")
     filters = [Filter.of(key, value) for key, value in request.query.items() if key not in _LIST_OPTIONS]
+    query, perms = _TokenQuery.of(request), Permissions.of(router.settings)
     try:
         entries = await router.tokens.index(owners)
     except StoreUnavailable as exc:
@@ -359,11 +404,12 @@ async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers
             maintenance is not None and entry.maintenance != (maintenance.lower() == "true")
         ):
             continue
-        if filters:
-            record = router.tokens.cached(entry.token)
-            data = record.data if record is not None else {}
-            if not all(wanted.matches(lookup(data, wanted.name)) for wanted in filters):
-                continue
+        record = router.tokens.cached(entry.token)
+        data = record.data if record is not None else {}
+        if not all(wanted.matches(lookup(data, wanted.name)) for wanted in filters):
+            continue
+        if not query.keeps(entry.token, data, perms):
+            continue
         item: dict[str, Any] = {
             "token": entry.token,
             "owner": entry.owner,
@@ -375,6 +421,8 @@ async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers
             item["deleted"] = entry.deleted
             item["etag"] = entry.etag
             item["last-update-time"] = iso_millis(updated / 1000) if updated is not None else None
+        if query.parameters:
+            item["parameters"] = {field: lookup(data, field) for field in query.parameters}
         listed.append(item)
     return json_response(listed)
 
