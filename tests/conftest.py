@@ -140,8 +140,10 @@ async def cluster(scheduler_kind: str, tmp_path: Path) -> AsyncIterator[Cluster]
     if scheduler_kind == "local":
         yield Cluster("local", {"kind": "local", "local": {"work-dir": str(work_dir)}})
     elif scheduler_kind == "marathon":
-        # Health kills and health-gated deployments are on by default, as in Marathon; instance-era task ids too.
-        args = ("--work-dir", str(work_dir), "--port-range", task_port_range(), "--behaviour", "instance-ids=true")
+        # Health kills and health-gated deployments are on by default, as in Marathon; instance-era task ids and
+        # core dumps too.
+        args = ("--work-dir", str(work_dir), "--port-range", task_port_range(), "--behaviour", "instance-ids=true",
+                "--behaviour", "core-dumps=true")
         async with running_emulator("marathon", *args) as url:
             marathon = {"url": url, "sync-interval-ms": 100, "retry-backoff-ms": 20, "agent-work-dir": str(work_dir)}
             yield Cluster("marathon", {"kind": "marathon", "marathon": marathon}, url, work_dir)

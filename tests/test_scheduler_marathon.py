@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import task_port_range
 from tests.emulators.runner import running_emulator
 from tests.support import Changes, eventually
+from waiter.lifecycle import MESSAGES, deployment_error
 from waiter.scheduler.base import Instance, InstanceFlag, KillOutcome, SchedulerError, ServiceSpec
 from waiter.scheduler.marathon import MarathonScheduler
 from waiter.scheduler.marathon_apps import (
@@ -231,6 +232,35 @@ async def test_kill_results_say_what_marathon_really_did(make_emulator: MakeEmul
     assert (await emulator.call("GET", f"/v2/apps/waiter/{SID}"))["app"]["instances"] == 1
     (failed,) = scheduler.service_state(SID).failed  # type: ignore[union-attr]
     assert failed.id == victim.id and failed.exit_code == -9
+
+
+async def test_out_of_memory_twice_is_the_memory_deployment_error_and_core_dumps_keep_the_code(
+    make_emulator: MakeEmulator, started: Start
+) -> None:
+    emulator = await make_emulator("--behaviour", "core-dumps=true")
+    scheduler, changes = await running_service(started, emulator)
+
+    def failed() -> tuple[Instance, ...]:
+        state = scheduler.service_state(SID)
+        return state.failed if state else ()
+
+    for round_ in range(2):
+        await changes.until(lambda r=round_: len(active(scheduler)) == 1 and len(failed()) == r)
+        (victim,) = active(scheduler)
+        await emulator.call("POST", f"/emulator/tasks/{victim.extras['marathon/task-id']}/oom")
+    await changes.until(lambda: len(failed()) == 2)
+    assert all(i.flags == {MEMORY} for i in failed())
+    assert failed()[0].message == "Memory limit exceeded: Requested: 64MB Maximum Used: 64MB"  # no statistics
+    assert deployment_error(failed(), 0.0) == MESSAGES["not-enough-memory"]
+
+    await changes.until(lambda: len(active(scheduler)) == 1)
+    (crashing,) = active(scheduler)
+    await emulator.call("POST", f"/emulator/tasks/{crashing.extras['marathon/task-id']}/kill", {"signal": "SEGV"})
+    await changes.until(lambda: len(failed()) == 3)
+    assert (failed()[-1].exit_code, failed()[-1].message) == (
+        -11,
+        "Command terminated with signal Segmentation fault (core dumped)",
+    )
 
 
 async def test_emulated_answers_for_unknown_and_malformed_task_ids(make_emulator: MakeEmulator) -> None:

@@ -16,6 +16,7 @@ Emulator-only controls (never part of Marathon) for tests, outside ``/v2``:
 * ``GET /emulator/tasks``: every task's process id and sandbox.
 * ``POST /emulator/tasks/{task-id}/kill`` ``{"signal": "KILL"}``: the process dies from outside (TASK_FAILED);
   ``POST /emulator/tasks/{task-id}/lose``: its agent "loses" it (SIGKILL, reported as TASK_LOST);
+  ``POST /emulator/tasks/{task-id}/oom``: its memory limit kills it ("Memory limit exceeded: ...", TASK_FAILED);
   ``POST /emulator/tasks/{task-id}/unreachable`` ``{"for-ms": n}``: listed as TASK_UNREACHABLE for a while.
 * ``POST /emulator/behaviours`` ``{"health-kills": true, ...}``: switch real-Marathon behaviours (``Behaviours`` in
   ``marathon_cluster``; ``--behaviour NAME=VALUE`` at start).

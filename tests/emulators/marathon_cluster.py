@@ -32,6 +32,7 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
+from tests.emulators.mesos_agent import exit_message, memory_limit_message
 from waiter.scheduler.ports import PortAllocator
 
 log = logging.getLogger("marathon-emulator")
@@ -53,17 +54,6 @@ def safe_path(app_id: str) -> str:
     return app_id.strip("/").replace("/", "_")
 
 
-def exit_message(returncode: int) -> str:
-    """The Mesos command executor's words for how the command ended."""
-    if returncode >= 0:
-        return f"Command exited with status {returncode}"
-    try:
-        name = signal.strsignal(-returncode) or str(-returncode)
-    except ValueError:
-        name = str(-returncode)
-    return f"Command terminated with signal {name}"
-
-
 HEALTH_KILL_MESSAGE = "Task was killed since health check failed. Reason: "
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # What Marathon's Task.Id parser accepts after the app's prefix: a legacy id, or an instance-era one.
@@ -78,6 +68,7 @@ class Behaviours:
     health_gated_deployments: bool = True  # a deployment ends once its tasks are healthy, not merely running
     instance_ids: bool = False  # task ids <app>.instance-<uuid>._app.1 (Marathon 1.5+) instead of <app>.<uuid>
     malformed_task_id_status: int = 500  # what a kill of a malformed task id answers (Marathon: 500, some 422)
+    core_dumps: bool = False  # signals that dump core end "Command terminated with signal ... (core dumped)"
 
 
 @dataclass(frozen=True)
@@ -106,6 +97,7 @@ class Task:
     process: asyncio.subprocess.Process | None = None
     kill_requested: bool = False
     lost: bool = False
+    out_of_memory: bool = False  # the agent's memory isolator killed it
     user: str = ""  # who Mesos would run it as: the app's user, else Marathon's mesos_user
     health_failure: str | None = None  # set when Marathon killed it for failing health checks: the cause
     reachable_again_at: float | None = None  # set while TASK_UNREACHABLE (monotonic): when its agent returns
@@ -280,9 +272,9 @@ class Cluster:
         asyncio.get_running_loop().call_later(grace, self._signal, task, signal.SIGKILL)
         self.kick()
 
-    def interfere(self, task: Task, signum: int, *, lost: bool = False) -> None:
-        """Emulator control: the task's process is killed from outside (a crash, or a lost agent)."""
-        task.lost = lost
+    def interfere(self, task: Task, signum: int, *, lost: bool = False, out_of_memory: bool = False) -> None:
+        """Emulator control: the task's process is killed from outside (a crash, a lost agent, its memory limit)."""
+        task.lost, task.out_of_memory = lost, out_of_memory
         self._signal(task, signum)
 
     def kick(self) -> None:
@@ -410,10 +402,12 @@ class Cluster:
             self._ended(task, "TASK_KILLED", "Task killed")
         elif task.lost:
             self._ended(task, "TASK_LOST", f"Agent {self.config.agent_id} lost the task (emulated)")
+        elif task.out_of_memory:
+            self._ended(task, "TASK_FAILED", memory_limit_message(float(app.definition["mem"])))
         elif returncode == 0:
             self._ended(task, "TASK_FINISHED", exit_message(0))
         else:
-            self._ended(task, "TASK_FAILED", exit_message(returncode))
+            self._ended(task, "TASK_FAILED", exit_message(returncode, self.behaviours.core_dumps))
 
     def _ended(self, task: Task, state: str, message: str, *, failure: bool = False) -> None:
         log.info("task %s: %s (%s)", task.id, state, message)

@@ -150,6 +150,8 @@ async def interfere(request: web.Request) -> web.Response:
         return error(404, f"Task '{request.match_info['task']}' does not exist")
     if request.match_info["what"] == "lose":
         cluster.interfere(task, signal.SIGKILL, lost=True)
+    elif request.match_info["what"] == "oom":
+        cluster.interfere(task, signal.SIGKILL, out_of_memory=True)
     else:
         body = await read_json(request) if request.can_read_body else {}
         name = str(body.get("signal", "KILL")).upper().removeprefix("SIG")
@@ -198,7 +200,7 @@ def add_controls(app: web.Application) -> None:
     app.router.add_post("/emulator/faults", add_fault)
     app.router.add_delete("/emulator/faults", clear_faults)
     app.router.add_get("/emulator/tasks", emulator_tasks)
-    app.router.add_post("/emulator/tasks/{task}/{what:kill|lose}", interfere)
+    app.router.add_post("/emulator/tasks/{task}/{what:kill|lose|oom}", interfere)
 
 
 @web.middleware

@@ -202,7 +202,8 @@ def task_instance(naming: Naming, service_id: str, task: Mapping[str, Any], plac
 def failure_instance(naming: Naming, service_id: str, failure: Mapping[str, Any], seen: Instance | None) -> Instance:
     """``lastTaskFailure`` as a failed instance: the task as last seen (or port 0 if never seen) plus the end."""
     task_id = str(failure.get("taskId", ""))
-    message = str(failure.get("message") or failure.get("state") or "Task failed")
+    # A memory limitation's message goes on with the cgroup's statistics after a blank line: keep the sentence.
+    message = str(failure.get("message") or failure.get("state") or "Task failed").split("\n\n", 1)[0]
     exit_code, flags = failure_facts(message)
     base = seen or Instance(
         id=naming.instance_id(service_id, task_id),
