@@ -56,11 +56,8 @@ async def _run(port: int, requests: int) -> None:
     pool = UpstreamPool()
 
     async def upstream_get() -> None:
-        response = await pool.request("127.0.0.1", port, "GET", "/", [], None, idle_timeout=5.0)
-        try:
+        async with await pool.request("127.0.0.1", port, "GET", "/", [], None, idle_timeout=5.0) as response:
             assert await response.read_all(1024) == b"hello, world"
-        finally:
-            response.release()
 
     async with aiohttp.ClientSession() as session:
         url = f"http://127.0.0.1:{port}/"

@@ -25,8 +25,8 @@ from waiter.upstream import (
     UpstreamError,
     UpstreamPool,
     UpstreamTimeout,
-    _build_head,
 )
+from waiter.upstream.connection import build_head
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -180,10 +180,8 @@ async def get(
     headers = kwargs.pop("headers", [])
     body = kwargs.pop("body", None)
     response = await pool.request("127.0.0.1", port, method, target, headers, body, idle_timeout=5.0, **kwargs)
-    try:
+    async with response:
         return response.status, await response.read_all(64 * MiB)
-    finally:
-        response.release()
 
 
 # -- pure: the request head ---------------------------------------------------------------------------------
@@ -218,7 +216,7 @@ class _Stream:
     ids=["no-body", "host-kept", "bytes-body-dup-headers", "empty-length", "chunked", "streamed-length", "utf8"],
 )
 def test_request_head(headers: list[tuple[str, str]], body: Any, content_length: int | None, expected: bytes) -> None:
-    assert _build_head("GET", "/", headers, "h", 8080, body, content_length) == expected
+    assert build_head("GET", "/", headers, "h", 8080, body, content_length) == expected
 
 
 @pytest.mark.parametrize(
@@ -731,35 +729,24 @@ async def test_failing_body_iterator_surfaces_its_own_error() -> None:
         assert pool.endpoint_count() == 0
 
 
-# -- upgrades -------------------------------------------------------------------------------------------------
+# -- upgrades ------------------------------------------------------------------------------------------------
 
 
 @on_both_loops
-async def test_switching_protocols_hands_over_the_transport() -> None:
-    async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nhello")
-        while data := await reader.read(1024):
-            writer.write(data.upper())
-
-    received: asyncio.Queue[bytes] = asyncio.Queue()
-
-    class Echo(asyncio.Protocol):
-        def data_received(self, data: bytes) -> None:
-            received.put_nowait(data)
-
-    async with RawBackend(upgrade) as backend, open_pool() as pool:
-        headers = [("Upgrade", "echo"), ("Connection", "Upgrade")]
-        response = await pool.request("127.0.0.1", backend.port, "GET", "/", headers, None, idle_timeout=5.0)
-        assert response.status == 101
-        transport, tail = response.detach()
-        transport.set_protocol(Echo())
-        async with asyncio.timeout(5):
-            while len(tail) < 5:  # bytes after the head arrive with it or, at the latest, at the new protocol
-                tail += await received.get()
-            assert tail == b"hello"
-            transport.write(b"ping")
-            assert await received.get() == b"PING"
-        transport.close()
-        response.release()
+async def test_a_switch_of_protocols_nobody_asked_for_breaks_the_exchange() -> None:
+    """Upgrades are tunnelled by the front door itself; a 101 to a plain request is a broken backend."""
+    switching = canned(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nhello")
+    async with RawBackend(switching) as backend, open_pool() as pool:
+        with pytest.raises(UpstreamClosed, match="switched protocols on a request that did not ask for it"):
+            await pool.request("127.0.0.1", backend.port, "GET", "/", [], None, idle_timeout=5.0)
         assert pool.endpoint_count() == 0
+
+
+@on_both_loops
+async def test_a_response_used_as_a_context_manager_returns_its_connection_to_the_pool() -> None:
+    async with RawBackend(canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")) as backend, open_pool() as pool:
+        async with await pool.request("127.0.0.1", backend.port, "GET", "/", [], None, idle_timeout=5.0) as response:
+            assert await response.read_all(10) == b"ok"
+        assert pool.endpoint_count() == 1
+        with pytest.raises(UpstreamError, match="after release"):
+            await response.read_chunk()

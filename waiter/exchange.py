@@ -140,18 +140,18 @@ class Dispatcher:
 
         instance, upstream, taken = await open_upstream(service, limits, send_to)
         try:
-            extra = b"x-cid: " + cid + CRLF
-            if timing is not None:
-                router_id = self.router.settings.router_id
-                extra += _header_lines(timing.headers(router_id, cid.decode(ENC, ERRORS), service, limits, instance))
-            upstream.idle_timeout = limits.streaming_ms / 1000
+            async with upstream:
+                extra = b"x-cid: " + cid + CRLF
+                if timing is not None:
+                    router_id, text_cid = self.router.settings.router_id, cid.decode(ENC, ERRORS)
+                    extra += _header_lines(timing.headers(router_id, text_cid, service, limits, instance))
+                upstream.idle_timeout = limits.streaming_ms / 1000
 
-            def fail(exc: UpstreamError) -> WaiterError:
-                return backend_error(service, instance, exc)
+                def fail(exc: UpstreamError) -> WaiterError:
+                    return backend_error(service, instance, exc)
 
-            await _respond(conn, req, upstream, extra, RESPONSE_DROP, fail)
+                await _respond(conn, req, upstream, extra, RESPONSE_DROP, fail)
         finally:
-            upstream.release()
             held = service.done(instance.id, taken, upstream.status)
         return instance.id, taken, held, upstream.status
 
@@ -180,10 +180,8 @@ class Dispatcher:
             )
         except UpstreamError as exc:
             raise _relay_failure(exc) from None
-        try:
+        async with upstream:
             await _respond(conn, req, upstream, b"", HOP_BY_HOP, _relay_failure)
-        finally:
-            upstream.release()
         return upstream.status
 
     async def upgrade(

@@ -289,10 +289,8 @@ async def _ping(
                     None,
                     idle_timeout=wait_ms / 1000,
                 )
-                try:
+                async with upstream:
                     data = await upstream.read_all(1 << 20)
-                finally:
-                    upstream.release()
             finally:
                 service.release(instance.id)
     except TimeoutError:
