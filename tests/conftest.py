@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import yaml
 
+from tests.browser import browser  # noqa: F401 - the one headless-browser fixture, for every module
 from tests.emulators.runner import running_emulator
 from tests.redis_server import redis_server  # noqa: F401 - the one Redis server fixture, for every module
 from waiter.router import Router

@@ -35,6 +35,7 @@ from waiter.forwarding import (
 )
 from waiter.frontdoor import Connection
 from waiter.http1 import CRLF, ENC, ERRORS, Request, Tunnel
+from waiter.interstitial import BYPASS_BYTES
 from waiter.router import Router
 from waiter.scheduler.base import Instance
 from waiter.service import Service, Timeouts
@@ -56,6 +57,20 @@ Served = tuple[str, float, float, int]
 
 # Requests relayed to the aiohttp app may wait long (a service's queue behind /waiter-ping, a kill with timeout).
 RELAY_TIMEOUT = 900.0
+
+
+def _interstitial(router: Router, req: Request, service: Service) -> None:
+    """Send a browser to the starting page, or let the request through without the gate's bypass parameter."""
+    accept = req.special.get(b"accept", b"").decode(ENC, ERRORS)
+    decided = router.interstitial(service, accept, req.target)
+    if decided.redirect is not None:
+        raise WaiterError(
+            303,
+            f"{service.id} is starting; see {decided.redirect}",
+            service_id=service.id,
+            headers={"location": decided.redirect, "x-waiter-interstitial": "true"},
+        )
+    req.url = decided.url
 
 
 class Dispatcher:
@@ -90,6 +105,8 @@ class Dispatcher:
             else:
                 service, options = router.service_for(waiter, host)
                 limits = timeouts(options, service.timeouts)
+                if service.interstitial_secs or BYPASS_BYTES in req.url:
+                    _interstitial(router, req, service)
                 if req.upgrade:
                     await self.upgrade(conn, req, service, options, cid)
                     status = 101

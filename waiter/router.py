@@ -20,6 +20,7 @@ from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError, internal_error, render_error
 from waiter.forwarding import new_cid
+from waiter.interstitial import Gate, gate
 from waiter.lifecycle import in_fallback
 from waiter.registry import ServiceRegistry
 from waiter.resolver import SERVICE_ID_TOKEN, Resolver
@@ -91,7 +92,7 @@ class Router:
         """docs/api.md §0.2: own paths, or the router's own host with no service-addressing x-waiter-* header.
 
         ``headers`` are the request's x-waiter-* headers (lowercase names); ``host`` its Host header or ""."""
-        if path in admin.ALWAYS_API:
+        if path in admin.ALWAYS_API or path.startswith(admin.API_PREFIXES):
             return True
         if any(name != "x-waiter-debug" for name, _ in headers):
             return False
@@ -167,6 +168,18 @@ class Router:
             if isinstance(updated, int | float):
                 changed_at = max(changed_at or 0.0, updated / 1000)
         return current, changed_at
+
+    def interstitial(self, service: Service, accept: str, url: bytes) -> Gate:
+        """Whether a browser's request for ``url`` is shown the starting page first (waiter.interstitial)."""
+        return gate(
+            url,
+            html_wanted="text/html" in accept,
+            by_token=service.interstitial_secs > 0,
+            interstitial_secs=service.interstitial_secs,
+            healthy=service.tracker.healthy_count() > 0,
+            started_at=service.registered_at,
+            now=time.time(),
+        )
 
     def check_maintenance(self, resolved: ResolvedService) -> None:
         maintenance = resolved.token_meta.get("maintenance")

@@ -111,6 +111,12 @@ class Service:
         d = resolved.description
         self.min_instances = d.min_instances
         self.max_instances = d.max_instances
+        # Browsers are shown the starting page (waiter.interstitial) only for token services that ask for it.
+        self.interstitial_secs = (
+            int(resolved.effective.get("interstitial-secs") or 0)
+            if resolved.source_tokens and not resolved.on_the_fly
+            else 0
+        )
         self.reservations = Reservations(
             concurrency_level=d.concurrency_level,
             load_balancing=d.load_balancing,

@@ -69,6 +69,8 @@ PREFIXES: list[tuple[str, dict[str, Handler]]] = []
 
 # Paths that are always the router's own, whatever the Host and headers (docs/api.md §0.2 rule 1).
 ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping", "/token", "/tokens"}
+# Path prefixes that are always the router's own (rule 2).
+API_PREFIXES = ("/waiter-interstitial/",)
 
 
 def find(path: str) -> dict[str, Handler] | None:
@@ -98,7 +100,7 @@ async def dispatch(
 
 
 def _register() -> None:
-    from waiter.api import metrics, services, state, tokens
+    from waiter.api import interstitial, metrics, services, state, tokens
 
     EXACT["/metrics"] = {"GET": metrics.metrics}
     EXACT.update(services.EXACT)
@@ -106,6 +108,7 @@ def _register() -> None:
     EXACT.update(state.EXACT)
     PREFIXES.extend(services.PREFIXES)
     PREFIXES.extend(state.PREFIXES)
+    PREFIXES.extend(interstitial.PREFIXES)
 
 
 _register()
