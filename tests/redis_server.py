@@ -37,7 +37,7 @@ class RedisServer:
         # and spawning is instantaneous.
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         Path(self.dir).mkdir(exist_ok=True)  # stop() removed it
-        argv += ["--dir", self.dir]
+        argv += ["--dir", self.dir, "--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not after 5 s
         if replica_of:
             argv += ["--replicaof", "127.0.0.1", str(replica_of)]
         self.process = subprocess.Popen(
