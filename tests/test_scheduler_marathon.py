@@ -326,7 +326,7 @@ async def test_an_unreachable_task_leaves_the_active_set_until_it_is_back(
     emulator = await make_emulator()
     scheduler, changes = await running_service(started, emulator)
     (instance,) = active(scheduler)
-    await emulator.call("POST", f"/emulator/tasks/{instance.extras['marathon/task-id']}/unreachable", {"for-ms": 800})
+    await emulator.call("POST", f"/emulator/tasks/{instance.extras['marathon/task-id']}/unreachable", {"for-ms": 2000})
     await changes.until(lambda: active(scheduler) == ())
     await changes.until(lambda: [i.id for i in active(scheduler)] == [instance.id])
     assert scheduler.service_state(SID).failed == ()  # type: ignore[union-attr]
