@@ -277,7 +277,9 @@ async def test_headers_forwarded_stripped_and_added(make_router) -> None:
     assert seen["x-custom"] == "kept"
     assert seen["x-cid"] == "abc"
     assert seen["x-forwarded-for"] == "127.0.0.1"
-    assert not [k for k in seen if k.startswith("x-waiter-")]
+    user = r.settings.run_as_user
+    principals = {"x-waiter-auth-principal": user, "x-waiter-authenticated-principal": user}
+    assert {k: v for k, v in seen.items() if k.startswith("x-waiter-")} == principals
 
 
 async def test_on_the_fly_service(make_router) -> None:

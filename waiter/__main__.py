@@ -30,6 +30,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--marathon-url", metavar="URL", help="Marathon's base URL, for --scheduler marathon")
     parser.add_argument("--mesos-master", metavar="HOST:PORT", help="a Mesos master, for --scheduler mesos")
     parser.add_argument("--workers", type=int, help="router processes on one port, sharing Redis (default 1)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback host with one-user authentication and on-the-fly services (anyone can run commands)",
+    )
     parser.add_argument("--worker-of", metavar="URL", help=argparse.SUPPRESS)  # set by the supervisor
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "cluster-name": args.cluster_name,
         "redis": args.redis,
         "workers": args.workers,
+        "insecure": args.insecure,
         "scheduler": {
             "kind": args.scheduler,
             "marathon": {"url": args.marathon_url},

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from waiter.aio import stop
 from waiter.api import metrics
+from waiter.auth import Gate
 from waiter.autoscaler import Autoscaler, wake_when_unserved
 from waiter.coordinator import Coordinator, slots_policy, wake_on_demand
 from waiter.peers import refuse_mixed_schedulers, this_identity
@@ -132,7 +133,10 @@ async def compose(
             await state.resign(settings.router_id)
 
     opened.push_async_callback(resign)
-    router = Router(settings, tokens, registry, pool, coordinator, autoscaler)
+    gate = Gate(settings)
+    await gate.start()
+    opened.push_async_callback(gate.close)
+    router = Router(settings, tokens, registry, pool, coordinator, autoscaler, gate)
     reaper = Reaper(
         registry,
         coordinator,

@@ -15,6 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from waiter.access_log import AccessLog
+from waiter.auth import Admission
+from waiter.auth.cookie import AUTH_COOKIE, strip_auth_cookie
+from waiter.auth.stamp import INTERNAL_PREFIX
 from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError
@@ -34,7 +37,7 @@ from waiter.forwarding import (
     timeouts,
 )
 from waiter.frontdoor import Connection
-from waiter.http1 import CRLF, ENC, ERRORS, Request, Tunnel
+from waiter.http1 import CRLF, ENC, ERRORS, AuthView, Request, Tunnel, empty_response
 from waiter.interstitial import BYPASS_BYTES
 from waiter.router import Router
 from waiter.scheduler.base import Instance
@@ -48,6 +51,7 @@ from waiter.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from waiter.version import SERVER_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +102,28 @@ class Dispatcher:
         if access is not None:
             arrived, sent = time.monotonic(), conn.sent
         try:
-            if router.is_api(req.path, host or "", waiter):
+            api = router.is_api(req.path, host or "", waiter)
+            view = AuthView(req, conn.peer.decode(ENC, ERRORS))
+            url = req.url.decode(ENC, ERRORS)
+            # Authentication (and the API's authorization) first, for every request: waiter.router.Router.admit.
+            admission = await router.admit(view, req.method_str(), req.path, url, api, waiter, host)
+            if admission.answer is not None:
+                status = admission.answer[0]
+                _answer(conn, req, *admission.answer, cid)
+            elif api:
                 if req.upgrade:
                     req.keep_alive = False  # the bytes after an upgrade request's head are not HTTP
-                status = await self.relay(conn, req)
+                status = await self.relay(conn, req, admission)
             else:
-                service, options = router.service_for(waiter, host)
+                service, options = router.service_for(waiter, host, admission.caller)
                 limits = timeouts(options, service.timeouts)
                 if service.interstitial_secs or BYPASS_BYTES in req.url:
                     _interstitial(router, req, service)
                 if req.upgrade:
-                    await self.upgrade(conn, req, service, options, cid)
+                    await self.upgrade(conn, req, service, options, cid, admission)
                     status = 101
                 else:
-                    served = await self.proxy(conn, req, service, options, cid)
+                    served = await self.proxy(conn, req, service, options, cid, admission)
                     status = served[3]
         except WaiterError as err:
             status = err.status
@@ -138,11 +150,17 @@ class Dispatcher:
                 ))
 
     async def proxy(
-        self, conn: Connection, req: Request, service: Service, options: RequestOptions, cid: bytes
+        self,
+        conn: Connection,
+        req: Request,
+        service: Service,
+        options: RequestOptions,
+        cid: bytes,
+        admission: Admission,
     ) -> Served:
         """A service's request: a slot, the backend's answer streamed back. Returns what the access log says."""
         limits = timeouts(options, service.timeouts)
-        head, has_host = _forward_head(conn, req, cid)
+        head, has_host = _forward_head(conn, req, cid, admission)
         body = req.body.stream() if req.body is not None else None
         head_only, idle, length = req.method == b"HEAD", limits.socket_ms / 1000, req.content_length
         send = self.pool.send
@@ -158,7 +176,7 @@ class Dispatcher:
         instance, upstream, taken = await open_upstream(service, limits, send_to)
         try:
             async with upstream:
-                extra = b"x-cid: " + cid + CRLF
+                extra = b"x-cid: " + cid + CRLF + admission.response_lines
                 if timing is not None:
                     router_id, text_cid = self.router.settings.router_id, cid.decode(ENC, ERRORS)
                     extra += _header_lines(timing.headers(router_id, text_cid, service, limits, instance))
@@ -172,14 +190,18 @@ class Dispatcher:
             held = service.done(instance.id, taken, upstream.status)
         return instance.id, taken, held, upstream.status
 
-    async def relay(self, conn: Connection, req: Request) -> int:
-        """The admin API: the request as received, less hop-by-hop headers, to the aiohttp app, and its answer back."""
+    async def relay(self, conn: Connection, req: Request, admission: Admission) -> int:
+        """The admin API: the request as received, less hop-by-hop headers, to the aiohttp app, and its answer back.
+
+        The request is stamped with who the front door authenticated (waiter.auth.stamp); client-supplied copies of
+        the stamp's headers are dropped."""
         extra = connection_tokens(req.special.get(b"connection"))
         parts = [req.method, b" ", req.url, b" HTTP/1.1\r\n"]
         for name, value, lname in req.headers:
-            if lname in HOP_BY_HOP or lname in extra:
+            if lname in HOP_BY_HOP or lname in extra or lname.startswith(INTERNAL_PREFIX):
                 continue
             parts += (name, b": ", value, CRLF)
+        parts.append(self.router.stamp.lines(admission.caller))
         host, port = self.internal
         if b"host" not in req.special:
             parts.append(b"Host: %s:%d\r\n" % (host.encode(), port))
@@ -198,11 +220,17 @@ class Dispatcher:
         except UpstreamError as exc:
             raise _relay_failure(exc) from None
         async with upstream:
-            await _respond(conn, req, upstream, b"", HOP_BY_HOP, _relay_failure)
+            await _respond(conn, req, upstream, admission.response_lines, HOP_BY_HOP, _relay_failure)
         return upstream.status
 
     async def upgrade(
-        self, conn: Connection, req: Request, service: Service, options: RequestOptions, cid: bytes
+        self,
+        conn: Connection,
+        req: Request,
+        service: Service,
+        options: RequestOptions,
+        cid: bytes,
+        admission: Admission,
     ) -> None:
         """A protocol upgrade (a websocket) for a service: its slot is held while the instance's ``101`` and then
         the connection's bytes pass both ways. An instance that refuses the upgrade is answered as it said."""
@@ -210,7 +238,7 @@ class Dispatcher:
         if req.body is not None:
             raise WaiterError(400, "A protocol upgrade request with a body is not supported; send it without one.")
         limits = timeouts(options, service.timeouts)
-        head, has_host = _forward_head(conn, req, cid, upgrade=True)
+        head, has_host = _forward_head(conn, req, cid, admission, upgrade=True)
         loop, connect_timeout, head_timeout = conn.loop, self.pool.connect_timeout, limits.socket_ms / 1000
         timing = Timing() if options.debug else None
 
@@ -245,7 +273,7 @@ class Dispatcher:
             for name, value in tunnel.headers:
                 if name.lower() not in drop:
                     parts += (name, b": ", value, CRLF)
-            parts += (b"x-cid: ", cid, CRLF)
+            parts += (b"x-cid: ", cid, CRLF, admission.response_lines)
             if timing is not None:
                 router_id = self.router.settings.router_id
                 parts.append(
@@ -264,19 +292,46 @@ class Dispatcher:
             service.done(instance.id, taken, tunnel.status)
 
 
-def _forward_head(conn: Connection, req: Request, cid: bytes, upgrade: bool = False) -> tuple[bytes, bool]:
+_AUTH_COOKIE = AUTH_COOKIE.encode()
+
+
+def _answer(conn: Connection, req: Request, status: int, headers: tuple[tuple[str, str], ...], cid: bytes) -> None:
+    """A response without a body that the router makes before anything else (CORS preflight, https redirect)."""
+    if (req.body is not None and not req.body.done) or req.upgrade:
+        req.keep_alive = False
+    lines = [*headers, ("x-cid", cid.decode(ENC, ERRORS)), ("server", SERVER_HEADER)]
+    conn.write_head(empty_response(status, lines, req.keep_alive and not conn.door.draining))
+
+
+def _forward_head(
+    conn: Connection, req: Request, cid: bytes, admission: Admission, upgrade: bool = False
+) -> tuple[bytes, bool]:
     """The head for the backend without its final CRLF, and whether it has a Host header. An upgrade keeps its
-    Upgrade header and asks for it with ``Connection: Upgrade``."""
+    Upgrade header and asks for it with ``Connection: Upgrade``.
+
+    Dropped: hop-by-hop headers, every x-waiter-* (the router's own, and client-supplied copies of the principal
+    headers), the router's auth cookie, and the Authorization header when it held the router's credentials."""
     extra = connection_tokens(req.special.get(b"connection")) if b"connection" in req.special else None
     drop = REQUEST_DROP
     parts = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
     if upgrade:
         drop, extra = UPGRADE_DROP, (extra or frozenset()) - {b"upgrade"}
         parts.append(b"Connection: Upgrade\r\n")
+    strip_authorization = admission.strip_authorization
     for name, value, lname in req.headers:
         if lname in drop or lname[:9] == b"x-waiter-" or (extra and lname in extra):
             continue
+        if lname == b"cookie" and _AUTH_COOKIE in value:
+            value = strip_auth_cookie(value)
+            if not value:
+                continue
+        elif lname == b"authorization" and strip_authorization:
+            continue
         parts += (name, b": ", value, CRLF)
+    caller = admission.caller
+    if caller is not None:
+        principals = f"x-waiter-auth-principal: {caller.user}\r\nx-waiter-authenticated-principal: {caller.principal}"
+        parts += (principals.encode(ENC, ERRORS), CRLF)
     previous = req.special.get(b"x-forwarded-for")
     forwarded = previous + b", " + conn.peer if previous else conn.peer
     parts += (b"x-forwarded-for: ", forwarded, b"\r\nx-cid: ", cid, CRLF, req.framing())

@@ -150,6 +150,20 @@ class Request:
         return b""
 
 
+class AuthView:
+    """A Request as waiter.auth.AuthRequest: its headers and the connection's peer address."""
+
+    __slots__ = ("_req", "peer")
+
+    def __init__(self, req: Request, peer: str) -> None:
+        self._req = req
+        self.peer = peer
+
+    @property
+    def headers(self) -> HeaderView:
+        return self._req.headers_view
+
+
 class ErrorView:
     """A Request as waiter.errors.RequestInfo."""
 
@@ -173,6 +187,15 @@ class ErrorView:
     @property
     def headers(self) -> HeaderView:
         return self._req.headers_view
+
+
+def empty_response(status: int, headers: list[tuple[str, str]], keep_alive: bool) -> bytes:
+    """A response without a body (a redirect, a CORS preflight's answer)."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines.append("Content-Length: 0\r\n")
+    lines.append("\r\n" if keep_alive else "Connection: close\r\n\r\n")
+    return "".join(lines).encode(ENC, ERRORS)
 
 
 def error_response(rendered: RenderedError, keep_alive: bool, head_only: bool) -> bytes:

@@ -15,7 +15,7 @@ from waiter.tokens import TokenRegistry, token_etag
 SERVICE_ID_TOKEN = "^SERVICE-ID#"
 _CACHE_LIMIT = 10_000
 
-CacheKey = tuple[tuple[tuple[str, str], ...], str | None]
+CacheKey = tuple[tuple[tuple[str, str], ...], str | None, str]
 
 
 class Resolver:
@@ -42,27 +42,34 @@ class Resolver:
         return name if self.tokens.get(name) is not None else None
 
     def resolve(
-        self, waiter_headers: tuple[tuple[str, str], ...], host: str | None
+        self, waiter_headers: tuple[tuple[str, str], ...], host: str | None, user: str | None = None
     ) -> tuple[ResolvedService, RequestOptions]:
-        """Raises WaiterError (400 bad input, 403 not allowed, 404 unknown token)."""
+        """What ``user`` (default: run-as-user) addresses: services that run as the requester differ per caller.
+        Raises WaiterError (400 bad input, 403 not allowed, 404 unknown token)."""
+        user = user or self.settings.run_as_user
         if self._generation != self.tokens.generation or len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
             self._generation = self.tokens.generation
         host_token = None if any(k == "x-waiter-token" for k, _ in waiter_headers) else self.host_token(host)
-        key = (waiter_headers, host_token)
+        key = (waiter_headers, host_token, user)
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._resolve(waiter_headers, host_token)
+            hit = self._resolve(waiter_headers, host_token, user)
             if not any(name.startswith(SERVICE_ID_TOKEN) for name, _ in hit[0].source_tokens):
                 self._cache[key] = hit
         return hit
 
     def resolve_version(
-        self, waiter_headers: tuple[tuple[str, str], ...], host: str | None, token: str, data: Mapping[str, Any]
+        self,
+        waiter_headers: tuple[tuple[str, str], ...],
+        host: str | None,
+        token: str,
+        data: Mapping[str, Any],
+        user: str | None = None,
     ) -> ResolvedService:
         """What the request would resolve to if ``token`` held ``data`` (an earlier version, for fallback)."""
         host_token = None if any(k == "x-waiter-token" for k, _ in waiter_headers) else self.host_token(host)
-        return self._resolve(waiter_headers, host_token, (token, data))[0]
+        return self._resolve(waiter_headers, host_token, user or self.settings.run_as_user, (token, data))[0]
 
     def token_service_id(self, token: str) -> str | None:
         """The service a request naming only ``token`` reaches now; None if the token cannot be resolved."""
@@ -75,6 +82,7 @@ class Resolver:
         self,
         waiter_headers: tuple[tuple[str, str], ...],
         host_token: str | None,
+        user: str,
         version: tuple[str, Mapping[str, Any]] | None = None,
     ) -> tuple[ResolvedService, RequestOptions]:
         try:
@@ -112,7 +120,6 @@ class Resolver:
             params_list.append(params)
             meta_list.append(meta)
             sources.append((name, etag))
-        user = self.settings.run_as_user
         try:
             core = descriptor.build_core(descriptor.merge_tokens(params_list), parsed, user, has_token=bool(names))
             descriptor.validate_service(core, max_cpus=self.settings.max_cpus, max_mem=self.settings.max_mem)

@@ -4,23 +4,27 @@ app), which service a proxied one goes to (resolution, maintenance, fallback), a
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from waiter import cors
+from waiter import interstitial as splash
 from waiter.api import admin, control
 from waiter.api.common import CID
-from waiter.auth import Authenticator, create_authenticator
+from waiter.auth import PUBLIC, Access, Admission, AuthRequest, Caller, Gate, Permissions
+from waiter.auth.stamp import CALLER_HEADER, SECRET_HEADER, Stamp, read_caller
 from waiter.autoscaler import Autoscaler
 from waiter.coordinator import Coordinator
 from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError, internal_error, render_error
 from waiter.forwarding import new_cid
-from waiter.interstitial import Gate, gate
 from waiter.lifecycle import in_fallback
 from waiter.registry import ServiceRegistry
 from waiter.resolver import SERVICE_ID_TOKEN, Resolver
@@ -40,6 +44,20 @@ log = logging.getLogger(__name__)
 _LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "[::1]", "::1"})
 
 
+def _action(method: str, path: str) -> str:
+    """What a service-owner request does to its service, for the 403's sentence: "delete", "suspend", ..."""
+    parts = [p for p in path.split("/") if p]
+    if len(parts) <= 2:
+        return "delete" if method == "DELETE" else method.lower()
+    if len(parts) >= 5 and parts[2] == "instance":
+        return f"{parts[4]} instance {parts[3]} of"
+    return parts[-1]
+
+
+def _lines(headers: tuple[tuple[str, str], ...]) -> bytes:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode()
+
+
 class Router:
     def __init__(
         self,
@@ -49,6 +67,7 @@ class Router:
         pool: UpstreamPool,
         coordinator: Coordinator,
         autoscaler: Autoscaler,
+        gate: Gate,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
@@ -57,7 +76,10 @@ class Router:
         self.coordinator = coordinator
         self.autoscaler = autoscaler
         self.resolver = Resolver(settings, tokens, self._core_of)
-        self.auth: Authenticator = create_authenticator(settings)
+        self.gate = gate  # who calls (waiter.auth): admit() asks it for every request that is not public
+        self.permissions = Permissions.of(settings)
+        self.stamp = Stamp()  # marks requests the front door relays to the app (see waiter.auth.stamp)
+        self._trusted_proxies = tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies)
         self.draining = False
         self.front_door: FrontDoor | None = None  # set by the server (waiter.server) once it listens
         self.metrics_peers: Peers | None = None  # the supervisor, when this router is one of --workers
@@ -123,6 +145,7 @@ class Router:
         host: str | None,
         *,
         fallback: bool = True,
+        user: str | None = None,
     ) -> Service:
         """The service that serves the request: the resolved version, started if needed, or during a token's
         fallback period, while that version has no healthy instance, the newest earlier version that has one
@@ -146,7 +169,7 @@ class Router:
             if not isinstance(previous, Mapping):
                 break
             try:
-                older = self.resolver.resolve_version(headers, host, name, previous).service_id
+                older = self.resolver.resolve_version(headers, host, name, previous, user).service_id
             except WaiterError:
                 older = None
             candidate = self.registry.get(older) if older else None
@@ -169,9 +192,9 @@ class Router:
                 changed_at = max(changed_at or 0.0, updated / 1000)
         return current, changed_at
 
-    def interstitial(self, service: Service, accept: str, url: bytes) -> Gate:
+    def interstitial(self, service: Service, accept: str, url: bytes) -> splash.Gate:
         """Whether a browser's request for ``url`` is shown the starting page first (waiter.interstitial)."""
-        return gate(
+        return splash.gate(
             url,
             html_wanted="text/html" in accept,
             by_token=service.interstitial_secs > 0,
@@ -191,19 +214,147 @@ class Router:
                 service_id=resolved.service_id,
             )
 
-    def service_for(self, headers: tuple[tuple[str, str], ...], host: str | None) -> tuple[Service, RequestOptions]:
+    def service_for(
+        self, headers: tuple[tuple[str, str], ...], host: str | None, caller: Caller | None
+    ) -> tuple[Service, RequestOptions]:
         """The service a proxied request goes to, started if needed. Raises WaiterError (400, 403, 404, 503)."""
-        resolved, options = self.resolver.resolve(headers, host)
+        resolved, options = self.resolve_for(headers, host, caller)
         self.check_maintenance(resolved)
-        service = self.serving(resolved, options, headers, host)
+        service = self.serving(resolved, options, headers, host, user=caller.user if caller else None)
         if service.suspended:
             raise control.suspended_error(service)
         return service, options
 
+    def resolve_for(
+        self, headers: tuple[tuple[str, str], ...], host: str | None, caller: Caller | None
+    ) -> tuple[ResolvedService, RequestOptions]:
+        """The service ``caller`` addresses, if they may use it (403 otherwise). ``caller`` None: authentication
+        is disabled for the token (it names every user field itself)."""
+        resolved, options = self.resolver.resolve(headers, host, caller.user if caller else None)
+        if caller is not None:
+            problem = self.use_problem(resolved, caller)
+            if problem is not None:
+                raise WaiterError(403, problem, error_class="waiter.ServiceForbidden", service_id=resolved.service_id)
+        return resolved, options
+
+    def use_problem(self, resolved: ResolvedService, caller: Caller) -> str | None:
+        """Whether ``caller`` may run ``resolved``: they must be able to run as its run-as-user (unless one token
+        that names run-as-user and permitted-user itself vouches: its owner was checked when it was written), and
+        be its permitted-user."""
+        core, user, perms = resolved.core, caller.user, self.permissions
+        run_as = core.get("run-as-user")
+        if not self._preauthorized(resolved) and not perms.is_admin(user):
+            problem = perms.run_as_problem(user, run_as)
+            if problem is not None:
+                return problem
+        return perms.permitted_problem(user, resolved.service_id, core.get("permitted-user"))
+
+    def _preauthorized(self, resolved: ResolvedService) -> bool:
+        if resolved.on_the_fly or len(resolved.source_tokens) != 1:
+            return False
+        record = self.tokens.get(resolved.source_tokens[0][0])
+        if record is None:
+            return False
+        return record.data.get("run-as-user") not in (None, "*") and "permitted-user" in record.data
+
+    def before_auth(self, headers: tuple[tuple[str, str], ...], host: str | None) -> ResolvedService | None:
+        """What the request addresses as far as it can be known before authentication (its tokens), for the steps
+        that come first: https-redirect, CORS preflight, tokens with authentication disabled. None if unknown."""
+        try:
+            return self.resolver.resolve(headers, host, None)[0]
+        except WaiterError:
+            return None
+
+    def service_owner_problem(self, caller: Caller, service_id: str, what: str) -> str | None:
+        service = self.registry.get(service_id)
+        if service is None:
+            return None  # the handler answers 404
+        owners = []
+        for name, _version in service.resolved.source_tokens:
+            record = self.tokens.get(name)
+            if record is not None and record.owner:
+                owners.append(record.owner)
+        run_as = service.resolved.core.get("run-as-user")
+        return self.permissions.service_problem(caller.user, service_id, run_as, owners, what)
+
+    async def admit(
+        self,
+        request: AuthRequest,
+        method: str,
+        path: str,
+        url: str,
+        api: bool,
+        headers: tuple[tuple[str, str], ...],
+        host: str | None,
+    ) -> Admission:
+        """Authentication and the API's authorization, for every request, before anything else is done for it.
+
+        API requests: by the endpoint's declared policy (public ones are not authenticated). Proxied requests:
+        authenticated unless their one token disables authentication; what they may run is checked once the
+        service is resolved (resolve_for)."""
+        if api:
+            policy = admin.policy(path, method)
+            if policy is Access.PUBLIC:
+                return PUBLIC
+            admission = await self.gate.authenticate(request)
+            assert admission.caller is not None
+            self._authorize(policy, admission.caller, method, path)
+            return admission
+        resolved = self.before_auth(headers, host)
+        if resolved is None:
+            return await self.gate.authenticate(request)
+        meta = resolved.token_meta
+        secure = request.headers.get("x-forwarded-proto", "").lower() == "https" and self._trusted_proxy(request.peer)
+        redirect = cors.https_redirect(meta, method, host, url, secure)
+        if redirect is not None:
+            return Admission(None, answer=(301 if method in ("GET", "HEAD") else 307, redirect))
+        preflight = cors.preflight(meta, method, path, request.headers)
+        if preflight is not None:
+            return Admission(None, answer=(204, preflight))
+        lines = _lines(cors.response_headers(meta, method, path, request.headers.get("origin", "")))
+        disabled = resolved.core.get("authentication") == "disabled"
+        if disabled and len(resolved.source_tokens) == 1 and not resolved.on_the_fly:
+            return Admission(None, response_lines=lines)
+        admission = await self.gate.authenticate(request)
+        return replace(admission, response_lines=admission.response_lines + lines) if lines else admission
+
+    def _trusted_proxy(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted_proxies)
+
+    def _authorize(self, policy: Access, caller: Caller, method: str, path: str) -> None:
+        problem: str | None = None
+        if policy is Access.ADMIN:
+            problem = self.permissions.admin_problem(caller.user, f"{method} {path}")
+        elif policy is Access.SERVICE_OWNER:
+            service_id = admin.service_id_of(path)
+            if service_id:
+                problem = self.service_owner_problem(caller, service_id, _action(method, path))
+        if problem is not None:
+            raise WaiterError(403, problem, error_class="waiter.Forbidden")
+
+    def caller_of(self, request: web.BaseRequest) -> Caller:
+        """The caller the front door authenticated (an endpoint whose policy is not public)."""
+        caller = read_caller(request.headers.get(CALLER_HEADER))
+        if caller is None:
+            raise WaiterError(401, "Authentication required.", error_class="waiter.Unauthorized")
+        return caller
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         """The aiohttp app's one handler: the admin API. The front door (waiter.exchange) relays only requests it
-        found to be the router's own; everything proxied to a service stays on the front door."""
+        found to be the router's own; everything proxied to a service stays on the front door. It serves only requests
+        the front door stamped (see waiter.auth.stamp)."""
         cid = printable(request.headers.get("x-cid") or new_cid())
+        if not self.stamp.genuine(request.headers.get(SECRET_HEADER)):
+            err = WaiterError(
+                403,
+                "This port serves only the router's own front door; send requests to the router's public address.",
+                error_class="waiter.Forbidden",
+            )
+            return render_error(request, err, cid)
         headers = tuple(
             (name.lower(), value) for name, value in request.headers.items() if name[:9].lower() == "x-waiter-"
         )

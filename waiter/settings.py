@@ -7,6 +7,7 @@ Every error names the key, the value and what is allowed. Loading is pure (no lo
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
 import re
 import socket
@@ -110,6 +111,57 @@ class LifecycleConfig:
     minute_secs: float = 60.0  # the length of a minute in the *-mins service parameters; shorten only for tests
 
 
+AUTHENTICATOR_KINDS = ("one-user", "jwt", "kerberos", "trusted-header")
+# Asymmetric algorithms only: "none" and the HMAC family (HS*) would let a public key act as a shared secret.
+JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+SAME_SITE = ("Strict", "Lax", "None")
+
+
+@dataclass(frozen=True)
+class JwtConfig:
+    jwks_url: str = ""  # the issuer's JWKS, fetched at start, on an unknown kid and every jwks-refresh-secs
+    jwks_file: Path | None = None  # or a JWKS file, re-read on the same occasions
+    issuer: str = ""
+    audience: str = ""
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    user_claim: str = "sub"  # the claim naming the caller; its part before '@' is the user name
+    leeway_secs: float = 30.0  # clock skew allowed on exp, nbf and iat
+    jwks_refresh_secs: float = 600.0
+
+
+@dataclass(frozen=True)
+class KerberosConfig:
+    keytab: Path | None = None  # the acceptor's keytab; None uses KRB5_KTNAME or the system default
+    service_principal: str = ""  # e.g. HTTP/router.example.com@REALM; empty accepts any principal of the keytab
+
+
+@dataclass(frozen=True)
+class TrustedHeaderConfig:
+    header: str = "x-forwarded-user"
+    trusted_cidrs: tuple[str, ...] = ()  # only peers in these networks may name the user
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    kinds: tuple[str, ...] = ("one-user",)  # tried in order; the first that recognises a request decides
+    one_user: str = ""  # the one user; empty means run-as-user
+    jwt: JwtConfig = JwtConfig()
+    kerberos: KerberosConfig = KerberosConfig()
+    trusted_header: TrustedHeaderConfig = TrustedHeaderConfig()
+    cookie_secret: str = ""  # empty: shared through redis when set, else random for this router
+    cookie_max_age_secs: int = 86400
+    cookie_same_site: str = "Lax"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -139,6 +191,9 @@ class Settings:
     max_mem: float = 131072.0
     # The largest body the router's own API reads (POST /token): more is a 413. Proxied bodies stream unbounded.
     max_api_body_bytes: int = 1 << 20
+    auth: AuthConfig = AuthConfig()
+    insecure: bool = False  # the operator accepts a non-loopback bind with one-user auth and on-the-fly services
+    trusted_proxies: tuple[str, ...] = ()  # peers whose x-forwarded-proto is believed (https-redirect)
     config_file: Path | None = None
 
     @property
@@ -221,6 +276,33 @@ class Settings:
                 "startup-interval-ms": self.health.startup_interval_ms,
                 "timeout-ms": self.health.timeout_ms,
             },
+            "authenticator": {
+                "kind": list(self.auth.kinds),
+                "jwt": {
+                    "jwks-url": redact_url(self.auth.jwt.jwks_url),
+                    "jwks-file": str(self.auth.jwt.jwks_file) if self.auth.jwt.jwks_file else None,
+                    "issuer": self.auth.jwt.issuer,
+                    "audience": self.auth.jwt.audience,
+                    "algorithms": list(self.auth.jwt.algorithms),
+                    "user-claim": self.auth.jwt.user_claim,
+                    "leeway-secs": self.auth.jwt.leeway_secs,
+                    "jwks-refresh-secs": self.auth.jwt.jwks_refresh_secs,
+                },
+                "kerberos": {
+                    "keytab": str(self.auth.kerberos.keytab) if self.auth.kerberos.keytab else None,
+                    "service-principal": self.auth.kerberos.service_principal,
+                },
+                "trusted-header": {
+                    "header": self.auth.trusted_header.header,
+                    "trusted-cidrs": list(self.auth.trusted_header.trusted_cidrs),
+                },
+            },
+            "auth-cookie": {
+                "max-age-secs": self.auth.cookie_max_age_secs,
+                "same-site": self.auth.cookie_same_site,
+            },
+            "insecure": self.insecure,
+            "trusted-proxies": list(self.trusted_proxies),
             "service-description-defaults": dict(self.service_defaults),
             "service-description-constraints": {"cpus": {"max": self.max_cpus}, "mem": {"max": self.max_mem}},
             "config-file": str(self.config_file) if self.config_file else None,
@@ -488,7 +570,18 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     life_r.check_unknown()
     defaults = dict(base.service_defaults)
     defaults.update(top.mapping("service-defaults"))
+    auth = _auth(top, base.auth, problems)
+    insecure = top.boolean("insecure", base.insecure)
+    trusted_proxies = _cidrs(top, "trusted-proxies", base.trusted_proxies, problems)
     top.check_unknown()
+    if not is_loopback(host) and "one-user" in auth.kinds and allow and not insecure:
+        problems.append(
+            f"host is {host!r}, which is not a loopback address, while the authenticator is one-user and "
+            "allow-on-the-fly is true: anyone who can reach the router could run any command as "
+            f"'{auth.one_user or run_as_user}'. Bind 127.0.0.1 (host), or set authenticator.kind to jwt, "
+            "kerberos or trusted-header, or set allow-on-the-fly: false; or set insecure: true (--insecure) "
+            "if you accept that."
+        )
     if problems:
         raise SettingsError("\n".join(problems))
     return replace(
@@ -525,7 +618,133 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         service_defaults=defaults,
         max_cpus=max_cpus,
         max_mem=max_mem,
+        auth=auth,
+        insecure=insecure,
+        trusted_proxies=trusted_proxies,
     )
+
+
+def _string_list(r: _Reader, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = r.get(key)
+    if raw is None:
+        return default
+    if isinstance(raw, list) and all(isinstance(v, str) and v for v in raw):
+        return tuple(raw)
+    r.problems.append(f"{r._key(key)} is {raw!r} but must be a list of non-empty strings.")
+    return default
+
+
+def _cidrs(r: _Reader, key: str, default: tuple[str, ...], problems: list[str]) -> tuple[str, ...]:
+    values = _string_list(r, key, default)
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            problems.append(
+                f"{r._key(key)} holds {value!r}, which is not an IP network; use CIDR notation, e.g. 10.0.0.0/8."
+            )
+    return values
+
+
+def _auth(top: _Reader, base: AuthConfig, problems: list[str]) -> AuthConfig:
+    r = _Reader(top.mapping("authenticator"), "authenticator.", problems)
+    raw_kind = r.get("kind")
+    kinds = base.kinds
+    if isinstance(raw_kind, str):
+        raw_kind = [raw_kind]
+    if raw_kind is not None:
+        if (
+            isinstance(raw_kind, list)
+            and raw_kind
+            and all(k in AUTHENTICATOR_KINDS for k in raw_kind)
+            and len(set(raw_kind)) == len(raw_kind)
+        ):
+            kinds = tuple(raw_kind)
+        else:
+            problems.append(
+                f"authenticator.kind is {raw_kind!r} but must be one of {', '.join(AUTHENTICATOR_KINDS)}, "
+                "or a list of them without repeats (tried in order)."
+            )
+    one = _Reader(r.mapping("one-user"), "authenticator.one-user.", problems)
+    one_user = one.string("user", base.one_user) if one.has("user") else base.one_user
+    one.check_unknown()
+    jwt = _jwt(_Reader(r.mapping("jwt"), "authenticator.jwt.", problems), base.jwt, "jwt" in kinds)
+    krb = _Reader(r.mapping("kerberos"), "authenticator.kerberos.", problems)
+    keytab = krb.string("keytab", str(base.kerberos.keytab or "")) if krb.has("keytab") else None
+    kerberos = KerberosConfig(
+        keytab=Path(keytab) if keytab else base.kerberos.keytab,
+        service_principal=krb.string("service-principal", base.kerberos.service_principal)
+        if krb.has("service-principal")
+        else base.kerberos.service_principal,
+    )
+    krb.check_unknown()
+    th = _Reader(r.mapping("trusted-header"), "authenticator.trusted-header.", problems)
+    header = th.string("header", base.trusted_header.header).lower()
+    cidrs = _cidrs(th, "trusted-cidrs", base.trusted_header.trusted_cidrs, problems)
+    if "trusted-header" in kinds and not cidrs:
+        problems.append(
+            "authenticator.trusted-header.trusted-cidrs is empty but is required with the trusted-header "
+            "authenticator: list the networks of the authenticating proxies, e.g. [10.0.0.0/8]."
+        )
+    th.check_unknown()
+    r.check_unknown()
+    cookie = _Reader(top.mapping("auth-cookie"), "auth-cookie.", problems)
+    secret = cookie.string("secret", base.cookie_secret) if cookie.has("secret") else base.cookie_secret
+    if secret and len(secret) < 16:
+        problems.append("auth-cookie.secret is too short: use at least 16 characters (32 random bytes is best).")
+    same_site = cookie.string("same-site", base.cookie_same_site)
+    if same_site not in SAME_SITE:
+        problems.append(f"auth-cookie.same-site is {same_site!r} but must be one of: {', '.join(SAME_SITE)}.")
+    max_age = cookie.integer("max-age-secs", base.cookie_max_age_secs, 1, 30 * 86400)
+    cookie.check_unknown()
+    return AuthConfig(
+        kinds=kinds,
+        one_user=one_user,
+        jwt=jwt,
+        kerberos=kerberos,
+        trusted_header=TrustedHeaderConfig(header=header, trusted_cidrs=cidrs),
+        cookie_secret=secret,
+        cookie_max_age_secs=max_age,
+        cookie_same_site=same_site,
+    )
+
+
+def _jwt(r: _Reader, base: JwtConfig, used: bool) -> JwtConfig:
+    url = r.string("jwks-url", base.jwks_url) if r.has("jwks-url") else base.jwks_url
+    file = r.string("jwks-file", str(base.jwks_file or "")) if r.has("jwks-file") else None
+    jwks_file = Path(file) if file else base.jwks_file
+    if url and urlsplit(url).scheme not in ("http", "https"):
+        r.problems.append(f"authenticator.jwt.jwks-url is {redact_url(url)!r} but must be an http:// or https:// URL.")
+    if used and bool(url) == bool(jwks_file):
+        r.problems.append(
+            "authenticator.jwt needs exactly one of jwks-url (the issuer's JWKS endpoint) and jwks-file; "
+            f"got {'both' if url else 'neither'}."
+        )
+    issuer = r.string("issuer", base.issuer) if r.has("issuer") else base.issuer
+    audience = r.string("audience", base.audience) if r.has("audience") else base.audience
+    if used and not issuer:
+        r.problems.append("authenticator.jwt.issuer is not set but is required: the iss every token must carry.")
+    if used and not audience:
+        r.problems.append("authenticator.jwt.audience is not set but is required: the aud every token must carry.")
+    algorithms = _string_list(r, "algorithms", base.algorithms)
+    bad = [a for a in algorithms if a not in JWT_ALGORITHMS]
+    if bad or not algorithms:
+        r.problems.append(
+            f"authenticator.jwt.algorithms is {list(algorithms)!r} but must be a non-empty list of: "
+            f"{', '.join(JWT_ALGORITHMS)} (never none or HS*)."
+        )
+    config = JwtConfig(
+        jwks_url=url,
+        jwks_file=jwks_file,
+        issuer=issuer,
+        audience=audience,
+        algorithms=algorithms,
+        user_claim=r.string("user-claim", base.user_claim),
+        leeway_secs=r.number("leeway-secs", base.leeway_secs, 0, 600),
+        jwks_refresh_secs=r.number("jwks-refresh-secs", base.jwks_refresh_secs, 1, 86400),
+    )
+    r.check_unknown()
+    return config
 
 
 def _token_store(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from waiter.api.common import json_response
+from waiter.auth import Access, access, policy_of
 from waiter.errors import WaiterError
 from waiter.lifecycle import MESSAGES
 from waiter.version import SERVER_HEADER
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 Handler = Callable[["Router", web.BaseRequest, tuple[tuple[str, str], ...]], Awaitable[web.StreamResponse]]
 
 
+@access(Access.PUBLIC)
 async def status(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
     if router.draining:
         return json_response({"message": "Router is in drain mode."}, 503)
@@ -32,30 +34,48 @@ async def status(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, 
     )
 
 
+@access(Access.AUTHENTICATED)
 async def settings(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
     body = router.settings.public()
     body["messages"] = dict(MESSAGES)
     return json_response(body)
 
 
+@access(Access.AUTHENTICATED)
 async def service_id(router: Router, request: web.BaseRequest, headers: tuple[tuple[str, str], ...]) -> web.Response:
-    resolved, _ = router.resolver.resolve(headers, request.headers.get("host"))
+    resolved, _ = router.resolve_for(headers, request.headers.get("host"), router.caller_of(request))
     router.check_maintenance(resolved)
     router.registry.register(resolved)
     return web.Response(text=resolved.service_id, headers={"server": SERVER_HEADER})
 
 
+@access(Access.PUBLIC)
 async def welcome(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
     return web.Response(
         text=f"Welcome to Waiter (router {router.settings.router_id}).\n", headers={"server": SERVER_HEADER}
     )
 
 
+@access(Access.PUBLIC)
 async def favicon(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
     return web.Response(status=204)
 
 
-# path -> method -> handler. Other modules add their endpoints here (see waiter.api.services).
+@access(Access.AUTHENTICATED)
+async def waiter_auth(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
+    """Who the router takes the caller for."""
+    caller = router.caller_of(request)
+    headers = {
+        "server": SERVER_HEADER,
+        "x-waiter-auth-user": caller.user,
+        "x-waiter-auth-principal": caller.principal,
+        "x-waiter-auth-method": caller.method,
+    }
+    return web.Response(text=caller.user, headers=headers)
+
+
+# path -> method -> handler; every handler declares its policy (waiter.auth.policy). Other modules add their
+# endpoints here (see waiter.api.services).
 EXACT: dict[str, dict[str, Handler]] = {
     "/": {"GET": welcome},
     "/favicon.ico": {"GET": favicon},
@@ -63,12 +83,13 @@ EXACT: dict[str, dict[str, Handler]] = {
     "/settings": {"GET": settings},
     "/service-id": {"GET": service_id},
     "/app-name": {"GET": service_id},
+    "/waiter-auth": {"GET": waiter_auth},
 }
 # Prefix routes, tried in order when no exact path matches: (prefix, method -> handler).
 PREFIXES: list[tuple[str, dict[str, Handler]]] = []
 
 # Paths that are always the router's own, whatever the Host and headers (docs/api.md §0.2 rule 1).
-ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping", "/token", "/tokens"}
+ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping", "/token", "/tokens", "/waiter-auth"}
 # Path prefixes that are always the router's own (rule 2).
 API_PREFIXES = ("/waiter-interstitial/",)
 
@@ -81,6 +102,28 @@ def find(path: str) -> dict[str, Handler] | None:
         if path.startswith(prefix):
             return handlers
     return None
+
+
+def routes() -> list[tuple[str, str, Handler]]:
+    """Every (path or prefix, method, handler) of the table."""
+    table = [*EXACT.items(), *PREFIXES]
+    return [(path, method, handler) for path, handlers in table for method, handler in handlers.items()]
+
+
+def policy(path: str, method: str) -> Access:
+    """Who may call ``method path``; paths and methods the table does not have need an authenticated caller
+    (they are answered 404 or 405 after authentication, so unknown paths reveal nothing to strangers)."""
+    handlers = find(path)
+    handler = handlers.get("GET" if method == "HEAD" else method) if handlers is not None else None
+    found = policy_of(handler) if handler is not None else None
+    return found or Access.AUTHENTICATED
+
+
+def service_id_of(path: str) -> str | None:
+    """The service a /apps/{id}... path names."""
+    if not path.startswith("/apps/"):
+        return None
+    return path[len("/apps/") :].split("/", 1)[0] or None
 
 
 async def dispatch(
@@ -109,6 +152,9 @@ def _register() -> None:
     PREFIXES.extend(services.PREFIXES)
     PREFIXES.extend(state.PREFIXES)
     PREFIXES.extend(interstitial.PREFIXES)
+    undeclared = [f"{method} {path}" for path, method, handler in routes() if policy_of(handler) is None]
+    if undeclared:
+        raise RuntimeError(f"Endpoints without an access policy (decorate them with @access): {undeclared}")
 
 
 _register()

@@ -1,7 +1,7 @@
 """Service controls (docs/api.md §1.1, §3.6): ``/apps/{id}/override`` changes how a service scales without a new
 service id, ``/apps/{id}/suspend|resume`` stops and restarts serving it. Both are shared through the state, so
-every router applies them, and shown in ``/apps/{id}``. Only the service's owner (its run-as-user) or a token admin
-may change them.
+every router applies them, and shown in ``/apps/{id}``. Only the service's owners (its run-as-user, an owner of one
+of its tokens) or a token admin may change them: the service-owner policy of the endpoints (waiter.auth.policy).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from waiter.api.common import json_response, read_json
-from waiter.auth import Permissions
 from waiter.coordinator import OVERRIDES, SUSPENDED
 from waiter.descriptor import DescriptorError, validate_service
 from waiter.errors import WaiterError, iso_millis
@@ -45,19 +44,10 @@ def _service(router: Router, service_id: str) -> Service:
     return service
 
 
-async def _manager(router: Router, request: web.BaseRequest, service: Service, action: str) -> str:
-    """The caller, if they may ``action`` the service: its run-as-user or a token admin (403 otherwise)."""
-    caller = await router.auth.authenticate(request)
-    owner = service.resolved.effective.get("run-as-user")
-    if caller.user != owner and not Permissions.of(router.settings).is_admin(caller.user):
-        raise WaiterError(
-            403,
-            f"User '{caller.user}' cannot {action} service {service.id}: only its run-as-user '{owner}' or a "
-            "token admin may.",
-            error_class="waiter.ServiceForbidden",
-            service_id=service.id,
-        )
-    return caller.user
+def _manager(router: Router, request: web.BaseRequest) -> str:
+    """The caller, who may change the service: the front door checked the endpoint's service-owner policy (its
+    run-as-user, an owner of one of its tokens, or a token admin) before the handler ran."""
+    return router.caller_of(request).user
 
 
 def _stamp(user: str, **fields: Any) -> dict[str, Any]:
@@ -82,14 +72,13 @@ def shown(service: Service) -> dict[str, Any]:
 
 
 async def get_override(router: Router, request: web.BaseRequest, service_id: str) -> web.Response:
-    await router.auth.authenticate(request)
     service = _service(router, service_id)
     return json_response({"service-id": service.id, **(service.override or {"overrides": {}})})
 
 
 async def post_override(router: Router, request: web.BaseRequest, service_id: str) -> web.Response:
     service = _service(router, service_id)
-    user = await _manager(router, request, service, "override")
+    user = _manager(router, request)
     body = await read_json(request, router.settings.max_api_body_bytes)
     if not isinstance(body, dict) or not body:
         raise WaiterError(400, "The override must be a non-empty JSON object of service parameters.")
@@ -111,21 +100,19 @@ async def post_override(router: Router, request: web.BaseRequest, service_id: st
 
 async def delete_override(router: Router, request: web.BaseRequest, service_id: str) -> web.Response:
     service = _service(router, service_id)
-    await _manager(router, request, service, "override")
     await _set(router, OVERRIDES, service, None)
     return json_response({"service-id": service.id, "success": True, "overrides": {}})
 
 
 async def suspend(router: Router, request: web.BaseRequest, service_id: str) -> web.Response:
     service = _service(router, service_id)
-    user = await _manager(router, request, service, "suspend")
+    user = _manager(router, request)
     await _set(router, SUSPENDED, service, _stamp(user, suspended=True))
     return json_response({"service-id": service.id, "success": True, **(service.suspension or {})})
 
 
 async def resume(router: Router, request: web.BaseRequest, service_id: str) -> web.Response:
     service = _service(router, service_id)
-    await _manager(router, request, service, "resume")
     await _set(router, SUSPENDED, service, None)
     return json_response({"service-id": service.id, "success": True, "suspended": False})
 

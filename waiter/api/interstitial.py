@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from waiter.api.views import service_status
+from waiter.auth import Access, access
 from waiter.interstitial import PREFIX, original, page, with_bypass
 from waiter.version import SERVER_HEADER
 
@@ -18,11 +19,13 @@ if TYPE_CHECKING:
 Headers = tuple[tuple[str, str], ...]
 
 
+@access(Access.AUTHENTICATED)
 async def interstitial_page(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
     host = request.headers.get("host")
-    resolved, options = router.resolver.resolve(headers, host)
+    caller = router.caller_of(request)
+    resolved, options = router.resolve_for(headers, host, caller)
     router.check_maintenance(resolved)
-    service = router.serving(resolved, options, headers, host)  # started, if the first request did not
+    service = router.serving(resolved, options, headers, host, user=caller.user)  # started, if the first did not
     target, now = original(request.raw_path), time.time()
     if service.tracker.healthy_count() > 0 or now >= service.registered_at + service.interstitial_secs:
         return web.Response(status=303, headers={"location": with_bypass(target, now), "server": SERVER_HEADER})

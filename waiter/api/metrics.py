@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from waiter.auth import Access, access
 from waiter.errors import WaiterError
 from waiter.scaling import CAUSES
 from waiter.scheduler.base import SchedulerError
@@ -227,6 +228,7 @@ async def push_loop(router: Router, peers: Peers) -> None:
             log.warning("could not hand the metrics to the supervisor: %s", exc)
 
 
+@access(Access.PUBLIC)
 async def metrics(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, str], ...]) -> web.Response:
     body = exposition(router)
     if router.metrics_peers is not None:

@@ -12,6 +12,7 @@ from waiter.api import control
 from waiter.api.common import base_url, included, json_response, query_true, request_cid
 from waiter.api.filters import Filter, lookup
 from waiter.api.views import Cluster, inactive_detail, service_detail, service_status, service_summary
+from waiter.auth import Access, access
 from waiter.errors import WaiterError, render_error_parts
 from waiter.service import Service
 from waiter.state import StateUnavailable
@@ -67,6 +68,7 @@ def _selected(router: Router, request: web.BaseRequest) -> list[Service]:
     return services
 
 
+@access(Access.AUTHENTICATED)
 async def apps(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     effective = query_true(request, "effective-parameters") or included(request, "effective-parameters")
     healthy = included(request, "healthy-instances")
@@ -88,6 +90,7 @@ def _split(path: str) -> list[str]:
     return [p for p in path[len("/apps/") :].split("/") if p]
 
 
+@access(Access.AUTHENTICATED)
 async def app_get(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     parts = _split(request.path)
     if len(parts) == 2 and parts[1] == "override":
@@ -131,6 +134,7 @@ class _TimeoutError(Exception):
         self.raw = raw
 
 
+@access(Access.SERVICE_OWNER)
 async def app_delete(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     parts = _split(request.path)
     if len(parts) == 2 and parts[1] == "override":
@@ -185,6 +189,7 @@ async def _routers_forgot(router: Router, service_id: str, timeout: float) -> bo
         await asyncio.sleep(coordinator.publish_interval)
 
 
+@access(Access.SERVICE_OWNER)
 async def app_post(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     parts = _split(request.path)
     if len(parts) == 2 and parts[1] in ("override", "suspend", "resume"):
@@ -216,16 +221,18 @@ async def app_post(router: Router, request: web.BaseRequest, _h: Headers) -> web
     return json_response({"signal-response": {"success": result.success, "message": result.message}}, status)
 
 
+@access(Access.AUTHENTICATED)
 async def ping(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
     """Start the service if needed and GET its health check through the normal queue (docs/api.md §1.9)."""
     cid = request_cid(request)
+    caller = router.caller_of(request)
     try:
-        resolved, options = router.resolver.resolve(headers, request.headers.get("host"))
+        resolved, options = router.resolve_for(headers, request.headers.get("host"), caller)
     except WaiterError as err:
         return json_response({"ping-response": _error_result("descriptor-error", request.path, err, cid)})
     router.check_maintenance(resolved)
     host = request.headers.get("host")
-    service = router.serving(resolved, options, headers, host, fallback=included(request, "fallback"))
+    service = router.serving(resolved, options, headers, host, fallback=included(request, "fallback"), user=caller.user)
     if service.suspended:
         raise control.suspended_error(service)
     wait_ms = options.timeout_ms or 300_000

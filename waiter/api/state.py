@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from waiter.api.common import base_url, json_response
+from waiter.auth import Access, access
 from waiter.errors import WaiterError
 from waiter.service import Service
 
@@ -104,6 +105,7 @@ COMPONENTS: dict[str, Callable[[Router, str], dict[str, Any]]] = {
 }
 
 
+@access(Access.AUTHENTICATED)
 async def state(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     base = base_url(request)
     return json_response(
@@ -115,6 +117,7 @@ async def state(router: Router, request: web.BaseRequest, _h: Headers) -> web.Re
     )
 
 
+@access(Access.AUTHENTICATED)
 async def state_component(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     name = request.path[len("/state/") :].strip("/")
     component = COMPONENTS.get(name)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from waiter.api.common import included, json_response, query_true, read_json
 from waiter.api.filters import Filter, lookup
-from waiter.auth import Caller, Permissions
+from waiter.auth import Access, Caller, Permissions, access
 from waiter.descriptor import REQUIRED_PARAMS, DescriptorError, validate_token
 from waiter.errors import WaiterError, iso_millis
 from waiter.tokens import StaleWrite, StoreUnavailable, TokenRecord, token_etag
@@ -123,8 +123,8 @@ def _too_busy(name: str) -> WaiterError:
 # -- GET /token ----------------------------------------------------------------------------------------------
 
 
+@access(Access.AUTHENTICATED)
 async def get_token(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
-    await router.auth.authenticate(request)
     name = request.query.get("token") or _header_token(headers) or _host_token(router, request)
     if not name:
         raise WaiterError(400, "Couldn't find token in request\nGive it as ?token=NAME or in x-waiter-token.")
@@ -251,8 +251,9 @@ class _Post:
     if_match: str | None
 
 
+@access(Access.AUTHENTICATED)
 async def post_token(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
-    caller = await router.auth.authenticate(request)
+    caller = router.caller_of(request)
     body = await _json_object(router, request)
     name = _post_name(request, body)
     admin = _update_mode(request)
@@ -316,8 +317,9 @@ def _check_delete_permission(
         raise WaiterError(403, problem)
 
 
+@access(Access.AUTHENTICATED)
 async def delete_token(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
-    caller = await router.auth.authenticate(request)
+    caller = router.caller_of(request)
     name = _header_token(headers) or _host_token(router, request)
     if not name:
         raise WaiterError(400, "Couldn't find token in request\nName the token in the x-waiter-token header.")
@@ -387,8 +389,8 @@ class _TokenQuery:
         return self.manager is None or perms.manage_problem(self.manager, name, data, "manage") is None
 
 
+@access(Access.AUTHENTICATED)
 async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
-    await router.auth.authenticate(request)
     owners = request.query.getall("owner", []) or None
     deleted, metadata = included(request, "deleted"), included(request, "metadata")
     maintenance = request.query.get("maintenance")

@@ -1,62 +1,17 @@
-"""Who is calling, and what they may do with tokens (docs/api.md §0 Auth, §2.5, §3.3).
+"""What a caller may do: the permission rules of tokens, services and proxied requests.
 
-Authentication is pluggable: an ``Authenticator`` turns a request into a ``Caller`` or raises a 401
-``WaiterError``. The default is Waiter's "one user" authenticator, as in its local setup: every caller is the
-configured ``run-as-user``. Other authenticators (JWT, ...) register in ``AUTHENTICATORS``.
-
-The permission rules are pure: each ``*_problem`` method returns the sentence to answer with 403, or None.
+The rules are pure: each ``*_problem`` method returns the sentence to answer with 403, or None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from aiohttp import web
+from typing import Any
 
 from waiter.settings import Settings
 
 ANY_USER = "*"
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    user: str  # the user name permissions are checked against
-    principal: str  # how the authenticator knows them (e.g. user@REALM)
-    method: str  # which authenticator vouched for them
-
-
-class Authenticator(Protocol):
-    name: str
-
-    async def authenticate(self, request: web.BaseRequest) -> Caller:
-        """The caller of ``request``; raises WaiterError(401) when they cannot be authenticated."""
-        ...
-
-
-class OneUserAuthenticator:
-    """Every caller is the same configured user (Waiter's one-user authenticator)."""
-
-    name = "one-user"
-
-    def __init__(self, user: str) -> None:
-        self.user = user
-
-    async def authenticate(self, request: web.BaseRequest) -> Caller:
-        return Caller(self.user, self.user, self.name)
-
-
-AUTHENTICATORS: dict[str, Callable[[Settings], Authenticator]] = {
-    "one-user": lambda settings: OneUserAuthenticator(settings.run_as_user),
-}
-
-
-def create_authenticator(settings: Settings, kind: str = "one-user") -> Authenticator:
-    factory = AUTHENTICATORS.get(kind)
-    if factory is None:
-        raise ValueError(f"authenticator is {kind!r} but must be one of: {', '.join(sorted(AUTHENTICATORS))}")
-    return factory(settings)
 
 
 def _owner(data: Mapping[str, Any]) -> str | None:
@@ -101,9 +56,7 @@ class Permissions:
             return None
         return f"User '{user}' cannot {action} token {token}: only its owner '{owner}' or a token admin may."
 
-    def update_problem(
-        self, user: str, token: str, live: Mapping[str, Any], changed: Collection[str]
-    ) -> str | None:
+    def update_problem(self, user: str, token: str, live: Mapping[str, Any], changed: Collection[str]) -> str | None:
         """Updating a live token: owner and admins freely; its editor except ``owner``, ``editor``, ``run-as-user``."""
         if self.manage_problem(user, token, live, "update") is None:
             return None
@@ -119,6 +72,29 @@ class Permissions:
                 f"ask its owner '{_owner(live)}'."
             )
         return None
+
+    def service_problem(
+        self, user: str, service_id: str, run_as: Any, token_owners: Iterable[str], what: str
+    ) -> str | None:
+        """Acting on a service (delete it, kill or expire its instances): its run-as-user, an owner of one of the
+        tokens that reach it, or a token admin."""
+        owners = sorted({o for o in token_owners if o})
+        if user == run_as or user in owners or self.is_admin(user):
+            return None
+        who = [f"its run-as-user '{run_as}'"] if isinstance(run_as, str) else []
+        if owners:
+            who.append("the owner of one of its tokens (" + ", ".join(f"'{o}'" for o in owners) + ")")
+        who.append("a token admin")
+        return f"User '{user}' cannot {what} service {service_id}: only {', '.join(who[:-1])} or {who[-1]} may."
+
+    def permitted_problem(self, user: str, service_id: str, permitted: Any) -> str | None:
+        """A proxied request: the caller must be the service's permitted-user, unless that is '*'."""
+        if not isinstance(permitted, str) or permitted in (ANY_USER, user):
+            return None
+        return (
+            f"This user isn't allowed to invoke this service: authenticated user '{user}' is not the "
+            f"permitted-user '{permitted}' of service {service_id}."
+        )
 
     def admin_problem(self, user: str, what: str) -> str | None:
         if self.is_admin(user):

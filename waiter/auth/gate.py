@@ -1,0 +1,85 @@
+"""Authentication in one place: a valid x-waiter-auth cookie, else the configured authenticators in order.
+
+The front door calls ``Gate.authenticate`` for every request that is not public, before anything else happens to
+it; what it learns travels with the request (the caller, the cookies to set, whether the Authorization header was
+the router's and must not reach a service).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from waiter.auth.authenticators import Authenticators, create_authenticators
+from waiter.auth.base import AuthRequest, Caller, authorization
+from waiter.auth.cookie import CookieJar
+from waiter.settings import Settings
+
+log = logging.getLogger(__name__)
+
+COOKIE_SECRET_KEY = "waiter:auth-cookie-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    caller: Caller | None  # None: a public endpoint, or a token with authentication disabled
+    set_cookies: tuple[str, ...] = ()  # Set-Cookie values for the response (after an authenticator vouched)
+    response_lines: bytes = b""  # head lines every response gets: those cookies, CORS headers
+    strip_authorization: bool = False  # the Authorization header carried the router's credentials
+    # Answer this at once instead of serving the request (a CORS preflight, an https redirect).
+    answer: tuple[int, tuple[tuple[str, str], ...]] | None = None
+
+
+PUBLIC = Admission(None)
+
+
+class Gate:
+    def __init__(self, settings: Settings, authenticators: Authenticators | None = None) -> None:
+        self.settings = settings
+        self.authenticators = authenticators or create_authenticators(settings)
+        self.cookies: CookieJar | None = None
+
+    async def start(self) -> None:
+        secret = self.settings.auth.cookie_secret.encode() or await self._shared_secret()
+        auth = self.settings.auth
+        self.cookies = CookieJar(secret, max_age_secs=auth.cookie_max_age_secs, same_site=auth.cookie_same_site)
+        await self.authenticators.start()
+
+    async def close(self) -> None:
+        await self.authenticators.close()
+
+    async def _shared_secret(self) -> bytes:
+        """The cluster's cookie secret kept in Redis (the first router to start makes it); random without Redis."""
+        fresh = secrets.token_hex(32)
+        if not self.settings.redis:
+            return fresh.encode()
+        import redis.asyncio as aioredis
+
+        client = aioredis.from_url(self.settings.redis, socket_timeout=5.0, socket_connect_timeout=5.0)
+        try:
+            await client.set(COOKIE_SECRET_KEY, fresh, nx=True)
+            stored = await client.get(COOKIE_SECRET_KEY)
+        except Exception as exc:
+            log.warning("cannot share the auth cookie secret through Redis (%s); cookies work on this router only", exc)
+            return fresh.encode()
+        finally:
+            await client.aclose()
+        if isinstance(stored, str):
+            return stored.encode()
+        return stored if isinstance(stored, bytes) else fresh.encode()
+
+    async def authenticate(self, request: AuthRequest) -> Admission:
+        """Who calls; raises a 401 WaiterError (with the authenticators' challenges) when nobody vouches."""
+        scheme, _ = authorization(request)
+        strip = scheme in self.authenticators.schemes
+        cookies = self.cookies
+        if cookies is not None:
+            caller = cookies.from_header(request.headers.get("cookie", ""))
+            if caller is not None:
+                return Admission(caller, (), b"", strip)
+        caller = await self.authenticators.authenticate(request)
+        if cookies is None:
+            return Admission(caller, (), b"", strip)
+        issued = cookies.issue(caller)
+        return Admission(caller, issued.set_cookies, issued.lines, strip)
