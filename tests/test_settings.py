@@ -89,3 +89,98 @@ def test_command_line_reports_config_errors_and_exits_non_zero(tmp_path: Path) -
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="Cannot read the config file"):
         load_settings(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        pytest.param(
+            "authenticator: {kind: ldap}",
+            "authenticator.kind is ['ldap'] but must be one of one-user, jwt, kerberos, trusted-header",
+            id="kind",
+        ),
+        pytest.param(
+            "authenticator: {kind: jwt, jwt: {issuer: i, audience: a}}",
+            "authenticator.jwt needs exactly one of jwks-url (the issuer's JWKS endpoint) and jwks-file; got neither.",
+            id="jwt-no-keys",
+        ),
+        pytest.param(
+            "authenticator: {kind: jwt, jwt: {jwks-url: 'http://x/jwks', audience: a}}",
+            "authenticator.jwt.issuer is not set but is required",
+            id="jwt-issuer",
+        ),
+        pytest.param(
+            "authenticator: {kind: jwt, jwt: {jwks-url: 'http://x/j', issuer: i, audience: a, algorithms: [HS256]}}",
+            "authenticator.jwt.algorithms is ['HS256'] but must be a non-empty list of: RS256",
+            id="jwt-hmac",
+        ),
+        pytest.param(
+            "authenticator: {kind: trusted-header}",
+            "authenticator.trusted-header.trusted-cidrs is empty but is required",
+            id="trusted-header-cidrs",
+        ),
+        pytest.param(
+            "authenticator: {trusted-header: {trusted-cidrs: [10.0.0.300/8]}}",
+            "authenticator.trusted-header.trusted-cidrs holds '10.0.0.300/8', which is not an IP network",
+            id="cidr",
+        ),
+        pytest.param("auth-cookie: {same-site: Loose}", "auth-cookie.same-site is 'Loose' but must be one of", id="ss"),
+        pytest.param("auth-cookie: {secret: short}", "auth-cookie.secret is too short", id="secret"),
+    ],
+)
+def test_authenticator_errors_name_the_key(tmp_path: Path, yaml_text: str, expected: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text + "\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(config)
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "refused"),
+    [
+        pytest.param("host: 0.0.0.0", True, id="open-default"),
+        pytest.param(
+            "host: 10.1.2.3\nauthenticator: {kind: [jwt, one-user], jwt: {jwks-url: 'http://j/', "
+            "issuer: i, audience: a}}",
+            True,
+            id="one-user-in-the-list",
+        ),
+        pytest.param("host: 0.0.0.0\ninsecure: true", False, id="insecure"),
+        pytest.param("host: 0.0.0.0\nallow-on-the-fly: false", False, id="no-on-the-fly"),
+        pytest.param(
+            "host: '::'\nauthenticator: {kind: trusted-header, trusted-header: {trusted-cidrs: [10.0.0.0/8]}}",
+            False,
+            id="real-auth",
+        ),
+        pytest.param("host: localhost", False, id="localhost"),
+        pytest.param("host: '::1'", False, id="ipv6-loopback"),
+    ],
+)
+def test_non_loopback_one_user_on_the_fly_refuses_to_start(tmp_path: Path, yaml_text: str, refused: bool) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text + "\n")
+    if not refused:
+        load_settings(config)
+        return
+    with pytest.raises(SettingsError) as err:
+        load_settings(config)
+    assert "not a loopback address" in str(err.value)
+    assert "set allow-on-the-fly: false" in str(err.value) and "insecure: true" in str(err.value)
+
+
+def test_insecure_flag_lets_a_non_loopback_one_user_router_start(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "waiter", "--host", "0.0.0.0", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "not a loopback address" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "waiter", "--host", "0.0.0.0", "--port", "70000", "--insecure"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "not a loopback address" not in proc.stderr and "port is 70000" in proc.stderr

@@ -9,9 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
-from waiter.errors import HeaderLookup
+
+class HeaderLookup(Protocol):
+    def get(self, key: str, default: str, /) -> str: ...
+
 
 Headers = tuple[tuple[str, str], ...]
 PREFLIGHT_MAX_AGE_SECS = 3600

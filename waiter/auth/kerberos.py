@@ -73,8 +73,9 @@ class KerberosAuthenticator:
         try:
             context = gssapi.SecurityContext(creds=self._credentials, usage="accept")
             context.step(token)
+            # SPNEGO may answer a bad ticket with an error token: the failure surfaces when the context is read.
+            if not context.complete:
+                raise self._fail("The Negotiate exchange needs more than one round, which this router does not do.")
+            return str(context.initiator_name)
         except GSSError as exc:
             raise self._fail(f"The Kerberos ticket was not accepted: {exc.gen_message()}") from None
-        if not context.complete:
-            raise self._fail("The Negotiate exchange needs more than one round, which this router does not do.")
-        return str(context.initiator_name)

@@ -1,0 +1,101 @@
+"""SPNEGO against a real MIT KDC started on loopback: tickets from kinit, accepted with the router's keytab."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import on_the_fly_headers
+from tests.identity import REALM, Kdc, kdc_listening, kdc_missing, running_kdc
+from waiter.auth.cookie import AUTH_COOKIE
+
+SPNEGO = "1.3.6.1.5.5.2"
+
+
+@pytest.fixture
+async def kdc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Kdc]:
+    missing = kdc_missing()
+    if missing:
+        pytest.skip(missing)
+    root = tmp_path / "kdc"
+    root.mkdir()
+    try:
+        context = running_kdc(root)
+        kdc = context.__enter__()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        output = getattr(exc, "stderr", "") or ""
+        pytest.skip(f"the test KDC cannot start on this machine: {exc} {output}")
+    try:
+        await kdc_listening(kdc)
+        for name, value in kdc.env.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("KRB5RCACHETYPE", "none")  # no replay cache files outside the test's directory
+        kdc.add_user("alice", "alice-password")
+        kdc.add_user("bob", "bob-password")
+        yield kdc
+    finally:
+        context.__exit__(None, None, None)
+
+
+def negotiate(kdc: Kdc, user: str, password: str, service: str = "HTTP@127.0.0.1") -> str:
+    """An Authorization header value for ``user``: kinit into a cache of its own, then a SPNEGO token."""
+    import gssapi
+
+    cache = kdc.root / f"{user}.ccache"
+    kdc.kinit(user, password, cache)
+    creds = gssapi.Credentials(usage="initiate", store={"ccache": f"FILE:{cache}"})
+    name = gssapi.Name(service, gssapi.NameType.hostbased_service)
+    context = gssapi.SecurityContext(name=name, creds=creds, usage="initiate", mech=gssapi.OID.from_int_seq(SPNEGO))
+    token = context.step()
+    assert token
+    return "Negotiate " + base64.b64encode(token).decode()
+
+
+async def test_kerberos_tickets_authenticate_callers(make_router, kdc: Kdc) -> None:
+    config = {"kind": "kerberos", "kerberos": {"keytab": str(kdc.keytab)}}
+    r = await make_router(authenticator=config)
+
+    async with r.client.get(r.url + "/waiter-auth") as resp:
+        assert resp.status == 401
+        assert resp.headers["www-authenticate"] == "Negotiate"
+
+    async with r.client.get(
+        r.url + "/waiter-auth", headers={"authorization": negotiate(kdc, "alice", "alice-password")}
+    ) as resp:
+        assert resp.status == 200
+        assert await resp.text() == "alice"
+        assert resp.headers["x-waiter-auth-principal"] == f"alice@{REALM}"
+        assert resp.headers["x-waiter-auth-method"] == "kerberos"
+        cookie = resp.cookies[AUTH_COOKIE].value
+    async with r.client.get(r.url + "/waiter-auth", headers={"cookie": f"{AUTH_COOKIE}={cookie}"}) as resp:
+        assert resp.status == 200 and await resp.text() == "alice"
+
+    # a proxied request: the backend learns the principal, not the ticket
+    headers = {"authorization": negotiate(kdc, "bob", "bob-password"), **on_the_fly_headers()}
+    async with r.client.get(r.url + "/headers", headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        seen = await resp.json()
+    assert seen["x-waiter-auth-principal"] == "bob"
+    assert seen["x-waiter-authenticated-principal"] == f"bob@{REALM}"
+    assert "authorization" not in seen
+
+    for bad, message in (
+        ("Negotiate !!!", "not base64"),
+        ("Negotiate " + base64.b64encode(b"junk").decode(), "not accepted"),
+    ):
+        async with r.client.get(r.url + "/waiter-auth", headers={"authorization": bad}) as resp:
+            assert resp.status == 401
+            assert message in await resp.text()
+
+
+async def test_ticket_for_another_service_is_refused(make_router, kdc: Kdc) -> None:
+    kdc.run("kadmin.local", "-r", REALM, "-q", f"addprinc -randkey HTTP/elsewhere@{REALM}")
+    r = await make_router(authenticator={"kind": "kerberos", "kerberos": {"keytab": str(kdc.keytab)}})
+    header = negotiate(kdc, "alice", "alice-password", service="HTTP@elsewhere")
+    async with r.client.get(r.url + "/waiter-auth", headers={"authorization": header}) as resp:
+        assert resp.status == 401
+        assert "not accepted" in await resp.text()
