@@ -212,6 +212,9 @@ EXPECTED: dict[tuple[str, str], tuple[Access, str]] = {
     ("/token", "POST"): (Access.AUTHENTICATED, "/token"),
     ("/token", "DELETE"): (Access.AUTHENTICATED, "/token?token=nope"),
     ("/tokens", "GET"): (Access.AUTHENTICATED, "/tokens"),
+    ("/token-history", "GET"): (Access.AUTHENTICATED, "/token-history?token=nope"),
+    ("/tokens/owners", "GET"): (Access.AUTHENTICATED, "/tokens/owners"),
+    ("/tokens/reindex", "POST"): (Access.ADMIN, "/tokens/reindex"),
 }
 
 

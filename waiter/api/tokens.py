@@ -432,9 +432,9 @@ async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers
 # -- token administration: history, owners, re-index ----------------------------------------------------------
 
 
+@access(Access.AUTHENTICATED)
 async def token_history(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
     """Every kept version of a token (soft-deleted ones too), newest first, each with its ETag."""
-    await router.auth.authenticate(request)
     name = request.query.get("token")
     if not name:
         raise WaiterError(400, "Couldn't find token in request\nGive it as ?token=NAME.")
@@ -444,9 +444,9 @@ async def token_history(router: Router, request: web.BaseRequest, headers: Heade
     return json_response(history(record.data, cluster=router.settings.cluster_name))
 
 
+@access(Access.AUTHENTICATED)
 async def token_owners(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
     """Each owner in the index with how many live and soft-deleted tokens it holds."""
-    await router.auth.authenticate(request)
     try:
         entries = await router.tokens.index(None)
     except StoreUnavailable as exc:
@@ -458,12 +458,9 @@ async def token_owners(router: Router, request: web.BaseRequest, headers: Header
     return json_response(owners)
 
 
+@access(Access.ADMIN)
 async def reindex_tokens(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
-    """Rebuild the owner index behind /tokens from the token records (admins only)."""
-    caller = await router.auth.authenticate(request)
-    problem = Permissions.of(router.settings).admin_problem(caller.user, "re-index tokens")
-    if problem:
-        raise WaiterError(403, problem)
+    """Rebuild the owner index behind /tokens from the token records (token admins only: the policy says so)."""
     try:
         count = await router.tokens.store.reindex()
     except StoreUnavailable as exc:
