@@ -215,6 +215,7 @@ EXPECTED: dict[tuple[str, str], tuple[Access, str]] = {
     ("/token-history", "GET"): (Access.AUTHENTICATED, "/token-history?token=nope"),
     ("/tokens/owners", "GET"): (Access.AUTHENTICATED, "/tokens/owners"),
     ("/tokens/reindex", "POST"): (Access.ADMIN, "/tokens/reindex"),
+    ("/waiter-interstitial", "GET"): (Access.AUTHENTICATED, "/waiter-interstitial/page"),
 }
 
 
