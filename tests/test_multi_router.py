@@ -6,8 +6,10 @@ import asyncio
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import yaml
 from tests.conftest import RunningRouter, backend_token
 from tests.redis_server import REDIS_SERVER
 from tests.support import eventually, free_port
-from waiter.scheduler.agent import serve_agent, stop_agent
+from waiter.scheduler.agent import remove_dead_agent_dirs, serve_agent, stop_agent
 from waiter.scheduler.local import LocalScheduler, LocalSettings
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -268,3 +270,19 @@ async def test_delete_through_one_router_is_confirmed_by_all(redis_server, agent
     assert body["success"] is True and body["routers-agree"] is True
     assert b.router.registry.get(sid) is None
     assert await b.get_json("/apps") == []
+
+
+def test_dead_agent_directories_are_removed(tmp_path: Path) -> None:
+    """A supervisor killed by SIGKILL leaves its socket directory; the next one removes it, and only such ones."""
+    dead, young, live = (tmp_path / f"waiter-agent-{name}" for name in ("dead", "young", "live"))
+    for directory in (dead, young, live):
+        directory.mkdir()
+    (dead / "agent.sock").touch()  # a socket file nobody listens on any more
+    old = time.time() - 3600
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(live / "agent.sock"))
+        listener.listen()
+        for directory in (dead, live):
+            os.utime(directory, (old, old))
+        assert remove_dead_agent_dirs(tmp_path) == 1
+    assert not dead.exists() and young.is_dir() and live.is_dir()

@@ -20,7 +20,10 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,8 @@ from waiter.scheduler.base import (
 log = logging.getLogger(__name__)
 
 UNIX = "unix:"
+_AGENT_DIR_PREFIX = "waiter-agent-"
+_SOCKET = "agent.sock"
 # Long polls are woken at shutdown, so what is left in flight then is a call the scheduler is answering.
 _SHUTDOWN_SECS = 2.0
 
@@ -192,10 +197,40 @@ def agent_app(scheduler: Scheduler) -> web.Application:
     return app
 
 
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def remove_dead_agent_dirs(parent: Path, *, min_age_secs: float = 60.0) -> int:
+    """Remove this user's agent directories whose socket nobody listens on (a supervisor killed by SIGKILL
+    cannot remove its own); young ones are spared, their supervisor may be about to bind. Returns how many."""
+    removed = 0
+    for directory in parent.glob(f"{_AGENT_DIR_PREFIX}*"):
+        try:
+            info = directory.stat()
+        except OSError:
+            continue
+        if info.st_uid != os.getuid() or time.time() - info.st_mtime < min_age_secs:
+            continue
+        if not _listening(directory / _SOCKET):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 async def serve_agent(scheduler: Scheduler) -> tuple[web.AppRunner, str]:
     """Serve ``scheduler`` on a new private Unix socket; returns the runner (clean it up) and the agent's URL."""
-    directory = Path(tempfile.mkdtemp(prefix="waiter-agent-"))  # mode 0700: only this user can reach the socket
-    path = directory / "agent.sock"
+    parent = Path(tempfile.gettempdir())
+    await asyncio.to_thread(remove_dead_agent_dirs, parent)
+    # mode 0700: only this user can reach the socket
+    directory = Path(tempfile.mkdtemp(prefix=_AGENT_DIR_PREFIX, dir=parent))
+    path = directory / _SOCKET
     runner = web.AppRunner(agent_app(scheduler), access_log=None, shutdown_timeout=_SHUTDOWN_SECS)
     await runner.setup()
     await web.UnixSite(runner, str(path)).start()
