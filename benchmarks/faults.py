@@ -383,11 +383,18 @@ async def _router_down(env: Env, signum: int) -> tuple[float, int, str]:
     assert router.proc is not None
     workers = router.children() if signum == signal.SIGKILL else []
     workers = [p for p in workers if "--worker-of" in " ".join(_cmdline(p))]
+    agent_dirs = {
+        Path(argv[argv.index("--worker-of") + 1].removeprefix("unix:")).parent
+        for argv in map(_cmdline, workers)
+        if "--worker-of" in argv
+    }
     fault = time.monotonic()
     router.signal(signum)
     await asyncio.to_thread(router.proc.wait)
     stopped = time.monotonic() - fault
     orphans = await orphans_after(router.work, workers)
+    for directory in agent_dirs:  # a supervisor killed by SIGKILL leaves its agent's socket directory
+        shutil.rmtree(directory, ignore_errors=True)
     router.start()
     await router.ready()
     await asyncio.sleep(3.0)
