@@ -388,10 +388,12 @@ async def test_failing_health_checks_replace_the_instance(make_router, tmp_path)
 
 
 async def test_instance_that_never_passes_health_checks_is_replaced_after_grace(make_router) -> None:
-    token = backend_token("echo", env={"HEALTH_STATUS": "500"}, **{"grace-period-secs": 1})
+    # A grace period the backend surely starts within (it answers 500): one that passes without a connection is
+    # itself a deployment error (tests/test_messages.py).
+    token = backend_token("echo", env={"HEALTH_STATUS": "500"}, **{"grace-period-secs": 3})
     r = await make_router([token])
     sid = await r.service_id(TOKEN)
-    headers = {**TOKEN, "x-waiter-queue-timeout": "1500", "accept": "application/json"}
+    headers = {**TOKEN, "x-waiter-queue-timeout": "3500", "accept": "application/json"}
     async with r.client.get(r.url + "/hello", headers=headers) as resp:
         assert resp.status == 503
         message = (await resp.json())["waiter-error"]["message"]
@@ -403,7 +405,7 @@ async def test_instance_that_never_passes_health_checks_is_replaced_after_grace(
 
     await eventually(replaced, what="the first instance to be replaced")
     failed = (await r.instances(sid))["failed-instances"]
-    assert failed and "Exceeded grace period of 1 seconds" in failed[0]["message"]
+    assert failed and "Exceeded grace period of 3 seconds" in failed[0]["message"]
     assert "never-passed-health-checks" in failed[0]["flags"]
 
 

@@ -182,7 +182,7 @@ def _render(request: RequestInfo, err: WaiterError, cid: str) -> RenderedError:
         rows = "".join(
             f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
             for k, v in body.items()
-            if k != "message"
+            if k != "message" and v not in (None, "", {}, [])
         )
         message = html.escape(body["message"]).replace("\n", "<br>")
         page = (

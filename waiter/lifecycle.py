@@ -30,6 +30,10 @@ def deployment_error(failed: Sequence[Instance], since: float) -> str | None:
     check timed out; all answered but never passed -> invalid health-check response.
     """
     recent = [i for i in failed if i.started_at >= since]
+    if len(recent) == 1 and _never_listened(recent[0]):
+        # A whole grace period without even a connection is no bad luck: the command does not listen on its port.
+        # Saying so after one grace period, not two, is what the user waiting for it needs.
+        return MESSAGES["cannot-connect"]
     if len(recent) < MIN_FAILURES_FOR_ERROR:
         return None
     flags = [i.flags for i in recent]
@@ -52,6 +56,15 @@ def deployment_error(failed: Sequence[Instance], since: float) -> str | None:
     if all(InstanceFlag.NEVER_PASSED_HEALTH_CHECKS in f for f in flags):
         return MESSAGES["invalid-health-check-response"]
     return None
+
+
+def _never_listened(instance: Instance) -> bool:
+    flags = instance.flags
+    return InstanceFlag.NEVER_PASSED_HEALTH_CHECKS in flags and not flags & {
+        InstanceFlag.HAS_CONNECTED,
+        InstanceFlag.HAS_RESPONDED,
+        InstanceFlag.MEMORY_LIMIT_EXCEEDED,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,14 @@ class Resolver:
             else:
                 record = self.tokens.get(name)
                 if record is None:
+                    problem = self.tokens.problem_for(name)
+                    if problem is not None:
+                        raise WaiterError(
+                            503,
+                            f"Token {name} could not be loaded from its file: {problem}\n"
+                            "Fix the file; the router reloads it when it changes.",
+                            error_class="waiter.ServiceMisconfigured",
+                        )
                     raise WaiterError(404, f"Couldn't find token {name}", error_class="waiter.ServiceUnknown")
                 data, etag = record.data, record.etag
             params, meta = descriptor.split_token(data)

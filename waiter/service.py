@@ -13,6 +13,7 @@ import aiohttp
 
 from waiter.aio import stop
 from waiter.description import ServiceDescription
+from waiter.diagnosis import explain
 from waiter.errors import WaiterError
 from waiter.histogram import Buckets
 from waiter.instances import InstanceTracker
@@ -213,6 +214,9 @@ class Service:
         if state is None:
             return
         error = state.error or deployment_error(state.failed, self.last_healthy_at)
+        if error is not None and state.error is None:
+            detail = explain(state.failed, self.spec)
+            error = f"{error}\n{detail}" if detail else error
         if error is not None and error != self.deployment_error:
             log.warning("service %s cannot start: %s", self.id, error)
             self._set_error(error)

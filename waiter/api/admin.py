@@ -27,6 +27,7 @@ async def status(router: Router, request: web.BaseRequest, _h: tuple[tuple[str, 
         {
             "status": "ok",
             "router-id": router.settings.router_id,
+            "tokens": router.tokens.counts(),
             "token-file-errors": router.tokens.file_problems(),
             "token-store": router.tokens.store_status(),
             "shared-state": router.shared_state_status(),

@@ -34,6 +34,9 @@ class FileProblem:
     file: str
     line: int | None
     reason: str
+    # The token it keeps from loading: the entry's name, or for a file that cannot be read at all, its stem
+    # (files are named after their token); requests for it are told why (TokenRegistry.problem_for).
+    token: str | None = None
 
     def __str__(self) -> str:
         where = f"{self.file}, line {self.line}" if self.line else self.file
@@ -137,7 +140,8 @@ class TokenFiles:
         try:
             loaded, node, mtime_ms = _parse(path)
         except _Skip as skip:
-            return dict(before), [FileProblem(str(path), skip.line, skip.reason + _kept(before.values()))]
+            problem = FileProblem(str(path), skip.line, skip.reason + _kept(before.values()), path.stem)
+            return dict(before), [problem]
         if loaded is None:
             return {}, []
         entries, nodes = (loaded, node.value) if isinstance(loaded, list) else ([loaded], [node])
@@ -150,7 +154,8 @@ class TokenFiles:
             except _Skip as skip:
                 name = entry.get("token") if isinstance(entry, dict) else None
                 kept = before.get(name) if isinstance(name, str) else None
-                problems.append(FileProblem(str(path), skip.line, skip.reason + _kept([kept] if kept else [])))
+                reason = skip.reason + _kept([kept] if kept else [])
+                problems.append(FileProblem(str(path), skip.line, reason, name if isinstance(name, str) else None))
                 if kept is not None:
                     tokens[kept.name] = kept
                 continue

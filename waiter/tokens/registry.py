@@ -56,6 +56,17 @@ class TokenRegistry:
     def file_problems(self) -> list[dict[str, Any]]:
         return [p.json() for p in self.files.problems]
 
+    def problem_for(self, name: str) -> str | None:
+        """Why the token file defining ``name`` did not load (None when no file problem concerns it)."""
+        problem = next((p for p in self.files.problems if p.token == name), None)
+        return str(problem) if problem is not None else None
+
+    def counts(self) -> dict[str, int]:
+        """How many tokens the router serves (not soft-deleted), from files and from the store."""
+        files = self.files.tokens
+        stored = sum(1 for r in self.store.cached_records() if not r.deleted and r.name not in files)
+        return {"total": len(files) + stored, "files": len(files), "stored": stored}
+
     def store_status(self) -> dict[str, Any]:
         return self.store.status().json()
 
