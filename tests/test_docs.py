@@ -87,7 +87,8 @@ def test_nothing_cites_a_file_outside_the_repository() -> None:
     offenders = [
         f"{name}:{number}"
         for name in listed.stdout.split()
-        if name.endswith((".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".sh", ".json", ".html", ".js"))
+        if name != "tests/test_docs.py"  # the pattern above names what it looks for
+        and name.endswith((".py", ".md", ".yaml", ".yml", ".toml", ".cfg", ".sh", ".json", ".html", ".js"))
         and (ROOT / name).is_file()
         for number, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
         if OUTSIDE.search(line)
