@@ -286,3 +286,33 @@ def test_dead_agent_directories_are_removed(tmp_path: Path) -> None:
             os.utime(directory, (old, old))
         assert remove_dead_agent_dirs(tmp_path) == 1
     assert not dead.exists() and young.is_dir() and live.is_dir()
+
+
+async def test_a_sequential_client_alternating_routers_gets_the_slot_handed_over_at_once(
+    redis_server, agent, make_router
+) -> None:
+    # Ticks 250 ms apart and a 200 ms queue timeout: a slot that moved only at ticks (the other router publishes
+    # its queue at one, the holder gives the slot back at its next) would time requests out (503); handed over on
+    # a nudge, it takes a few round trips to Redis.
+    slow_ticks = {**FAST_SCALING, "publish-interval-ms": 250, "router-ttl-ms": 3000}
+    token = backend_token("echo", **{"concurrency-level": 1, "max-instances": 1})
+    config = {
+        "redis": redis_server.url,
+        "scheduler": {"kind": "agent", "agent": {"url": agent[0]}},
+        "autoscaler": slow_ticks,
+    }
+    a = await make_router([token], **config)
+    b = await make_router([token], **config)
+    sid = await a.service_id(TOKEN)
+    async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:  # the cold start, without the short timeout
+        assert resp.status == 200
+    headers = {**TOKEN, "x-waiter-queue-timeout": "200"}
+    statuses = []
+    for r in (a, b) * 6:
+        async with r.client.get(r.url + "/hello", headers=headers) as resp:
+            statuses.append(resp.status)
+    assert statuses == [200] * 12
+    (instance,) = (await app_of(a, sid))["instances"]["active-instances"]
+    async with a.client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
+        stats = await resp.json()
+    assert stats["peak"] == 1  # the slot moved; it was never held by both routers at once

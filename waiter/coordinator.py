@@ -5,14 +5,16 @@ router (the in-memory state) there is nothing to lease: each healthy instance of
 With several, an instance's slots are leased through the shared state so that the leases of all live routers
 never exceed its concurrency-level; each router only uses the slots it holds. A router with queued requests
 leases every free slot it can get; a router whose peers have queued requests gives back the slots it is not
-using (beyond its fair share), so a queued request is served as soon as a slot is free anywhere, one tick later
-at most. When the shared state is unreachable, the router keeps serving with the slots it holds and counts it
-knows, says so in /status, and catches up when it returns.
+using (beyond its fair share), so a queued request is served as soon as a slot is free anywhere: routers nudge
+each other through the shared state when one waits and when one gives slots back, so a handover takes a few
+round trips to Redis, not a tick. When the shared state is unreachable, the router keeps serving with the slots
+it holds and counts it knows, says so in /status, and catches up when it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -122,6 +124,8 @@ class Coordinator:
         self.blocked: set[str] = set()
         self.started_at = time.time()
         self._wake = wake or asyncio.Event()
+        self._nudged = False  # a peer nudged (see _fast_round)
+        self._told_waiting = False  # our last published counts show a queue
         self._last_service_sync = 0.0
         self._registered: set[str] = set()
         self._leases: dict[str, dict[str, int]] = {}  # service id -> instance id -> slots leased in the state
@@ -139,16 +143,31 @@ class Coordinator:
     # -- the loop -----------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        listener = asyncio.create_task(self.state.listen(self.router_id, self._peer_nudged), name="nudges")
+        try:
+            await self._loop()
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    def _peer_nudged(self) -> None:
+        self._nudged = True
+        self._wake.set()
+
+    async def _loop(self) -> None:
         next_tick = 0.0
         while True:
             woken = time.monotonic() < next_tick
             if not woken:
                 next_tick = time.monotonic() + self.publish_interval
+            # Cleared before the round: a wake-up that comes during it (a nudge, a request queueing) runs another.
+            self._wake.clear()
             try:
                 if woken:
-                    # A request queued: lease what it needs now; the full exchange waits for the next tick.
+                    # A request queued here, or a peer nudged: settle slots now; the full exchange waits.
                     if self.state.shared:
-                        await self._lease_all()
+                        await self._fast_round()
                 else:
                     await self.tick()
                     # Only a full exchange proves the state works again (a lease-only one may touch nothing).
@@ -158,7 +177,7 @@ class Coordinator:
                 raise_if_cancelling()
                 if self.health.failed(time.monotonic(), str(exc)):
                     log.error("shared state unavailable, serving with what this router knows: %s", exc)
-            self._wake.clear()
+                self._wake.clear()  # unreachable: wait for the tick, not spin on wake-ups
             try:
                 async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
                     await self._wake.wait()
@@ -180,8 +199,28 @@ class Coordinator:
             await self._sync_services()
         await self._apply_blocks(await state.blocked())
         self._apply_expired(await state.expired())
-        if state.shared:
-            await self._lease_all()
+        if state.shared and await self._lease_all():
+            await state.nudge(self.router_id)
+
+    async def _fast_round(self) -> None:
+        """Hand slots over between routers in a few milliseconds instead of a tick or two. A router whose request
+        queued without a slot publishes its counts and nudges the others; a nudged router reads the counts, gives
+        back the idle slots a peer waits for (lease_wants) and nudges back; the waiting router, nudged, leases
+        them. The lease script keeps every instance within concurrency-level throughout."""
+        state = self.state
+        if self._nudged:
+            self._nudged = False
+            view = summed(await state.all_stats(), self.router_id)
+            view.routers = self.view.routers
+            self.view = view
+        released = await self._lease_all()
+        waiting = any(s.reservations.queued for s in self.registry.services.values())
+        if waiting or self._told_waiting:
+            # Peers see our queue now (and, once served, that it is gone, so nobody counts it twice).
+            await state.publish_stats(self.router_id, self.local_stats(), self.stats_ttl_ms)
+            self._told_waiting = waiting
+        if released or waiting:
+            await state.nudge(self.router_id)
 
     def local_stats(self) -> dict[str, RouterStats]:
         return {
@@ -268,7 +307,9 @@ class Coordinator:
         """Tell the other routers an instance was flagged expired here."""
         await self.state.flag_expired(instance_id, EXPIRED_FLAG_TTL_MS)
 
-    async def _lease_all(self) -> None:
+    async def _lease_all(self) -> bool:
+        """Lease what each service wants; whether any slots were given back (peers may be waiting for them)."""
+        released = False
         view = self.view
         for sid in [s for s in self._leases if s not in self.registry.services]:
             del self._leases[sid]
@@ -284,8 +325,10 @@ class Coordinator:
                 if want == held and not (res.queued and held < res.concurrency_level):
                     continue
                 granted = await self.state.lease(self.router_id, iid, want, res.concurrency_level)
+                released = released or granted < held
                 if granted:
                     held_by_iid[iid] = granted
                 else:
                     held_by_iid.pop(iid, None)
                 res.set_capacity(iid, granted)
+        return released

@@ -7,6 +7,7 @@ the others published (see ``waiter.coordinator``). Every call of the Redis back-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,6 +95,13 @@ class SharedState(Protocol):
 
     async def leases(self, instance_id: str) -> dict[str, int]:
         """Live routers' leases on an instance."""
+
+    async def nudge(self, router_id: str) -> None:
+        """Tell the other routers at once that slots are wanted or were given back (they look now, not at their
+        next tick)."""
+
+    async def listen(self, router_id: str, nudged: Callable[[], None]) -> None:
+        """Call ``nudged`` whenever another router nudges; runs until cancelled, riding out outages."""
 
     async def block(self, instance_id: str, ttl_ms: int) -> int:
         """Stop granting slots of an instance (it is about to be killed); returns the slots still leased."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 from waiter.state.base import TOMBSTONE_MS, RouterStats
@@ -123,6 +125,12 @@ class MemoryState:
         else:
             leases.pop(router_id, None)
         return granted
+
+    async def nudge(self, router_id: str) -> None:
+        return None  # one router: nobody to tell
+
+    async def listen(self, router_id: str, nudged: Callable[[], None]) -> None:
+        await asyncio.Event().wait()
 
     async def leases(self, instance_id: str) -> dict[str, int]:
         live = self._routers.items()

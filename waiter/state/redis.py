@@ -18,7 +18,9 @@ Keys (``<p>`` = ``waiter:<namespace>:``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,6 +30,9 @@ from redis.exceptions import RedisError
 from waiter.redis_client import RedisConnection
 from waiter.settings import redact_url
 from waiter.state.base import TOMBSTONE_MS, RouterStats, StateUnavailable
+
+log = logging.getLogger(__name__)
+_RESUBSCRIBE_SECS = 0.5
 
 T = TypeVar("T")
 
@@ -218,6 +223,27 @@ class RedisState:
         keys = [f"{self.p}lease:{instance_id}", f"{self.p}blocked"]
         args: list[str | int] = [router_id, want, capacity, f"{self.p}router:", instance_id, int(time.time() * 1000)]
         return int(await self._call("lease slots", lambda: self._lease(keys, args)))
+
+    async def nudge(self, router_id: str) -> None:
+        await self._call("nudge the other routers", lambda: self._redis.publish(f"{self.p}nudge", router_id))
+
+    async def listen(self, router_id: str, nudged: Callable[[], None]) -> None:
+        channel = f"{self.p}nudge"
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("data") != router_id:
+                        nudged()
+            except (RedisError, OSError, TimeoutError) as exc:
+                # Nudges only hurry what the next tick does anyway: a lost one costs a tick, so just resubscribe.
+                log.debug("nudge channel %s broke (%s); subscribing again", channel, exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    await pubsub.aclose()
+            await asyncio.sleep(_RESUBSCRIBE_SECS)
 
     async def leases(self, instance_id: str) -> dict[str, int]:
         async def run() -> dict[str, int]:
