@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from waiter.api import control
+from waiter.api import control, watch
 from waiter.api.common import base_url, included, json_response, query_true, request_cid
 from waiter.api.filters import Filter, lookup
 from waiter.api.views import Cluster, inactive_detail, service_detail, service_status, service_summary
 from waiter.auth import Access, access
-from waiter.errors import WaiterError, render_error_parts
+from waiter.errors import WaiterError, iso_millis, render_error_parts
 from waiter.service import Service
 from waiter.state import StateUnavailable
 from waiter.upstream import UpstreamError
@@ -316,9 +316,37 @@ async def _ping(
     }
 
 
+def _healthy_instances(router: Router) -> dict[str, Any]:
+    """service id -> its healthy instances, for /apps/instances (services the caller may see, like /apps)."""
+    listing: dict[str, Any] = {}
+    for service in sorted(router.registry.services.values(), key=lambda s: s.id):
+        healthy = [t.instance for t in service.tracker.tracked.values() if t.healthy]
+        listing[service.id] = {
+            "service-id": service.id,
+            "healthy-instances": [
+                {"id": i.id, "host": i.host, "port": i.port, "started-at": iso_millis(i.started_at)}
+                for i in sorted(healthy, key=lambda i: (i.started_at, i.id))
+            ],
+        }
+    return listing
+
+
+@access(Access.AUTHENTICATED)
+async def instances(router: Router, request: web.BaseRequest, _h: Headers) -> web.StreamResponse:
+    """Every service's healthy instances; with ``watch=true`` a stream of them as they change (waiter.api.watch)."""
+    if query_true(request, "watch"):
+
+        async def snapshot() -> dict[str, Any]:
+            return _healthy_instances(router)
+
+        return await watch.stream(request, snapshot)
+    return json_response(list(_healthy_instances(router).values()))
+
+
 EXACT: dict[str, dict[str, Handler]] = {
     "/apps": {"GET": apps},
     "/apps/": {"GET": apps},
+    "/apps/instances": {"GET": instances},
     "/waiter-ping": {"GET": ping},
 }
 PREFIXES: list[tuple[str, dict[str, Handler]]] = [

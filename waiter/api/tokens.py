@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from waiter.api import watch
 from waiter.api.common import included, json_response, query_true, read_json
 from waiter.api.filters import Filter, lookup
 from waiter.auth import Access, Caller, Permissions, access
@@ -390,7 +391,17 @@ class _TokenQuery:
 
 
 @access(Access.AUTHENTICATED)
-async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers) -> web.Response:
+async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers) -> web.StreamResponse:
+    if query_true(request, "watch"):
+
+        async def snapshot() -> dict[str, Any]:
+            return {item["token"]: item for item in await _listing(router, request)}
+
+        return await watch.stream(request, snapshot, lambda: router.tokens.generation)
+    return json_response(await _listing(router, request))
+
+
+async def _listing(router: Router, request: web.BaseRequest) -> list[dict[str, Any]]:
     owners = request.query.getall("owner", []) or None
     deleted, metadata = included(request, "deleted"), included(request, "metadata")
     maintenance = request.query.get("maintenance")
@@ -426,7 +437,7 @@ async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers
         if query.parameters:
             item["parameters"] = {field: lookup(data, field) for field in query.parameters}
         listed.append(item)
-    return json_response(listed)
+    return listed
 
 
 # -- token administration: history, owners, re-index ----------------------------------------------------------
