@@ -203,6 +203,7 @@ EXPECTED: dict[tuple[str, str], tuple[Access, str]] = {
     ("/waiter-auth", "GET"): (Access.AUTHENTICATED, "/waiter-auth"),
     ("/waiter-ping", "GET"): (Access.AUTHENTICATED, "/waiter-ping"),
     ("/apps", "GET"): (Access.AUTHENTICATED, "/apps"),
+    ("/apps/instances", "GET"): (Access.AUTHENTICATED, "/apps/instances"),
     ("/apps/", "GET"): (Access.AUTHENTICATED, "/apps/{sid}"),
     ("/apps/", "DELETE"): (Access.SERVICE_OWNER, "/apps/{sid}"),
     ("/apps/", "POST"): (Access.SERVICE_OWNER, "/apps/{sid}/instance/{sid}.i1/expire"),
