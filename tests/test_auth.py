@@ -95,6 +95,11 @@ async def test_jwt_bearer_then_cookie_then_forbidden_kill(make_router, issuer: I
     assert r.router.registry.get(service_id) is not None
     status, body, _ = await call(r, "DELETE", f"/apps/{service_id}", issuer.bearer("alice"))
     assert status == 200, body
+    # a service this router does not know: only an admin may act on it (it may live on other routers)
+    status, body, _ = await call(r, "DELETE", f"/apps/{service_id}", issuer.bearer("bob"))
+    assert status == 404 and "Service not found" in body
+    status, body, _ = await call(r, "DELETE", f"/apps/{service_id}", issuer.bearer(ADMIN))
+    assert status == 404 and "does not exist" in body
 
 
 # -- JWT verification -------------------------------------------------------------------------------------------------

@@ -268,7 +268,10 @@ class Router:
     def service_owner_problem(self, caller: Caller, service_id: str, what: str) -> str | None:
         service = self.registry.get(service_id)
         if service is None:
-            return None  # the handler answers 404
+            if self.permissions.is_admin(caller.user):
+                return None  # the handler answers (and clears what other routers may still keep of it)
+            # Nobody can be shown to own it here, and acting on it would reach the other routers' copies.
+            raise WaiterError(404, "Service not found", error_class="waiter.ServiceUnknown", service_id=service_id)
         owners = []
         for name, _version in service.resolved.source_tokens:
             record = self.tokens.get(name)
