@@ -153,15 +153,11 @@ class Request:
 class AuthView:
     """A Request as waiter.auth.AuthRequest: its headers and the connection's peer address."""
 
-    __slots__ = ("_req", "peer")
+    __slots__ = ("headers", "peer")
 
     def __init__(self, req: Request, peer: str) -> None:
-        self._req = req
+        self.headers = req.headers_view
         self.peer = peer
-
-    @property
-    def headers(self) -> HeaderView:
-        return self._req.headers_view
 
 
 class ErrorView:

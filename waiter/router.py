@@ -307,14 +307,19 @@ class Router:
         if resolved is None:
             return await self.gate.authenticate(request)
         meta = resolved.token_meta
-        secure = request.headers.get("x-forwarded-proto", "").lower() == "https" and self._trusted_proxy(request.peer)
-        redirect = cors.https_redirect(meta, method, host, url, secure)
-        if redirect is not None:
-            return Admission(None, answer=(301 if method in ("GET", "HEAD") else 307, redirect))
-        preflight = cors.preflight(meta, method, path, request.headers)
-        if preflight is not None:
-            return Admission(None, answer=(204, preflight))
-        lines = _lines(cors.response_headers(meta, method, path, request.headers.get("origin", "")))
+        # Header lookups only for tokens that ask for these steps: this runs for every proxied request.
+        if meta.get("https-redirect") is True:
+            proto = request.headers.get("x-forwarded-proto", "").lower()
+            secure = proto == "https" and self._trusted_proxy(request.peer)
+            redirect = cors.https_redirect(meta, method, host, url, secure)
+            if redirect is not None:
+                return Admission(None, answer=(301 if method in ("GET", "HEAD") else 307, redirect))
+        lines = b""
+        if meta.get("cors-rules"):
+            preflight = cors.preflight(meta, method, path, request.headers)
+            if preflight is not None:
+                return Admission(None, answer=(204, preflight))
+            lines = _lines(cors.response_headers(meta, method, path, request.headers.get("origin", "")))
         disabled = resolved.core.get("authentication") == "disabled"
         if disabled and len(resolved.source_tokens) == 1 and not resolved.on_the_fly:
             return Admission(None, response_lines=lines)

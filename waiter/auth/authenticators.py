@@ -75,6 +75,8 @@ class Authenticators:
         self.schemes = frozenset(s for m in members for s in m.schemes)
         self.challenges = tuple(c for m in members for c in m.challenges)
         self.names = ", ".join(m.name for m in members)
+        # one-user first: every request is its user, so a cookie could only name the same caller (not worth parsing)
+        self.vouches_for_all = bool(members) and isinstance(members[0], OneUserAuthenticator)
 
     async def authenticate(self, request: AuthRequest) -> Caller:
         for member in self.members:

@@ -71,10 +71,9 @@ class Gate:
 
     async def authenticate(self, request: AuthRequest) -> Admission:
         """Who calls; raises a 401 WaiterError (with the authenticators' challenges) when nobody vouches."""
-        scheme, _ = authorization(request)
-        strip = scheme in self.authenticators.schemes
+        strip = bool(self.authenticators.schemes) and authorization(request)[0] in self.authenticators.schemes
         cookies = self.cookies
-        if cookies is not None:
+        if cookies is not None and not self.authenticators.vouches_for_all:
             caller = cookies.from_header(request.headers.get("cookie", ""))
             if caller is not None:
                 return Admission(caller, (), b"", strip)
