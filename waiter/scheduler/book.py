@@ -115,3 +115,13 @@ class ServiceBook:
             killed=tuple(self.killed),
             error=self.error,
         )
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Why the scheduler stopped an instance; recorded on it once it ended."""
+
+    message: str
+    flags: frozenset[str] = frozenset()
+    failed: bool = False
+    crash: bool = False  # counts as a crash: backoff, then replaced (local health-check kills)

@@ -13,7 +13,6 @@ router started on the same work dir stops what an earlier one left (``waiter.sch
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import getpass
 import logging
@@ -25,9 +24,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import psutil
 
 from waiter.scheduler import leftovers, sandboxes
 from waiter.scheduler.base import (
@@ -40,9 +36,10 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
-from waiter.scheduler.book import ServiceBook, check_spec, exit_message, not_running, restart_delay
+from waiter.scheduler.book import Ending, ServiceBook, check_spec, exit_message, not_running, restart_delay
 from waiter.scheduler.environment import format_number, instance_environment
 from waiter.scheduler.ports import PortAllocator
+from waiter.scheduler.processes import open_sandbox, signal_group, tree_rss_bytes, wait_exit
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +69,7 @@ class LocalSettings:
     sandbox_sweep_interval_secs: float = 60.0
 
 
-@dataclass(frozen=True)
-class _Ending:
-    """Why we stopped an instance; recorded on it once its process exited."""
-
-    message: str
-    flags: frozenset[str] = frozenset()
-    failed: bool = False
-    crash: bool = False  # counts as a crash: backoff, then replaced
-
-
-def ended_instance(instance: Instance, exit_code: int | None, ending: _Ending | None) -> Instance:
+def ended_instance(instance: Instance, exit_code: int | None, ending: Ending | None) -> Instance:
     """The instance as recorded once its process exited: by itself (``ending`` None) or stopped by us."""
     code = 0 if exit_code is None else exit_code
     if ending is None:
@@ -97,28 +84,6 @@ def ended_instance(instance: Instance, exit_code: int | None, ending: _Ending | 
     )
 
 
-async def wait_exit(process: subprocess.Popen[bytes]) -> int:
-    """Wait for a child's exit without a thread or a child watcher: its pidfd turns readable when it exits."""
-    try:
-        fd = os.pidfd_open(process.pid)
-    except (OSError, AttributeError):  # no pidfd (old kernel): a thread waits instead
-        return await asyncio.to_thread(process.wait)
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
-    return process.wait()
-
-
 @dataclass
 class _Process:
     """One running instance's process and what our side knows about it."""
@@ -130,43 +95,12 @@ class _Process:
     sandbox: Path
     started: float  # monotonic
     grace_secs: float  # SIGTERM to SIGKILL
-    ending: _Ending | None = None
+    ending: Ending | None = None
     watcher: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
-
-
-def open_sandbox(sandbox: Path) -> tuple[BinaryIO, BinaryIO]:
-    """Create an instance's directory and its stdout and stderr files (opened for the child to inherit)."""
-    sandbox.mkdir(parents=True)
-    stdout = open(sandbox / "stdout", "wb")  # noqa: SIM115 - handed to the child, closed by the caller
-    try:
-        return stdout, open(sandbox / "stderr", "wb")
-    except BaseException:
-        stdout.close()
-        raise
-
-
-def signal_group(pgid: int, signum: int) -> None:
-    """Signal a whole process group; a group that is already gone is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def tree_rss_bytes(pid: int) -> int | None:
-    """RSS of a process and its descendants, skipping any that vanish meanwhile; None if the leader is gone."""
-    try:
-        leader = psutil.Process(pid)
-        processes = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return None
-    total = 0
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
-    return total
 
 
 class LocalScheduler:
@@ -221,7 +155,7 @@ class LocalScheduler:
         if self._fills:
             # Launches are not cancelled midway (that could leave an unrecorded process); they stop early.
             await asyncio.wait(self._fills)
-        ending = _Ending("Killed by scheduler shutdown")
+        ending = Ending("Killed by scheduler shutdown")
         running = list(self._processes.values())
         for process in running:
             self._begin_stop(process, ending)
@@ -285,7 +219,7 @@ class LocalScheduler:
             return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} was already stopping.")
         if not replace:
             book.requested = max(0, book.requested - 1)
-        self._begin_stop(running, _Ending(message or "Killed by request", flags, failed))
+        self._begin_stop(running, Ending(message or "Killed by request", flags, failed))
         if replace:
             await self._fill(service_id)
         ended = await self._stop(running, force=force)
@@ -301,7 +235,7 @@ class LocalScheduler:
             timer.cancel()
         async with book.lock:  # lets a launch in progress finish, so its instance is killed too
             pass
-        ending = _Ending("Killed because the service was deleted")
+        ending = Ending("Killed because the service was deleted")
         running = [p for p in self._processes.values() if p.service_id == service_id]
         for process in running:
             self._begin_stop(process, ending)
@@ -446,7 +380,7 @@ class LocalScheduler:
         assert running.watcher is not None, "a watcher is created with every process"
         return running.watcher
 
-    def _begin_stop(self, running: _Process, ending: _Ending) -> None:
+    def _begin_stop(self, running: _Process, ending: Ending) -> None:
         """Record why we stop an instance (the first reason wins); it no longer counts towards requested."""
         if running.ending is None:
             running.ending = ending
@@ -537,7 +471,7 @@ class LocalScheduler:
             message = f"Exceeded allocated memory usage ({rss // (1024 * 1024)} MiB > {format_number(limit_mib)} MiB)"
             log.info("Instance %s: %s; killing it", running.instance.id, message)
             flags = frozenset({InstanceFlag.MEMORY_LIMIT_EXCEEDED.value})
-            self._begin_stop(running, _Ending(message, flags, failed=True, crash=True))
+            self._begin_stop(running, Ending(message, flags, failed=True, crash=True))
             signal_group(running.pid, signal.SIGKILL)
 
     # -- helpers --

@@ -31,7 +31,7 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
-from waiter.scheduler.book import ServiceBook, check_spec, exit_message, not_running, restart_delay
+from waiter.scheduler.book import Ending, check_spec, not_running, restart_delay
 from waiter.scheduler.environment import format_number, instance_environment
 from waiter.scheduler.mesos_client import ClientSettings, MesosClient
 from waiter.scheduler.mesos_proto import (
@@ -51,6 +51,7 @@ from waiter.scheduler.mesos_proto import (
     task_user,
     usable_role,
 )
+from waiter.scheduler.mesos_tasks import MesosBook, Task, ended_instance, id_value
 
 log = logging.getLogger(__name__)
 
@@ -82,70 +83,6 @@ class MesosSettings:
 # -- bookkeeping -----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class MesosBook(ServiceBook):
-    """A service's books plus what placing it on offers needs."""
-
-    waiting_since: float | None = None  # monotonic: since when an instance waits for a fitting offer
-    shortfall: str | None = None  # why the latest offers did not fit
-    not_before: float = 0.0  # monotonic: backoff after a crash
-    revive_at_backoff_end: bool = False
-
-
-@dataclass(frozen=True)
-class _Ending:
-    """Why we killed a task; recorded on its instance once the task ended."""
-
-    message: str
-    flags: frozenset[str] = frozenset()
-    failed: bool = False
-
-
-@dataclass
-class _Task:
-    service_id: str
-    instance: Instance
-    agent_id: str
-    started: float  # monotonic
-    grace_secs: float
-    state: str = "TASK_STAGING"
-    ending: _Ending | None = None
-    kill_sent_at: float | None = None  # monotonic
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-def _value(holder: Any) -> str | None:
-    """The ``value`` of a Mesos id message ({"value": ...}), None when absent."""
-    return str(holder["value"]) if isinstance(holder, Mapping) and "value" in holder else None
-
-
-def ended_instance(task: _Task, outcome: TaskOutcome) -> Instance:
-    """The instance as recorded once its task ended: by itself, or by our kill (``task.ending``)."""
-    exit_code = outcome.exit_code
-    if exit_code is None and outcome.phase is TaskPhase.FINISHED:
-        exit_code = 0
-    ending = task.ending
-    if ending is None:
-        # Waiter's words for an exit, as the local scheduler reports it; other ends keep Mesos's message.
-        message = outcome.message if exit_code is None else exit_message(exit_code)
-        return dataclasses.replace(
-            task.instance,
-            exit_code=exit_code,
-            message=message,
-            flags=outcome.flags,
-            failed=outcome.phase is TaskPhase.FAILED,
-            killed=outcome.phase is TaskPhase.KILLED,
-        )
-    return dataclasses.replace(
-        task.instance,
-        exit_code=exit_code,
-        message=ending.message,
-        flags=ending.flags | outcome.flags,
-        failed=ending.failed,
-        killed=not ending.failed,
-    )
-
-
 class MesosScheduler:
     """Runs instances as tasks of one Mesos framework; implements ``waiter.scheduler.base.Scheduler``."""
 
@@ -167,7 +104,7 @@ class MesosScheduler:
             self,
         )
         self._books: dict[str, MesosBook] = {}
-        self._tasks: dict[str, _Task] = {}  # task id (= instance id) -> a task not yet ended
+        self._tasks: dict[str, Task] = {}  # task id (= instance id) -> a task not yet ended
         self._listeners: list[Listener] = []
         self._background: set[asyncio.Task[Any]] = set()
         self._tick_task: asyncio.Task[None] | None = None
@@ -249,7 +186,7 @@ class MesosScheduler:
             return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} was already stopping.")
         if not replace:
             book.requested = max(0, book.requested - 1)
-        self._begin_kill(book, task, _Ending(message or "Killed by request", flags, failed))
+        self._begin_kill(book, task, Ending(message or "Killed by request", flags, failed))
         if replace:
             self._want_offers()
         grace = 0.0 if force else task.grace_secs
@@ -270,7 +207,7 @@ class MesosScheduler:
         book.deleting = True
         tasks = [t for t in self._tasks.values() if t.service_id == service_id]
         for task in tasks:
-            self._begin_kill(book, task, _Ending("Killed because the service was deleted"))
+            self._begin_kill(book, task, Ending("Killed because the service was deleted"))
         results = await asyncio.gather(*(self._send_kill(t, 0.0) for t in tasks), return_exceptions=True)
         killing = []
         for task, result in zip(tasks, results, strict=True):
@@ -310,23 +247,23 @@ class MesosScheduler:
             failure = event.get("failure") or {}
             log.warning(
                 "Mesos reported a failure of agent %s, executor %s (status %s)",
-                _value(failure.get("agent_id")),
-                _value(failure.get("executor_id")),
+                id_value(failure.get("agent_id")),
+                id_value(failure.get("executor_id")),
                 failure.get("status"),
             )
         elif kind == "RESCIND":
             # Offers are answered (accepted or declined) as they arrive and never kept, so none is held to forget;
             # a launch that raced the rescind comes back as TASK_LOST (REASON_INVALID_OFFERS) and is replaced.
-            log.debug("Offer %s rescinded", _value(event.get("rescind", {}).get("offer_id")))
+            log.debug("Offer %s rescinded", id_value(event.get("rescind", {}).get("offer_id")))
         elif kind == "RESCIND_INVERSE_OFFER":
             # Inverse offers are accepted as they arrive (see _on_inverse_offers): none is held to forget.
             log.debug(
-                "Inverse offer %s rescinded", _value(event.get("rescind_inverse_offer", {}).get("inverse_offer_id"))
+                "Inverse offer %s rescinded", id_value(event.get("rescind_inverse_offer", {}).get("inverse_offer_id"))
             )
         elif kind == "MESSAGE":
             # Only custom executors send framework messages; instances run under the command executor.
             log.info(
-                "Ignoring a framework message from executor %s", _value(event.get("message", {}).get("executor_id"))
+                "Ignoring a framework message from executor %s", id_value(event.get("message", {}).get("executor_id"))
             )
         elif kind == "UPDATE_OPERATION_STATUS":
             # Only operations sent with an id get status updates that need acknowledging; LAUNCH is sent without
@@ -345,12 +282,12 @@ class MesosScheduler:
         Accepting tells the operator the agent may go down; instances are not moved ahead of time (the master
         kills them when the maintenance starts, and the TASK_KILLED/LOST that follows starts a replacement).
         """
-        ids = [str(_value(offer.get("id"))) for offer in inverse_offers if _value(offer.get("id"))]
+        ids = [str(id_value(offer.get("id"))) for offer in inverse_offers if id_value(offer.get("id"))]
         if ids:
             log.info(
                 "Accepting inverse offers %s (maintenance of agents %s)",
                 ids,
-                sorted({str(_value(offer.get("agent_id"))) for offer in inverse_offers}),
+                sorted({str(id_value(offer.get("agent_id"))) for offer in inverse_offers}),
             )
             self._spawn("ACCEPT_INVERSE_OFFERS", self.client.accept_inverse_offers(ids))
 
@@ -463,7 +400,7 @@ class MesosScheduler:
                 "mesos/task-state": "TASK_STAGING",
             },
         )
-        self._tasks[instance_id] = _Task(spec.service_id, instance, offer.agent_id, time.monotonic(), grace)
+        self._tasks[instance_id] = Task(spec.service_id, instance, offer.agent_id, time.monotonic(), grace)
         book.add(instance)
         book.error = book.shortfall = None
         book.waiting_since = time.monotonic() if book.missing() > 0 else None
@@ -501,7 +438,7 @@ class MesosScheduler:
 
     # -- ending and killing --
 
-    def _end(self, task: _Task, outcome: TaskOutcome) -> None:
+    def _end(self, task: Task, outcome: TaskOutcome) -> None:
         self._tasks.pop(task.instance.id, None)
         ended = ended_instance(task, outcome)
         task.instance = ended
@@ -518,16 +455,16 @@ class MesosScheduler:
             book.revive_at_backoff_end = True
         self._notify(task.service_id)
 
-    def _begin_kill(self, book: MesosBook, task: _Task, ending: _Ending) -> None:
+    def _begin_kill(self, book: MesosBook, task: Task, ending: Ending) -> None:
         task.ending = ending
         book.stopping.add(task.instance.id)
         self._notify(task.service_id)
 
-    async def _send_kill(self, task: _Task, grace: float) -> None:
+    async def _send_kill(self, task: Task, grace: float) -> None:
         task.kill_sent_at = time.monotonic()
         await self.client.kill(task.instance.id, task.agent_id, grace)
 
-    async def _wait_ended(self, task: _Task, grace: float) -> bool:
+    async def _wait_ended(self, task: Task, grace: float) -> bool:
         try:
             async with asyncio.timeout(grace + self.settings.kill_wait_secs):
                 await task.done.wait()
@@ -588,7 +525,7 @@ class MesosScheduler:
 
     # -- helpers --
 
-    def _update_instance(self, task: _Task, extras: Mapping[str, object]) -> None:
+    def _update_instance(self, task: Task, extras: Mapping[str, object]) -> None:
         task.instance = dataclasses.replace(task.instance, extras=extras)
         book = self._books.get(task.service_id)
         if book is not None and task.instance.id in book.active:

@@ -1,0 +1,68 @@
+"""The Mesos framework's bookkeeping: a service's books with offer placement, one task, and how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from waiter.scheduler.base import Instance
+from waiter.scheduler.book import Ending, ServiceBook, exit_message
+from waiter.scheduler.mesos_proto import TaskOutcome, TaskPhase
+
+
+@dataclass
+class MesosBook(ServiceBook):
+    """A service's books plus what placing it on offers needs."""
+
+    waiting_since: float | None = None  # monotonic: since when an instance waits for a fitting offer
+    shortfall: str | None = None  # why the latest offers did not fit
+    not_before: float = 0.0  # monotonic: backoff after a crash
+    revive_at_backoff_end: bool = False
+
+
+@dataclass
+class Task:
+    service_id: str
+    instance: Instance
+    agent_id: str
+    started: float  # monotonic
+    grace_secs: float
+    state: str = "TASK_STAGING"
+    ending: Ending | None = None
+    kill_sent_at: float | None = None  # monotonic
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def id_value(holder: Any) -> str | None:
+    """The ``value`` of a Mesos id message ({"value": ...}), None when absent."""
+    return str(holder["value"]) if isinstance(holder, Mapping) and "value" in holder else None
+
+
+def ended_instance(task: Task, outcome: TaskOutcome) -> Instance:
+    """The instance as recorded once its task ended: by itself, or by our kill (``task.ending``)."""
+    exit_code = outcome.exit_code
+    if exit_code is None and outcome.phase is TaskPhase.FINISHED:
+        exit_code = 0
+    ending = task.ending
+    if ending is None:
+        # Waiter's words for an exit, as the local scheduler reports it; other ends keep Mesos's message.
+        message = outcome.message if exit_code is None else exit_message(exit_code)
+        return dataclasses.replace(
+            task.instance,
+            exit_code=exit_code,
+            message=message,
+            flags=outcome.flags,
+            failed=outcome.phase is TaskPhase.FAILED,
+            killed=outcome.phase is TaskPhase.KILLED,
+        )
+    return dataclasses.replace(
+        task.instance,
+        exit_code=exit_code,
+        message=ending.message,
+        flags=ending.flags | outcome.flags,
+        failed=ending.failed,
+        killed=not ending.failed,
+    )
