@@ -61,8 +61,12 @@ def run(
     expired_unhealthy: int = 0,
     burst_last_seen: float | None = None,
 ) -> Decision:
-    counts = Counts(outstanding, total, total, healthy, expired, expired_unhealthy)
-    return decide(settings, counts, ScalingState(target, NOW - ticks, burst_last_seen), NOW)
+    # Measured as if every outstanding request arrived within the last second and took one (Little's law: the
+    # throughput need equals the outstanding count); a burst in progress had measured the target as its peak.
+    counts = Counts(outstanding, total, total, healthy, expired, expired_unhealthy, arrival_rate=outstanding,
+                    service_secs=1.0)
+    peak = target if burst_last_seen is not None else None
+    return decide(settings, counts, ScalingState(target, NOW - ticks, burst_last_seen, peak), NOW)
 
 
 # (amount, scale_to, target) expected; then settings, total, outstanding, target, healthy, expired (Waiter's order).
@@ -215,12 +219,6 @@ BURST_CASES = [
                  id="disabled-is-waiter"),
     pytest.param((50, 50, True, 0), cfg(OURS, max_instances=50), dict(total=5, outstanding=90, target=5, healthy=5),
                  id="entry-clamped-to-max"),
-    pytest.param((3, 3, False, None), cfg(OURS, min_instances=3),
-                 dict(total=0, outstanding=2, target=0, healthy=0), id="blind-still-scales-to-min"),
-    pytest.param((1, 1, False, None), OURS, dict(total=1, outstanding=500, target=1, healthy=0),
-                 id="blind-cold-start-waits-for-first-instance"),
-    pytest.param((1, 1, False, None), cfg(OURS, min_instances=0),
-                 dict(total=0, outstanding=3, target=0, healthy=0), id="blind-starts-one-instance"),
     pytest.param((5, 5.4, False, None), OURS, dict(total=5, outstanding=9, target=5, healthy=5),
                  id="below-threshold-is-waiter"),
     pytest.param((50, 50, False, None), OURS, dict(total=50, outstanding=50, target=50, healthy=1),
@@ -233,10 +231,10 @@ BURST_CASES = [
                  id="hold-keeps-target"),
     pytest.param((60, 60, True, -59), cfg(OURS, scale_down_factor=0.9),
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-59), id="hold-no-scale-down"),
-    pytest.param((33, 32.5, False, None), cfg(OURS, scale_down_factor=0.5),
-                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-60), id="exit-after-window"),
-    pytest.param((61, 61, True, -10), OURS, dict(total=60, outstanding=70, target=60, healthy=60, seen=-10),
-                 id="hold-allows-waiter-scale-up"),
+    pytest.param((5, 5, False, None), cfg(OURS, scale_down_factor=0.5),
+                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-60), id="exit-after-window-releases"),
+    pytest.param((70, 70, True, -10), OURS, dict(total=60, outstanding=70, target=60, healthy=60, seen=-10),
+                 id="hold-follows-a-higher-need"),
     pytest.param((61, 60, True, -10), OURS,
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-10, expired=3),
                  id="hold-replaces-expired"),
@@ -244,7 +242,7 @@ BURST_CASES = [
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="hold-yields-to-lower-max"),
     pytest.param((33, 32.5, False, None), cfg(OURS, scale_down_factor=0.5, burst=NO_BURST),
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="disabled-ignores-stored-burst"),
-    pytest.param((33, 32.5, False, None), cfg(OURS, scale_down_factor=0.5, burst=BurstSettings(stable_window_secs=0)),
+    pytest.param((5, 5, False, None), cfg(OURS, scale_down_factor=0.5, burst=BurstSettings(stable_window_secs=0)),
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="zero-window-no-hold"),
     pytest.param((60, 60, True, 0), cfg(OURS, burst=BurstSettings(stable_window_secs=0)),
                  dict(total=5, outstanding=60, target=5, healthy=5), id="zero-window-still-jumps"),
@@ -272,14 +270,15 @@ def test_burst(expected, settings, case):
 
 
 def test_burst_lifecycle_step_load():
-    """1 instance, load jumps to 50: burst at once, holds 60 s after the last burst cycle, then decays."""
+    """1 instance, load jumps to 50: burst at once, holds 60 s after the last burst cycle, then releases."""
     settings = cfg(OURS, scale_down_factor=0.1)  # fast decay so that the exit shows within a few cycles
     state = decide(settings, Counts(0, 1, 1, 1), None, 0.0).state
     history: list[tuple[float, Decision]] = []
     total, healthy = 1, 1
     for second in range(1, 80):
         outstanding = 50 if second < 30 else 0
-        decision = decide(settings, Counts(outstanding, total, total, healthy), state, float(second))
+        counts = Counts(outstanding, total, total, healthy, arrival_rate=outstanding, service_secs=1.0)
+        decision = decide(settings, counts, state, float(second))
         history.append((second, decision))
         state, total = decision.state, decision.scale_to
         healthy = total if second >= 6 else 1  # new instances turn healthy 5 s later
@@ -288,8 +287,8 @@ def test_burst_lifecycle_step_load():
     # The load ends at t=30, but nothing goes below 50 until 60 s after the burst cycle at t=1.
     assert all(d.scale_to == 50 and d.burst for t, d in history if t < 61)
     assert all(not d.burst and d.state.burst_last_seen is None for t, d in history if t >= 61)
-    assert history[60][1].scale_to < 50  # t=61: Waiter's formula resumes from the kept target of 50
-    assert history[60][1].state.target == pytest.approx(45.0)
+    # t=61: the burst is over and the need is gone: the target falls to min-instances, the surplus is released.
+    assert history[60][1].state.target == 1 and history[60][1].scale_to == 1
 
 
 @pytest.mark.parametrize(
@@ -394,9 +393,17 @@ THROUGHPUT_CASES = [
     pytest.param((11, 10.5, False, None), cfg(OURS, burst=NO_BURST),
                  dict(total=5, healthy=5, outstanding=60, queued=55, rate=1000, service=0.01),
                  id="disabled-ignores-throughput"),
-    pytest.param((60, 60, True, None), OURS,
+    pytest.param((5, 5, False, None), OURS,
                  dict(total=5, healthy=5, outstanding=60, queued=55, rate=None, service=None),
-                 id="unmeasured-bursts-on-outstanding"),
+                 id="unmeasured-waits-for-the-first-answers"),
+    pytest.param((3, 3, False, None), cfg(OURS, min_instances=3),
+                 dict(total=0, healthy=0, outstanding=2, queued=2, rate=2, service=None),
+                 id="blind-still-scales-to-min"),
+    pytest.param((1, 1, False, None), OURS, dict(total=1, healthy=0, outstanding=500, queued=500, rate=250,
+                                                 service=None), id="blind-cold-start-waits-for-first-answers"),
+    pytest.param((1, 1, False, None), cfg(OURS, min_instances=0),
+                 dict(total=0, healthy=0, outstanding=3, queued=3, rate=3, service=None),
+                 id="blind-starts-one-instance"),
 ]
 
 
@@ -427,11 +434,14 @@ def test_load_need_is_littles_law():
     [
         pytest.param("first-cycle", Counts(5, 1, 1, 1), None, id="first-cycle"),
         pytest.param("blind", Counts(500, 1, 1, 0), ScalingState(1, NOW - 1), id="blind"),
-        pytest.param("burst", Counts(60, 5, 5, 5), ScalingState(5, NOW - 1), id="burst"),
-        pytest.param("burst-hold", Counts(5, 60, 60, 60), ScalingState(60, NOW - 1, NOW - 10), id="burst-hold"),
+        pytest.param("burst", Counts(60, 5, 5, 5, arrival_rate=60, service_secs=1), ScalingState(5, NOW - 1),
+                     id="burst"),
+        pytest.param("burst-hold", Counts(5, 60, 60, 60, arrival_rate=5, service_secs=1),
+                     ScalingState(60, NOW - 1, NOW - 10, 60), id="burst-hold"),
         pytest.param("burst-exit", Counts(5, 50, 50, 50, arrival_rate=5, service_secs=1),
                      ScalingState(50, NOW - 1, NOW - 60, 50), id="burst-exit"),
-        pytest.param("waiter", Counts(6, 5, 5, 5), ScalingState(5, NOW - 1), id="waiter"),
+        pytest.param("waiter", Counts(6, 5, 5, 5, arrival_rate=6, service_secs=1), ScalingState(5, NOW - 1),
+                     id="waiter"),
     ],
 )
 def test_cause_is_a_bounded_label(cause, counts, previous):

@@ -21,6 +21,8 @@ def feed(samples):
         pytest.param([(0, 0, 0, 0.0)], None, None, id="one-sample-knows-nothing"),
         pytest.param([(0, 0, 0, 0.0), (1, 100, 100, 1.0)], 100, 0.01, id="steady-littles-law"),
         pytest.param([(0, 0, 0, 0.0), (1, 50, 0, 0.5)], 50, None, id="nothing-finished-no-service-time"),
+        pytest.param([(0, 0, 0, 0.0), (1, 10, 10, 2.0), (5, 10, 10, 2.0), (6, 20, 10, 2.0)], 10, 0.2,
+                     id="idle-keeps-the-last-service-time"),
         pytest.param([(0, 0, 0, 0.0), (1, 10, 10, 10.0), (2, 20, 20, 20.0), (3, 30, 30, 30.0), (4, 40, 40, 40.0)],
                      10, 1.0, id="window-slides"),
         pytest.param([(0, 0, 0, 0.0), (1, 5, 5, 5.0), (2, 10, 10, 10.0), (2.5, 40, 12, 12.0)], 60, 1.0,

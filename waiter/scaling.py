@@ -52,16 +52,17 @@ the arrival rate and the service time (``Counts.arrival_rate``, ``Counts.service
 law plus the instances that serve the queue within ``drain_secs``::
 
     busy    = ceil(arrival_rate * service_secs * scale-factor / concurrency-level)
-    backlog = ceil(queued * service_secs * scale-factor / concurrency-level / drain_secs)
+    backlog = min(ceil(queued * service_secs * scale-factor / concurrency-level / drain_secs), 3 * max(busy, 1))
     need    = busy + backlog
 
 * Entry as above with this need. In the window the target is ``peak + backlog`` where ``peak`` (kept in the
   state) is the highest ``busy`` of the burst: the queue's share goes once the queue is served, instances started
   before anything was measured are released at once, and a burst that drops away keeps its peak.
 * Exit: the target falls to today's need (max of ``need`` and ``ideal``); Waiter's formula goes on from there.
-* Blind: nothing healthy and nothing measured (a cold start). The target holds (one instance when requests wait)
-  until the first instance answers; a queue that grew during its start-up is no measure of the need.
-* Measured nothing but some instance healthy (requests longer than the window): the outstanding count, as above.
+* Blind: nothing measured yet (a cold start, or a new service's first requests still running). The target holds
+  (one instance when requests wait) until the first requests are answered; a queue that grew while the first
+  instance started is no measure of the need (the autoscaler keeps the last service time it measured, so only a
+  service never answered is blind). With burst mode off, Waiter's formula applies unchanged.
 
 1,000 req/s x 0.01 s / 8 = 1.25: 2 instances, plus ceil(492 * 0.01 / 8 / 1) = 1 for 492 queued requests.
 """
@@ -92,6 +93,8 @@ __all__ = [
 MAX_EXPIRED_UNHEALTHY = 2
 # Waiter's epsilon: a delta of 1.005 asks for one instance, not two.
 _EPSILON = 1e-2
+# A burst's share for the queue is at most this many times its busy need (see load_need).
+BACKLOG_CAP = 3
 # Absorbs float noise only (50 * 1.1 = 55.00000000000001 must not ceil to 56).
 _ROUND_OFF = 1e-9
 
@@ -334,9 +337,11 @@ def load_need(settings: ScalingSettings, counts: Counts) -> LoadNeed | None:
     if counts.arrival_rate is None or counts.service_secs is None:
         return None
     per_request = counts.service_secs * settings.scale_factor / settings.concurrency_level
-    busy = _ceil(counts.arrival_rate * per_request)
-    backlog = _ceil(counts.queued * per_request / settings.burst.drain_secs)
-    return LoadNeed(max(0, busy), max(0, backlog))
+    busy = max(0, _ceil(counts.arrival_rate * per_request))
+    # The queue's share is at most BACKLOG_CAP times the busy need: a queue that grew during a start-up is served
+    # within seconds without one instance per queued request (each would be released one kill at a time).
+    backlog = min(max(0, _ceil(counts.queued * per_request / settings.burst.drain_secs)), BACKLOG_CAP * max(1, busy))
+    return LoadNeed(busy, backlog)
 
 
 def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | None, now: float) -> Decision:
@@ -353,9 +358,9 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
     burst = settings.burst
     load = load_need(settings, counts) if burst.enabled else None
     need = ideal if load is None else load.total
-    # Nothing healthy and nothing measured: the queue only says how long the first instance takes to start, not
-    # what the service needs, so wait for the first answers before bursting.
-    blind = burst.enabled and load is None and counts.healthy == 0
+    # Nothing measured yet (a cold start, or the first requests of a new service still running): the queue only
+    # says how long the first instance took to start, not what the service needs, so wait for the first answers.
+    blind = burst.enabled and load is None
     entered = (burst.enabled and not blind and need >= burst.threshold * max(counts.healthy, 1)
                and need > counts.total)
     seen = now if entered else previous.burst_last_seen

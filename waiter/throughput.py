@@ -5,7 +5,7 @@ router finished, and the seconds those held their slots. Over the last ``window`
 
     arrival rate = received / elapsed, or the rate over the last ``short`` seconds when higher (a burst shows
                    in it first; shorter spans are noise: counts from other routers arrive in batches)
-    service time = seconds held / finished, None when nothing finished in the window
+    service time = seconds held / finished in the window; else the last one measured; None if none ever was
 
 Counters that go back (a router left, its total no longer summed) count as no change.
 """
@@ -38,11 +38,12 @@ class ThroughputMeter:
         self.window = window
         self.short = short
         self.samples: deque[Sample] = deque()
+        self.last_service: float | None = None
 
     def add(self, sample: Sample) -> Throughput:
         samples = self.samples
         if samples and sample.time <= samples[-1].time:
-            samples.clear()  # the clock went back: start again
+            samples.clear()  # the clock went back: start again (the last service time measured still holds)
         samples.append(sample)
         # Keep one sample at or before the window's start as the base of the window.
         while len(samples) > 2 and samples[1].time <= sample.time - self.window:
@@ -55,9 +56,10 @@ class ThroughputMeter:
         if recent is not None and recent is not base:
             rate = max(rate, _rate(recent, sample))
         finished = sample.finished - base.finished
-        busy = sample.served_secs - base.served_secs
-        service = busy / finished if finished > 0 and busy > 0 else None
-        return Throughput(rate, service)
+        served = sample.served_secs - base.served_secs
+        if finished > 0 and served > 0:
+            self.last_service = served / finished
+        return Throughput(rate, self.last_service)
 
 
 def _rate(start: Sample, end: Sample) -> float:
