@@ -73,6 +73,7 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
     options.add_argument("--host-resolver-rules=MAP *.test 127.0.0.1")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console messages, for driver.get_log
     service = Service(executable_path=str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(60)

@@ -144,7 +144,7 @@ async def dispatch(
 
 
 def _register() -> None:
-    from waiter.api import interstitial, metrics, services, state, tokens
+    from waiter.api import dashboard, interstitial, metrics, services, state, tokens
 
     EXACT["/metrics"] = {"GET": metrics.metrics}
     EXACT.update(services.EXACT)
@@ -153,6 +153,8 @@ def _register() -> None:
     PREFIXES.extend(services.PREFIXES)
     PREFIXES.extend(state.PREFIXES)
     PREFIXES.extend(interstitial.PREFIXES)
+    EXACT.update(dashboard.EXACT)
+    PREFIXES.extend(dashboard.PREFIXES)
     undeclared = [f"{method} {path}" for path, method, handler in routes() if policy_of(handler) is None]
     if undeclared:
         raise RuntimeError(f"Endpoints without an access policy (decorate them with @access): {undeclared}")
