@@ -150,3 +150,66 @@ def test_permitted_user() -> None:
     assert perms.permitted_problem("bob", "s1", "*") is None
     assert perms.permitted_problem("bob", "s1", "bob") is None
     assert "isn't allowed to invoke this service" in (perms.permitted_problem("root", "s1", "alice") or "")
+
+
+class FakeRequest:
+    def __init__(self, authorization: str) -> None:
+        self.headers = {"authorization": authorization}
+        self.peer = "127.0.0.1"
+
+
+async def test_jwks_file_is_reread_on_its_period_and_on_unknown_kids_at_most_once_a_second(tmp_path) -> None:
+    import json
+
+    from tests.identity import AUDIENCE, ISSUER, Issuer
+    from waiter.auth.jwt import JwtAuthenticator
+    from waiter.settings import JwtConfig
+
+    issuer = Issuer()
+    issuer.add("k1")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    clock = Clock(100.0)
+    config = JwtConfig(jwks_file=jwks, issuer=ISSUER, audience=AUDIENCE, jwks_refresh_secs=600)
+    auth = JwtAuthenticator(config, clock=clock)
+    reads = 0
+    fetch = auth._fetch
+
+    async def counted() -> dict[str, object]:
+        nonlocal reads
+        reads += 1
+        return await fetch()
+
+    auth._fetch = counted  # type: ignore[method-assign]
+    await auth.start()
+    assert reads == 1
+    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('alice')}"))).user == "alice"
+
+    issuer.add("k2")  # a rotation: the new key is in the file, the router has not seen it
+    jwks.write_text(json.dumps(issuer.jwks()))
+    clock.now += 0.5
+    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('bob', 'k2')}"))).user == "bob"
+    assert reads == 2  # an unknown kid made it re-read the set
+    unknown = issuer.add("k3", publish=False)
+    for _ in range(3):  # unknown kids within a second of the last such read: no read at all
+        with pytest.raises(Exception, match="key id 'k3'"):
+            await auth.authenticate(FakeRequest(f"Bearer {issuer.token('eve', unknown.kid)}"))
+    assert reads == 2
+    clock.now += 1.0
+    for _ in range(3):  # a second later: one read for all of them
+        with pytest.raises(Exception, match="key id 'k3'"):
+            await auth.authenticate(FakeRequest(f"Bearer {issuer.token('eve', unknown.kid)}"))
+    assert reads == 3
+    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('alice')}"))).user == "alice"
+    assert reads == 3  # known kids never cause a read
+    issuer.published.remove("k1")
+    jwks.write_text(json.dumps(issuer.jwks()))
+    clock.now += 600
+    with pytest.raises(Exception, match="key id 'k1'"):
+        await auth.authenticate(FakeRequest(f"Bearer {issuer.token('alice', 'k1')}"))  # the period re-read it
+    assert reads == 4
+    jwks.write_text("not json")
+    clock.now += 600
+    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('bob', 'k2')}"))).user == "bob"
+    assert auth.last_error is not None and "cannot load the JWKS" in auth.last_error  # old keys kept
+    await auth.close()

@@ -99,3 +99,30 @@ async def test_ticket_for_another_service_is_refused(make_router, kdc: Kdc) -> N
     async with r.client.get(r.url + "/waiter-auth", headers={"authorization": header}) as resp:
         assert resp.status == 401
         assert "not accepted" in await resp.text()
+
+
+async def test_kerberos_and_jwt_side_by_side(make_router, kdc: Kdc, tmp_path: Path) -> None:
+    import json
+
+    from tests.identity import AUDIENCE, ISSUER, Issuer
+
+    issuer = Issuer()
+    issuer.add("k1")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps(issuer.jwks()))
+    config = {
+        "kind": ["kerberos", "jwt"],
+        "kerberos": {"keytab": str(kdc.keytab), "service-principal": f"HTTP/127.0.0.1@{REALM}"},
+        "jwt": {"jwks-file": str(jwks), "issuer": ISSUER, "audience": AUDIENCE},
+    }
+    r = await make_router(authenticator=config)
+    async with r.client.get(r.url + "/waiter-auth") as resp:
+        assert resp.status == 401
+        assert resp.headers["www-authenticate"] == 'Negotiate, Bearer realm="waiter"'
+    for header, user, method in (
+        (negotiate(kdc, "alice", "alice-password"), "alice", "kerberos"),
+        (f"Bearer {issuer.token('carol@example.com')}", "carol", "jwt"),
+    ):
+        async with r.client.get(r.url + "/waiter-auth", headers={"authorization": header}) as resp:
+            assert resp.status == 200 and await resp.text() == user
+            assert resp.headers["x-waiter-auth-method"] == method
