@@ -183,12 +183,12 @@ async def test_jwks_file_is_reread_on_its_period_and_on_unknown_kids_at_most_onc
     auth._fetch = counted  # type: ignore[method-assign]
     await auth.start()
     assert reads == 1
-    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('alice')}"))).user == "alice"
+    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('alice')}"))).caller.user == "alice"
 
     issuer.add("k2")  # a rotation: the new key is in the file, the router has not seen it
     jwks.write_text(json.dumps(issuer.jwks()))
     clock.now += 0.5
-    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('bob', 'k2')}"))).user == "bob"
+    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('bob', 'k2')}"))).caller.user == "bob"
     assert reads == 2  # an unknown kid made it re-read the set
     unknown = issuer.add("k3", publish=False)
     for _ in range(3):  # unknown kids within a second of the last such read: no read at all
@@ -200,7 +200,7 @@ async def test_jwks_file_is_reread_on_its_period_and_on_unknown_kids_at_most_onc
         with pytest.raises(Exception, match="key id 'k3'"):
             await auth.authenticate(FakeRequest(f"Bearer {issuer.token('eve', unknown.kid)}"))
     assert reads == 3
-    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('alice')}"))).user == "alice"
+    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('alice')}"))).caller.user == "alice"
     assert reads == 3  # known kids never cause a read
     issuer.published.remove("k1")
     jwks.write_text(json.dumps(issuer.jwks()))
@@ -210,6 +210,6 @@ async def test_jwks_file_is_reread_on_its_period_and_on_unknown_kids_at_most_onc
     assert reads == 4
     jwks.write_text("not json")
     clock.now += 600
-    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('bob', 'k2')}"))).user == "bob"
+    assert (await auth.authenticate(FakeRequest(f"Bearer {issuer.token('bob', 'k2')}"))).caller.user == "bob"
     assert auth.last_error is not None and "cannot load the JWKS" in auth.last_error  # old keys kept
     await auth.close()

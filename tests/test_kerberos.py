@@ -6,6 +6,7 @@ import base64
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,15 +42,20 @@ async def kdc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         context.__exit__(None, None, None)
 
 
-def negotiate(kdc: Kdc, user: str, password: str, service: str = "HTTP@127.0.0.1") -> str:
-    """An Authorization header value for ``user``: kinit into a cache of its own, then a SPNEGO token."""
+def client_context(kdc: Kdc, user: str, password: str, service: str = "HTTP@127.0.0.1") -> Any:
+    """A SPNEGO initiator for ``user``: kinit into a cache of its own, then a security context."""
     import gssapi
 
     cache = kdc.root / f"{user}.ccache"
     kdc.kinit(user, password, cache)
     creds = gssapi.Credentials(usage="initiate", store={"ccache": f"FILE:{cache}"})
     name = gssapi.Name(service, gssapi.NameType.hostbased_service)
-    context = gssapi.SecurityContext(name=name, creds=creds, usage="initiate", mech=gssapi.OID.from_int_seq(SPNEGO))
+    return gssapi.SecurityContext(name=name, creds=creds, usage="initiate", mech=gssapi.OID.from_int_seq(SPNEGO))
+
+
+def negotiate(kdc: Kdc, user: str, password: str, service: str = "HTTP@127.0.0.1", context: Any = None) -> str:
+    """An Authorization header value for ``user``."""
+    context = context or client_context(kdc, user, password, service)
     token = context.step()
     assert token
     return "Negotiate " + base64.b64encode(token).decode()
@@ -63,11 +69,16 @@ async def test_kerberos_tickets_authenticate_callers(make_router, kdc: Kdc) -> N
         assert resp.status == 401
         assert resp.headers["www-authenticate"] == "Negotiate"
 
-    async with r.client.get(
-        r.url + "/waiter-auth", headers={"authorization": negotiate(kdc, "alice", "alice-password")}
-    ) as resp:
+    context = client_context(kdc, "alice", "alice-password")
+    header = negotiate(kdc, "alice", "alice-password", context=context)
+    async with r.client.get(r.url + "/waiter-auth", headers={"authorization": header}) as resp:
         assert resp.status == 200
         assert await resp.text() == "alice"
+        # mutual authentication: the router proves it holds the service's key
+        scheme, _, reply = resp.headers["www-authenticate"].partition(" ")
+        assert scheme == "Negotiate"
+        context.step(base64.b64decode(reply))
+        assert context.complete
         assert resp.headers["x-waiter-auth-principal"] == f"alice@{REALM}"
         assert resp.headers["x-waiter-auth-method"] == "kerberos"
         cookie = resp.cookies[AUTH_COOKIE].value

@@ -5,7 +5,7 @@ permission rules).
 holds the pure rules that answer 403 with a sentence naming who may.
 """
 
-from waiter.auth.base import Authenticator, AuthRequest, Caller, user_of
+from waiter.auth.base import Authenticator, AuthRequest, Caller, Identity, user_of
 from waiter.auth.gate import PUBLIC, Admission, Gate
 from waiter.auth.permissions import ANY_USER, Permissions
 from waiter.auth.policy import Access, access, policy_of
@@ -19,6 +19,7 @@ __all__ = [
     "Authenticator",
     "Caller",
     "Gate",
+    "Identity",
     "Permissions",
     "access",
     "policy_of",

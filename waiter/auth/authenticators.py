@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from waiter.auth.base import Authenticator, AuthRequest, Caller, authorization, unauthenticated, user_of
+from waiter.auth.base import Authenticator, AuthRequest, Caller, Identity, authorization, unauthenticated, user_of
 from waiter.settings import Settings, TrustedHeaderConfig
 
 log = logging.getLogger(__name__)
@@ -19,10 +19,10 @@ class OneUserAuthenticator:
     challenges: tuple[str, ...] = ()
 
     def __init__(self, user: str) -> None:
-        self.caller = Caller(user, user, self.name)
+        self.identity = Identity(Caller(user, user, self.name))
 
-    async def authenticate(self, request: AuthRequest) -> Caller | None:
-        return self.caller
+    async def authenticate(self, request: AuthRequest) -> Identity | None:
+        return self.identity
 
     async def start(self) -> None:
         return None
@@ -49,7 +49,7 @@ class TrustedHeaderAuthenticator:
             return False
         return any(address in network for network in self.networks)
 
-    async def authenticate(self, request: AuthRequest) -> Caller | None:
+    async def authenticate(self, request: AuthRequest) -> Identity | None:
         principal = request.headers.get(self.header, "").strip()
         if not principal:
             return None
@@ -58,7 +58,7 @@ class TrustedHeaderAuthenticator:
                 f"The {self.header} header is believed only from the trusted-cidrs of the trusted-header "
                 f"authenticator, and {request.peer or 'this peer'} is not in them."
             )
-        return Caller(user_of(principal), principal, self.name)
+        return Identity(Caller(user_of(principal), principal, self.name))
 
     async def start(self) -> None:
         return None
@@ -78,11 +78,11 @@ class Authenticators:
         # one-user first: every request is its user, so a cookie could only name the same caller (not worth parsing)
         self.vouches_for_all = bool(members) and isinstance(members[0], OneUserAuthenticator)
 
-    async def authenticate(self, request: AuthRequest) -> Caller:
+    async def authenticate(self, request: AuthRequest) -> Identity:
         for member in self.members:
-            caller = await member.authenticate(request)
-            if caller is not None:
-                return caller
+            identity = await member.authenticate(request)
+            if identity is not None:
+                return identity
         scheme, _ = authorization(request)
         offered = f" (the {scheme} credentials sent are not accepted here)" if scheme else ""
         raise unauthenticated(

@@ -16,6 +16,15 @@ class Caller:
     method: str  # which authenticator vouched for them (one-user, jwt, kerberos, trusted-header, cookie)
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What an authenticator established: the caller, and headers for the response (e.g. Kerberos's mutual
+    authentication token in WWW-Authenticate)."""
+
+    caller: Caller
+    reply: tuple[tuple[str, str], ...] = ()
+
+
 def user_of(principal: str) -> str:
     """The user name of a principal: ``alice@EXAMPLE.COM`` and ``alice/admin@EXAMPLE.COM`` are ``alice``."""
     return principal.split("@", 1)[0].split("/", 1)[0]
@@ -51,8 +60,8 @@ class Authenticator(Protocol):
     # What a 401 offers the client (WWW-Authenticate challenges), e.g. "Negotiate".
     challenges: tuple[str, ...]
 
-    async def authenticate(self, request: AuthRequest) -> Caller | None:
-        """The caller; None when the request carries nothing this authenticator recognises (the next one is
+    async def authenticate(self, request: AuthRequest) -> Identity | None:
+        """Who calls; None when the request carries nothing this authenticator recognises (the next one is
         asked); raises a 401 WaiterError when it recognises credentials that are not valid."""
         ...
 

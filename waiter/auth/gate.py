@@ -34,6 +34,10 @@ class Admission:
 PUBLIC = Admission(None)
 
 
+def _lines(headers: tuple[tuple[str, str], ...]) -> bytes:
+    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode()
+
+
 class Gate:
     def __init__(self, settings: Settings, authenticators: Authenticators | None = None) -> None:
         self.settings = settings
@@ -77,8 +81,9 @@ class Gate:
             caller = cookies.from_header(request.headers.get("cookie", ""))
             if caller is not None:
                 return Admission(caller, (), b"", strip)
-        caller = await self.authenticators.authenticate(request)
+        identity = await self.authenticators.authenticate(request)
+        caller, reply = identity.caller, identity.reply
         if cookies is None:
-            return Admission(caller, (), b"", strip)
+            return Admission(caller, (), _lines(reply), strip)
         issued = cookies.issue(caller)
-        return Admission(caller, issued.set_cookies, issued.lines, strip)
+        return Admission(caller, issued.set_cookies, issued.lines + _lines(reply) if reply else issued.lines, strip)

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import jwt
 
-from waiter.auth.base import AuthRequest, Caller, authorization, unauthenticated, user_of
+from waiter.auth.base import AuthRequest, Caller, Identity, authorization, unauthenticated, user_of
 from waiter.errors import WaiterError
 from waiter.settings import JwtConfig
 
@@ -57,7 +57,7 @@ class JwtAuthenticator:
     def _fail(self, message: str) -> WaiterError:
         return unauthenticated(message, self.challenges)
 
-    async def authenticate(self, request: AuthRequest) -> Caller | None:
+    async def authenticate(self, request: AuthRequest) -> Identity | None:
         scheme, token = authorization(request)
         if scheme != "bearer":
             return None
@@ -101,7 +101,7 @@ class JwtAuthenticator:
         principal = claims.get(claim)
         if not isinstance(principal, str) or not principal:
             raise self._fail(f"The bearer token's {claim} claim must name the caller (a non-empty string).")
-        return Caller(user_of(principal), principal, self.name)
+        return Identity(Caller(user_of(principal), principal, self.name))
 
     async def _key(self, kid: str | None) -> jwt.PyJWK | None:
         now = self._clock()

@@ -12,7 +12,7 @@ import base64
 import binascii
 from typing import Any
 
-from waiter.auth.base import AuthRequest, Caller, authorization, unauthenticated, user_of
+from waiter.auth.base import AuthRequest, Caller, Identity, authorization, unauthenticated, user_of
 from waiter.errors import WaiterError
 from waiter.settings import KerberosConfig
 
@@ -53,7 +53,7 @@ class KerberosAuthenticator:
     def _fail(self, message: str) -> WaiterError:
         return unauthenticated(message, self.challenges)
 
-    async def authenticate(self, request: AuthRequest) -> Caller | None:
+    async def authenticate(self, request: AuthRequest) -> Identity | None:
         scheme, credentials = authorization(request)
         if scheme != "negotiate":
             return None
@@ -63,19 +63,21 @@ class KerberosAuthenticator:
             raise self._fail("The Negotiate credentials are not base64.") from None
         if not token:
             raise self._fail("The Negotiate credentials are empty.")
-        principal = await asyncio.to_thread(self._accept, token)
-        return Caller(user_of(principal), principal, self.name)
+        principal, reply = await asyncio.to_thread(self._accept, token)
+        # The acceptor's token lets the client check that it talks to the service it asked for (mutual auth).
+        answer = (("www-authenticate", "Negotiate " + base64.b64encode(reply).decode()),) if reply else ()
+        return Identity(Caller(user_of(principal), principal, self.name), answer)
 
-    def _accept(self, token: bytes) -> str:
+    def _accept(self, token: bytes) -> tuple[str, bytes | None]:
         import gssapi
         from gssapi.raw import GSSError
 
         try:
             context = gssapi.SecurityContext(creds=self._credentials, usage="accept")
-            context.step(token)
+            reply = context.step(token)
             # SPNEGO may answer a bad ticket with an error token: the failure surfaces when the context is read.
             if not context.complete:
                 raise self._fail("The Negotiate exchange needs more than one round, which this router does not do.")
-            return str(context.initiator_name)
+            return str(context.initiator_name), reply
         except GSSError as exc:
             raise self._fail(f"The Kerberos ticket was not accepted: {exc.gen_message()}") from None
