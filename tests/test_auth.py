@@ -209,6 +209,8 @@ EXPECTED: dict[tuple[str, str], tuple[Access, str]] = {
     ("/waiter-ping", "GET"): (Access.AUTHENTICATED, "/waiter-ping"),
     ("/apps", "GET"): (Access.AUTHENTICATED, "/apps"),
     ("/apps/instances", "GET"): (Access.AUTHENTICATED, "/apps/instances"),
+    ("/dashboard", "GET"): (Access.AUTHENTICATED, "/dashboard"),
+    ("/dashboard/", "GET"): (Access.AUTHENTICATED, "/dashboard/no-such-file"),
     ("/apps/", "GET"): (Access.AUTHENTICATED, "/apps/{sid}"),
     ("/apps/", "DELETE"): (Access.SERVICE_OWNER, "/apps/{sid}"),
     ("/apps/", "POST"): (Access.SERVICE_OWNER, "/apps/{sid}/instance/{sid}.i1/expire"),
