@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import stat
@@ -264,3 +265,26 @@ def _running(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+async def test_any_worker_answers_metrics_for_all_workers(tmp_path: Path, redis_server: Any) -> None:
+    r = RouterProcess(tmp_path, [backend_token("echo", mem=512)], None, "--workers", "2", redis=redis_server.url)
+    seen: set[str] = set()
+    try:
+        # A new connection for each scrape, so the kernel hands scrapes to both workers; each scraped worker hands
+        # its figures to the supervisor and answers with every worker's it has.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+            await r.ready(client)
+
+            async def both() -> bool:
+                async with client.get(r.url + "/metrics") as resp:
+                    assert resp.status == 200, await resp.text()
+                    text = await resp.text()
+                assert text.count("# TYPE waiter_connections_total counter") == 1  # one family, many workers
+                seen.update(re.findall(r'waiter_connections_total\{worker="([^"]+)"\}', text))
+                return len(seen) == 2
+
+            await eventually(both, timeout=30, what="both workers' series in one scrape")
+        assert sorted(w[-3:] for w in seen) == ["-w0", "-w1"]
+    finally:
+        r.stop()
