@@ -224,6 +224,9 @@ EXPECTED: dict[tuple[str, str], tuple[Access, str]] = {
     ("/tokens/owners", "GET"): (Access.AUTHENTICATED, "/tokens/owners"),
     ("/tokens/reindex", "POST"): (Access.ADMIN, "/tokens/reindex"),
     ("/waiter-interstitial", "GET"): (Access.AUTHENTICATED, "/waiter-interstitial/page"),
+    ("/waiter-async/", "GET"): (Access.AUTHENTICATED, "/waiter-async/status/c/r/{sid}/127.0.0.1/1/s"),
+    ("/waiter-async/", "DELETE"): (Access.AUTHENTICATED, "/waiter-async/complete/c/r/{sid}/127.0.0.1/1/s"),
+    ("/waiter-async/", "POST"): (Access.AUTHENTICATED, "/waiter-async/result/c/r/{sid}/127.0.0.1/1/s"),
 }
 
 

@@ -137,6 +137,7 @@ async def compose(
     await gate.start()
     opened.push_async_callback(gate.close)
     router = Router(settings, tokens, registry, pool, coordinator, autoscaler, gate)
+    opened.push_async_callback(router.async_holds.close)  # before the registry closes: their slots are released
     reaper = Reaper(
         registry,
         coordinator,

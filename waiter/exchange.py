@@ -15,6 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 from waiter.access_log import AccessLog
+from waiter.async_requests import (
+    DEFAULT_CHECK_INTERVAL_SECS,
+    DEFAULT_TIMEOUT_SECS,
+    MAX_TIMEOUT_SECS,
+    backend_location,
+    status_path,
+)
 from waiter.auth import Admission
 from waiter.auth.cookie import AUTH_COOKIE, strip_auth_cookie
 from waiter.auth.stamp import INTERNAL_PREFIX
@@ -61,6 +68,14 @@ Served = tuple[str, float, float, int]
 
 # Requests relayed to the aiohttp app may wait long (a service's queue behind /waiter-ping, a kill with timeout).
 RELAY_TIMEOUT = 900.0
+
+
+def _async_location(upstream: UpstreamResponse, req: Request) -> str | None:
+    """The backend path of a 202's relative Location (None when it has none, or an absolute one)."""
+    location = next((v for k, v in upstream.raw_headers if k.lower() == b"location"), None)
+    if location is None:
+        return None
+    return backend_location(location.decode(ENC, ERRORS), req.target.decode(ENC, ERRORS).split("?", 1)[0])
 
 
 def _interstitial(router: Router, req: Request, service: Service) -> None:
@@ -136,18 +151,20 @@ class Dispatcher:
             conn.answer_error(req, err, cid)
         finally:
             if access is not None:
-                access.write(access.line(
-                    cid=cid.decode(ENC, ERRORS),
-                    method=req.method_str(),
-                    path=req.path,
-                    service=service,
-                    instance_id=served[0] if served else None,
-                    status=status,
-                    sent=conn.sent - sent,
-                    arrived=arrived,
-                    taken=served[1] if served else None,
-                    held=served[2] if served else None,
-                ))
+                access.write(
+                    access.line(
+                        cid=cid.decode(ENC, ERRORS),
+                        method=req.method_str(),
+                        path=req.path,
+                        service=service,
+                        instance_id=served[0] if served else None,
+                        status=status,
+                        sent=conn.sent - sent,
+                        arrived=arrived,
+                        taken=served[1] if served else None,
+                        held=served[2] if served else None,
+                    )
+                )
 
     async def proxy(
         self,
@@ -174,6 +191,7 @@ class Dispatcher:
             return send(host, port, full, body, head_only=head_only, idle_timeout=idle, content_length=length)
 
         instance, upstream, taken = await open_upstream(service, limits, send_to)
+        pending: str | None = None  # the backend's status path of an async request (it keeps the slot)
         try:
             async with upstream:
                 extra = b"x-cid: " + cid + CRLF + admission.response_lines
@@ -181,14 +199,56 @@ class Dispatcher:
                     router_id, text_cid = self.router.settings.router_id, cid.decode(ENC, ERRORS)
                     extra += _header_lines(timing.headers(router_id, text_cid, service, limits, instance))
                 upstream.idle_timeout = limits.streaming_ms / 1000
+                drop = RESPONSE_DROP
+                if upstream.status == 202:
+                    pending = _async_location(upstream, req)
+                    if pending is not None:
+                        rid, text_cid = self.router.settings.router_id, cid.decode(ENC, ERRORS)
+                        path = status_path(text_cid, rid, service.id, instance.host, instance.port, pending)
+                        extra += b"location: " + path.encode(ENC, ERRORS) + CRLF
+                        drop = RESPONSE_DROP | {b"location"}
 
                 def fail(exc: UpstreamError) -> WaiterError:
                     return backend_error(service, instance, exc)
 
-                await _respond(conn, req, upstream, extra, RESPONSE_DROP, fail)
+                await _respond(conn, req, upstream, extra, drop, fail)
         finally:
-            held = service.done(instance.id, taken, upstream.status)
+            if pending is None:
+                held = service.done(instance.id, taken, upstream.status)
+            else:
+                held = time.monotonic() - taken
+                self._hold(service, instance, taken, cid.decode(ENC, ERRORS), pending, options)
         return instance.id, taken, held, upstream.status
+
+    def _hold(
+        self,
+        service: Service,
+        instance: Instance,
+        taken: float,
+        request_id: str,
+        location: str,
+        options: RequestOptions,
+    ) -> None:
+        """The backend works on after its 202: keep the slot until its status URL says it is done."""
+        pool = self.pool
+
+        async def check(path: str) -> int:
+            try:
+                response = await pool.request(instance.host, instance.port, "GET", path, [], None, idle_timeout=30.0)
+                async with response:
+                    return response.status
+            except (UpstreamError, OSError):
+                return 0
+
+        timeout = min(options.async_request_timeout_secs or DEFAULT_TIMEOUT_SECS, MAX_TIMEOUT_SECS)
+        self.router.async_holds.hold(
+            request_id,
+            location,
+            check,
+            lambda: service.done(instance.id, taken, 202),
+            interval=options.async_check_interval_secs or DEFAULT_CHECK_INTERVAL_SECS,
+            timeout=timeout,
+        )
 
     async def relay(self, conn: Connection, req: Request, admission: Admission) -> int:
         """The admin API: the request as received, less hop-by-hop headers, to the aiohttp app, and its answer back.

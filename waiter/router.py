@@ -17,6 +17,7 @@ from waiter import cors
 from waiter import interstitial as splash
 from waiter.api import admin, control
 from waiter.api.common import CID
+from waiter.async_requests import AsyncHolds
 from waiter.auth import PUBLIC, Access, Admission, AuthRequest, Caller, Gate, Permissions
 from waiter.auth.stamp import CALLER_HEADER, SECRET_HEADER, Stamp, read_caller
 from waiter.autoscaler import Autoscaler
@@ -81,6 +82,7 @@ class Router:
         self.stamp = Stamp()  # marks requests the front door relays to the app (see waiter.auth.stamp)
         self._trusted_proxies = tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies)
         self.draining = False
+        self.async_holds = AsyncHolds()  # slots kept for async requests in progress (waiter.async_requests)
         self.front_door: FrontDoor | None = None  # set by the server (waiter.server) once it listens
         self.metrics_peers: Peers | None = None  # the supervisor, when this router is one of --workers
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}

@@ -1,8 +1,8 @@
 """A test backend run as a real instance process: echo, slow, streaming, crashing, websocket endpoints.
 
 Listens on $PORT0. It records its own current and peak number of concurrent requests (GET /stats) so tests can
-check the router never exceeds concurrency-level. Knobs via environment:
-STARTUP_DELAY_MS (sleep before listening), HEALTH_STATUS (status of /status, default 200),
+check the router never exceeds concurrency-level; POST /async?ms=N starts an async job (202, a Location to poll).
+Knobs via environment: STARTUP_DELAY_MS (sleep before listening), HEALTH_STATUS (status of /status, default 200),
 HEALTH_FAIL_FILE (while this file exists, /status answers 500).
 """
 
@@ -121,6 +121,29 @@ async def ws(request: web.Request) -> web.WebSocketResponse:
     return sock
 
 
+jobs: dict[str, float] = {}  # async job id -> when it is done (time.monotonic())
+
+
+async def async_start(request: web.Request) -> web.Response:
+    # Waiter's async protocol: 202 with a relative Location to poll; the work goes on after the response.
+    job = str(len(jobs) + 1)
+    jobs[job] = time.monotonic() + int(request.query.get("ms", "1000")) / 1000
+    return web.Response(status=202, text=f"accepted {job}", headers={"location": f"async/status/{job}"})
+
+
+async def async_status(request: web.Request) -> web.Response:
+    job = request.match_info["job"]
+    if job not in jobs:
+        return web.Response(status=404, text="no such job")
+    if time.monotonic() < jobs[job]:
+        return web.Response(status=200, text="running")
+    return web.Response(status=303, text="done", headers={"location": f"/async/result/{job}"})
+
+
+async def async_result(request: web.Request) -> web.Response:
+    return web.Response(text=f"result {request.match_info['job']}")
+
+
 async def close_listener(request: web.Request) -> web.Response:
     # Stop accepting and drop every open connection but keep running: the router must find connections refused.
     async def close() -> None:
@@ -171,6 +194,9 @@ def main() -> None:
     app.router.add_get("/crash-before", crash_before)
     app.router.add_get("/ws", ws)
     app.router.add_get("/close-listener", close_listener)
+    app.router.add_post("/async", async_start)
+    app.router.add_get("/async/status/{job}", async_status)
+    app.router.add_get("/async/result/{job}", async_result)
     app.router.add_route("*", "/{tail:.*}", hello)
     asyncio.run(serve(app, int(os.environ["PORT0"])))
 

@@ -92,7 +92,7 @@ PREFIXES: list[tuple[str, dict[str, Handler]]] = []
 # Paths that are always the router's own, whatever the Host and headers (docs/api.md §0.2 rule 1).
 ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping", "/token", "/tokens", "/waiter-auth"}
 # Path prefixes that are always the router's own (rule 2).
-API_PREFIXES = ("/waiter-interstitial/",)
+API_PREFIXES = ("/waiter-interstitial/", "/waiter-async/")
 
 
 def find(path: str) -> dict[str, Handler] | None:
@@ -144,7 +144,7 @@ async def dispatch(
 
 
 def _register() -> None:
-    from waiter.api import dashboard, interstitial, metrics, services, state, tokens
+    from waiter.api import async_api, dashboard, interstitial, metrics, services, state, tokens
 
     EXACT["/metrics"] = {"GET": metrics.metrics}
     EXACT.update(services.EXACT)
@@ -155,6 +155,7 @@ def _register() -> None:
     PREFIXES.extend(interstitial.PREFIXES)
     EXACT.update(dashboard.EXACT)
     PREFIXES.extend(dashboard.PREFIXES)
+    PREFIXES.extend(async_api.PREFIXES)
     undeclared = [f"{method} {path}" for path, method, handler in routes() if policy_of(handler) is None]
     if undeclared:
         raise RuntimeError(f"Endpoints without an access policy (decorate them with @access): {undeclared}")
