@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ from waiter.aio import raise_if_cancelling
 from waiter.availability import Availability
 from waiter.registry import ServiceRegistry
 from waiter.reservation import Reservations
+from waiter.scheduler.base import KeepsRecords
 from waiter.service import DemandHook, Service, SlotsPolicy, all_slots, resolved_from_record, service_record
 from waiter.state.base import RouterStats, SharedState, StateUnavailable
 
@@ -256,7 +258,29 @@ class Coordinator:
             if sid not in self.registry.services and sid not in deleted:
                 self.registry.adopt(resolved_from_record(record))
                 self._registered.add(sid)
+        self._adopt_kept(deleted)
         self._registered.intersection_update(self.registry.services)  # services reaped or deleted meanwhile
+
+    def _adopt_kept(self, deleted: set[str]) -> None:
+        """Take on the services the scheduler runs and keeps a record of, though no router registered them here:
+        after a restart without shared state (Marathon keeps the record as an app label), /apps, scaling and
+        reaping see them again instead of leaving them to run unmanaged."""
+        scheduler = self.registry.scheduler
+        if not isinstance(scheduler, KeepsRecords):
+            return
+        for sid in scheduler.service_ids():
+            if sid in self.registry.services or sid in deleted:
+                continue
+            raw = scheduler.service_record(sid)
+            if not raw:
+                continue
+            try:
+                resolved = resolved_from_record(json.loads(raw))
+            except (ValueError, TypeError, KeyError) as error:
+                log.warning("Cannot take on service %s from its scheduler's record: %s", sid, error)
+                continue
+            log.info("Taking on service %s, which the scheduler runs, from its record", sid)
+            self.registry.adopt(resolved)
 
     async def forget(self, service_id: str) -> None:
         """A service was deleted through this router: tell the others."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -72,6 +73,7 @@ def spec_from(resolved: ResolvedService) -> ServiceSpec:
         termination_grace_period_secs=d.termination_grace_period_secs,
         restart_backoff_factor=d.restart_backoff_factor,
         token=",".join(t for t, _ in resolved.source_tokens),
+        record=json.dumps(service_record(resolved), sort_keys=True, separators=(",", ":")),
     )
 
 

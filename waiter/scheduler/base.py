@@ -54,6 +54,9 @@ class ServiceSpec:
     termination_grace_period_secs: int = SERVICE_PARAMS["termination-grace-period-secs"].default
     restart_backoff_factor: float = float(SERVICE_PARAMS["restart-backoff-factor"].default)
     token: str = ""
+    # The router's record of the service (JSON), stored with it by a back-end that can (Marathon: an app label), so
+    # a router restarted without shared state takes the service on again (see ``KeepsRecords``).
+    record: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,13 @@ class SchedulerError(Exception):
 
 
 Listener = Callable[[str], None]
+
+
+@runtime_checkable
+class KeepsRecords(Protocol):
+    """A back-end that stores ``ServiceSpec.record`` with each service and gives it back, also after a restart."""
+
+    def service_record(self, service_id: str) -> str | None: ...
 
 
 @runtime_checkable

@@ -206,6 +206,11 @@ class MarathonScheduler:
     def service_ids(self) -> list[str]:
         return list(self._books)
 
+    def service_record(self, service_id: str) -> str | None:
+        """The router's record of a service, from its app's label (``KeepsRecords``)."""
+        book = self._books.get(service_id)
+        return None if book is None else book.record
+
     def service_state(self, service_id: str) -> ServiceState | None:
         book = self._books.get(service_id)
         return None if book is None else book.snapshot()

@@ -25,6 +25,7 @@ from waiter.scheduler.exits import exit_code_of
 JSON = dict[str, Any]
 ACTIVE_STATES = frozenset({"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING"})
 MAX_ENDED = 10  # kept per list (failed, killed), as the local scheduler does
+RECORD_LABEL = "waiter-record"  # the router's record of the service (ServiceSpec.record)
 _SERVICE_ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
 
@@ -93,7 +94,11 @@ def app_descriptor(
         "instances": instances,
         "ports": [0] * spec.ports,
         "env": app_environment(spec, cluster_name, user),
-        "labels": {"source": "waiter", "user": spec.run_as_user},
+        "labels": {
+            "source": "waiter",
+            "user": spec.run_as_user,
+            **({RECORD_LABEL: spec.record} if spec.record else {}),
+        },
         "healthChecks": [
             {
                 "protocol": "HTTP",
@@ -232,6 +237,7 @@ class AppBook:
     killed: collections.deque[Instance] = field(default_factory=lambda: collections.deque(maxlen=MAX_ENDED))
     recorded: dict[str, None] = field(default_factory=dict)  # ids already ended (bounded, oldest first)
     changed_at: int = 0  # the scheduler's change counter when we last changed this book ourselves
+    record: str | None = None  # the router's record of the service, from the app's label
 
     def observe(self, app: Mapping[str, Any], naming: Naming, place: Place) -> None:
         """Take in Marathon's view of the app: tasks now listed, tasks gone since, its last task failure.
@@ -239,6 +245,9 @@ class AppBook:
         An answer without ``tasks`` (e.g. the AppInfo a create returns) says nothing about them.
         """
         self.requested = int(app.get("instances", self.requested))
+        labels = app.get("labels")
+        if isinstance(labels, Mapping) and isinstance(labels.get(RECORD_LABEL), str):
+            self.record = labels[RECORD_LABEL]
         if "tasks" not in app:
             return
         listed: dict[str, Instance] = {}
