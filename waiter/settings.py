@@ -98,7 +98,7 @@ class ScalingConfig:
     kill_interval_ms: int = 1000  # at most one scale-down kill per service this often
     burst_enabled: bool = True
     burst_threshold: float = 2.0  # burst when the need is at least this many times the healthy instances
-    burst_stable_window_secs: float = 60.0  # no scale-down until the burst condition has been gone this long
+    burst_stable_window_secs: float = 60.0  # a burst holds its highest throughput need this long
     burst_drain_secs: float = 1.0  # a burst adds the instances that serve the queue within this many seconds
     publish_interval_ms: int = 100  # how often a router shares its counts (and reads the others')
     router_ttl_ms: int = 3000  # a router that stops heartbeating is forgotten after this
