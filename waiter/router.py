@@ -19,6 +19,7 @@ from waiter.api import admin, control
 from waiter.api.common import CID
 from waiter.async_requests import AsyncHolds
 from waiter.auth import PUBLIC, Access, Admission, AuthRequest, Caller, Gate, Permissions
+from waiter.auth.gate import header_lines
 from waiter.auth.stamp import CALLER_HEADER, SECRET_HEADER, Stamp, read_caller
 from waiter.autoscaler import Autoscaler
 from waiter.coordinator import Coordinator
@@ -53,10 +54,6 @@ def _action(method: str, path: str) -> str:
     if len(parts) >= 5 and parts[2] == "instance":
         return f"{parts[4]} instance {parts[3]} of"
     return parts[-1]
-
-
-def _lines(headers: tuple[tuple[str, str], ...]) -> bytes:
-    return "".join(f"{name}: {value}\r\n" for name, value in headers).encode()
 
 
 class Router:
@@ -321,7 +318,7 @@ class Router:
             preflight = cors.preflight(meta, method, path, request.headers)
             if preflight is not None:
                 return Admission(None, answer=(204, preflight))
-            lines = _lines(cors.response_headers(meta, method, path, request.headers.get("origin", "")))
+            lines = header_lines(cors.response_headers(meta, method, path, request.headers.get("origin", "")))
         disabled = resolved.core.get("authentication") == "disabled"
         if disabled and len(resolved.source_tokens) == 1 and not resolved.on_the_fly:
             return Admission(None, response_lines=lines)

@@ -666,16 +666,14 @@ def _auth(top: _Reader, base: AuthConfig, problems: list[str]) -> AuthConfig:
                 "or a list of them without repeats (tried in order)."
             )
     one = _Reader(r.mapping("one-user"), "authenticator.one-user.", problems)
-    one_user = one.string("user", base.one_user) if one.has("user") else base.one_user
+    one_user = one.string("user", base.one_user)
     one.check_unknown()
     jwt = _jwt(_Reader(r.mapping("jwt"), "authenticator.jwt.", problems), base.jwt, "jwt" in kinds)
     krb = _Reader(r.mapping("kerberos"), "authenticator.kerberos.", problems)
-    keytab = krb.string("keytab", str(base.kerberos.keytab or "")) if krb.has("keytab") else None
+    keytab = krb.string("keytab", "")
     kerberos = KerberosConfig(
         keytab=Path(keytab) if keytab else base.kerberos.keytab,
-        service_principal=krb.string("service-principal", base.kerberos.service_principal)
-        if krb.has("service-principal")
-        else base.kerberos.service_principal,
+        service_principal=krb.string("service-principal", base.kerberos.service_principal),
     )
     krb.check_unknown()
     th = _Reader(r.mapping("trusted-header"), "authenticator.trusted-header.", problems)
@@ -689,7 +687,7 @@ def _auth(top: _Reader, base: AuthConfig, problems: list[str]) -> AuthConfig:
     th.check_unknown()
     r.check_unknown()
     cookie = _Reader(top.mapping("auth-cookie"), "auth-cookie.", problems)
-    secret = cookie.string("secret", base.cookie_secret) if cookie.has("secret") else base.cookie_secret
+    secret = cookie.string("secret", base.cookie_secret)
     if secret and len(secret) < 16:
         problems.append("auth-cookie.secret is too short: use at least 16 characters (32 random bytes is best).")
     same_site = cookie.string("same-site", base.cookie_same_site)
@@ -710,8 +708,8 @@ def _auth(top: _Reader, base: AuthConfig, problems: list[str]) -> AuthConfig:
 
 
 def _jwt(r: _Reader, base: JwtConfig, used: bool) -> JwtConfig:
-    url = r.string("jwks-url", base.jwks_url) if r.has("jwks-url") else base.jwks_url
-    file = r.string("jwks-file", str(base.jwks_file or "")) if r.has("jwks-file") else None
+    url = r.string("jwks-url", base.jwks_url)
+    file = r.string("jwks-file", "")
     jwks_file = Path(file) if file else base.jwks_file
     if url and urlsplit(url).scheme not in ("http", "https"):
         r.problems.append(f"authenticator.jwt.jwks-url is {redact_url(url)!r} but must be an http:// or https:// URL.")
@@ -720,8 +718,8 @@ def _jwt(r: _Reader, base: JwtConfig, used: bool) -> JwtConfig:
             "authenticator.jwt needs exactly one of jwks-url (the issuer's JWKS endpoint) and jwks-file; "
             f"got {'both' if url else 'neither'}."
         )
-    issuer = r.string("issuer", base.issuer) if r.has("issuer") else base.issuer
-    audience = r.string("audience", base.audience) if r.has("audience") else base.audience
+    issuer = r.string("issuer", base.issuer)
+    audience = r.string("audience", base.audience)
     if used and not issuer:
         r.problems.append("authenticator.jwt.issuer is not set but is required: the iss every token must carry.")
     if used and not audience:

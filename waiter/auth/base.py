@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,7 +12,7 @@ from waiter.errors import HeaderLookup, WaiterError
 class Caller:
     user: str  # the user name permissions are checked against
     principal: str  # how the authenticator knows them (e.g. user@REALM)
-    method: str  # which authenticator vouched for them (one-user, jwt, kerberos, trusted-header, cookie)
+    method: str  # which authenticator vouched for them (one-user, jwt, kerberos, trusted-header)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +39,6 @@ class AuthRequest(Protocol):
     def peer(self) -> str:
         """The address of the connection's other end (never a forwarded header)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class SimpleAuthRequest:
-    headers: Mapping[str, str]  # lowercase names
-    peer: str
 
 
 def unauthenticated(message: str, challenges: tuple[str, ...] = ()) -> WaiterError:

@@ -24,8 +24,9 @@ COOKIE_SECRET_KEY = "waiter:auth-cookie-secret"
 @dataclass(frozen=True, slots=True)
 class Admission:
     caller: Caller | None  # None: a public endpoint, or a token with authentication disabled
-    set_cookies: tuple[str, ...] = ()  # Set-Cookie values for the response (after an authenticator vouched)
-    response_lines: bytes = b""  # head lines every response gets: those cookies, CORS headers
+    # Head lines every response to the request gets: the auth cookies (after an authenticator vouched), Kerberos's
+    # mutual-authentication token, CORS headers.
+    response_lines: bytes = b""
     strip_authorization: bool = False  # the Authorization header carried the router's credentials
     # Answer this at once instead of serving the request (a CORS preflight, an https redirect).
     answer: tuple[int, tuple[tuple[str, str], ...]] | None = None
@@ -34,7 +35,8 @@ class Admission:
 PUBLIC = Admission(None)
 
 
-def _lines(headers: tuple[tuple[str, str], ...]) -> bytes:
+def header_lines(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """Headers as lines of a response head."""
     return "".join(f"{name}: {value}\r\n" for name, value in headers).encode()
 
 
@@ -80,10 +82,8 @@ class Gate:
         if cookies is not None and not self.authenticators.vouches_for_all:
             caller = cookies.from_header(request.headers.get("cookie", ""))
             if caller is not None:
-                return Admission(caller, (), b"", strip)
+                return Admission(caller, strip_authorization=strip)
         identity = await self.authenticators.authenticate(request)
         caller, reply = identity.caller, identity.reply
-        if cookies is None:
-            return Admission(caller, (), _lines(reply), strip)
-        issued = cookies.issue(caller)
-        return Admission(caller, issued.set_cookies, issued.lines + _lines(reply) if reply else issued.lines, strip)
+        lines = header_lines(reply) if cookies is None else cookies.issue(caller).lines + header_lines(reply)
+        return Admission(caller, lines, strip)
