@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import RunningRouter, backend_token, on_the_fly_headers
 from tests.identity import AUDIENCE, ISSUER, Issuer
-from waiter.api import admin
+from waiter.api.routes import admin_routes
 from waiter.auth import Access, policy_of
 from waiter.auth.cookie import AUTH_COOKIE, EXPIRES_COOKIE
 
@@ -231,7 +231,7 @@ EXPECTED: dict[tuple[str, str], tuple[Access, str]] = {
 
 
 def test_every_route_is_in_the_policy_table() -> None:
-    table = {(path, method): policy_of(handler) for path, method, handler in admin.routes()}
+    table = {(path, method): policy_of(handler) for path, method, handler in admin_routes().routes()}
     missing = sorted(set(table) - set(EXPECTED))
     assert not missing, f"routes without a line in EXPECTED (add their policy and a probe path): {missing}"
     assert {key: policy for key, (policy, _) in EXPECTED.items() if key in table} == table

@@ -14,7 +14,6 @@ from tests.conftest import BACKEND_CMD, RunningRouter, backend_token
 from tests.support import eventually
 from tests.test_frontdoor import Response, close, connect, read_response
 from waiter import jsonbounds
-from waiter.api import admin
 from waiter.availability import Availability
 from waiter.params import text_problems
 from waiter.text import printable
@@ -86,7 +85,7 @@ async def test_an_unexpected_failure_is_a_500_naming_the_cid_logged_once(
 
     # A fault injected into the running router: a bug anywhere on the request path.
     monkeypatch.setattr(r.router, "service_for", broken)
-    monkeypatch.setitem(admin.EXACT, "/status", {"GET": broken})
+    monkeypatch.setitem(r.router.routes.exact, "/status", {"GET": broken})
     caplog.set_level(logging.ERROR)
     for path, extra in ((b"/", b"x-waiter-token: echo"), (b"/status", b"x-waiter-debug: true")):
         caplog.clear()

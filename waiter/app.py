@@ -12,6 +12,7 @@ from aiohttp import web
 
 from waiter.aio import stop
 from waiter.api import metrics
+from waiter.api.routes import admin_routes
 from waiter.auth import Gate
 from waiter.autoscaler import Autoscaler, wake_when_unserved
 from waiter.coordinator import Coordinator, slots_policy, wake_on_demand
@@ -136,7 +137,7 @@ async def compose(
     gate = Gate(settings)
     await gate.start()
     opened.push_async_callback(gate.close)
-    router = Router(settings, tokens, registry, pool, coordinator, autoscaler, gate)
+    router = Router(settings, tokens, registry, pool, coordinator, autoscaler, gate, admin_routes())
     opened.push_async_callback(router.async_holds.close)  # before the registry closes: their slots are released
     reaper = Reaper(
         registry,

@@ -39,6 +39,7 @@ from waiter.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from waiter.api.metrics import Peers
+    from waiter.api.routes import RouteTable
     from waiter.frontdoor import FrontDoor
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Router:
         coordinator: Coordinator,
         autoscaler: Autoscaler,
         gate: Gate,
+        routes: RouteTable,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
@@ -75,6 +77,7 @@ class Router:
         self.autoscaler = autoscaler
         self.resolver = Resolver(settings, tokens, self._core_of)
         self.gate = gate  # who calls (waiter.auth): admit() asks it for every request that is not public
+        self.routes = routes  # the admin API's endpoints and their policies (waiter.api.routes)
         self.permissions = Permissions.of(settings)
         self.stamp = Stamp()  # marks requests the front door relays to the app (see waiter.auth.stamp)
         self._trusted_proxies = tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies)
@@ -295,7 +298,7 @@ class Router:
         authenticated unless their one token disables authentication; what they may run is checked once the
         service is resolved (resolve_for)."""
         if api:
-            policy = admin.policy(path, method)
+            policy = self.routes.policy(path, method)
             if policy is Access.PUBLIC:
                 return PUBLIC
             admission = await self.gate.authenticate(request)
@@ -369,7 +372,7 @@ class Router:
         received_at = time.time()
         try:
             await self._load_pseudo_tokens(headers)
-            response = await admin.dispatch(self, request, headers)
+            response = await self.routes.dispatch(self, request, headers)
             if not response.prepared:
                 response.headers["x-cid"] = cid
             return response

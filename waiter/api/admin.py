@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from waiter.api.common import json_response
-from waiter.auth import Access, access, policy_of
-from waiter.errors import WaiterError
+from waiter.auth import Access, access
 from waiter.lifecycle import MESSAGES
 from waiter.version import SERVER_HEADER
 
@@ -75,8 +74,8 @@ async def waiter_auth(router: Router, request: web.BaseRequest, _h: tuple[tuple[
     return web.Response(text=caller.user, headers=headers)
 
 
-# path -> method -> handler; every handler declares its policy (waiter.auth.policy). Other modules add their
-# endpoints here (see waiter.api.services).
+# path -> method -> handler; every handler declares its policy (waiter.auth.policy). The table of every module's
+# endpoints is built by waiter.api.routes.
 EXACT: dict[str, dict[str, Handler]] = {
     "/": {"GET": welcome},
     "/favicon.ico": {"GET": favicon},
@@ -86,8 +85,6 @@ EXACT: dict[str, dict[str, Handler]] = {
     "/app-name": {"GET": service_id},
     "/waiter-auth": {"GET": waiter_auth},
 }
-# Prefix routes, tried in order when no exact path matches: (prefix, method -> handler).
-PREFIXES: list[tuple[str, dict[str, Handler]]] = []
 
 # Paths that are always the router's own, whatever the Host and headers (docs/api.md §0.2 rule 1).
 ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping", "/token", "/tokens", "/waiter-auth"}
@@ -95,70 +92,8 @@ ALWAYS_API = {"/service-id", "/app-name", "/waiter-ping", "/token", "/tokens", "
 API_PREFIXES = ("/waiter-interstitial/", "/waiter-async/")
 
 
-def find(path: str) -> dict[str, Handler] | None:
-    handlers = EXACT.get(path)
-    if handlers is not None:
-        return handlers
-    for prefix, handlers in PREFIXES:
-        if path.startswith(prefix):
-            return handlers
-    return None
-
-
-def routes() -> list[tuple[str, str, Handler]]:
-    """Every (path or prefix, method, handler) of the table."""
-    table = [*EXACT.items(), *PREFIXES]
-    return [(path, method, handler) for path, handlers in table for method, handler in handlers.items()]
-
-
-def policy(path: str, method: str) -> Access:
-    """Who may call ``method path``; paths and methods the table does not have need an authenticated caller
-    (they are answered 404 or 405 after authentication, so unknown paths reveal nothing to strangers)."""
-    handlers = find(path)
-    handler = handlers.get("GET" if method == "HEAD" else method) if handlers is not None else None
-    found = policy_of(handler) if handler is not None else None
-    return found or Access.AUTHENTICATED
-
-
 def service_id_of(path: str) -> str | None:
     """The service a /apps/{id}... path names."""
     if not path.startswith("/apps/"):
         return None
     return path[len("/apps/") :].split("/", 1)[0] or None
-
-
-async def dispatch(
-    router: Router, request: web.BaseRequest, headers: tuple[tuple[str, str], ...]
-) -> web.StreamResponse:
-    handlers = find(request.path)
-    if handlers is None:
-        raise WaiterError(404, "Not found")
-    method = "GET" if request.method == "HEAD" else request.method
-    handler = handlers.get(method)
-    if handler is None:
-        allowed = ", ".join(sorted(handlers))
-        raise WaiterError(
-            405, f"Method {request.method} is not allowed on {request.path}; use {allowed}.", headers={"allow": allowed}
-        )
-    return await handler(router, request, headers)
-
-
-def _register() -> None:
-    from waiter.api import async_api, dashboard, interstitial, metrics, services, state, tokens
-
-    EXACT["/metrics"] = {"GET": metrics.metrics}
-    EXACT.update(services.EXACT)
-    EXACT.update(tokens.EXACT)
-    EXACT.update(state.EXACT)
-    PREFIXES.extend(services.PREFIXES)
-    PREFIXES.extend(state.PREFIXES)
-    PREFIXES.extend(interstitial.PREFIXES)
-    EXACT.update(dashboard.EXACT)
-    PREFIXES.extend(dashboard.PREFIXES)
-    PREFIXES.extend(async_api.PREFIXES)
-    undeclared = [f"{method} {path}" for path, method, handler in routes() if policy_of(handler) is None]
-    if undeclared:
-        raise RuntimeError(f"Endpoints without an access policy (decorate them with @access): {undeclared}")
-
-
-_register()
