@@ -15,7 +15,7 @@ Two ways an instance could outlive its router, two answers:
   next router started on the same work dir finds the pid files whose owner is no longer alive and stops those
   instances before it launches anything.
 
-Run as ``python -m waiter.scheduler.leftovers WORK_DIR OWNER_PID OWNER_START`` it is the watchdog.
+Run as ``python leftovers.py WORK_DIR OWNER_PID OWNER_START`` it is the watchdog (it imports nothing of waiter).
 """
 
 from __future__ import annotations
@@ -171,7 +171,9 @@ def start_watchdog(work_dir: Path) -> subprocess.Popen[bytes]:
     started = start_time(me)
     assert started is not None, "this process is alive"
     return subprocess.Popen(
-        [sys.executable, "-m", "waiter.scheduler.leftovers", str(work_dir), str(me), repr(started)],
+        # Run as a file, not with -m: importing the waiter package would cost a second of CPU per router; this
+        # module needs only the standard library and psutil. -P keeps this directory off sys.path.
+        [sys.executable, "-P", __file__, str(work_dir), str(me), repr(started)],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
