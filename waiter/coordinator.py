@@ -217,9 +217,8 @@ class Coordinator:
             self.view = view
         released = await self._lease_all()
         waiting = any(s.reservations.queued for s in self.registry.services.values())
-        if waiting or released or self._told_waiting:
-            # Peers (and the leader's scaling) see our counts as they are now: a queue, that it is gone once served,
-            # or that the slot given back serves nothing here, so one request is never counted by two routers.
+        if waiting or self._told_waiting:
+            # Peers see our queue now (and, once served, that it is gone, so nobody counts it twice).
             await state.publish_stats(self.router_id, self.local_stats(), self.stats_ttl_ms)
             self._told_waiting = waiting
         if released or waiting:
