@@ -124,10 +124,23 @@ async def test_scale_down_goes_one_by_one_and_never_kills_a_busy_instance(redis_
         i for i in (await app_of(a, sid))["instances"]["killed-instances"] if i.get("message") == "Killed to scale down"
     ]
     assert len(killed) >= 2
+    # A victim still starting (burst mode releases instances started before anything was measured) has no SIGTERM
+    # handler yet and could not have served; every victim that had one says it was idle, and at least one had one.
+    written = []
     for instance in killed:
         busy = Path(instance["log-directory"], "busy-at-sigterm")
-        await eventually(_exists(busy), what=f"{busy} written at SIGTERM")
-        assert busy.read_text() == "0", f"{instance['id']} was killed while serving a request"
+        if await _written_soon(busy):
+            written.append(instance["id"])
+            assert busy.read_text() == "0", f"{instance['id']} was killed while serving a request"
+    assert written, "no scale-down victim had started serving"
+
+
+async def _written_soon(path: Path, timeout: float = 3.0) -> bool:
+    try:
+        await eventually(_exists(path), what=str(path), timeout=timeout)
+    except AssertionError:
+        return False
+    return True
 
 
 def _exists(path: Path):  # type: ignore[no-untyped-def]
