@@ -30,6 +30,7 @@ BACKEND_DEBUG = {
     "x-waiter-backend-port",
     "x-waiter-backend-proto",
     "x-waiter-backend-directory",
+    "x-waiter-backend-log-url",
     "x-waiter-get-available-instance-ns",
     "x-waiter-backend-response-ns",
 }
@@ -135,3 +136,23 @@ async def test_ping_of_an_unknown_token_is_a_descriptor_error_with_the_error_bod
     assert result["result"] == "descriptor-error"
     assert result["status"] == 404
     assert json.loads(result["body"])["waiter-error"]["message"] == "Couldn't find token nope"
+
+
+async def test_an_instances_logs_are_listed_for_its_owner_and_only_inside_its_sandbox(make_router) -> None:
+    r = await make_router([backend_token("echo")])
+    async with r.client.get(r.url + "/hello", headers={**TOKEN, "x-waiter-debug": "true"}) as resp:
+        assert resp.status == 200
+        log_url = resp.headers["x-waiter-backend-log-url"]
+    sid = await r.service_id(TOKEN)
+    (instance,) = (await r.instances(sid))["active-instances"]
+    assert instance["log-url"] == r.url + log_url
+    files = {f["name"]: f for f in await r.get_json(log_url)}
+    assert {"stdout", "stderr"} <= files.keys()
+    assert files["stderr"]["type"] == "file" and files["stderr"]["url"].startswith("file:///")
+    assert isinstance(files["stderr"]["size"], int)
+    async with r.client.get(r.url + log_url + "&directory=../..", headers=JSON) as resp:
+        assert resp.status == 400
+        assert "outside the instance's sandbox" in (await resp.json())["waiter-error"]["message"]
+    async with r.client.get(r.url + f"/apps/{sid}/logs?instance-id=nope", headers=JSON) as resp:
+        assert resp.status == 404
+        assert "instance-id 'nope'" in (await resp.json())["waiter-error"]["message"]

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from waiter.errors import WaiterError, iso_millis
 from waiter.scheduler.base import Instance
 from waiter.service import Timeouts
+
+
+def log_path(service_id: str, instance_id: str, host: str, directory: str | None = None) -> str:
+    """The router path that lists an instance's sandbox (or one of its directories)."""
+    query = {"instance-id": instance_id, "host": host}
+    if directory:
+        query["directory"] = directory
+    return f"/apps/{service_id}/logs?{urlencode(query)}"
 
 
 def wants_debug(waiter_headers: Sequence[tuple[str, str]]) -> bool:
@@ -61,6 +70,9 @@ def debug_headers(info: DebugInfo) -> list[tuple[str, str]]:
         ]
         if instance.log_directory:
             headers.append(("x-waiter-backend-directory", instance.log_directory))
+            # On this router (the one that answered): GET it for the sandbox's files.
+            log_url = log_path(instance.service_id, instance.id, instance.host)
+            headers.append(("x-waiter-backend-log-url", log_url))
     elif info.instance_id is not None:
         headers.append(("x-waiter-backend-id", info.instance_id))
     if info.get_instance_ns is not None:

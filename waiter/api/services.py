@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from waiter.api import control, watch
+from waiter.api import control, logs, watch
 from waiter.api.common import base_url, included, json_response, query_true, request_cid
 from waiter.api.filters import Filter, lookup
 from waiter.api.views import Cluster, inactive_detail, service_detail, service_status, service_summary
 from waiter.auth import Access, access
+from waiter.debug import log_path
 from waiter.errors import WaiterError, iso_millis, render_error_parts
 from waiter.service import Service
 from waiter.state import StateUnavailable
@@ -95,6 +96,8 @@ async def app_get(router: Router, request: web.BaseRequest, _h: Headers) -> web.
     parts = _split(request.path)
     if len(parts) == 2 and parts[1] == "override":
         return await control.get_override(router, request, parts[0])
+    if len(parts) == 2 and parts[1] == "logs":
+        return await logs.logs(router, request, parts[0])
     if len(parts) != 1:
         if len(parts) == 4 and parts[1] == "instance":
             return json_response({"message": "Method not allowed"}, 405)
@@ -112,6 +115,11 @@ async def app_get(router: Router, request: web.BaseRequest, _h: Headers) -> web.
     body = service_detail(service, router.settings.router_id, cluster_view(router), effective=effective)
     body["current-for-tokens"] = current_for_tokens(router, service)
     body.update(control.shown(service))
+    base = base_url(request)
+    for listed in body["instances"].values():
+        for instance in listed:
+            if instance.get("log-directory"):
+                instance["log-url"] = base + log_path(service.id, instance["id"], instance["host"])
     return json_response(body)
 
 
