@@ -60,17 +60,18 @@ class Gate:
         fresh = secrets.token_hex(32)
         if not self.settings.redis:
             return fresh.encode()
-        import redis.asyncio as aioredis
+        # the one way to reach Redis, Sentinel URLs included (waiter.redis_client)
+        from waiter.redis_client import RedisConnection
 
-        client = aioredis.from_url(self.settings.redis, socket_timeout=5.0, socket_connect_timeout=5.0)
+        connection = RedisConnection(self.settings.redis, timeout=5.0, health_check_interval=0, decode_responses=False)
         try:
-            await client.set(COOKIE_SECRET_KEY, fresh, nx=True)
-            stored = await client.get(COOKIE_SECRET_KEY)
+            await connection.client.set(COOKIE_SECRET_KEY, fresh, nx=True)
+            stored = await connection.client.get(COOKIE_SECRET_KEY)
         except Exception as exc:
             log.warning("cannot share the auth cookie secret through Redis (%s); cookies work on this router only", exc)
             return fresh.encode()
         finally:
-            await client.aclose()
+            await connection.aclose()
         if isinstance(stored, str):
             return stored.encode()
         return stored if isinstance(stored, bytes) else fresh.encode()
