@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.cookies import CookieError, SimpleCookie
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -83,15 +82,11 @@ class CookieJar:
 
     def from_header(self, cookie_header: str) -> Caller | None:
         """The caller of the request's x-waiter-auth cookie (from its Cookie header), if valid."""
-        if AUTH_COOKIE not in cookie_header:
-            return None
-        jar: SimpleCookie = SimpleCookie()
-        try:
-            jar.load(cookie_header)
-        except CookieError:
-            return None
-        morsel = jar.get(AUTH_COOKIE)
-        return self.open(morsel.value) if morsel is not None else None
+        for part in cookie_header.split(";") if AUTH_COOKIE in cookie_header else ():
+            name, _, value = part.strip().partition("=")
+            if name == AUTH_COOKIE:
+                return self.open(value.strip('"'))
+        return None
 
     def issue(self, caller: Caller) -> Issued:
         now = self._clock()
