@@ -184,3 +184,19 @@ def test_insecure_flag_lets_a_non_loopback_one_user_router_start(tmp_path: Path)
         timeout=30,
     )
     assert proc.returncode == 2 and "not a loopback address" not in proc.stderr and "port is 70000" in proc.stderr
+
+
+def test_settings_show_the_authenticator_but_never_the_cookie_secret(tmp_path: Path) -> None:
+    import json
+
+    config = tmp_path / "c.yaml"
+    secret = "s3cret-shared-by-all-routers-0123"
+    config.write_text(
+        "authenticator: {kind: [jwt, one-user], jwt: {jwks-url: 'https://u:pw@issuer/jwks', issuer: i, audience: a}}\n"
+        f"auth-cookie: {{secret: {secret}, max-age-secs: 600, same-site: Strict}}\n"
+    )
+    shown = load_settings(config).public()
+    assert shown["authenticator"]["kind"] == ["jwt", "one-user"]
+    assert shown["authenticator"]["jwt"]["jwks-url"] == "https://u:***@issuer/jwks"
+    assert shown["auth-cookie"] == {"max-age-secs": 600, "same-site": "Strict"}
+    assert secret not in json.dumps(shown) and ":pw@" not in json.dumps(shown)
