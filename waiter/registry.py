@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from waiter.api.views import instance_json
+from waiter.instance_view import instance_json
 from waiter.scheduler.base import Instance, Scheduler
 from waiter.service import DemandHook, ResolvedService, Service, SlotsPolicy, all_slots, service_record
 from waiter.settings import HealthConfig

@@ -8,41 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from waiter.errors import iso_millis
-from waiter.instances import TrackedInstance
+from waiter.instance_view import instance_json
 from waiter.lifecycle import is_expired
-from waiter.scheduler.base import Instance, InstanceFlag
+from waiter.scheduler.base import Instance
 from waiter.service import Service
-
-
-def instance_json(
-    instance: Instance, tracked: TrackedInstance | None = None, *, expired: bool = False
-) -> dict[str, Any]:
-    healthy = bool(tracked and tracked.healthy)
-    flags = set(instance.flags)
-    if expired:
-        flags.add(InstanceFlag.EXPIRED)
-    body: dict[str, Any] = {
-        "id": instance.id,
-        "service-id": instance.service_id,
-        "started-at": iso_millis(instance.started_at),
-        "healthy?": healthy,
-        "status": "Healthy" if healthy else "Unhealthy",
-        "host": instance.host,
-        "port": instance.port,
-        "extra-ports": list(instance.extra_ports),
-        "log-directory": instance.log_directory,
-        "flags": sorted(flags),
-        "killed?": instance.killed,
-        "failed?": instance.failed,
-    }
-    if tracked is not None and tracked.last_status is not None:
-        body["health-check-status"] = tracked.last_status
-    if instance.exit_code is not None:
-        body["exit-code"] = instance.exit_code
-    if instance.message:
-        body["message"] = instance.message
-    body.update(instance.extras)
-    return body
 
 
 def service_status(service: Service) -> str:
