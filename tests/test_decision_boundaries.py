@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from waiter.lifecycle import ServiceActivity, in_fallback, is_expired, reap_reason
+from waiter.lifecycle import ServiceActivity, deployment_error, in_fallback, is_expired, reap_reason
 from waiter.reservation import Reservations
 from waiter.scaling import BurstSettings, Counts, ScalingSettings, ScalingState, decide
 from waiter.scheduler.base import Instance
@@ -36,9 +36,7 @@ def step(
     settings: ScalingSettings, *, total: int, outstanding: int, target: float, healthy: int, **counts: Any
 ) -> tuple[int, int]:
     """(amount, scale_to) one tick after a previous decision."""
-    decision = decide(
-        settings, Counts(outstanding, total, total, healthy, **counts), ScalingState(target, T0 - 1), T0
-    )
+    decision = decide(settings, Counts(outstanding, total, total, healthy, **counts), ScalingState(target, T0 - 1), T0)
     return decision.amount, decision.scale_to
 
 
@@ -71,7 +69,9 @@ def step(
         ),
         # expired replacements: ceil(expired x rate) more, unless scaling down with every instance healthy
         pytest.param(
-            BASE, {"total": 2, "outstanding": 2, "target": 2.0, "healthy": 2, "expired_healthy": 1}, (1, 3),
+            BASE,
+            {"total": 2, "outstanding": 2, "target": 2.0, "healthy": 2, "expired_healthy": 1},
+            (1, 3),
             id="one-expired-one-replacement",
         ),
         pytest.param(
@@ -81,12 +81,16 @@ def step(
             id="ceil-of-expired-times-rate",
         ),
         pytest.param(
-            BASE, {"total": 4, "outstanding": 1, "target": 4.0, "healthy": 4, "expired_healthy": 1}, (-3, 1),
+            BASE,
+            {"total": 4, "outstanding": 1, "target": 4.0, "healthy": 4, "expired_healthy": 1},
+            (-3, 1),
             id="scale-down-all-healthy-adds-none",
         ),
         pytest.param(
             # Waiter's term as written: + ceil(1 x 0.1) - max(0, healthy - scale_to) = 1 - 2
-            BASE, {"total": 4, "outstanding": 1, "target": 4.0, "healthy": 3, "expired_healthy": 1}, (-4, 0),
+            BASE,
+            {"total": 4, "outstanding": 1, "target": 4.0, "healthy": 3, "expired_healthy": 1},
+            (-4, 0),
             id="scale-down-not-all-healthy-applies-the-term",
         ),
         pytest.param(
@@ -239,3 +243,55 @@ def test_is_expired_at_an_arbitrary_origin(now: float, expected: bool) -> None:
 )
 def test_in_fallback_at_an_arbitrary_origin(now: float, expected: bool) -> None:
     assert in_fallback(T0, 300, now) is expected
+
+
+def test_an_instance_added_again_while_routable_takes_its_new_capacity() -> None:
+    r = Reservations(concurrency_level=4)
+    r.add(A, capacity=1)
+    r.add(A, capacity=3)  # a lease grew while it stayed in rotation
+    assert [r.try_acquire() for _ in range(4)] == [A, A, A, None]
+
+
+def test_unknown_instances_are_harmless() -> None:
+    r = Reservations(concurrency_level=2)
+    r.remove("svc.nobody")
+    r.release("svc.nobody")
+    assert r.in_use("svc.nobody") == 0
+    r.add(A)
+    r.remove(A.id)
+    r.remove(A.id)  # twice
+    assert r.routable_ids() == [] and r.in_use(A.id) == 0
+
+
+@pytest.mark.parametrize(
+    ("kw", "now", "expected"),
+    [
+        ({"idle_timeout_mins": 1}, T0 + 60.5, "idle for more than 1 minute(s)"),  # the smallest timeout still applies
+        ({"idle_timeout_mins": 1}, T0 + 60, None),
+    ],
+)
+def test_a_one_minute_idle_timeout(kw: dict[str, Any], now: float, expected: str | None) -> None:
+    assert reap_reason(activity(**kw), now, broken_timeout_secs=1800) == expected
+
+
+def test_a_one_minute_expiry() -> None:
+    assert is_expired(inst("x", T0), 1, False, T0 + 60.5) is True
+    assert is_expired(inst("x", T0), 1, False, T0 + 60) is False
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "expected"),
+    [(1, T0 + 0.5, True), (1, T0 + 1, False), (0, T0 - 1, False), (0, T0, False)],
+    ids=["one-second-inside", "one-second-over", "off-even-before", "off"],
+)
+def test_fallback_periods_at_their_edges(period: int, now: float, expected: bool) -> None:
+    assert in_fallback(T0, period, now) is expected
+
+
+def test_failures_of_instances_started_exactly_when_the_service_was_last_healthy_count() -> None:
+    failed = [
+        Instance(id=f"s.{n}", service_id="s", host=f"h{n}", port=1, started_at=T0, exit_code=1, failed=True)
+        for n in range(2)
+    ]
+    assert deployment_error(failed, since=T0) is not None
+    assert deployment_error(failed, since=T0 + 0.001) is None
