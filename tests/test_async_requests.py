@@ -87,5 +87,15 @@ async def test_an_async_request_holds_its_slot_and_is_followed_through_the_other
             return resp.status == 200
 
     await eventually(served_again, timeout=10, what="the slot to be released once the job is done")
+
+    # A job the client gives up on: completing it through the other router frees the slot long before it ends.
+    async with a.client.post(a.url + "/async?ms=60000", headers={**headers, "x-cid": "long-job"}) as resp:
+        assert resp.status == 202
+        complete = resp.headers["location"].replace("/waiter-async/status/", "/waiter-async/complete/", 1)
+    async with a.client.get(a.url + "/hello", headers=busy) as resp:
+        assert resp.status == 503
+    async with b.client.delete(b.url + complete) as resp:
+        assert resp.status == 200
+    await eventually(served_again, timeout=10, what="the slot to be released once the job was completed")
     async with b.client.get(b.url + "/waiter-async/status/x/y/waiter-service-nope/127.0.0.1/1/s") as resp:
         assert resp.status == 410  # not an instance of that service: the router refuses to go there

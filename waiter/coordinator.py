@@ -34,6 +34,7 @@ from waiter.state.base import RouterStats, SharedState, StateUnavailable
 log = logging.getLogger(__name__)
 
 OVERRIDES, SUSPENDED = "overrides", "suspended"  # the kinds of per-service control record (SharedState)
+ASYNC_COMPLETED = "async-completed"  # request id -> the router that was told (waiter.async_requests)
 EXPIRED_FLAG_TTL_MS = 86_400_000  # an expired instance is replaced and killed long before its flag lapses
 
 

@@ -230,9 +230,11 @@ class Dispatcher:
         options: RequestOptions,
     ) -> None:
         """The backend works on after its 202: keep the slot until its status URL says it is done."""
-        pool = self.pool
+        pool, router = self.pool, self.router
 
         async def check(path: str) -> int:
+            if await router.async_completed_elsewhere(request_id):
+                return 0
             try:
                 response = await pool.request(instance.host, instance.port, "GET", path, [], None, idle_timeout=30.0)
                 async with response:

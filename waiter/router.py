@@ -22,7 +22,7 @@ from waiter.auth import PUBLIC, Access, Admission, AuthRequest, Caller, Gate, Pe
 from waiter.auth.gate import header_lines
 from waiter.auth.stamp import CALLER_HEADER, SECRET_HEADER, Stamp, read_caller
 from waiter.autoscaler import Autoscaler
-from waiter.coordinator import Coordinator
+from waiter.coordinator import ASYNC_COMPLETED, Coordinator
 from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError, internal_error, render_error
@@ -93,6 +93,27 @@ class Router:
             return dict(service.resolved.core)
         record = self.registry.inactive.get(service_id)
         return dict(record["service"]["core"]) if record else None
+
+    async def complete_async(self, request_id: str, owner: str) -> None:
+        """``/waiter-async/complete``: free the request's slot here, or tell its owner through the shared state."""
+        if owner == self.settings.router_id:
+            self.async_holds.complete(request_id)
+        elif self.coordinator is not None and self.coordinator.state.shared:
+            with contextlib.suppress(StateUnavailable):
+                await self.coordinator.state.set_control(ASYNC_COMPLETED, request_id, {"by": self.settings.router_id})
+
+    async def async_completed_elsewhere(self, request_id: str) -> bool:
+        """Whether another router was told this router's async request is complete (then the mark is cleared)."""
+        if self.coordinator is None or not self.coordinator.state.shared:
+            return False
+        state = self.coordinator.state
+        try:
+            if request_id not in await state.controls(ASYNC_COMPLETED):
+                return False
+            await state.set_control(ASYNC_COMPLETED, request_id, None)
+        except StateUnavailable:
+            return False
+        return True
 
     async def inactive_service(self, service_id: str) -> dict[str, Any] | None:
         """The record of a deleted service (Registry.inactive_record), from any router that deleted it."""

@@ -46,9 +46,9 @@ def _target(router: Router, raw_path: str) -> AsyncPath:
 @access(Access.AUTHENTICATED)
 async def async_request(router: Router, request: web.BaseRequest, _h: Headers) -> web.Response:
     target = _target(router, request.raw_path)
-    if target.kind == "complete" and target.router_id == router.settings.router_id:
-        # The slot is free now, whatever the backend says; on another router, the owner's next status check frees it.
-        router.async_holds.complete(target.request_id)
+    if target.kind == "complete":
+        # The slot is free now, whatever the backend says (on another router: at the owner's next status check).
+        await router.complete_async(target.request_id, target.router_id)
     try:
         response = await router.pool.request(
             target.host,

@@ -110,9 +110,10 @@ class SharedState(Protocol):
 
     async def blocked(self) -> set[str]: ...
 
-    # -- per-service controls: "overrides" and "suspended" records, set through any router's API ------------------
+    # -- controls: per-service "overrides" and "suspended" records, "async-completed" requests; set through any
+    # router's API ------------------------------------------------------------------------------------------------
     async def set_control(self, kind: str, service_id: str, record: dict[str, Any] | None) -> None:
-        """Set (or with None, clear) a service's ``kind`` record."""
+        """Set (or with None, clear) the ``kind`` record of ``service_id`` (a request id for async-completed)."""
 
     async def controls(self, kind: str) -> dict[str, dict[str, Any]]:
         """Every service's ``kind`` record."""
