@@ -200,3 +200,14 @@ def test_settings_show_the_authenticator_but_never_the_cookie_secret(tmp_path: P
     assert shown["authenticator"]["jwt"]["jwks-url"] == "https://u:***@issuer/jwks"
     assert shown["auth-cookie"] == {"max-age-secs": 600, "same-site": "Strict"}
     assert secret not in json.dumps(shown) and ":pw@" not in json.dumps(shown)
+
+
+def test_no_implicit_token_admin_with_real_authentication(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("authenticator: {kind: trusted-header, trusted-header: {trusted-cidrs: [10.0.0.0/8]}}\n")
+    assert load_settings(config).token_admins == ()
+    config.write_text("run-as-user: zed\n")
+    assert load_settings(config).token_admins == ("zed",)  # one-user: the one user administers its tokens
+    config.write_text("authenticator: {kind: jwt, jwt: {jwks-url: 'http://j/', issuer: i, audience: a}}\n"
+                      "token-admins: [alice]\n")
+    assert load_settings(config).token_admins == ("alice",)

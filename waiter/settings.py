@@ -571,6 +571,9 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     defaults = dict(base.service_defaults)
     defaults.update(top.mapping("service-defaults"))
     auth = _auth(top, base.auth, problems)
+    if "one-user" not in auth.kinds and not top.has("token-admins") and not base.token_admins:
+        # With real identities nobody is an admin by accident of their name matching the router's process user.
+        token_admins = ()
     insecure = top.boolean("insecure", base.insecure)
     trusted_proxies = _cidrs(top, "trusted-proxies", base.trusted_proxies, problems)
     top.check_unknown()
