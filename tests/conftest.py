@@ -90,7 +90,7 @@ class RunningRouter:
 
 # Every scheduler back-end. Tests marked ``@pytest.mark.schedulers()`` (the contract suite, the end-to-end tests)
 # run once per back-end; ``@pytest.mark.schedulers("local")`` pins one. Unmarked tests run on the local back-end.
-SCHEDULER_KINDS = ("local", "marathon", "mesos")
+SCHEDULER_KINDS = ("local", "marathon", "mesos", "kubernetes")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -158,6 +158,10 @@ async def cluster(scheduler_kind: str, tmp_path: Path) -> AsyncIterator[Cluster]
             mesos = {"master": url.removeprefix("http://"), "request-timeout-ms": 2000, "agent-work-dir": str(work_dir),
                      "role": "waiter"}
             yield Cluster("mesos", {"kind": "mesos", "mesos": mesos}, url, work_dir)
+    elif scheduler_kind == "kubernetes":
+        async with running_emulator("kubernetes", "--work-dir", str(work_dir), "--crash-backoff-secs", "0.2") as url:
+            kubernetes = {"api-url": url, "namespace": "waiter", "retry-backoff-ms": 20, "request-timeout-ms": 5000}
+            yield Cluster("kubernetes", {"kind": "kubernetes", "kubernetes": kubernetes}, url, work_dir)
     else:
         raise ValueError(f"scheduler_kind {scheduler_kind!r} has no cluster fixture; known: {SCHEDULER_KINDS}")
 

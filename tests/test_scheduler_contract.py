@@ -27,7 +27,8 @@ pytestmark = pytest.mark.schedulers()
 
 SID = "waiter-service-contract-1"
 # $$ is the shell that runs the command; exec keeps that pid for the server, so the pid file names the instance.
-SERVER = f'exec {sys.executable} -m http.server "$PORT0" --bind 127.0.0.1'
+# A pod of the Kubernetes emulator listens on its own loopback address, POD_IP.
+SERVER = f'exec {sys.executable} -m http.server "$PORT0" --bind "${{POD_IP:-127.0.0.1}}"'
 
 
 MakeScheduler = Callable[[], Awaitable[tuple[Scheduler, Changes]]]

@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scheduler", choices=SCHEDULER_KINDS, help="where instances run (default local)")
     parser.add_argument("--marathon-url", metavar="URL", help="Marathon's base URL, for --scheduler marathon")
     parser.add_argument("--mesos-master", metavar="HOST:PORT", help="a Mesos master, for --scheduler mesos")
+    parser.add_argument("--kubernetes-url", metavar="URL", help="the Kubernetes API server, for --scheduler kubernetes")
     parser.add_argument("--workers", type=int, help="router processes on one port, sharing Redis (default 1)")
     parser.add_argument(
         "--insecure",
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             "kind": args.scheduler,
             "marathon": {"url": args.marathon_url},
             "mesos": {"master": args.mesos_master},
+            "kubernetes": {"api-url": args.kubernetes_url},
         },
     }
     try:

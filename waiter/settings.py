@@ -24,7 +24,7 @@ from waiter.redis_client import EXAMPLE as SENTINEL_EXAMPLE
 from waiter.redis_client import SCHEMES as REDIS_SCHEMES
 from waiter.redis_client import check_url as check_redis_url
 
-SCHEDULER_KINDS = ("local", "marathon", "mesos", "agent")
+SCHEDULER_KINDS = ("local", "marathon", "mesos", "kubernetes", "agent")
 
 
 def redact_url(url: str) -> str:
@@ -84,6 +84,28 @@ class MesosSchedulerConfig:
     offer_wait_secs: float = 60.0  # no offer fits an instance for this long -> the service shows a deployment error
     request_timeout_ms: int = 10_000  # one call's deadline (and SUBSCRIBE's until the first event)
     agent_work_dir: str = "/var/lib/mesos"  # the Mesos agents' --work_dir, for instances' log-directory
+
+
+@dataclass(frozen=True)
+class KubernetesSchedulerConfig:
+    # The API server's base URL. Unset: the kubeconfig's cluster, or inside a pod the in-cluster address
+    # (https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT with the service account's token and CA).
+    api_url: str = ""
+    namespace: str = ""  # where the ReplicaSets go; unset: the kubeconfig context's, the pod's own, or "default"
+    token_file: Path | None = None  # a bearer token, re-read when it changes
+    kubeconfig: Path | None = None  # a kubeconfig file (its current context); api-url and token-file override it
+    context: str = ""  # the kubeconfig context to use instead of its current-context
+    ca_file: Path | None = None  # the CA bundle that signed the API server's certificate
+    insecure_skip_tls_verify: bool = False
+    image: str = "python:3.12-slim"  # the image of services that name none (the service parameter "image")
+    shell: tuple[str, ...] = ("/bin/sh", "-c")  # the image's shell; cmd is its last argument
+    pod_base_port: int = 31000  # PORT0 is base + 10 * (hash of the service id mod 100)
+    pod_sigkill_delay_secs: int = 3  # terminationGracePeriodSeconds when termination-grace-period-secs is 0
+    offer_wait_secs: float = 60.0  # a pod unschedulable this long -> the service shows a deployment error
+    request_timeout_ms: int = 10_000  # one call's deadline
+    retry_attempts: int = 5  # tries of a call that meets a 5xx, a 429 or a timeout
+    retry_backoff_ms: int = 100  # wait before the first retry (and watch reconnection); doubles, capped at 5 s
+    watch_timeout_secs: int = 300  # the server ends each watch after this; the router resumes it at once
 
 
 @dataclass(frozen=True)
@@ -183,6 +205,7 @@ class Settings:
     local: LocalSchedulerConfig = LocalSchedulerConfig()
     marathon: MarathonSchedulerConfig = MarathonSchedulerConfig()
     mesos: MesosSchedulerConfig = MesosSchedulerConfig()
+    kubernetes: KubernetesSchedulerConfig = KubernetesSchedulerConfig()
     health: HealthConfig = HealthConfig()
     scaling: ScalingConfig = ScalingConfig()
     lifecycle: LifecycleConfig = LifecycleConfig()
@@ -253,6 +276,24 @@ class Settings:
                     "offer-wait-secs": self.mesos.offer_wait_secs,
                     "request-timeout-ms": self.mesos.request_timeout_ms,
                     "agent-work-dir": self.mesos.agent_work_dir,
+                },
+                "kubernetes": {
+                    "api-url": redact_url(self.kubernetes.api_url),
+                    "namespace": self.kubernetes.namespace,
+                    "token-file": str(self.kubernetes.token_file) if self.kubernetes.token_file else None,
+                    "kubeconfig": str(self.kubernetes.kubeconfig) if self.kubernetes.kubeconfig else None,
+                    "context": self.kubernetes.context,
+                    "ca-file": str(self.kubernetes.ca_file) if self.kubernetes.ca_file else None,
+                    "insecure-skip-tls-verify": self.kubernetes.insecure_skip_tls_verify,
+                    "image": self.kubernetes.image,
+                    "shell": list(self.kubernetes.shell),
+                    "pod-base-port": self.kubernetes.pod_base_port,
+                    "pod-sigkill-delay-secs": self.kubernetes.pod_sigkill_delay_secs,
+                    "offer-wait-secs": self.kubernetes.offer_wait_secs,
+                    "request-timeout-ms": self.kubernetes.request_timeout_ms,
+                    "retry-attempts": self.kubernetes.retry_attempts,
+                    "retry-backoff-ms": self.kubernetes.retry_backoff_ms,
+                    "watch-timeout-secs": self.kubernetes.watch_timeout_secs,
                 },
             },
             "autoscaler": {
@@ -463,6 +504,64 @@ def _mesos(r: _Reader, base: MesosSchedulerConfig, kind: str) -> MesosSchedulerC
     return config
 
 
+def _kubernetes(r: _Reader, base: KubernetesSchedulerConfig, kind: str) -> KubernetesSchedulerConfig:
+    url = r.string("api-url", base.api_url).rstrip("/")
+    parts = urlsplit(url)
+    if url and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment):
+        r.problems.append(
+            f"scheduler.kubernetes.api-url is {redact_url(url)!r} but must be an http:// or https:// URL with a "
+            "host, e.g. https://kubernetes.example.com:6443."
+        )
+
+    def path(key: str, default: Path | None) -> Path | None:
+        value = r.string(key, str(default) if default else "")
+        return Path(value) if value else None
+
+    kubeconfig = path("kubeconfig", base.kubeconfig)
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if kind == "kubernetes" and not url and kubeconfig is None and not in_cluster:
+        r.problems.append(
+            "scheduler.kubernetes.api-url is not set but is required when scheduler.kind is kubernetes outside a "
+            "pod: set it (or --kubernetes-url), or scheduler.kubernetes.kubeconfig."
+        )
+    namespace = r.string("namespace", base.namespace)
+    if namespace and (len(namespace) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace)):
+        r.problems.append(
+            f"scheduler.kubernetes.namespace is {namespace!r} but must be a Kubernetes namespace name: at most 63 "
+            "lowercase letters, digits and '-', starting and ending with a letter or digit."
+        )
+    shell = base.shell
+    raw_shell = r.get("shell")
+    if raw_shell is not None:
+        if isinstance(raw_shell, list) and raw_shell and all(isinstance(a, str) and a for a in raw_shell):
+            shell = tuple(raw_shell)
+        else:
+            r.problems.append(
+                f"scheduler.kubernetes.shell is {raw_shell!r} but must be a non-empty list of strings, the image's "
+                'shell and its arguments before the command, e.g. ["/bin/sh", "-c"].'
+            )
+    config = KubernetesSchedulerConfig(
+        api_url=url,
+        namespace=namespace,
+        token_file=path("token-file", base.token_file),
+        kubeconfig=kubeconfig,
+        context=r.string("context", base.context),
+        ca_file=path("ca-file", base.ca_file),
+        insecure_skip_tls_verify=r.boolean("insecure-skip-tls-verify", base.insecure_skip_tls_verify),
+        image=r.string("image", base.image),
+        shell=shell,
+        pod_base_port=r.integer("pod-base-port", base.pod_base_port, 1024, 64535),
+        pod_sigkill_delay_secs=r.integer("pod-sigkill-delay-secs", base.pod_sigkill_delay_secs, 0, 3600),
+        offer_wait_secs=r.number("offer-wait-secs", base.offer_wait_secs, 0.1, 86400),
+        request_timeout_ms=r.integer("request-timeout-ms", base.request_timeout_ms, 10, 600_000),
+        retry_attempts=r.integer("retry-attempts", base.retry_attempts, 1, 100),
+        retry_backoff_ms=r.integer("retry-backoff-ms", base.retry_backoff_ms, 1, 60_000),
+        watch_timeout_secs=r.integer("watch-timeout-secs", base.watch_timeout_secs, 1, 3600),
+    )
+    r.check_unknown()
+    return config
+
+
 def _merge(into: dict[str, Any], overrides: Mapping[str, Any]) -> None:
     """Overrides win key by key; nested mappings merge, so ``--marathon-url`` keeps the file's other marathon keys."""
     for key, value in overrides.items():
@@ -542,6 +641,9 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     local_r.check_unknown()
     marathon = _marathon(_Reader(sched.mapping("marathon"), "scheduler.marathon.", problems), base.marathon, kind)
     mesos = _mesos(_Reader(sched.mapping("mesos"), "scheduler.mesos.", problems), base.mesos, kind)
+    kubernetes = _kubernetes(
+        _Reader(sched.mapping("kubernetes"), "scheduler.kubernetes.", problems), base.kubernetes, kind
+    )
     agent_r = _Reader(sched.mapping("agent"), "scheduler.agent.", problems)
     agent_url = agent_r.string("url", base.agent_url)
     if kind == "agent" and not agent_url.startswith("unix:/"):
@@ -615,6 +717,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         ),
         marathon=marathon,
         mesos=mesos,
+        kubernetes=kubernetes,
         health=health,
         scaling=scaling,
         lifecycle=lifecycle,

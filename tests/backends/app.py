@@ -161,7 +161,8 @@ async def serve(app: web.Application, port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     app["runner"] = runner
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    # On the Kubernetes emulator every pod has its own loopback address (POD_IP) and must listen on it.
+    await web.TCPSite(runner, os.environ.get("POD_IP") or "127.0.0.1", port).start()
     print(f"listening on {port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

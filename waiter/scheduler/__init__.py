@@ -42,6 +42,10 @@ def create_scheduler(settings: Settings) -> Scheduler:
                 agent_work_dir=mesos.agent_work_dir,
             )
         )
+    if kind == "kubernetes":
+        from waiter.scheduler.kubernetes import KubernetesScheduler
+
+        return KubernetesScheduler(settings.kubernetes, cluster_name=settings.cluster_name)
     if kind == "agent":
         from waiter.scheduler.agent import AgentScheduler
 

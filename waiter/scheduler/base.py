@@ -57,6 +57,7 @@ class ServiceSpec:
     # The router's record of the service (JSON), stored with it by a back-end that can (Marathon: an app label), so
     # a router restarted without shared state takes the service on again (see ``KeepsRecords``).
     record: str = ""
+    image: str = ""  # the container image, for back-ends that run images (Kubernetes); empty: their default
 
 
 @dataclass(frozen=True, slots=True)
