@@ -38,7 +38,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         pytest.param("allow-on-the-fly: maybe", "allow-on-the-fly is 'maybe' but must be true or false.", id="bool"),
         pytest.param(
             "scheduler: {kind: k8s}",
-            "scheduler.kind is 'k8s' but must be one of: local, marathon, mesos, agent.",
+            "scheduler.kind is 'k8s' but must be one of: local, marathon, mesos, kubernetes, agent.",
             id="scheduler-kind",
         ),
         pytest.param(

@@ -33,6 +33,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -572,7 +573,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.emulators.kubernetes", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=6443, help="port to listen on; 0 picks a free one")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--work-dir", type=Path, default=Path("kubernetes-emulator"), help="where pods' files go")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where pods' files go (default: a new temp dir)")
     parser.add_argument("--token", help="require this bearer token")
     parser.add_argument("--node-cpus", type=float, default=64.0, help="the node's allocatable cpus")
     parser.add_argument("--node-memory-mb", type=float, default=256 * 1024.0, help="the node's allocatable MiB")
@@ -585,7 +586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(args: argparse.Namespace) -> None:
     config = ClusterConfig(
-        work_dir=args.work_dir.resolve(),
+        work_dir=(args.work_dir or Path(tempfile.mkdtemp(prefix="kubernetes-emulator-"))).resolve(),
         node_cpus=args.node_cpus,
         node_memory_mb=args.node_memory_mb,
         crash_backoff_secs=args.crash_backoff_secs,

@@ -72,7 +72,7 @@ from waiter.scheduler.kubernetes_objects import (
     service_id_of,
     split_instance_id,
 )
-from waiter.scheduler.marathon_client import RetryPolicy
+from waiter.scheduler.retry import RetryPolicy
 from waiter.settings import KubernetesSchedulerConfig
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from waiter.scheduler.base import SchedulerError
-from waiter.scheduler.marathon_client import RetryPolicy
+from waiter.scheduler.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 

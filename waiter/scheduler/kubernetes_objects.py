@@ -21,7 +21,7 @@ from typing import Any
 
 from waiter.lifecycle import MESSAGES
 from waiter.scheduler.base import Instance, InstanceFlag, SchedulerError, ServiceSpec
-from waiter.scheduler.marathon_apps import app_environment, format_number
+from waiter.scheduler.environment import format_number, instance_environment
 
 JSON = dict[str, Any]
 SERVICE_ID_ANNOTATION = "waiter/service-id"
@@ -118,8 +118,8 @@ def replicaset(spec: ServiceSpec, instances: int, template: PodTemplate) -> JSON
     user = spec.run_as_user or "waiter"
     port0 = service_port(spec.service_id, template.base_port)
     work_dir = f"/home/{label_value(user) or 'waiter'}"
-    env = {**app_environment(spec, template.cluster_name), "HOME": work_dir}
-    env.update({f"PORT{i}": str(port0 + i) for i in range(spec.ports)})
+    ports = [port0 + i for i in range(spec.ports)]
+    env = instance_environment(spec, template.cluster_name, home=work_dir, user=spec.run_as_user or None, ports=ports)
     env["PORT"] = str(port0)
     variables: list[JSON] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     # The pod's own facts come from the downward API; HOST is where the instance is reached, as on Marathon.

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from waiter.scheduler.base import SchedulerError
+from waiter.scheduler.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,6 @@ class MarathonError(SchedulerError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 5  # tries in all, the first included
-    backoff_secs: float = 0.1  # before the first retry; doubles after each
-    max_backoff_secs: float = 5.0
-
-    def delay(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failed try (1-based)."""
-        return float(min(self.backoff_secs * 2 ** max(failures - 1, 0), self.max_backoff_secs))
 
 
 @dataclass(frozen=True)
@@ -89,11 +79,11 @@ class MarathonClient:
         username: str | None = None,
         password: str | None = None,
         timeout_secs: float = 10.0,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout_secs = timeout_secs
-        self.retry = retry
+        self.retry = retry or RetryPolicy()
         self._headers = {"Accept": "application/json"}
         if username:
             self._headers["Authorization"] = aiohttp.encode_basic_auth(username, password or "")
