@@ -60,3 +60,6 @@ def test_identities_name_what_routers_share() -> None:
     marathon = identity(scheduler={"kind": "marathon", "marathon": {"url": "http://m:8080/"}})
     assert marathon == "marathon http://m:8080 apps /waiter/"
     assert identity(scheduler={"kind": "mesos", "mesos": {"master": "m:5050"}}) == "mesos m:5050 framework waiter"
+    k8s = {"api-url": "https://k:6443", "namespace": "w"}
+    kubernetes = identity(scheduler={"kind": "kubernetes", "kubernetes": k8s})
+    assert kubernetes == "kubernetes https://k:6443 namespace w cluster local"

@@ -44,6 +44,10 @@ def scheduler_identity(settings: Settings, *, host: str, pid: int, started: floa
         return f"marathon {settings.marathon.url.rstrip('/')} apps {settings.marathon.app_id_prefix}"
     if kind == "mesos":
         return f"mesos {settings.mesos.master} framework {settings.mesos.framework_name}"
+    if kind == "kubernetes":
+        k8s = settings.kubernetes
+        where = k8s.api_url or (f"kubeconfig {k8s.kubeconfig}" if k8s.kubeconfig else "in-cluster")
+        return f"kubernetes {where} namespace {k8s.namespace or '(default)'} cluster {settings.cluster_name}"
     if kind == "agent":
         return f"agent {settings.agent_url} on {host}"
     return f"local on {host} pid {pid} started {started!r}"
