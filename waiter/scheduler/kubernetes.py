@@ -37,7 +37,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +151,6 @@ class KubernetesScheduler:
         self._snapshots: dict[str, ServiceState] = {}
         self._listeners: list[Listener] = []
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._images: dict[str, str] = {}  # service id -> image, for error messages
         self._sequence = itertools.count()
 
     # -- the Scheduler protocol --
@@ -185,7 +184,6 @@ class KubernetesScheduler:
         check_spec(spec, instances)
         if spec.service_id in self._snapshots:
             return False
-        self._images[spec.service_id] = spec.image or self.config.image
         body = replicaset(spec, instances, self.template)
         created = await self.client.create(self._replicasets.path, body)
         if created is None:
@@ -199,7 +197,6 @@ class KubernetesScheduler:
             if existing is not None:
                 self._apply(self._replicasets, "MODIFIED", existing)
             return False
-        self._deleted_uids.discard(str(metadata(created).get("uid")))
         self._apply(self._replicasets, "ADDED", created)
         return True
 
@@ -270,7 +267,6 @@ class KubernetesScheduler:
             self._deleted_uids.add(str(metadata(rs).get("uid")))
         known = self._books.pop(service_id, None) is not None
         self._snapshots.pop(service_id, None)
-        self._images.pop(service_id, None)
         timer = self._timers.pop(service_id, None)
         if timer is not None:
             timer.cancel()
@@ -289,7 +285,7 @@ class KubernetesScheduler:
     def _live_pods(self, service_id: str) -> int:
         return sum(1 for pod in self._pods.objects.get(service_id, {}).values() if is_live(pod))
 
-    async def _set_replicas(self, service_id: str, target: Any) -> None:
+    async def _set_replicas(self, service_id: str, target: Callable[[int], int]) -> None:
         """Set the replicas to ``target(current)``, retrying on 409 Conflict with the ReplicaSet read again."""
         name = replicaset_name(service_id)
         path = f"{self._replicasets.path}/{name}"
@@ -480,7 +476,7 @@ class KubernetesScheduler:
         containers = ((rs.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or [{}]
         requests = (containers[0].get("resources") or {}).get("requests") or {}
         need = (_quantity(requests.get("cpu")), _quantity(requests.get("memory"), mebi=True))
-        image = str(containers[0].get("image") or self._images.get(service_id) or "")
+        image = str(containers[0].get("image") or "")
         return deployment_error(problems, running, image, need, waited)
 
     def _refresh_later(self, service_id: str, delay: float) -> None:
