@@ -29,6 +29,7 @@ class ServiceDescription:
     mem: float
     version: str
     run_as_user: str
+    image: str  # empty: the scheduler's default image (back-ends that run images: Kubernetes)
     ports: int
     env: Mapping[str, str]
     concurrency_level: int
@@ -66,6 +67,7 @@ class ServiceDescription:
             mem=float(param("mem") or 0),
             version=str(param("version") or ""),
             run_as_user=str(param("run-as-user") or ""),
+            image=str(param("image") or ""),
             ports=int(param("ports")),
             env={str(k): str(v) for k, v in (param("env") or {}).items()},
             concurrency_level=int(param("concurrency-level")),

@@ -74,7 +74,7 @@ def spec_from(resolved: ResolvedService) -> ServiceSpec:
         restart_backoff_factor=d.restart_backoff_factor,
         token=",".join(t for t, _ in resolved.source_tokens),
         record=json.dumps(service_record(resolved), sort_keys=True, separators=(",", ":")),
-        image=str(d.get("image") or ""),
+        image=d.image,
     )
 
 

@@ -195,7 +195,8 @@ class Cluster:
         self._containers: dict[str, Container] = {}  # pod uid -> container
         self._created: dict[str, int] = {}  # pod uid -> creation order: "newer" beyond whole-second timestamps
         self._sequence = itertools.count()
-        self._ips = itertools.count(1)
+        # A random start: emulators running side by side on this machine rarely hand out the same pod IP.
+        self._ips = itertools.count(random.randrange(1, 60000))
         self._kick = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._memory: asyncio.Task[None] | None = None
