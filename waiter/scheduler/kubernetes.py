@@ -93,6 +93,7 @@ class _Book:
     active: dict[str, Instance] = field(default_factory=dict)  # as last reported
     unschedulable_since: dict[str, float] = field(default_factory=dict)  # pod name -> monotonic time first seen
     seen: dict[str, int] = field(default_factory=dict)  # pod name -> the order it was first seen in (newer: higher)
+    ending: dict[str, Instance] = field(default_factory=dict)  # instances being killed, as they will have ended
 
     def end(self, ended: Instance) -> None:
         if ended.id in self.recorded:
@@ -234,19 +235,23 @@ class KubernetesScheduler:
         grace = 0 if force else int((pod.get("spec") or {}).get("terminationGracePeriodSeconds") or 0)
         path = f"{self._pods.path}/{parts[0]}"
         options = {"gracePeriodSeconds": grace, "preconditions": {"uid": metadata(pod).get("uid")}}
+        seen = book.active.get(instance_id) or pod_instance(service_id, pod)
+        # The watch may report the pod's deletion before the DELETE answers: it must end the way we say.
+        book.ending[instance_id] = dataclasses.replace(
+            seen, message=message or "Killed by request", flags=flags, failed=failed, killed=not failed
+        )
         try:
             answer = await self.client.delete(path, options)
         except KubernetesError as error:
+            book.ending.pop(instance_id, None)
             if error.status == 409:  # the precondition failed: a new pod took the name
                 return missing
             return KillResult(KillOutcome.FAILED, f"Could not kill instance {instance_id}: {error}")
+        ended = book.ending.pop(instance_id, None)
         if answer is None:
             return missing
-        seen = book.active.get(instance_id) or pod_instance(service_id, pod)
-        ended = dataclasses.replace(
-            seen, message=message or "Killed by request", flags=flags, failed=failed, killed=not failed
-        )
-        book.end(ended)
+        if ended is not None:
+            book.end(ended)
         if answer.get("kind") == "Pod":
             self._apply(self._pods, "MODIFIED", answer)
         else:
@@ -437,7 +442,8 @@ class KubernetesScheduler:
             if gone_id not in active and gone_id not in book.recorded:
                 pod_name = (split_instance_id(service_id, gone_id) or ("?", 0))[0]
                 message = f"Pod {pod_name} was deleted outside this router"
-                book.end(dataclasses.replace(seen, message=message, killed=True))
+                outside = dataclasses.replace(seen, message=message, killed=True)
+                book.end(book.ending.pop(gone_id, outside))
         book.active = active
         snapshot = ServiceState(
             service_id=service_id,
