@@ -475,9 +475,10 @@ async def test_connections_queued_when_the_router_stops_are_answered_not_reset(m
     assert len(lines) == 10 and all(line.startswith(b"HTTP/1.1 ") for line in lines), lines
 
 
-@pytest.mark.schedulers("marathon")
-async def test_a_restarted_marathon_router_takes_on_the_services_marathon_runs(make_router) -> None:
-    """No shared state: the router finds its services again in Marathon (the record an app label keeps)."""
+@pytest.mark.schedulers("marathon", "kubernetes")
+async def test_a_restarted_router_takes_on_the_services_its_cluster_runs(make_router) -> None:
+    """No shared state: the router finds its services again in Marathon or Kubernetes (the record an app label or a
+    ReplicaSet annotation keeps)."""
     headers = TOKEN
     first = await make_router([backend_token("echo")])
     async with first.client.get(first.url + "/hello", headers=headers) as resp:
@@ -491,7 +492,7 @@ async def test_a_restarted_marathon_router_takes_on_the_services_marathon_runs(m
         async with second.client.get(second.url + "/apps") as resp:
             return any(app["service-id"] == sid for app in await resp.json())
 
-    await eventually(listed, "the restarted router to list the service Marathon runs")
+    await eventually(listed, "the restarted router to list the service its cluster runs")
     app = await second.get_json(f"/apps/{sid}")
     assert [i["id"] for i in app["instances"]["active-instances"]] == [instance["id"]]
     async with second.client.get(second.url + "/hello", headers=headers) as resp:

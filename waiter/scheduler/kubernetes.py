@@ -53,8 +53,10 @@ from waiter.scheduler.base import (
 from waiter.scheduler.kubernetes_auth import connection
 from waiter.scheduler.kubernetes_client import JSON, KubernetesClient, KubernetesError, WatchExpired
 from waiter.scheduler.kubernetes_objects import (
+    RECORD_ANNOTATION,
     PodProblem,
     PodTemplate,
+    annotation,
     check_spec,
     deployment_error,
     is_live,
@@ -281,6 +283,11 @@ class KubernetesScheduler:
 
     def service_ids(self) -> list[str]:
         return list(self._snapshots)
+
+    def service_record(self, service_id: str) -> str | None:
+        """The router's record of a service, from its ReplicaSet's annotation (``KeepsRecords``)."""
+        rs = next(iter(self._replicasets.objects.get(service_id, {}).values()), None)
+        return None if rs is None else annotation(rs, RECORD_ANNOTATION)
 
     def service_state(self, service_id: str) -> ServiceState | None:
         return self._snapshots.get(service_id)

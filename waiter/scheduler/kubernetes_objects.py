@@ -29,6 +29,7 @@ CLUSTER_LABEL = "waiter/cluster"
 USER_LABEL = "waiter/user"
 APP_LABEL = "app"
 PORT_COUNT_ANNOTATION = "waiter/port-count"
+RECORD_ANNOTATION = "waiter/service-record"  # the router's record of the service (ServiceSpec.record)
 CONTAINER = "waiter-app"
 WORK_VOLUME = "user-home"
 MAX_NAME_LENGTH = 63  # pod names become host names and label values: 63 characters at most
@@ -134,10 +135,16 @@ def replicaset(spec: ServiceSpec, instances: int, template: PodTemplate) -> JSON
     memory = f"{format_number(spec.mem)}Mi"
     grace = spec.termination_grace_period_secs or template.default_grace_secs
     annotations = {SERVICE_ID_ANNOTATION: spec.service_id}
+    kept = {RECORD_ANNOTATION: spec.record} if spec.record else {}
     return {
         "apiVersion": "apps/v1",
         "kind": "ReplicaSet",
-        "metadata": {"name": name, "namespace": template.namespace, "labels": labels, "annotations": annotations},
+        "metadata": {
+            "name": name,
+            "namespace": template.namespace,
+            "labels": labels,
+            "annotations": {**annotations, **kept},
+        },
         "spec": {
             "replicas": instances,
             "selector": {"matchLabels": {APP_LABEL: name, CLUSTER_LABEL: labels[CLUSTER_LABEL]}},
@@ -191,10 +198,14 @@ def metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return meta if isinstance(meta, Mapping) else {}
 
 
-def service_id_of(obj: Mapping[str, Any]) -> str | None:
+def annotation(obj: Mapping[str, Any], key: str) -> str | None:
     annotations = metadata(obj).get("annotations")
-    value = annotations.get(SERVICE_ID_ANNOTATION) if isinstance(annotations, Mapping) else None
+    value = annotations.get(key) if isinstance(annotations, Mapping) else None
     return value if isinstance(value, str) and value else None
+
+
+def service_id_of(obj: Mapping[str, Any]) -> str | None:
+    return annotation(obj, SERVICE_ID_ANNOTATION)
 
 
 def name_of(obj: Mapping[str, Any]) -> str:
@@ -434,9 +445,11 @@ def deployment_error(
 __all__ = [
     "CLUSTER_LABEL",
     "CONTAINER",
+    "RECORD_ANNOTATION",
     "SERVICE_ID_ANNOTATION",
     "PodProblem",
     "PodTemplate",
+    "annotation",
     "check_spec",
     "container_reason",
     "deployment_error",
