@@ -155,6 +155,36 @@ async def test_watch_dropped_with_410_is_recovered_without_losing_an_instance(
     assert any(i.id == f"{SID}.{victim}-1" for i in active(scheduler))  # the victim's next incarnation
 
 
+async def test_bookmarks_keep_a_quiet_watch_resumable_after_compaction(
+    make_emulator: MakeEmulator, started: Start
+) -> None:
+    """The router's watches see nothing of another cluster's writes, but bookmarks move their version on: when a
+    watch ends and resumes after a compaction, it resumes where the bookmarks said, without a 410 and a re-list."""
+    emulator = await make_emulator("--bookmark-secs", "0.1")
+    await started(emulator, watch_timeout_secs=1)
+    other = replicaset(make_spec(service_id="waiter-service-other"), 0, PodTemplate(NS, "another-cluster", "img"))
+    await emulator.call("POST", RS_PATH, other)
+    for n in range(5):  # writes the router's selector does not see
+        patch = {"metadata": {"annotations": {"n": str(n)}}}
+        async with emulator.session.patch(
+            f"{emulator.url}{RS_PATH}/waiter-service-other",
+            json=patch,
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def watches_after(count: int) -> bool:
+        return int((await emulator.call("GET", "/emulator/stats"))["watches"]) >= count + 2
+
+    before = await emulator.call("GET", "/emulator/stats")
+    await eventually(lambda: watches_after(before["watches"]), "both watches to end and resume", timeout=10)
+    await emulator.call("POST", "/emulator/compact")
+    compacted = await emulator.call("GET", "/emulator/stats")
+    await eventually(lambda: watches_after(compacted["watches"]), "both watches to resume again", timeout=10)
+    after = await emulator.call("GET", "/emulator/stats")
+    assert (after["expired"], after["lists"]) == (0, before["lists"])
+
+
 async def test_watch_reconnects_with_backoff_after_api_failures(make_emulator: MakeEmulator, started: Start) -> None:
     emulator = await make_emulator()
     scheduler = await started(emulator)

@@ -15,6 +15,8 @@ Emulator-only controls (never part of Kubernetes) for tests, outside the API's p
   failing API server). ``DELETE /emulator/faults`` clears them.
 * ``POST /emulator/watches/expire``: compaction: every open watch ends with a 410 ``ERROR`` event, and every
   version before now is gone.
+* ``POST /emulator/compact``: every version before now is gone, open watches go on (a watch resumed from an old
+  version gets 410). ``GET /emulator/stats``: how many lists and watches were asked, and how many watches got 410.
 * ``GET /emulator/pods``: every container's pod, process id and sandbox.
 * ``POST /emulator/pods/{namespace}/{name}/kill`` ``{"signal": "KILL"}``: the container's process dies from outside
   (the kubelet restarts it); ``POST .../evict``: the node evicts the pod (phase ``Failed``, reason ``Evicted``).
@@ -81,6 +83,7 @@ class EmulatorSettings:
     token: str | None = None
     bookmark_secs: float = 1.0
     faults: list[Fault] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=lambda: {"lists": 0, "watches": 0, "expired": 0})
 
 
 CLUSTER = web.AppKey("cluster", Cluster)
@@ -297,8 +300,11 @@ async def collection(request: web.Request) -> web.StreamResponse:
             raise Refused(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         return create(request, cluster, namespace, await read_json(request))
     selector = request.query.get("labelSelector", "")
+    stats = request.app[SETTINGS].stats
     if request.query.get("watch") in ("1", "true"):
+        stats["watches"] += 1
         return await watch(request, cluster, resource, namespace, selector)
+    stats["lists"] += 1
     return web.json_response(_list_body(cluster, resource, namespace, selector))
 
 
@@ -338,6 +344,7 @@ async def watch(
     try:
         replay = cluster.store.watch(watcher, since)
     except Gone as gone:
+        settings.stats["expired"] += 1
         # As the API server does: 200, then one ERROR event carrying the 410 Status, then the end.
         await response.prepare(request)
         await response.write(json.dumps({"type": "ERROR", "object": gone_status(gone)}).encode() + b"\n")
@@ -482,6 +489,15 @@ async def expire_watches(request: web.Request) -> web.Response:
     return web.json_response({"expired": request.app[CLUSTER].expire_watches()})
 
 
+async def compact(request: web.Request) -> web.Response:
+    request.app[CLUSTER].store.compact()
+    return web.json_response({"oldest": request.app[CLUSTER].store.oldest})
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SETTINGS].stats)
+
+
 async def pods(request: web.Request) -> web.Response:
     return web.json_response({"pods": request.app[CLUSTER].processes()})
 
@@ -563,6 +579,8 @@ def build_app(config: ClusterConfig, settings: EmulatorSettings, missing: set[st
     app.router.add_post("/emulator/faults", add_fault)
     app.router.add_delete("/emulator/faults", clear_faults)
     app.router.add_post("/emulator/watches/expire", expire_watches)
+    app.router.add_post("/emulator/compact", compact)
+    app.router.add_get("/emulator/stats", stats)
     app.router.add_get("/emulator/pods", pods)
     app.router.add_post("/emulator/pods/{namespace}/{name}/{what:kill|evict}", interfere)
     app.router.add_put("/emulator/images/missing", missing_images)

@@ -131,9 +131,13 @@ class Store:
         self.watchers.add(watcher)
         return [e for e in replay if watcher.wants(watcher.resource, e["object"])]
 
-    def expire(self) -> int:
-        """Compact: every version before now is gone, and every open watch ends with 410. Returns the count."""
+    def compact(self) -> None:
+        """Every version before now is gone: a watch from one of them gets 410 (open watches go on)."""
         self.oldest = self.version
+
+    def expire(self) -> int:
+        """Compact, and end every open watch with 410. Returns how many there were."""
+        self.compact()
         dropped = len(self.watchers)
         for watcher in list(self.watchers):
             status = gone_status(Gone(0, self.oldest))
