@@ -226,6 +226,31 @@ async def test_kill_deletes_the_chosen_pod_and_lowers_replicas(make_emulator: Ma
     assert (await scheduler.kill_instance(SID, oldest.id)).outcome is KillOutcome.ALREADY_KILLED
 
 
+async def test_kills_terminate_gracefully_unless_forced(
+    make_emulator: MakeEmulator, started: Start, tmp_path: Path
+) -> None:
+    emulator = await make_emulator()
+    scheduler = await started(emulator)
+    changes = Changes(scheduler)
+    cmd = (
+        f'echo $$ > "{tmp_path}/$WAITER_INSTANCE_ID.pid"; '
+        f"trap 'echo term > \"{tmp_path}/$WAITER_INSTANCE_ID.term\"; exit 0' TERM; "
+        "while :; do sleep 0.05; done"
+    )
+    await scheduler.create_service(make_spec(cmd, termination_grace_period_secs=30), 2)
+    await changes.until(lambda: len(active(scheduler)) == 2)
+    gentle, forced = active(scheduler)
+    for instance in (gentle, forced):
+        await eventually(lambda i=instance: (tmp_path / f"{i.id}.pid").exists(), "the pid file")  # type: ignore[misc]
+    pids = {i.id: int((tmp_path / f"{i.id}.pid").read_text()) for i in (gentle, forced)}
+
+    assert (await scheduler.kill_instance(SID, gentle.id)).success
+    await eventually(lambda: (tmp_path / f"{gentle.id}.term").exists(), "SIGTERM, within the 30 s grace")
+    assert (await scheduler.kill_instance(SID, forced.id, force=True)).success
+    await eventually(lambda: not alive(pids[forced.id]), "the forced kill")
+    assert not (tmp_path / f"{forced.id}.term").exists()  # SIGKILL: no chance to trap anything
+
+
 async def _count(pending: Awaitable[dict[str, int]], n: int) -> bool:
     return len(await pending) == n
 
