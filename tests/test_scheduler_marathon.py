@@ -18,7 +18,8 @@ import pytest
 from tests.conftest import task_port_range
 from tests.emulators.runner import running_emulator
 from tests.support import Changes, eventually
-from waiter.lifecycle import MESSAGES, deployment_error
+from waiter.lifecycle import deployment_error
+from waiter.messages import MESSAGES
 from waiter.scheduler.base import Instance, InstanceFlag, KillOutcome, SchedulerError, ServiceSpec
 from waiter.scheduler.marathon import MarathonScheduler
 from waiter.scheduler.marathon_apps import (

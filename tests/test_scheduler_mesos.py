@@ -18,7 +18,8 @@ import pytest
 
 from tests.emulators.runner import running_emulator
 from tests.support import Changes, eventually
-from waiter.lifecycle import MESSAGES, deployment_error
+from waiter.lifecycle import deployment_error
+from waiter.messages import MESSAGES
 from waiter.scheduler import create_scheduler
 from waiter.scheduler.base import KillOutcome, ServiceSpec, ServiceState
 from waiter.scheduler.exits import exit_code_of

@@ -8,17 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from waiter.messages import MESSAGES
 from waiter.scheduler.base import Instance, InstanceFlag
 
 MIN_FAILURES_FOR_ERROR = 2  # one failure can be bad luck; two of the same kind are a pattern (Waiter: 2)
 
-MESSAGES = {
-    "not-enough-memory": "Not enough memory allocated",
-    "bad-startup-command": "Invalid startup command",
-    "cannot-connect": "Unable to connect to run health checks",
-    "health-check-timed-out": "Health check timed out",
-    "invalid-health-check-response": "Health check returned an invalid response",
-}
 
 
 def deployment_error(failed: Sequence[Instance], since: float) -> str | None:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from waiter.api.common import json_response
 from waiter.auth import Access, access
-from waiter.lifecycle import MESSAGES
+from waiter.messages import MESSAGES
 from waiter.version import SERVER_HEADER
 
 if TYPE_CHECKING:

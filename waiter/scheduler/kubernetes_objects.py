@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from waiter.lifecycle import MESSAGES
+from waiter.messages import MESSAGES
 from waiter.scheduler.base import Instance, InstanceFlag, SchedulerError, ServiceSpec
 from waiter.scheduler.environment import format_number, instance_environment
 
