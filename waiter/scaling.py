@@ -27,20 +27,20 @@ scale-down-factor 0.001, jitter-threshold 0.5, scale-factor 1, concurrency-level
   unless scaling down with every instance healthy, scale_to += ceil(expired * expired-instance-restart-rate)
   - max(0, healthy - scale_to). 20 healthy of which 20 expired, rate 0.1: scale_to 20 -> 22.
 
-Burst mode (what Waiter lacks; Knative's panic mode). The need is ``ideal``. The burst condition holds when
-``need >= threshold * max(healthy, 1)`` and ``need > total``: the smoothed target lags far behind the need.
-Then the target jumps to the need at once (clamped to min/max-instances) and ``burst_last_seen = now``.
-While ``now - burst_last_seen < stable_window_secs`` the service is in burst: the target never falls below the
-previous cycle's target and the amount is never negative (unless max-instances was lowered below the total),
-so a burst that drops away does not shed the instances just started. When the window has passed, Waiter's
-formula resumes from the kept target.
+Burst mode (what Waiter lacks; Knative's panic mode). The burst condition holds when ``need >= threshold *
+max(healthy, 1)`` and ``need > total``: the smoothed target lags far behind the need. Then the target jumps to
+the need at once (clamped to min/max-instances) and ``burst_last_seen = now``. While ``now - burst_last_seen <
+stable_window_secs`` the service is in burst: the target is the highest throughput need of the burst (``peak``,
+kept in the state) plus what the queue needs now, so a burst that drops away keeps its peak. When the window has
+passed, the target falls to today's need and Waiter's formula goes on from there. The need is sized by
+throughput (below), never by the outstanding count alone.
 
-* Entry. healthy 5, total 5, target 5.0, outstanding 60, threshold 2: 60 >= 2*5 and 60 > 5, so target' 60
+* Entry. healthy 5, total 5, 60 req/s of 1 s requests, nothing queued: need 60 >= 2*5 and 60 > 5, so target 60
   and amount +55 in one cycle. Waiter alone: up = 0.1*60 + 0.9*5 = 10.5, amount +6, and about 30 ticks to
   reach 57 (60 - 55*0.9^30).
-* Hold. Ten seconds later outstanding is back to 5: Waiter's down would be 0.999*60 + 0.001*5 = 59.945;
-  burst keeps 60 and amount >= 0 until 60 s after the last burst cycle.
-* Exit. From then on the target decays from 60 at 0.001 a tick, like Waiter's would from its own peak.
+* Hold. Ten seconds later the load is 5 req/s: the target stays at the peak, 60, until 60 s after the last cycle
+  that saw the burst condition.
+* Exit. Then the target falls to the need, 5, and the surplus is killed one idle instance at a time.
 
 Knative's defaults are the model for ours: panic at 200% of the ready capacity, a 60 s stable window.
 ``BurstSettings(enabled=False)`` gives exactly Waiter's behaviour.
@@ -56,8 +56,8 @@ law plus the instances that serve the queue within ``drain_secs``::
     need    = busy + backlog
 
 * Entry as above with this need. In the window the target is ``peak + backlog`` where ``peak`` (kept in the
-  state) is the highest ``busy`` of the burst: the queue's share goes once the queue is served, instances started
-  before anything was measured are released at once, and a burst that drops away keeps its peak.
+  state) is the highest ``busy`` of the burst: the queue's share goes once the queue is served, and a burst that
+  drops away keeps its peak.
 * Exit: the target falls to today's need (max of ``need`` and ``ideal``); Waiter's formula goes on from there.
 * Blind: nothing measured yet (a cold start, or a new service's first requests still running). The target holds
   (one instance when requests wait) until the first requests are answered; a queue that grew while the first
@@ -374,18 +374,13 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
         # started while nothing was measured is released at once.
         peak = max(previous.burst_peak or 0, load.busy)
         target = _clamp(settings, peak + load.backlog)
-    elif in_burst:
-        if entered:
-            target = max(target, _clamp(settings, ideal))
-        # Keep the burst level so that leaving burst mode decays smoothly instead of dropping.
-        target = _clamp(settings, max(target, previous.target))
     elif previous.burst_last_seen is not None and load is not None:
         # The burst is over: release what it held beyond today's need; Waiter's smoothing goes on from there.
         target = _clamp(settings, max(need, ideal))
     amount, why_zero = _amount(settings, target, max(ideal, need) if in_burst else ideal, counts.total)
     scale_to = _with_expired(settings, counts, amount)
-    if in_burst and peak is None:
-        # Never scale down inside the stable window, except to obey a max-instances lowered since the burst.
+    if blind:
+        # Nothing measured, nothing to release; only a max-instances lowered meanwhile is obeyed.
         scale_to = max(scale_to, min(counts.total, settings.max_instances))
     amount = scale_to - counts.total
     state = ScalingState(target=target, last_tick=last_tick, burst_last_seen=seen if in_burst else None,
