@@ -127,8 +127,9 @@ class Autoscaler:
         leading = await self.state.lead(self.router_id, int(max(3.0, self.interval * 3) * 1000))
         if leading != self.is_leader:
             log.info("router %s %s the scaling leader", self.router_id, "is now" if leading else "is no longer")
-            self.states.clear()  # a new leader reads the smoothing state from the shared state
-            self._meters.clear()
+            # A new leader reads the smoothing state from the shared state; its throughput meters are its own
+            # measurements and stay (cleared, a leadership change would leave the next decisions blind).
+            self.states.clear()
             self._pending.clear()
             self.leader_changes += 1
         self.is_leader = leading
