@@ -46,7 +46,8 @@ async def two_routers(make_router, redis_url: str, agent_url: str, token: dict[s
     config = {
         "redis": redis_url,
         "scheduler": {"kind": "agent", "agent": {"url": agent_url}},
-        "autoscaler": {**FAST_SCALING, "burst": {"stable-window-secs": 1}},
+        # drain-secs 0.4 (one request of the burst below): a queue of closed-loop clients is their whole demand.
+        "autoscaler": {**FAST_SCALING, "burst": {"stable-window-secs": 1, "drain-secs": 0.4}},
         **extra,
     }
     a = await make_router([token], **config)

@@ -231,8 +231,8 @@ BURST_CASES = [
                  id="hold-keeps-target"),
     pytest.param((60, 60, True, -59), cfg(OURS, scale_down_factor=0.9),
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-59), id="hold-no-scale-down"),
-    pytest.param((5, 5, False, None), cfg(OURS, scale_down_factor=0.5),
-                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-60), id="exit-after-window-releases"),
+    pytest.param((30, 30, False, None), cfg(OURS, scale_down_factor=0.5),
+                 dict(total=60, outstanding=5, target=60, healthy=60, seen=-60), id="exit-after-window-releases-half"),
     pytest.param((70, 70, True, -10), OURS, dict(total=60, outstanding=70, target=60, healthy=60, seen=-10),
                  id="hold-follows-a-higher-need"),
     pytest.param((61, 60, True, -10), OURS,
@@ -242,7 +242,7 @@ BURST_CASES = [
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="hold-yields-to-lower-max"),
     pytest.param((33, 32.5, False, None), cfg(OURS, scale_down_factor=0.5, burst=NO_BURST),
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="disabled-ignores-stored-burst"),
-    pytest.param((5, 5, False, None), cfg(OURS, scale_down_factor=0.5, burst=BurstSettings(stable_window_secs=0)),
+    pytest.param((30, 30, False, None), cfg(OURS, scale_down_factor=0.5, burst=BurstSettings(stable_window_secs=0)),
                  dict(total=60, outstanding=5, target=60, healthy=60, seen=-10), id="zero-window-no-hold"),
     pytest.param((60, 60, True, 0), cfg(OURS, burst=BurstSettings(stable_window_secs=0)),
                  dict(total=5, outstanding=60, target=5, healthy=5), id="zero-window-still-jumps"),
@@ -287,8 +287,8 @@ def test_burst_lifecycle_step_load():
     # The load ends at t=30, but nothing goes below 50 until 60 s after the burst cycle at t=1.
     assert all(d.scale_to == 50 and d.burst for t, d in history if t < 61)
     assert all(not d.burst and d.state.burst_last_seen is None for t, d in history if t >= 61)
-    # t=61: the burst is over and the need is gone: the target falls to min-instances, the surplus is released.
-    assert history[60][1].state.target == 1 and history[60][1].scale_to == 1
+    # t=61: the burst is over and the need is gone: half the surplus is released at once, Waiter's decay goes on.
+    assert history[60][1].state.target == 25 and history[60][1].scale_to == 25
 
 
 @pytest.mark.parametrize(
@@ -381,21 +381,28 @@ THROUGHPUT_CASES = [
                  dict(total=50, healthy=50, outstanding=60, queued=10, rate=50, service=1, target=50, seen=-10,
                       peak=40),
                  id="hold-adds-the-queue"),
-    pytest.param((5, 5, False, None), OURS,
+    pytest.param((25, 25, False, None), OURS,
                  dict(total=50, healthy=50, outstanding=5, queued=0, rate=5, service=1, target=50, seen=-60, peak=50),
-                 id="exit-releases-to-the-need"),
+                 id="exit-releases-at-most-half"),  # 50 / threshold 2, above the need of 5
+    pytest.param((30, 30, False, None), OURS,
+                 dict(total=50, healthy=50, outstanding=30, queued=0, rate=30, service=1, target=50, seen=-60,
+                      peak=50),
+                 id="exit-releases-to-the-need-when-above-half"),
     pytest.param((5, 5.4, False, None), OURS,
                  dict(total=5, healthy=5, outstanding=9, queued=4, rate=5, service=1),
                  id="below-threshold-is-waiter"),  # need 5 + 4 = 9 < 2 x 5
     pytest.param((26, 26, True, 25), OURS,
                  dict(total=5, healthy=5, outstanding=6, queued=1, rate=50, service=0.5),
                  id="arrivals-beyond-the-outstanding-count"),
+    pytest.param((4, 4, True, 4), OURS,
+                 dict(total=1, healthy=1, outstanding=4, queued=3, rate=0, service=0.4),
+                 id="nothing-arrives-while-work-waits-outstanding-is-the-need"),
     pytest.param((11, 10.5, False, None), cfg(OURS, burst=NO_BURST),
                  dict(total=5, healthy=5, outstanding=60, queued=55, rate=1000, service=0.01),
                  id="disabled-ignores-throughput"),
-    pytest.param((5, 5, False, None), OURS,
+    pytest.param((60, 60, True, None), OURS,
                  dict(total=5, healthy=5, outstanding=60, queued=55, rate=None, service=None),
-                 id="unmeasured-waits-for-the-first-answers"),
+                 id="unmeasured-with-healthy-instances-bursts-on-outstanding"),
     pytest.param((3, 3, False, None), cfg(OURS, min_instances=3),
                  dict(total=0, healthy=0, outstanding=2, queued=2, rate=2, service=None),
                  id="blind-still-scales-to-min"),

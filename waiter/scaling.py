@@ -32,15 +32,17 @@ max(healthy, 1)`` and ``need > total``: the smoothed target lags far behind the 
 the need at once (clamped to min/max-instances) and ``burst_last_seen = now``. While ``now - burst_last_seen <
 stable_window_secs`` the service is in burst: the target is the highest throughput need of the burst (``peak``,
 kept in the state) plus what the queue needs now, so a burst that drops away keeps its peak. When the window has
-passed, the target falls to today's need and Waiter's formula goes on from there. The need is sized by
-throughput (below), never by the outstanding count alone.
+passed, the target falls to today's need, but at most to 1/threshold of the burst's level (lower, and a need
+measured a little short would enter a burst again at once), and Waiter's formula goes on from there. The need
+is sized by throughput (below) once the service has been measured.
 
 * Entry. healthy 5, total 5, 60 req/s of 1 s requests, nothing queued: need 60 >= 2*5 and 60 > 5, so target 60
   and amount +55 in one cycle. Waiter alone: up = 0.1*60 + 0.9*5 = 10.5, amount +6, and about 30 ticks to
   reach 57 (60 - 55*0.9^30).
 * Hold. Ten seconds later the load is 5 req/s: the target stays at the peak, 60, until 60 s after the last cycle
   that saw the burst condition.
-* Exit. Then the target falls to the need, 5, and the surplus is killed one idle instance at a time.
+* Exit. Then the target falls to max(need 5, 60 / threshold 2) = 30; the surplus is killed one idle instance at
+  a time, and Waiter's formula takes the target on down from 30.
 
 Knative's defaults are the model for ours: panic at 200% of the ready capacity, a 60 s stable window.
 ``BurstSettings(enabled=False)`` gives exactly Waiter's behaviour.
@@ -51,18 +53,19 @@ up ~1,000 requests in a 1 s cold start: 125 instances, where 2 serve the load). 
 the arrival rate and the service time (``Counts.arrival_rate``, ``Counts.service_secs``), the need is Little's
 law plus the instances that serve the queue within ``drain_secs``::
 
-    busy    = ceil(arrival_rate * service_secs * scale-factor / concurrency-level)
+    busy    = ceil(arrival_rate * service_secs * scale-factor / concurrency-level), or ideal when that is 0 and
+              requests are outstanding (nothing arrives while closed-loop clients wait, or nothing moves)
     backlog = min(ceil(queued * service_secs * scale-factor / concurrency-level / drain_secs), 3 * max(busy, 1))
     need    = busy + backlog
 
 * Entry as above with this need. In the window the target is ``peak + backlog`` where ``peak`` (kept in the
   state) is the highest ``busy`` of the burst: the queue's share goes once the queue is served, and a burst that
   drops away keeps its peak.
-* Exit: the target falls to today's need (max of ``need`` and ``ideal``); Waiter's formula goes on from there.
-* Blind: nothing measured yet (a cold start, or a new service's first requests still running). The target holds
-  (one instance when requests wait) until the first requests are answered; a queue that grew while the first
-  instance started is no measure of the need (the autoscaler keeps the last service time it measured, so only a
-  service never answered is blind). With burst mode off, Waiter's formula applies unchanged.
+* Exit: the target falls to max(``need``, ``ideal``, level / threshold); Waiter's formula goes on from there.
+* Blind: nothing healthy and nothing measured (a cold start). The target holds (one instance when requests wait)
+  until the first instance answers; a queue that grew while it started is no measure of the need (the autoscaler
+  keeps the last service time it measured). Healthy instances but nothing measured yet (requests still running):
+  the burst is sized by the outstanding count and held. With burst mode off, Waiter's formula applies unchanged.
 
 1,000 req/s x 0.01 s / 8 = 1.25: 2 instances, plus ceil(492 * 0.01 / 8 / 1) = 1 for 492 queued requests.
 """
@@ -338,6 +341,10 @@ def load_need(settings: ScalingSettings, counts: Counts) -> LoadNeed | None:
         return None
     per_request = counts.service_secs * settings.scale_factor / settings.concurrency_level
     busy = max(0, _ceil(counts.arrival_rate * per_request))
+    if busy == 0 and counts.outstanding > 0:
+        # Work is present but none arrived lately: its clients wait for it (closed loop) or nothing moves; the
+        # outstanding count, queue included, is the need then.
+        return LoadNeed(ideal_instances(settings, counts.outstanding), 0)
     # The queue's share is at most BACKLOG_CAP times the busy need: a queue that grew during a start-up is served
     # within seconds without one instance per queued request (each would be released one kill at a time).
     backlog = min(max(0, _ceil(counts.queued * per_request / settings.burst.drain_secs)), BACKLOG_CAP * max(1, busy))
@@ -358,9 +365,9 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
     burst = settings.burst
     load = load_need(settings, counts) if burst.enabled else None
     need = ideal if load is None else load.total
-    # Nothing measured yet (a cold start, or the first requests of a new service still running): the queue only
-    # says how long the first instance took to start, not what the service needs, so wait for the first answers.
-    blind = burst.enabled and load is None
+    # Nothing healthy and nothing measured (a cold start): the queue only says how long the first instance took to
+    # start, not what the service needs, so wait for the first answers.
+    blind = burst.enabled and load is None and counts.healthy == 0
     entered = (burst.enabled and not blind and need >= burst.threshold * max(counts.healthy, 1)
                and need > counts.total)
     seen = now if entered else previous.burst_last_seen
@@ -374,12 +381,18 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
         # started while nothing was measured is released at once.
         peak = max(previous.burst_peak or 0, load.busy)
         target = _clamp(settings, peak + load.backlog)
+    elif in_burst:
+        # Measured nothing, yet instances serve (requests longer than the window): burst on the outstanding count.
+        if entered:
+            target = max(target, _clamp(settings, ideal))
+        target = _clamp(settings, max(target, previous.target))
     elif previous.burst_last_seen is not None and load is not None:
-        # The burst is over: release what it held beyond today's need; Waiter's smoothing goes on from there.
-        target = _clamp(settings, max(need, ideal))
+        # The burst is over: release what it held beyond today's need, at most down to 1/threshold of it (lower,
+        # and a need measured a little short would enter a burst again at once); Waiter's smoothing goes on.
+        target = _clamp(settings, max(need, ideal, previous.target / burst.threshold))
     amount, why_zero = _amount(settings, target, max(ideal, need) if in_burst else ideal, counts.total)
     scale_to = _with_expired(settings, counts, amount)
-    if blind:
+    if blind or (in_burst and peak is None):
         # Nothing measured, nothing to release; only a max-instances lowered meanwhile is obeyed.
         scale_to = max(scale_to, min(counts.total, settings.max_instances))
     amount = scale_to - counts.total
