@@ -400,9 +400,9 @@ THROUGHPUT_CASES = [
     pytest.param((11, 10.5, False, None), cfg(OURS, burst=NO_BURST),
                  dict(total=5, healthy=5, outstanding=60, queued=55, rate=1000, service=0.01),
                  id="disabled-ignores-throughput"),
-    pytest.param((60, 60, True, None), OURS,
+    pytest.param((11, 10.5, True, None), OURS,
                  dict(total=5, healthy=5, outstanding=60, queued=55, rate=None, service=None),
-                 id="unmeasured-with-healthy-instances-bursts-on-outstanding"),
+                 id="unmeasured-with-healthy-instances-at-most-doubles"),  # 2 x 5, or Waiter's 10.5 if more
     pytest.param((3, 3, False, None), cfg(OURS, min_instances=3),
                  dict(total=0, healthy=0, outstanding=2, queued=2, rate=2, service=None),
                  id="blind-still-scales-to-min"),

@@ -65,7 +65,8 @@ law plus the instances that serve the queue within ``drain_secs``::
 * Blind: nothing healthy and nothing measured (a cold start). The target holds (one instance when requests wait)
   until the first instance answers; a queue that grew while it started is no measure of the need (the autoscaler
   keeps the last service time it measured). Healthy instances but nothing measured yet (requests still running):
-  the burst is sized by the outstanding count and held. With burst mode off, Waiter's formula applies unchanged.
+  the burst is sized by the outstanding count, at most threshold x healthy a cycle, and held. With burst mode
+  off, Waiter's formula applies unchanged.
 
 1,000 req/s x 0.01 s / 8 = 1.25: 2 instances, plus ceil(492 * 0.01 / 8 / 1) = 1 for 492 queued requests.
 """
@@ -382,9 +383,10 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
         peak = max(previous.burst_peak or 0, load.busy)
         target = _clamp(settings, peak + load.backlog)
     elif in_burst:
-        # Measured nothing, yet instances serve (requests longer than the window): burst on the outstanding count.
+        # Measured nothing, yet instances serve (their first requests still run): the outstanding count, at most
+        # threshold x the healthy instances a cycle (a cold start's queue is no measure of the need).
         if entered:
-            target = max(target, _clamp(settings, ideal))
+            target = max(target, _clamp(settings, min(ideal, burst.threshold * max(counts.healthy, 1))))
         target = _clamp(settings, max(target, previous.target))
     elif previous.burst_last_seen is not None and load is not None:
         # The burst is over: release what it held beyond today's need, at most down to 1/threshold of it (lower,
