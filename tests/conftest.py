@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import inspect
 import random
 import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,3 +245,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _STATUS_KEY = pytest.StashKey[set[str] | None]()
+
+
+# -- garbage of a test is collected with that test ------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_of_this_test(request: pytest.FixtureRequest) -> Any:
+    """Collect the test's cyclic garbage at its own teardown.
+
+    Otherwise the collector runs at a random later moment, and a socket some library left in a reference cycle
+    (seen: redis-py connections of an event loop that is already closed) warns inside whichever test is running
+    then, failing it for another test's leftovers. Those late warnings carry nothing to act on (their loop is gone),
+    so they are dropped here; leaks the test itself can see still fail it.
+    """
+    yield
+    if not inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        return  # only tests with an event loop leave sockets behind; the pure tables stay fast
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()

@@ -131,7 +131,8 @@ class RedisConnection:
         return {"sentinel-service": self.service, "primary": self.primary(), "primary-changes": self.primary_changes}
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        # A Sentinel client's pool is handed in, so redis-py would leave its connections open without being told.
+        await self.client.aclose(close_connection_pool=True)
         if self._sentinel is not None:
             for sentinel in self._sentinel.sentinels:
                 await sentinel.aclose()
