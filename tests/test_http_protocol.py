@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.support import eventually
+from waiter.client_connection import Connection
 from waiter.errors import WaiterError
-from waiter.frontdoor import Connection, FrontDoor, Limits
+from waiter.frontdoor import FrontDoor, Limits
 from waiter.http1 import BadRequest, Request
 
 

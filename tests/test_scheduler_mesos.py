@@ -23,7 +23,7 @@ from waiter.messages import MESSAGES
 from waiter.scheduler import create_scheduler
 from waiter.scheduler.base import KillOutcome, ServiceSpec, ServiceState
 from waiter.scheduler.exits import exit_code_of
-from waiter.scheduler.mesos import MesosScheduler, MesosSettings
+from waiter.scheduler.mesos import MesosScheduler
 from waiter.scheduler.mesos_proto import (
     Need,
     Offer,
@@ -41,6 +41,7 @@ from waiter.scheduler.mesos_proto import (
     task_outcome,
     usable_role,
 )
+from waiter.scheduler.mesos_tasks import MesosSettings
 from waiter.settings import SettingsError, load_settings
 
 HTTP_SERVER = 'exec python3 -m http.server "$PORT0" --bind 127.0.0.1'

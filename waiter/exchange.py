@@ -25,6 +25,7 @@ from waiter.async_requests import (
 from waiter.auth import Admission
 from waiter.auth.cookie import AUTH_COOKIE, strip_auth_cookie
 from waiter.auth.stamp import INTERNAL_PREFIX
+from waiter.client_connection import Connection
 from waiter.debug import DebugInfo, add_to_error, wants_debug
 from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError
@@ -43,7 +44,6 @@ from waiter.forwarding import (
     open_upstream,
     timeouts,
 )
-from waiter.frontdoor import Connection
 from waiter.http1 import CRLF, ENC, ERRORS, AuthView, Request, Tunnel, empty_response
 from waiter.interstitial import BYPASS_BYTES
 from waiter.router import Router

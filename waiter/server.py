@@ -24,8 +24,9 @@ from aiohttp import web
 
 from waiter.access_log import AccessLog
 from waiter.app import ROUTER, build_app
+from waiter.client_connection import Connection
 from waiter.exchange import Dispatcher
-from waiter.frontdoor import Connection, FrontDoor, Limits
+from waiter.frontdoor import FrontDoor, Limits
 from waiter.router import Router
 from waiter.scheduler.base import Scheduler
 from waiter.settings import Settings

@@ -26,7 +26,8 @@ def create_scheduler(settings: Settings) -> Scheduler:
 
         return MarathonScheduler(settings.marathon, cluster_name=settings.cluster_name)
     if kind == "mesos":
-        from waiter.scheduler.mesos import MesosScheduler, MesosSettings
+        from waiter.scheduler.mesos import MesosScheduler
+        from waiter.scheduler.mesos_tasks import MesosSettings
 
         mesos = settings.mesos
         return MesosScheduler(

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import getpass
 import logging
 import secrets
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from waiter.scheduler.base import (
@@ -51,36 +49,9 @@ from waiter.scheduler.mesos_proto import (
     task_user,
     usable_role,
 )
-from waiter.scheduler.mesos_tasks import MesosBook, Task, ended_instance, id_value
+from waiter.scheduler.mesos_tasks import MesosBook, MesosSettings, Task, ended_instance, id_value
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MesosSettings:
-    master: str  # host:port of a master; a non-leader redirects to the leader
-    framework_name: str = "waiter"
-    role: str = "*"
-    user: str = field(default_factory=getpass.getuser)
-    failover_timeout_secs: float = 604800.0  # the master keeps our tasks this long while we are away
-    offer_wait_secs: float = 60.0  # no fitting offer for this long -> deployment error on the service
-    request_timeout_secs: float = 10.0
-    cluster_name: str = "local"
-    agent_work_dir: str = "/var/lib/mesos"  # the agents' --work_dir, to name each task's sandbox
-    decline_refuse_secs: float = 5.0  # offers we have no use for are not re-offered for this long
-    waiting_refuse_secs: float = 1.0  # ... while some instance still waits for a fitting offer
-    tick_secs: float = 0.25  # deployment-error checks, backoff expiry and kill retries
-    min_kill_grace_secs: float = 1.0
-    kill_wait_secs: float = 30.0  # kill_instance waits this long (beyond the grace) for the task to end
-    restart_backoff_base_secs: float = 0.5
-    reconnect_max_secs: float = 5.0
-    heartbeat_misses: int = 5
-    max_ended_instances: int = 10
-    reconcile_retry_secs: float = 2.0  # explicit reconciliation unanswered this long is sent again (doubling)
-    reconcile_retry_max_secs: float = 60.0
-
-
-# -- bookkeeping -----------------------------------------------------------------------------------------------
 
 
 class MesosScheduler:

@@ -1,9 +1,10 @@
-"""The Mesos framework's bookkeeping: a service's books with offer placement, one task, and how it ended."""
+"""The Mesos framework's settings and bookkeeping: a service's books with offer placement, one task, how it ended."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import getpass
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,30 @@ from typing import Any
 from waiter.scheduler.base import Instance
 from waiter.scheduler.book import Ending, ServiceBook, exit_message
 from waiter.scheduler.mesos_proto import TaskOutcome, TaskPhase
+
+
+@dataclass(frozen=True)
+class MesosSettings:
+    master: str  # host:port of a master; a non-leader redirects to the leader
+    framework_name: str = "waiter"
+    role: str = "*"
+    user: str = field(default_factory=getpass.getuser)
+    failover_timeout_secs: float = 604800.0  # the master keeps our tasks this long while we are away
+    offer_wait_secs: float = 60.0  # no fitting offer for this long -> deployment error on the service
+    request_timeout_secs: float = 10.0
+    cluster_name: str = "local"
+    agent_work_dir: str = "/var/lib/mesos"  # the agents' --work_dir, to name each task's sandbox
+    decline_refuse_secs: float = 5.0  # offers we have no use for are not re-offered for this long
+    waiting_refuse_secs: float = 1.0  # ... while some instance still waits for a fitting offer
+    tick_secs: float = 0.25  # deployment-error checks, backoff expiry and kill retries
+    min_kill_grace_secs: float = 1.0
+    kill_wait_secs: float = 30.0  # kill_instance waits this long (beyond the grace) for the task to end
+    restart_backoff_base_secs: float = 0.5
+    reconnect_max_secs: float = 5.0
+    heartbeat_misses: int = 5
+    max_ended_instances: int = 10
+    reconcile_retry_secs: float = 2.0  # explicit reconciliation unanswered this long is sent again (doubling)
+    reconcile_retry_max_secs: float = 60.0
 
 
 @dataclass

@@ -18,9 +18,9 @@ so the bytes a client sent reach the backend unchanged. Protocol upgrades are no
 tunnels them itself (waiter.http1.Tunnel).
 """
 
-from waiter.upstream.connection import Chunk, UpstreamResponse
 from waiter.upstream.errors import ConnectError, UpstreamClosed, UpstreamError, UpstreamTimeout
 from waiter.upstream.pool import UpstreamPool
+from waiter.upstream.response import Chunk, UpstreamResponse
 
 __all__ = [
     "Chunk",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 
-from waiter.upstream.connection import Connection, UpstreamResponse, build_head
+from waiter.upstream.connection import Connection, build_head
 from waiter.upstream.errors import Body, ConnectError, StaleConnection, UpstreamClosed, UpstreamError
+from waiter.upstream.response import UpstreamResponse
 
 
 class UpstreamPool:

@@ -1,0 +1,494 @@
+"""One client connection of the front door (waiter.frontdoor), on asyncio.Protocol and httptools.
+
+Parsing with limits (414, 431, 400 for malformed heads and framing, 408 for a head that takes too long), one
+request served at a time in order (pipelined ones wait, reading paused), keep-alive and its idle timeout,
+half-closed clients, flow control both ways, drain. A request whose framing breaks before its handler started is
+answered here and never reaches the handler; after that its body fails with BadRequest, so nothing downstream
+takes a truncated body for a whole one.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from waiter.errors import WaiterError, internal_error, render_error_parts
+from waiter.forwarding import new_cid
+from waiter.http1 import (
+    ENC,
+    ERRORS,
+    SPECIAL,
+    BadRequest,
+    ErrorView,
+    Request,
+    RequestBody,
+    Tunnel,
+    error_response,
+)
+from waiter.text import printable
+
+if TYPE_CHECKING:
+    from waiter.frontdoor import FrontDoor
+
+log = logging.getLogger(__name__)
+
+# Reasons reading from a client is paused (bits): a body backlog, requests waiting their turn, a tunnel, a fault.
+_BODY, _PIPELINE, _TUNNEL, _STOPPED = 1, 2, 4, 8
+LINGER_SECS = 2.0  # at most this long reading what a refused client still sends (see Connection._linger)
+
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parses requests (it is also the httptools callback object) and serves them in order."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+        self.limits = door.limits
+        self.loop = asyncio.get_running_loop()
+        self.peer = b""
+        self.received = self.sent = 0  # bytes, for /metrics and the access log
+        self.active: Request | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._parsing: Request | None = None
+        self._queue: deque[Request] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] | None = None  # the idle task waits on it for the next request
+        self._paused = 0
+        self._in_head = False
+        self._head_bytes = self._fields_size = self._field_count = 0  # of an unfinished head
+        self._head_started = 0.0
+        self._write_paused = self._closed = self._eof = self._lingering = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._last_io = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tunnel: Tunnel | None = None
+        self._responded = False  # the current request's response head is written
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
+        self.door.connections.add(self)
+        self.door.accepted += 1
+        self._last_io = self.loop.time()
+        self._arm_timer()
+        if self.door.draining:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self._lingering:
+            return
+        if self._tunnel is not None:
+            self._tunnel.transport.write(data)
+            return
+        if self._paused & _STOPPED:
+            if self._parsing is not None and self._parsing.upgrade:
+                self._parsing.tail.append(data)  # an upgrade waiting for its tunnel
+            return
+        self._last_io = self.loop.time()
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, BadRequest):
+                self._fault(cause)
+            else:
+                self._fault(BadRequest(400, f"The request is not valid HTTP/1.1: {exc}."))
+        else:
+            if self._in_head and self._head_bytes > self.limits.max_head:
+                self._fault(
+                    BadRequest(431, f"The request head is larger than the limit of {self.limits.max_head} bytes.")
+                )
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self._lingering:
+            return False
+        if self._tunnel is not None:
+            if self._tunnel.transport.can_write_eof():
+                self._tunnel.transport.write_eof()
+            return True
+        if self._parsing is not None and self._parsing.body is not None:
+            # Half-closed before the body's end: the client's fault, and it can still read the answer.
+            self._fault(BadRequest(400, "The client closed its side of the connection before the request body ended."))
+        # Half-closed: still answer the requests already received, then close.
+        return self.active is not None or bool(self._queue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.door._forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        gone = ConnectionResetError("The client closed the connection.")
+        for req in (self.active, self._parsing, *self._queue):
+            if req is not None and req.body is not None:
+                req.body.fail(gone)
+        self._queue.clear()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # releases the slot and the backend connection on its way out
+        self._wake_drain()
+        if self._tunnel is not None and not self._tunnel.transport.is_closing():
+            self._tunnel.transport.close()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._tunnel is not None:
+            self._tunnel.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+        if self._tunnel is not None and not self._tunnel.transport.is_closing():
+            self._tunnel.transport.resume_reading()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._parsing = Request()
+        self._in_head, self._head_bytes, self._fields_size, self._field_count = True, 0, 0, 0
+        self._head_started = self._last_io
+
+    def on_url(self, url: bytes) -> None:
+        req = self._parsing
+        assert req is not None
+        req.url += url
+        if len(req.url) > self.limits.max_url:
+            raise BadRequest(414, f"The request target is longer than the limit of {self.limits.max_url} bytes.")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self._parsing
+        assert req is not None
+        limits = self.limits
+        size = len(name) + len(value)
+        if size > limits.max_field:
+            raise BadRequest(
+                431, f"The header {name.decode(ENC, ERRORS)} is larger than the limit of {limits.max_field} bytes."
+            )
+        self._fields_size += size
+        if self._fields_size > limits.max_head:
+            raise BadRequest(431, f"The request head is larger than the limit of {limits.max_head} bytes.")
+        self._field_count += 1
+        if self._field_count > limits.max_headers:
+            raise BadRequest(431, f"The request has more headers than the limit of {limits.max_headers}.")
+        lname = name.lower()
+        req.headers.append((name, value, lname))
+        if lname[:9] == b"x-waiter-":
+            req.waiter.append((lname.decode(ENC, ERRORS), value.decode(ENC, ERRORS)))
+        elif lname in SPECIAL:
+            known = req.special.get(lname)
+            if known is None:
+                req.special[lname] = value
+            elif lname == b"connection" or lname == b"transfer-encoding":
+                req.special[lname] = known + b", " + value
+
+    def on_headers_complete(self) -> None:
+        req = self._parsing
+        assert req is not None
+        parser = self._parser
+        req.method = parser.get_method()
+        req.http11 = parser.get_http_version() == "1.1"
+        req.keep_alive = parser.should_keep_alive()
+        special = req.special
+        coding = special.get(b"transfer-encoding")
+        chunked = coding is not None
+        if coding is not None and coding.strip().lower() != b"chunked":
+            # Any other coding would be passed on undone or framed wrongly: refused, as llhttp refuses it too.
+            raise BadRequest(
+                400,
+                f"The request's Transfer-Encoding {coding.decode(ENC, ERRORS)!r} is not supported; only 'chunked' is.",
+            )
+        length = special.get(b"content-length")
+        if length is not None:
+            if chunked:
+                raise BadRequest(400, "The request has both Content-Length and Transfer-Encoding; only one is allowed.")
+            req.content_length = int(length)  # llhttp checked it is digits
+        self._in_head = False
+        if chunked or (req.content_length or 0) > 0:
+            expect = special.get(b"expect", b"").lower() == b"100-continue"
+            req.body = RequestBody(self._pause_body, self._write_continue, expect)
+        if parser.should_upgrade():
+            req.upgrade = True
+            return  # queued once the parser hands over the bytes after the head (HttpParserUpgrade)
+        self._enqueue(req)
+
+    def on_body(self, body: bytes) -> None:
+        req = self._parsing
+        assert req is not None and req.body is not None
+        req.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        assert req is not None
+        if req.body is not None:
+            req.body.finish()
+        if not req.upgrade:
+            self._parsing = None
+
+    # the request pipeline
+
+    def _enqueue(self, req: Request) -> None:
+        if self.active is not None:
+            self._queue.append(req)
+            self._pause(_PIPELINE, True)
+            return
+        self.active, self._responded = req, False
+        # One task serves the connection's requests in turn: waking it costs less than a task per request.
+        if self._task is None:
+            self._task = self.loop.create_task(self._run())
+        elif self._ready is not None and not self._ready.done():
+            self._ready.set_result(None)
+
+    def _upgraded(self, tail: bytes) -> None:
+        req = self._parsing
+        if req is None or not req.upgrade:
+            self._fault(BadRequest(400, "The request asked for a protocol upgrade the router could not follow."))
+            return
+        # The parser stops at an upgrade: from here on the connection's bytes belong to the tunnel.
+        if tail:
+            req.tail.append(tail)
+        self._pause(_STOPPED, True)
+        self._enqueue(req)
+
+    def _fault(self, fault: BadRequest) -> None:
+        """Stop parsing; answer ``fault`` after the requests already received, then close."""
+        req, self._parsing = self._parsing, None
+        self._pause(_STOPPED, True)
+        if req is not None and not self._in_head:
+            # Its head was fine, so it is queued or served already, and its body is what broke. Not yet taken by
+            # its handler: answered here, nothing was forwarded. Taken: its body fails, so it never ends whole.
+            req.keep_alive = False
+            if not req.taken:
+                req.fault = fault
+            elif req.body is not None:
+                req.body.fail(fault)
+            return
+        self._in_head = False
+        req = req or Request()
+        req.fault, req.keep_alive = fault, False
+        self._enqueue(req)
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                req = self.active
+                if req is None:
+                    self._ready = self.loop.create_future()
+                    await self._ready
+                    continue
+                req.taken = True
+                try:
+                    await self._serve(req)
+                except ConnectionResetError:
+                    return
+                except Exception:
+                    log.exception("front door failed serving %s %s", req.method_str(), printable(req.path))
+                    self.transport.abort()
+                    return
+                if not self._finished(req):
+                    return
+        except asyncio.CancelledError:
+            if not self._closed:
+                raise  # the client left: nothing else to do
+        finally:
+            self._task = self._ready = None
+
+    def _finished(self, req: Request) -> bool:
+        """Move on to the next request; False when the connection is closing."""
+        self.active = None
+        if self._closed:
+            return False
+        self._last_io = self.loop.time()
+        unread = req.body is not None and not req.body.done
+        if req.fault is not None or unread:
+            self._linger()
+            return False
+        if not req.keep_alive or self.door.draining:
+            self.transport.close()
+            return False
+        if self._queue:
+            self.active, self._responded = self._queue.popleft(), False
+            if not self._queue:
+                self._pause(_PIPELINE, False)
+        elif self._eof:
+            self.transport.close()
+            return False
+        return True
+
+    def _linger(self) -> None:
+        """Close after an answer sent while the client may still be sending (a refused head, a body left unread):
+        closing at once with unread bytes would reset the connection and could destroy the answer in flight, so
+        end our side, then read and discard until the client ends its side or LINGER_SECS pass (nginx's
+        lingering close)."""
+        if self._eof or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self._lingering = True
+        self.transport.write_eof()
+        self._paused = 0
+        self.transport.resume_reading()
+        self.loop.call_later(LINGER_SECS, self.transport.close)
+
+    def close_if_idle(self) -> None:
+        if self.active is None and not self._closed and not self._request_waiting():
+            self.transport.close()
+
+    def _request_waiting(self) -> bool:
+        """Bytes of a request arrived but are not read yet: closing now would reset the connection (unread data
+        makes the kernel send RST) and lose that request. It is served instead, and the connection closed after."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:
+            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+                return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
+
+    # One timer per connection for both deadlines; it is re-armed when it fires, not per request.
+    def _arm_timer(self) -> None:
+        limits = self.limits
+        if self.active is not None:
+            due = self.loop.time() + limits.idle_timeout  # a request in progress has its own timeouts
+        else:
+            due = self._last_io + limits.idle_timeout
+            if self._in_head:
+                due = min(due, self._head_started + limits.head_timeout)
+            else:
+                due = min(due, self.loop.time() + limits.head_timeout)  # a head may start meanwhile
+        self._timer = self.loop.call_at(due, self._check_time)
+
+    def _check_time(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now, limits = self.loop.time(), self.limits
+        if self.active is None and not self._paused & _STOPPED:
+            if self._in_head and now >= self._head_started + limits.head_timeout:
+                self._fault(
+                    BadRequest(408, f"The request head was not received within {limits.head_timeout:g} seconds.")
+                )
+            elif not self._in_head and now >= self._last_io + limits.idle_timeout:
+                self.transport.close()
+                return
+        self._arm_timer()
+
+    # flow control and writing
+
+    def _pause(self, reason: int, on: bool) -> None:
+        before = self._paused
+        self._paused = before | reason if on else before & ~reason
+        if self._closed or bool(before) == bool(self._paused):
+            return
+        if self._paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def _pause_body(self, on: bool) -> None:
+        self._pause(_BODY, on)
+
+    def _write_continue(self, data: bytes) -> None:
+        if not self._closed:
+            self.transport.write(data)
+
+    # what handlers write through
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def draining(self) -> bool:
+        return self.door.draining
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionResetError("The client closed the connection.")
+        self.sent += len(data)
+        self.transport.write(data)
+
+    def write_head(self, data: bytes) -> None:
+        """Write a response head (and maybe its body): from here on an error can only close the connection."""
+        self.write(data)
+        self._responded = True
+
+    def start_tunnel(self, tunnel: Tunnel) -> None:
+        """From now on the client's bytes go to ``tunnel`` and back."""
+        self._tunnel = tunnel
+        self._responded = True
+        if self._write_paused:
+            tunnel.transport.pause_reading()
+        self._pause(_STOPPED | _PIPELINE | _BODY | _TUNNEL, False)
+
+    async def drain(self) -> None:
+        while self._write_paused and not self._closed:
+            waiter = self._drain_waiter = self.loop.create_future()
+            await waiter
+        if self._closed:
+            raise ConnectionResetError("The client closed the connection.")
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def answer_error(self, req: Request, err: WaiterError, cid: bytes) -> None:
+        """Answer ``err`` as the whole response (rendered as the request's Accept asks)."""
+        if self._closed:
+            return
+        if req.body is not None and not req.body.done:
+            req.keep_alive = False  # the unread rest of the body would be taken for the next request
+        keep_alive = req.keep_alive and not self.door.draining
+        rendered = render_error_parts(ErrorView(req), err, cid.decode(ENC, ERRORS))
+        self.write_head(error_response(rendered, keep_alive, req.method == b"HEAD"))
+
+    # serving one request
+
+    async def _serve(self, req: Request) -> None:
+        if req.fault is not None:
+            self.answer_error(req, WaiterError(req.fault.status, req.fault.message), new_cid().encode())
+            return
+        try:
+            await self.door.handler(self, req)
+        except BadRequest as fault:
+            # The request's body broke (a framing error, or the client half-closed early) on its way on.
+            req.keep_alive = False
+            if self._responded:
+                return  # the response is cut short; the connection closes
+            cid = req.special.get(b"x-cid") or new_cid().encode()
+            self.answer_error(req, WaiterError(fault.status, fault.message), cid)
+        except WaiterError as err:
+            self.answer_error(req, err, req.special.get(b"x-cid") or new_cid().encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:
+            if self._responded:
+                raise
+            cid = req.special.get(b"x-cid") or new_cid().encode()
+            text = printable(cid.decode(ENC, ERRORS))
+            log.exception("internal error on %s %s (cid %s)", req.method_str(), printable(req.path), text)
+            self.answer_error(req, internal_error(text), cid)
