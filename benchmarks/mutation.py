@@ -31,6 +31,7 @@ MODULES = {
         "tests/test_decision_boundaries.py",
     ],
     "descriptor": ["tests/test_descriptor.py", "tests/test_service_ids.py"],
+    "validation": ["tests/test_descriptor.py"],
     "params": ["tests/test_descriptor.py", "tests/test_description.py"],
 }
 # Helpers that build the parameter tables when the module is imported: mutmut switches mutants on per call, after

@@ -1,4 +1,5 @@
-"""Table tests for waiter.descriptor: parameters, headers, tokens, precedence, service ids, defaults."""
+"""Table tests for waiter.descriptor and waiter.validation: parameters, headers, tokens, precedence, service ids,
+defaults."""
 
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ from waiter.descriptor import (
     service_id,
     split_token,
     token_defaults,
-    validate_service,
-    validate_token,
 )
+from waiter.validation import validate_service, validate_token
 
 SERVICE_HEADLINE = "Service description using waiter headers/token improperly configured"
 BASE: dict[str, Any] = {"cmd": "run", "cpus": 1, "mem": 128, "version": "v1", "run-as-user": "alice"}

@@ -11,6 +11,7 @@ from waiter.errors import WaiterError
 from waiter.service import ResolvedService
 from waiter.settings import Settings
 from waiter.tokens import TokenRegistry, token_etag
+from waiter.validation import validate_service
 
 SERVICE_ID_TOKEN = "^SERVICE-ID#"
 _CACHE_LIMIT = 10_000
@@ -130,7 +131,7 @@ class Resolver:
             sources.append((name, etag))
         try:
             core = descriptor.build_core(descriptor.merge_tokens(params_list), parsed, user, has_token=bool(names))
-            descriptor.validate_service(core, max_cpus=self.settings.max_cpus, max_mem=self.settings.max_mem)
+            validate_service(core, max_cpus=self.settings.max_cpus, max_mem=self.settings.max_mem)
         except DescriptorError as exc:
             raise _bad_request(exc) from None
         meta = descriptor.token_defaults(descriptor.merge_tokens(meta_list))

@@ -13,10 +13,11 @@ from aiohttp import web
 
 from waiter.api.common import json_response, read_json
 from waiter.coordinator import OVERRIDES, SUSPENDED
-from waiter.descriptor import DescriptorError, validate_service
+from waiter.descriptor import DescriptorError
 from waiter.errors import WaiterError, iso_millis
 from waiter.service import Service
 from waiter.state import StateUnavailable
+from waiter.validation import validate_service
 
 if TYPE_CHECKING:
     from waiter.router import Router

@@ -18,7 +18,7 @@ from waiter.api import watch
 from waiter.api.common import included, json_response, query_true, read_json
 from waiter.api.filters import Filter, lookup
 from waiter.auth import Access, Caller, Permissions, access
-from waiter.descriptor import REQUIRED_PARAMS, DescriptorError, validate_token
+from waiter.descriptor import REQUIRED_PARAMS, DescriptorError
 from waiter.errors import WaiterError, iso_millis
 from waiter.tokens import StaleWrite, StoreUnavailable, TokenRecord, token_etag
 from waiter.tokens.records import (
@@ -32,6 +32,7 @@ from waiter.tokens.records import (
     shown,
 )
 from waiter.tokens.records import soft_deleted as soft_deleted_record
+from waiter.validation import validate_token
 
 if TYPE_CHECKING:
     from waiter.api.admin import Handler

@@ -21,10 +21,11 @@ from typing import Any
 
 import yaml
 
-from waiter.descriptor import SYSTEM_METADATA, DescriptorError, validate_token
+from waiter.descriptor import SYSTEM_METADATA, DescriptorError
 from waiter.jsonbounds import MAX_DEPTH, depth
 from waiter.tokens.records import name_problem, normalise
 from waiter.tokens.store import TokenRecord, make_record
+from waiter.validation import validate_token
 
 log = logging.getLogger(__name__)
 
