@@ -18,9 +18,15 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 SENTINEL_SCHEME = "redis+sentinel://"
+# Attempts after the first when a connection breaks, and the pause before each (jittered, doubling up to the cap).
+RETRIES = 2
+RETRY_BACKOFF_SECS = (0.01, 0.1)
 SERVER_SCHEMES = ("redis://", "rediss://", "unix://")
 SCHEMES = (*SERVER_SCHEMES, SENTINEL_SCHEME)
 EXAMPLE = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/mymaster/0"
@@ -81,6 +87,21 @@ def check_url(url: str) -> str | None:
     return f"it must start with {', '.join(SCHEMES)}"
 
 
+def retry_policy() -> Retry:
+    """How a command that met a broken connection is sent again: on a new connection, a few times, soon.
+
+    A Redis restart leaves every pooled connection dead, and the pool cannot tell them all from live ones before
+    use (the end of stream may not have been read yet), so without this the first command on each of them fails.
+    redis-py's ``from_url`` and Sentinel's ``master_for`` retry nothing unless given a policy, hence an explicit one.
+    Only connection errors are retried: a timeout means a slow or unreachable server, which a second try within
+    the same deadline would not help. Retried commands must be safe to run twice (one that reached the server may
+    have run before its answer was lost): every command and script the router sends is, see each script's comment.
+    The callers' own deadlines still bound the whole call, retries included.
+    """
+    base, cap = RETRY_BACKOFF_SECS
+    return Retry(ExponentialWithJitterBackoff(base=base, cap=cap), RETRIES, (RedisConnectionError,))
+
+
 class RedisConnection:
     """A redis-py client plus what it took to find the server (the Sentinels, closed with it)."""
 
@@ -90,6 +111,7 @@ class RedisConnection:
             "socket_connect_timeout": timeout,
             "health_check_interval": health_check_interval,
             "decode_responses": decode_responses,
+            "retry": retry_policy(),
         }
         self._sentinel: Sentinel | None = None
         self.service: str | None = None

@@ -36,6 +36,11 @@ _RESUBSCRIBE_SECS = 0.5
 
 T = TypeVar("T")
 
+# Every script here is safe to run twice (the client resends a command whose connection broke, and one that
+# reached the server may have run before its answer was lost, waiter.redis_client): _LEAD sets or renews the
+# lease to the same holder, _RESIGN deletes only our own lease, _LEASE sets (never adds) this router's share to what
+# is free for it, so a second run grants the same number. The pipelines below hold only SET, SADD, HSET, HSETNX,
+# HDEL, DEL: the same state however often they run.
 _LEAD = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then

@@ -52,12 +52,19 @@ T = TypeVar("T")
 
 # Compare-and-set of one token, its owner index entries and the version counter, atomically.
 # KEYS: data hash, etag hash, owners set, version key. ARGV: name, expected etag ('' = absent), new JSON
-# ('' = remove), new etag, new owner ('' = none), old owner ('' = none), index entry JSON, owner key prefix, channel.
+# ('' = remove), new etag ('' = remove), new owner ('' = none), old owner ('' = none), index entry JSON, owner key
+# prefix, channel.
+# Safe to retry (the client resends a command whose connection broke, waiter.redis_client): a run whose answer was
+# lost left the new etag (an etag is a hash of the content) or, for a removal, no etag; finding exactly that is
+# reported as done instead of as a conflict with our own write. Done by someone else, the outcome is the same.
 _CAS = """
 local name = ARGV[1]
 local current = redis.call('HGET', KEYS[2], name)
 if not current then current = '' end
-if current ~= ARGV[2] then return {0, current} end
+if current ~= ARGV[2] then
+  if current == ARGV[4] then return {1, redis.call('GET', KEYS[4]) or '0'} end
+  return {0, current}
+end
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], name)
   redis.call('HDEL', KEYS[2], name)
@@ -77,6 +84,8 @@ return {1, tostring(version)}
 
 
 # Write back one record a router held when Redis lost its data, unless the stored one is as new or newer.
+# Safe to retry: a second run finds the record it wrote as new as itself and writes nothing (it answers 0, so a
+# retried write-back is counted as not restored in the log line, nothing worse).
 # KEYS: data hash, etag hash, owners set, version key. ARGV: name, JSON, etag, owner ('' = none), index entry JSON,
 # owner key prefix, channel, last-update-time (millis, 0 when unknown). Returns 1 when written.
 _RESTORE = """
