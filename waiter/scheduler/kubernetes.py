@@ -2,13 +2,8 @@
 
 Three layers, as for Marathon. ``KubernetesClient`` (``kubernetes_client``) does the HTTP; pure translators
 (``kubernetes_objects``) build the ReplicaSet and read pods; ``KubernetesScheduler`` keeps the ReplicaSets and
-pods labelled with this router's cluster name in memory, fed by two list+watch loops, and answers from them.
-
-Watches, not polling. Each loop lists its collection, then watches from the list's ``resourceVersion`` with
-bookmarks (so a quiet watch still advances its version), resumes from the last version it saw when the server
-ends a watch, lists again when the server says that version is gone (410), and reconnects with capped
-exponential backoff when the API fails. A re-list replaces the collection in one step, so no instance
-disappears from a snapshot in between.
+pods labelled with this router's cluster name in memory, fed by two list+watch loops (``kubernetes_watch``:
+watches, not polling), and answers from them.
 
 Killing a chosen instance (never letting the ReplicaSet choose, as it would pick by its own ranking): the pod
 is deleted first, then the ReplicaSet's replicas are lowered by one under optimistic concurrency (the patch
@@ -35,7 +30,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -51,7 +45,7 @@ from waiter.scheduler.base import (
     ServiceState,
 )
 from waiter.scheduler.kubernetes_auth import connection
-from waiter.scheduler.kubernetes_client import JSON, KubernetesClient, KubernetesError, WatchExpired
+from waiter.scheduler.kubernetes_client import JSON, KubernetesClient, KubernetesError
 from waiter.scheduler.kubernetes_objects import (
     RECORD_ANNOTATION,
     PodProblem,
@@ -68,20 +62,18 @@ from waiter.scheduler.kubernetes_objects import (
     removal_rank,
     replicaset,
     replicaset_name,
-    resource_version,
     restart_count,
     selector,
     service_id_of,
     split_instance_id,
 )
+from waiter.scheduler.kubernetes_watch import WatchedCollection
 from waiter.scheduler.retry import RetryPolicy
 from waiter.settings import KubernetesSchedulerConfig
 
 log = logging.getLogger(__name__)
 
 MAX_ENDED = 10  # kept per list (failed, killed), as the other back-ends do
-MAX_RECONNECT_SECS = 30.0
-SHORT_WATCH_SECS = 1.0  # a watch that ends sooner than this without an event counts as a failure (backoff)
 CONFLICT_RETRIES = 5
 
 
@@ -104,17 +96,6 @@ class _Book:
         while len(self.recorded) > 10 * MAX_ENDED:
             del self.recorded[next(iter(self.recorded))]
         (self.failed if ended.failed else self.killed).append(ended)
-
-
-@dataclass
-class _Collection:
-    """One watched collection (ReplicaSets or pods): its objects by service id and name."""
-
-    kind: str
-    path: str
-    objects: dict[str, dict[str, JSON]] = field(default_factory=dict)  # service id -> name -> object
-    synced: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
 
 
 class KubernetesScheduler:
@@ -145,11 +126,21 @@ class KubernetesScheduler:
             base_port=config.pod_base_port,
             default_grace_secs=config.pod_sigkill_delay_secs,
         )
-        self._selector = selector(cluster_name)
         ns = self.namespace
-        self._replicasets = _Collection("ReplicaSet", f"/apis/apps/v1/namespaces/{ns}/replicasets")
-        self._pods = _Collection("Pod", f"/api/v1/namespaces/{ns}/pods")
-        self._deleted_uids: set[str] = set()  # ReplicaSets we deleted: late events about them are ignored
+
+        def watched(kind: str, path: str) -> WatchedCollection:
+            return WatchedCollection(
+                kind,
+                path,
+                self.client,
+                selector(cluster_name),
+                watch_timeout_secs=config.watch_timeout_secs,
+                retry_backoff_secs=config.retry_backoff_ms / 1000,
+                on_change=self._refresh,
+            )
+
+        self._replicasets = watched("ReplicaSet", f"/apis/apps/v1/namespaces/{ns}/replicasets")
+        self._pods = watched("Pod", f"/api/v1/namespaces/{ns}/pods")
         self._books: dict[str, _Book] = {}
         self._snapshots: dict[str, ServiceState] = {}
         self._listeners: list[Listener] = []
@@ -162,9 +153,8 @@ class KubernetesScheduler:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        for collection in (self._replicasets, self._pods):
-            if collection.task is None:
-                collection.task = asyncio.create_task(self._watch(collection), name=f"kubernetes-{collection.kind}")
+        self._replicasets.start()
+        self._pods.start()
         try:
             async with asyncio.timeout(self.config.request_timeout_ms / 1000):
                 await self._replicasets.synced.wait()
@@ -173,11 +163,8 @@ class KubernetesScheduler:
             log.warning("Kubernetes at %s has not answered the first lists yet; will keep trying", self.client.url)
 
     async def close(self) -> None:
-        for collection in (self._replicasets, self._pods):
-            if collection.task is not None:
-                collection.task.cancel()
-                await asyncio.wait([collection.task])
-                collection.task = None
+        await self._replicasets.stop()
+        await self._pods.stop()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -198,9 +185,9 @@ class KubernetesScheduler:
                     f"belongs to service {service_id_of(existing)}."
                 )
             if existing is not None:
-                self._apply(self._replicasets, "MODIFIED", existing)
+                self._replicasets.apply("MODIFIED", existing)
             return False
-        self._apply(self._replicasets, "ADDED", created)
+        self._replicasets.apply("ADDED", created)
         return True
 
     async def scale_service(self, service_id: str, instances: int) -> None:
@@ -255,7 +242,7 @@ class KubernetesScheduler:
         if ended is not None:
             book.end(ended)
         if answer.get("kind") == "Pod":
-            self._apply(self._pods, "MODIFIED", answer)
+            self._pods.apply("MODIFIED", answer)
         else:
             self._refresh(service_id)
         if not replace:
@@ -270,8 +257,7 @@ class KubernetesScheduler:
         path = f"{self._replicasets.path}/{replicaset_name(service_id)}"
         # Background propagation: the ReplicaSet goes now, the garbage collector deletes its pods gracefully.
         answer = await self.client.delete(path, {"propagationPolicy": "Background"})
-        for rs in self._replicasets.objects.pop(service_id, {}).values():
-            self._deleted_uids.add(str(metadata(rs).get("uid")))
+        self._replicasets.drop(service_id)
         known = self._books.pop(service_id, None) is not None
         self._snapshots.pop(service_id, None)
         timer = self._timers.pop(service_id, None)
@@ -286,7 +272,7 @@ class KubernetesScheduler:
 
     def service_record(self, service_id: str) -> str | None:
         """The router's record of a service, from its ReplicaSet's annotation (``KeepsRecords``)."""
-        rs = next(iter(self._replicasets.objects.get(service_id, {}).values()), None)
+        rs = self._replicasets.first(service_id)
         return None if rs is None else annotation(rs, RECORD_ANNOTATION)
 
     def service_state(self, service_id: str) -> ServiceState | None:
@@ -301,7 +287,7 @@ class KubernetesScheduler:
         """Set the replicas to ``target(current)``, retrying on 409 Conflict with the ReplicaSet read again."""
         name = replicaset_name(service_id)
         path = f"{self._replicasets.path}/{name}"
-        rs = next(iter(self._replicasets.objects.get(service_id, {}).values()), None)
+        rs = self._replicasets.first(service_id)
         for attempt in range(1, CONFLICT_RETRIES + 1):
             if rs is None:
                 rs = await self.client.get(path)
@@ -313,7 +299,7 @@ class KubernetesScheduler:
             current = int((rs.get("spec") or {}).get("replicas") or 0)
             wanted = int(target(current))
             if wanted == current:
-                self._apply(self._replicasets, "MODIFIED", rs)
+                self._replicasets.apply("MODIFIED", rs)
                 return
             patch = {"metadata": {"resourceVersion": metadata(rs).get("resourceVersion")}, "spec": {"replicas": wanted}}
             try:
@@ -326,98 +312,14 @@ class KubernetesScheduler:
                     gone = f"Cannot scale service {service_id}: its ReplicaSet {name} is gone."
                     raise SchedulerError(gone) from error
                 raise
-            self._apply(self._replicasets, "MODIFIED", updated)
+            self._replicasets.apply("MODIFIED", updated)
             return
-
-    # -- the watches --
-
-    async def _watch(self, collection: _Collection) -> None:
-        version: str | None = None
-        failures = 0
-        while True:
-            began = time.monotonic()
-            events = 0
-            try:
-                if version is None:
-                    items, version = await self.client.list(collection.path, self._selector)
-                    self._relist(collection, items)
-                    collection.synced.set()
-                async for event in self.client.watch(
-                    collection.path, self._selector, version, self.config.watch_timeout_secs
-                ):
-                    events += 1
-                    obj = event["object"]
-                    if event.get("type") != "BOOKMARK":
-                        self._apply(collection, str(event.get("type")), obj)
-                    version = str(metadata(obj).get("resourceVersion") or version)
-                if events or time.monotonic() - began >= SHORT_WATCH_SECS:
-                    failures = 0
-                    continue
-                raise KubernetesError(f"The watch of {collection.path} ended at once without an event.")
-            except WatchExpired as error:
-                log.info("%s watch expired, listing again: %s", collection.kind, error)
-                version = None
-                failures = 0
-            except Exception as error:  # the loop must outlive any one bad answer
-                failures += 1
-                delay = min(self.config.retry_backoff_ms / 1000 * 2 ** (failures - 1), MAX_RECONNECT_SECS)
-                delay *= random.uniform(0.8, 1.2)
-                level = logging.WARNING if failures == 1 or failures % 10 == 0 else logging.DEBUG
-                log.log(
-                    level,
-                    "%s watch failed (%d in a row), reconnecting in %.1f s: %s",
-                    collection.kind,
-                    failures,
-                    delay,
-                    error,
-                    exc_info=not isinstance(error, KubernetesError),
-                )
-                await asyncio.sleep(delay)
-
-    def _relist(self, collection: _Collection, items: list[JSON]) -> None:
-        """Replace the collection with a fresh list in one step; what vanished was deleted meanwhile."""
-        fresh: dict[str, dict[str, JSON]] = {}
-        for item in items:
-            service_id = service_id_of(item)
-            if service_id is None or self._ignored(collection, "ADDED", item):
-                continue
-            fresh.setdefault(service_id, {})[name_of(item)] = item
-        touched = set(collection.objects) | set(fresh)
-        collection.objects = fresh
-        for service_id in touched:
-            self._refresh(service_id)
-
-    def _ignored(self, collection: _Collection, kind: str, obj: Mapping[str, Any]) -> bool:
-        uid = str(metadata(obj).get("uid"))
-        if collection is self._replicasets and uid in self._deleted_uids:
-            if kind == "DELETED":
-                self._deleted_uids.discard(uid)
-            return True
-        return False
-
-    def _apply(self, collection: _Collection, kind: str, obj: JSON) -> None:
-        service_id = service_id_of(obj)
-        if service_id is None or self._ignored(collection, kind, obj):
-            return
-        objects = collection.objects.setdefault(service_id, {})
-        name = name_of(obj)
-        old = objects.get(name)
-        if old is not None and resource_version(old) > resource_version(obj):
-            return  # older than what we know (e.g. an event about a change whose answer we already applied)
-        if kind == "DELETED":
-            if old is None or metadata(old).get("uid") == metadata(obj).get("uid"):
-                objects.pop(name, None)
-        else:
-            objects[name] = obj
-        if not objects:
-            del collection.objects[service_id]
-        self._refresh(service_id)
 
     # -- snapshots --
 
     def _refresh(self, service_id: str) -> None:
         """Recompute one service's snapshot from its ReplicaSet and pods; listeners hear of it if it changed."""
-        rs = next(iter(self._replicasets.objects.get(service_id, {}).values()), None)
+        rs = self._replicasets.first(service_id)
         if rs is None:
             self._books.pop(service_id, None)
             if self._snapshots.pop(service_id, None) is not None:
