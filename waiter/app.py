@@ -16,6 +16,7 @@ from waiter.api.routes import admin_routes
 from waiter.auth import Gate
 from waiter.autoscaler import Autoscaler, wake_when_unserved
 from waiter.coordinator import Coordinator, slots_policy, wake_on_demand
+from waiter.frontdoor import ClientTraffic
 from waiter.peers import refuse_mixed_schedulers, this_identity
 from waiter.reaper import Reaper
 from waiter.registry import ServiceRegistry
@@ -35,13 +36,17 @@ ROUTER = web.AppKey("router", Router)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 
 
-def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.Application:
-    """The router as an aiohttp application. ``scheduler`` replaces the configured one (tests, embedding)."""
+def build_app(
+    settings: Settings, scheduler: Scheduler | None = None, client_traffic: ClientTraffic | None = None
+) -> web.Application:
+    """The router as an aiohttp application. ``scheduler`` replaces the configured one (tests, embedding);
+    ``client_traffic`` is what the front door in front of it counts (/metrics reports it)."""
+    traffic = client_traffic or ClientTraffic()
     app = web.Application(handler_args={"max_field_size": 65536})
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as opened:
-            router, sched = await compose(settings, scheduler, opened)
+            router, sched = await compose(settings, scheduler, traffic, opened)
             app[ROUTER] = router
             app[SCHEDULER] = sched
             log.info(
@@ -67,7 +72,10 @@ def build_app(settings: Settings, scheduler: Scheduler | None = None) -> web.App
 
 
 async def compose(
-    settings: Settings, scheduler: Scheduler | None, opened: contextlib.AsyncExitStack
+    settings: Settings,
+    scheduler: Scheduler | None,
+    client_traffic: ClientTraffic,
+    opened: contextlib.AsyncExitStack,
 ) -> tuple[Router, Scheduler]:
     """The composition root: every component built once, in dependency order, and handed to whoever needs it.
 
@@ -137,7 +145,20 @@ async def compose(
     gate = Gate(settings)
     await gate.start()
     opened.push_async_callback(gate.close)
-    router = Router(settings, tokens, registry, pool, coordinator, autoscaler, gate, admin_routes())
+    # One of --workers: the supervisor (the scheduler agent) gathers the workers' metrics (waiter.api.metrics).
+    peers = sched if isinstance(sched, AgentScheduler) else None
+    router = Router(
+        settings,
+        tokens,
+        registry,
+        pool,
+        coordinator,
+        autoscaler,
+        gate,
+        admin_routes(),
+        client_traffic=client_traffic,
+        metrics_peers=peers,
+    )
     opened.push_async_callback(router.async_holds.close)  # before the registry closes: their slots are released
     reaper = Reaper(
         registry,
@@ -153,9 +174,7 @@ async def compose(
         asyncio.create_task(autoscaler.run(), name="autoscaler"),
         asyncio.create_task(reaper.run(), name="reaper"),
     ]
-    if isinstance(sched, AgentScheduler):
-        # One of --workers: the supervisor gathers the workers' metrics (waiter.api.metrics).
-        router.metrics_peers = sched
-        loops.append(asyncio.create_task(metrics.push_loop(router, sched), name="metrics push"))
+    if peers is not None:
+        loops.append(asyncio.create_task(metrics.push_loop(router, peers), name="metrics push"))
     opened.push_async_callback(stop, loops)
     return router, sched

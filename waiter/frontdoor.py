@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from waiter.client_connection import Connection
 from waiter.http1 import (
@@ -49,6 +49,27 @@ class Limits:
 Handler = Callable[["Connection", Request], Awaitable[None]]
 
 
+@dataclass
+class ClientTraffic:
+    """What the front door counts for /metrics: its connections, how many it accepted, the bytes of closed ones.
+
+    Made before the front door and handed to it, so whoever reports it (the router's /metrics) can be built first.
+    """
+
+    connections: set[Connection] = field(default_factory=set)
+    accepted: int = 0
+    received_closed: int = 0
+    sent_closed: int = 0
+
+    def bytes(self) -> tuple[int, int]:
+        """Bytes received from and sent to clients so far (request and response bytes, tunnels' not counted)."""
+        received, sent = self.received_closed, self.sent_closed
+        for conn in self.connections:
+            received += conn.received
+            sent += conn.sent
+        return received, sent
+
+
 class FrontDoor:
     """The server's shared state; called, it makes the protocol of a new connection.
 
@@ -56,16 +77,21 @@ class FrontDoor:
     ``drain``, or ``answer_error``) or raises; WaiterError is answered with its status, BadRequest with 400 and a
     close, anything else with 500 (or, after the head went out, by closing the connection)."""
 
-    def __init__(self, handler: Handler, limits: Limits | None = None) -> None:
+    def __init__(self, handler: Handler, limits: Limits | None = None, traffic: ClientTraffic | None = None) -> None:
         self.handler = handler
         self.limits = limits or Limits()
-        self.connections: set[Connection] = set()
+        self.counts = traffic or ClientTraffic()
+        self.connections = self.counts.connections
         self.draining = False
         self._emptied: asyncio.Event | None = None
-        # Totals for /metrics: connections accepted; bytes of connections already closed (live ones: traffic()).
-        self.accepted = 0
-        self._received_closed = 0
-        self._sent_closed = 0
+
+    @property
+    def accepted(self) -> int:
+        return self.counts.accepted
+
+    @accepted.setter
+    def accepted(self, value: int) -> None:
+        self.counts.accepted = value
 
     def __call__(self) -> Connection:
         return Connection(self)
@@ -89,18 +115,10 @@ class FrontDoor:
             log.warning("aborting a connection still busy after the %g s drain timeout", timeout)
             conn.transport.abort()
 
-    def traffic(self) -> tuple[int, int]:
-        """Bytes received from and sent to clients so far (request and response bytes, tunnels' not counted)."""
-        received, sent = self._received_closed, self._sent_closed
-        for conn in self.connections:
-            received += conn.received
-            sent += conn.sent
-        return received, sent
-
     def _forget(self, conn: Connection) -> None:
         if conn in self.connections:
-            self._received_closed += conn.received
-            self._sent_closed += conn.sent
+            self.counts.received_closed += conn.received
+            self.counts.sent_closed += conn.sent
         self.connections.discard(conn)
         if not self.connections and self._emptied is not None:
             self._emptied.set()

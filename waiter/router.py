@@ -40,7 +40,7 @@ from waiter.upstream import UpstreamPool
 if TYPE_CHECKING:
     from waiter.api.metrics import Peers
     from waiter.api.routes import RouteTable
-    from waiter.frontdoor import FrontDoor
+    from waiter.frontdoor import ClientTraffic
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ class Router:
         autoscaler: Autoscaler,
         gate: Gate,
         routes: RouteTable,
+        *,
+        client_traffic: ClientTraffic,
+        metrics_peers: Peers | None = None,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
@@ -83,8 +86,8 @@ class Router:
         self._trusted_proxies = tuple(ipaddress.ip_network(c, strict=False) for c in settings.trusted_proxies)
         self.draining = False
         self.async_holds = AsyncHolds()  # slots kept for async requests in progress (waiter.async_requests)
-        self.front_door: FrontDoor | None = None  # set by the server (waiter.server) once it listens
-        self.metrics_peers: Peers | None = None  # the supervisor, when this router is one of --workers
+        self.client_traffic = client_traffic  # what the front door counts (/metrics)
+        self.metrics_peers = metrics_peers  # the supervisor, when this router is one of --workers
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
 
     def _core_of(self, service_id: str) -> dict[str, Any] | None:

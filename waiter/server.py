@@ -26,7 +26,7 @@ from waiter.access_log import AccessLog
 from waiter.app import ROUTER, build_app
 from waiter.client_connection import Connection
 from waiter.exchange import Dispatcher
-from waiter.frontdoor import FrontDoor, Limits
+from waiter.frontdoor import ClientTraffic, FrontDoor, Limits
 from waiter.router import Router
 from waiter.scheduler.base import Scheduler
 from waiter.settings import Settings
@@ -71,6 +71,7 @@ class RouterServer:
         self._scheduler = scheduler
         self._reuse_port = reuse_port
         self._limits = limits
+        self._traffic = ClientTraffic()  # made first: the app's /metrics reports what the front door counts
         self._server: asyncio.Server | None = None
         self._runner: web.AppRunner | None = None
         self._door: FrontDoor | None = None
@@ -130,7 +131,9 @@ class RouterServer:
             if self.settings.port == 0:
                 self.settings = replace(self.settings, port=self.port)
             self._runner = web.AppRunner(
-                build_app(self.settings, self._scheduler), access_log=None, shutdown_timeout=_APP_SHUTDOWN_SECS
+                build_app(self.settings, self._scheduler, self._traffic),
+                access_log=None,
+                shutdown_timeout=_APP_SHUTDOWN_SECS,
             )
             await self._runner.setup()
             site = web.TCPSite(self._runner, INTERNAL_HOST, 0)
@@ -139,7 +142,7 @@ class RouterServer:
             router = self._runner.app[ROUTER]
             access = AccessLog(self.settings.router_id) if self.settings.access_log == "json" else None
             self._dispatcher = Dispatcher(router, router.pool, (INTERNAL_HOST, internal_port), access)
-            self._door = router.front_door = FrontDoor(self._dispatcher, self._limits)
+            self._door = FrontDoor(self._dispatcher, self._limits, self._traffic)
             await self._server.start_serving()
         except BaseException:
             await self._close()

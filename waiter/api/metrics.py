@@ -140,10 +140,10 @@ class RouterCollector(Collector):
 
     def _router(self) -> Iterator[Metric]:
         router = self.router
-        door = router.front_door
-        received, sent = door.traffic() if door else (0, 0)
+        traffic = router.client_traffic
+        received, sent = traffic.bytes()
         counters = {
-            "waiter_connections": door.accepted if door else 0,
+            "waiter_connections": traffic.accepted,
             "waiter_received_bytes": received,
             "waiter_sent_bytes": sent,
             "waiter_leader_changes": router.autoscaler.leader_changes,
@@ -154,7 +154,7 @@ class RouterCollector(Collector):
             counter.add_metric([], value)
             yield counter
         values = {
-            "waiter_open_connections": len(door.connections) if door else 0,
+            "waiter_open_connections": len(traffic.connections),
             "waiter_shared_state_available": 1 if router.coordinator.available else 0,
             "waiter_scaling_leader": 1 if router.autoscaler.is_leader else 0,
         }
