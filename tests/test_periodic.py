@@ -95,3 +95,24 @@ async def test_cancellation_stops_a_step_that_swallows_it() -> None:
     await started.wait()
     await cancel_and_wait(task, grace=1.0)
     assert task.cancelled()
+
+
+async def test_a_job_may_start_at_once_choose_its_pace_after_each_step_and_end_itself() -> None:
+    steps = 0
+    paces: list[int] = []  # the steps done each time the loop asked for the next delay
+
+    async def step() -> None:
+        nonlocal steps
+        steps += 1
+        if steps == 3:
+            job.stop()
+
+    def pace() -> float:
+        paces.append(steps)
+        return 3600.0 if steps == 0 else 0.01  # waiting before the first step would never end
+
+    job = Periodic("probes", step, pace, jitter=0, at_once=True)
+    async with asyncio.timeout(5):
+        await job.run()  # returns by itself once a step stopped it
+    assert steps == 3
+    assert paces == [1, 2]  # asked after every step but the one that stopped the job

@@ -4,7 +4,8 @@ The scheduler's snapshot says which instances run; the router probes each one it
 ``startup_interval`` while it has never been healthy (so a cold start costs little more than the backend's own
 start-up), then every ``health-check-interval-secs``. An instance that never passes within ``grace-period-secs``,
 or fails ``health-check-max-consecutive-failures`` checks in a row, is killed with ``replace`` so the scheduler
-starts another. Healthy instances are handed to the service's ``Reservations``.
+starts another. Healthy instances are handed to the service's ``Reservations``. Each instance's probes run on
+``waiter.periodic``: one probe a step, the pace chosen after each from what it found.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import aiohttp
 
 from waiter.aio import raise_if_cancelling, stop
 from waiter.health import ProbeResult, probe
+from waiter.periodic import Periodic
 from waiter.scheduler.base import Instance, InstanceFlag, Scheduler, ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class InstanceTracker:
             if iid not in self.tracked:
                 tracked = TrackedInstance(instance)
                 self.tracked[iid] = tracked
-                tracked.task = asyncio.create_task(self._probe_loop(tracked), name=f"health {iid}")
+                self._start_probes(tracked)
 
     async def wait_healthy(self, timeout: float) -> bool:
         """Wait until some instance is healthy; False if none became healthy within ``timeout`` seconds."""
@@ -101,7 +103,7 @@ class InstanceTracker:
             self._on_unroutable(instance_id)
             if tracked.task is not None:
                 tracked.task.cancel()
-            tracked.task = asyncio.create_task(self._probe_loop(tracked), name=f"health {instance_id}")
+            self._start_probes(tracked)
 
     def retire(self, instance_id: str) -> None:
         """The instance is being killed on purpose: out of rotation for good, no more probes."""
@@ -121,7 +123,7 @@ class InstanceTracker:
         if tracked is None or not tracked.retired or self._closed:
             return
         tracked.retired = False
-        tracked.task = asyncio.create_task(self._probe_loop(tracked), name=f"health {instance_id}")
+        self._start_probes(tracked)
 
     def expire(self, instance_id: str) -> bool:
         """Flag an instance as expired (it is replaced, then killed). False if this router does not know it."""
@@ -156,52 +158,64 @@ class InstanceTracker:
             self.session, instance.host, port, spec.health_check_url, self.probe_timeout, instance_id=instance.id
         )
 
-    async def _probe_loop(self, tracked: TrackedInstance) -> None:
+    def _start_probes(self, tracked: TrackedInstance) -> None:
+        iid = tracked.instance.id
+        probes = Periodic(
+            f"health checks of {iid}",
+            lambda: self._probe(tracked, probes),
+            lambda: self._next_probe_secs(tracked),
+            at_once=True,
+        )
+        tracked.task = asyncio.create_task(probes.run(), name=f"health {iid}")
+
+    def _next_probe_secs(self, tracked: TrackedInstance) -> float:
+        if tracked.healthy:
+            return self.spec.health_check_interval_secs
+        if not tracked.ever_healthy and time.time() - tracked.instance.started_at < DENSE_PROBE_WINDOW_SECS:
+            # Most backends start within a second or two: probe densely then, so the router notices a
+            # started backend within ~10 ms instead of up to a whole startup interval later.
+            return min(DENSE_PROBE_SECS, self.startup_interval)
+        return self.startup_interval
+
+    async def _probe(self, tracked: TrackedInstance, probes: Periodic) -> None:
+        """One probe and what follows from it; an instance to be replaced ends its probes."""
         spec = self.spec
         instance = tracked.instance
-        while True:
-            result = await self._probe_once(instance)
-            raise_if_cancelling()
-            tracked.last_status = result.status
-            if result.healthy:
-                tracked.failures = 0
-                if not tracked.healthy:
-                    tracked.healthy = tracked.ever_healthy = True
-                    self._on_routable(instance)
-                    self._became_healthy.set()
-                await asyncio.sleep(spec.health_check_interval_secs)
-                continue
-            if not tracked.ever_healthy:
-                age = time.time() - instance.started_at
-                if spec.grace_period_secs > 0 and age > spec.grace_period_secs:
-                    self._replace(
-                        instance,
-                        f"Exceeded grace period of {spec.grace_period_secs} seconds ({result.describe()})",
-                        _flags(result) | {InstanceFlag.NEVER_PASSED_HEALTH_CHECKS},
-                    )
-                    return
-                # Most backends start within a second or two: probe densely then, so the router notices a
-                # started backend within ~10 ms instead of up to a whole startup interval later.
-                dense = age < DENSE_PROBE_WINDOW_SECS
-                await asyncio.sleep(min(DENSE_PROBE_SECS, self.startup_interval) if dense else self.startup_interval)
-                continue
-            tracked.failures += 1
-            if result.error == "connect" and tracked.healthy:
-                # Nothing listens any more: stop sending requests there before the threshold is reached.
-                tracked.healthy = False
-                self._on_unroutable(instance.id)
-            if tracked.failures >= spec.health_check_max_consecutive_failures:
-                tracked.healthy = False
-                tracked.expired = True  # listed as expired until the kill below lands
-                self._on_unroutable(instance.id)
+        result = await self._probe_once(instance)
+        raise_if_cancelling()
+        tracked.last_status = result.status
+        if result.healthy:
+            tracked.failures = 0
+            if not tracked.healthy:
+                tracked.healthy = tracked.ever_healthy = True
+                self._on_routable(instance)
+                self._became_healthy.set()
+            return
+        if not tracked.ever_healthy:
+            age = time.time() - instance.started_at
+            if spec.grace_period_secs > 0 and age > spec.grace_period_secs:
+                probes.stop()
                 self._replace(
                     instance,
-                    f"Failed {tracked.failures} consecutive health checks ({result.describe()})",
-                    _flags(result) | {InstanceFlag.HEALTH_CHECKS_FAILED},
+                    f"Exceeded grace period of {spec.grace_period_secs} seconds ({result.describe()})",
+                    _flags(result) | {InstanceFlag.NEVER_PASSED_HEALTH_CHECKS},
                 )
-                return
-            interval = self.startup_interval if not tracked.healthy else spec.health_check_interval_secs
-            await asyncio.sleep(interval)
+            return
+        tracked.failures += 1
+        if result.error == "connect" and tracked.healthy:
+            # Nothing listens any more: stop sending requests there before the threshold is reached.
+            tracked.healthy = False
+            self._on_unroutable(instance.id)
+        if tracked.failures >= spec.health_check_max_consecutive_failures:
+            probes.stop()
+            tracked.healthy = False
+            tracked.expired = True  # listed as expired until the kill below lands
+            self._on_unroutable(instance.id)
+            self._replace(
+                instance,
+                f"Failed {tracked.failures} consecutive health checks ({result.describe()})",
+                _flags(result) | {InstanceFlag.HEALTH_CHECKS_FAILED},
+            )
 
     def _replace(self, instance: Instance, message: str, flags: set[str]) -> None:
         # The kill runs in its own task: the scheduler's change notification cancels this probe loop, and that

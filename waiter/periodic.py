@@ -1,9 +1,11 @@
-"""One periodic loop for the router's background jobs (autoscaler, reaper, ...).
+"""One periodic loop for the router's background jobs (autoscaler, reaper, each instance's health probes, ...).
 
 Every job has the same needs: run a step every ``interval`` (with a little jitter so routers started together do
 not beat in step), sooner when something wakes it (never more often than ``min_gap``), keep going when a step
 fails but back off and not flood the log, and stop at once when cancelled, even when a client library turned the
-cancellation into a timeout it swallowed (see ``waiter.aio``).
+cancellation into a timeout it swallowed (see ``waiter.aio``). A job whose pace depends on what it found (health
+probes: dense while an instance starts) gives ``interval`` as a function, asked after every step; a step that
+finds its job done calls ``stop``.
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ class Periodic:
         self,
         name: str,
         step: Callable[[], Awaitable[None]],
-        interval: float,
+        interval: float | Callable[[], float],
         *,
         wake: asyncio.Event | None = None,
         min_gap: float = 0.0,
         jitter: float = 0.1,
         max_backoff: float = 30.0,
+        at_once: bool = False,
     ) -> None:
-        """``step`` runs every ``interval`` seconds, and ``min_gap`` after the previous one when ``wake`` is set."""
+        """``step`` runs every ``interval`` seconds, and ``min_gap`` after the previous one when ``wake`` is set;
+        with ``at_once`` the first step runs when ``run`` starts instead of an interval later."""
         self.name = name
         self.step = step
         self.interval = interval
@@ -46,11 +50,17 @@ class Periodic:
         self.min_gap = min_gap
         self.jitter = jitter
         self.max_backoff = max_backoff
+        self.at_once = at_once
         self.failures = 0  # consecutive failed steps
+        self._stopped = False
+
+    def stop(self) -> None:
+        """For a step that finds its job done: ``run`` returns when that step does (from outside, cancel the task)."""
+        self._stopped = True
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        due = loop.time() + self._delay()
+        due = loop.time() + (0.0 if self.at_once else self._delay())
         last = float("-inf")
         while True:
             try:
@@ -63,12 +73,15 @@ class Periodic:
             self.wake.clear()
             last = loop.time()
             await self._step()
+            if self._stopped:
+                return
             if timed or self.failures:
                 due = last + self._delay()
 
     def _delay(self) -> float:
+        interval = self.interval() if callable(self.interval) else self.interval
         return next_delay(
-            self.interval, self.failures, jitter=self.jitter, max_backoff=self.max_backoff, draw=random.random()
+            interval, self.failures, jitter=self.jitter, max_backoff=self.max_backoff, draw=random.random()
         )
 
     async def _step(self) -> None:
