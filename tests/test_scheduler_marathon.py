@@ -793,8 +793,14 @@ def test_marathon_settings_defaults_flags_and_public(tmp_path: Path) -> None:
         ({"url": "http://m", "username": "u"}, "marathon", "username and scheduler.marathon.password must be set"),
         ({"url": "http://m", "sync-interval-ms": 0}, "marathon", "sync-interval-ms is 0 but must be an integer in the"),
         ({"url": "http://m", "retries": 3}, "marathon", "scheduler.marathon.retries is not a known setting"),
+        ({"url": "http://m", "retry-attempts": 101}, "marathon", "retry-attempts is 101 but must be an integer in the"),
+        ({"url": "http://m", "retry-backoff-ms": 0}, "marathon", "retry-backoff-ms is 0 but must be an integer in the"),
+        ({"url": "http://m", "request-timeout-ms": 9}, "marathon", "request-timeout-ms is 9 but must be an integer"),
     ],
-    ids=["missing-url", "bad-scheme", "bad-prefix", "half-auth", "bad-interval", "unknown-key"],
+    ids=[
+        "missing-url", "bad-scheme", "bad-prefix", "half-auth", "bad-interval", "unknown-key", "bad-attempts",
+        "bad-backoff", "bad-timeout",
+    ],
 )
 def test_marathon_settings_errors(marathon: dict[str, Any], kind: str, expected: str) -> None:
     with pytest.raises(SettingsError) as caught:

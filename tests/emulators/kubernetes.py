@@ -27,19 +27,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import copy
 import json
-import logging
 import re
 import signal
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -54,7 +49,7 @@ from tests.emulators.kubernetes_cluster import (
     quantity,
     status_object,
 )
-from tests.emulators.runner import READY_PREFIX
+from tests.emulators.runner import emulator_arguments, listening_socket, run, serve_until_stopped, work_dir
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -588,53 +583,36 @@ def build_app(config: ClusterConfig, settings: EmulatorSettings, missing: set[st
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.emulators.kubernetes", description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=6443, help="port to listen on; 0 picks a free one")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--work-dir", type=Path, default=None, help="where pods' files go (default: a new temp dir)")
+    parser = emulator_arguments(
+        "tests.emulators.kubernetes",
+        __doc__,
+        port=6443,
+        host_help="address to listen on",
+        work_dir_help="where pods' files go",
+    )
     parser.add_argument("--token", help="require this bearer token")
     parser.add_argument("--node-cpus", type=float, default=64.0, help="the node's allocatable cpus")
     parser.add_argument("--node-memory-mb", type=float, default=256 * 1024.0, help="the node's allocatable MiB")
     parser.add_argument("--crash-backoff-secs", type=float, default=10.0, help="CrashLoopBackOff's first delay")
     parser.add_argument("--bookmark-secs", type=float, default=1.0, help="a quiet watch's bookmark period")
     parser.add_argument("--missing-image", action="append", default=[], help="an image that cannot be pulled")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
     config = ClusterConfig(
-        work_dir=(args.work_dir or Path(tempfile.mkdtemp(prefix="kubernetes-emulator-"))).resolve(),
+        work_dir=work_dir(args.work_dir, "kubernetes"),
         node_cpus=args.node_cpus,
         node_memory_mb=args.node_memory_mb,
         crash_backoff_secs=args.crash_backoff_secs,
     )
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    port = sock.getsockname()[1]
     settings = EmulatorSettings(token=args.token, bookmark_secs=args.bookmark_secs)
-    runner = web.AppRunner(build_app(config, settings, set(args.missing_image)), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(f"{READY_PREFIX}http://{args.host}:{port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        with contextlib.suppress(OSError):
-            sock.close()
+    app = build_app(config, settings, set(args.missing_image))
+    await serve_until_stopped(app, listening_socket(args.host, args.port), shutdown_timeout=0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s kubernetes-emulator %(message)s")
-    asyncio.run(serve(args))
-    return 0
+    return run("kubernetes", parse_args(argv), serve)
 
 
 if __name__ == "__main__":

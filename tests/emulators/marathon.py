@@ -31,17 +31,10 @@ and a deployment that changes nothing (Marathon scales by the tasks it found, no
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
 import re
-import signal
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -63,7 +56,7 @@ from tests.emulators.marathon_http import (
     task_json,
 )
 from tests.emulators.marathon_validation import invalid_json, normalise, validate
-from tests.emulators.runner import READY_PREFIX
+from tests.emulators.runner import emulator_arguments, listening_socket, run, serve_until_stopped, work_dir
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 
@@ -424,15 +417,17 @@ def build_app(config: ClusterConfig, settings: EmulatorSettings) -> web.Applicat
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.emulators.marathon", description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks a free one")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on, and the tasks' host")
-    parser.add_argument("--work-dir", type=Path, default=None, help="where task sandboxes go (default: a new temp dir)")
+    parser = emulator_arguments(
+        "tests.emulators.marathon",
+        __doc__,
+        port=8080,
+        host_help="address to listen on, and the tasks' host",
+        work_dir_help="where task sandboxes go",
+    )
     parser.add_argument("--port-range", default="31000-31999", help="ports handed to tasks, LOW-HIGH")
     parser.add_argument("--username", help="require HTTP basic auth with this user (and --password)")
     parser.add_argument("--password", help="the basic auth password")
     parser.add_argument("--kill-grace-secs", type=float, default=3.0, help="SIGTERM->SIGKILL without an app's own")
-    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--mesos-user", default="marathon", help="who tasks of apps without a user run as")
     parser.add_argument(
         "--behaviour",
@@ -447,43 +442,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def serve(args: argparse.Namespace) -> None:
     low, _, high = args.port_range.partition("-")
     config = ClusterConfig(
-        work_dir=(args.work_dir or Path(tempfile.mkdtemp(prefix="marathon-emulator-"))).resolve(),
+        work_dir=work_dir(args.work_dir, "marathon"),
         port_range=(int(low), int(high or low)),
         agent_host=args.host,
         default_kill_grace_secs=args.kill_grace_secs,
         mesos_user=args.mesos_user,
     )
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    port = sock.getsockname()[1]
+    sock = listening_socket(args.host, args.port)
     settings = EmulatorSettings(
         args.username,
         args.password,
-        leader=f"{args.host}:{port}",
+        leader=f"{args.host}:{sock.getsockname()[1]}",
         behaviours=dict(b.split("=", 1) for b in args.behaviour),
     )
-    runner = web.AppRunner(build_app(config, settings), access_log=None)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(f"{READY_PREFIX}http://{args.host}:{port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        with contextlib.suppress(OSError):
-            sock.close()
+    await serve_until_stopped(build_app(config, settings), sock)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s marathon-emulator %(message)s")
-    asyncio.run(serve(args))
-    return 0
+    return run("marathon", parse_args(argv), serve)
 
 
 if __name__ == "__main__":

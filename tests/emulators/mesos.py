@@ -17,16 +17,14 @@ import argparse
 import asyncio
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from tests.emulators.mesos_agent import Task
 from tests.emulators.mesos_master import Config, Master
-from tests.emulators.runner import READY_PREFIX
+from tests.emulators.runner import emulator_arguments, listening_socket, run, serve_until_stopped, work_dir
 
 # -- emulator-only controls --
 
@@ -146,15 +144,18 @@ def build_app(config: Config) -> web.Application:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.emulators.mesos", description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5050)
+    parser = emulator_arguments(
+        "tests.emulators.mesos",
+        __doc__,
+        port=5050,
+        host_help="address to listen on",
+        work_dir_help="the agent's sandboxes",
+    )
     parser.add_argument("--leader", metavar="HOST:PORT", help="act as a non-leading master redirecting there")
     parser.add_argument("--hostname", default="127.0.0.1", help="the agent's hostname (where tasks listen)")
     parser.add_argument("--cpus", type=float, default=8.0)
     parser.add_argument("--mem", type=float, default=16384.0, help="MiB")
     parser.add_argument("--port-range", default="31000-31999", help="the agent's ports resource, LOW-HIGH")
-    parser.add_argument("--work-dir", type=Path, default=None, help="the agent's sandboxes (default: a new temp dir)")
     parser.add_argument("--heartbeat-secs", type=float, default=15.0)
     parser.add_argument("--allocation-secs", type=float, default=1.0)
     parser.add_argument("--update-retry-secs", type=float, default=10.0)
@@ -183,7 +184,7 @@ async def serve(args: argparse.Namespace) -> None:
         cpus=args.cpus,
         mem=args.mem,
         ports=(low, high),
-        work_dir=(args.work_dir or Path(tempfile.mkdtemp(prefix="mesos-emulator-"))).resolve(),
+        work_dir=work_dir(args.work_dir, "mesos"),
         heartbeat_secs=args.heartbeat_secs,
         allocation_secs=args.allocation_secs,
         update_retry_secs=args.update_retry_secs,
@@ -192,21 +193,13 @@ async def serve(args: argparse.Namespace) -> None:
         reserved={role: (float(cpus), float(mem)) for role, cpus, mem in (r.split(":") for r in args.reserve)},
         behaviours=dict(b.split("=", 1) for b in args.behaviour),
     )
-    runner = web.AppRunner(build_app(config), handler_cancellation=True, access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port)
-    await site.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    host, port = runner.addresses[0][:2]
-    print(f"{READY_PREFIX}http://{host}:{port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    sock = listening_socket(args.host, args.port)
+    await serve_until_stopped(build_app(config), sock, handler_cancellation=True, shutdown_timeout=5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run("mesos", parse_args(argv), serve)
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(parse_args(sys.argv[1:])))
+    sys.exit(main())

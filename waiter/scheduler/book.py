@@ -1,7 +1,8 @@
 """Bookkeeping shared by the schedulers that run instances themselves (local, Mesos): no processes, no clock.
 
 ``ServiceBook`` keeps one service's requested count, active and ended instances and crash counter; the helpers
-check a spec, word an exit and space restarts.
+check a spec, word an exit and space restarts. The answers to a kill of an instance that is not running are
+every back-end's.
 """
 
 from __future__ import annotations
@@ -58,11 +59,21 @@ def check_spec(spec: ServiceSpec, instances: int) -> None:
         raise SchedulerError(f"instances for service {spec.service_id} is {instances}; it must be 0 or more.")
 
 
+def no_such_instance(service_id: str, instance_id: str) -> KillResult:
+    """Every back-end's answer to a kill of an instance it never knew."""
+    return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+
+
+def already_ended(instance_id: str) -> KillResult:
+    """Every back-end's answer to a kill of an instance that ended before it."""
+    return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
+
+
 def not_running(book: ServiceBook | None, service_id: str, instance_id: str) -> KillResult:
     """The answer to a kill of an instance that is not running: ended already, or never known."""
     if book is not None and book.find_ended(instance_id) is not None:
-        return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
-    return KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+        return already_ended(instance_id)
+    return no_such_instance(service_id, instance_id)
 
 
 @dataclass

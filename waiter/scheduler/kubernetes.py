@@ -44,6 +44,7 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
+from waiter.scheduler.book import already_ended, no_such_instance
 from waiter.scheduler.kubernetes_auth import connection
 from waiter.scheduler.kubernetes_client import JSON, KubernetesClient, KubernetesError
 from waiter.scheduler.kubernetes_objects import (
@@ -207,18 +208,18 @@ class KubernetesScheduler:
         flags: frozenset[str] = frozenset(),
         failed: bool = False,
     ) -> KillResult:
-        missing = KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+        missing = no_such_instance(service_id, instance_id)
         book = self._books.get(service_id)
         if book is None or service_id not in self._snapshots:
             return missing
         if instance_id in book.recorded:
-            return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
+            return already_ended(instance_id)
         parts = split_instance_id(service_id, instance_id)
         pod = self._pods.objects.get(service_id, {}).get(parts[0]) if parts else None
         if parts is None or pod is None:
             return missing
         if parts[1] < restart_count(pod) or not is_live(pod):
-            return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
+            return already_ended(instance_id)
         if parts[1] > restart_count(pod):
             return missing
         grace = 0 if force else int((pod.get("spec") or {}).get("terminationGracePeriodSeconds") or 0)

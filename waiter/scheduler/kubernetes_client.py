@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from waiter.scheduler.base import SchedulerError
-from waiter.scheduler.retry import RetryPolicy
+from waiter.scheduler.retry import RetryPolicy, no_answer
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +271,7 @@ class KubernetesClient:
         )
 
     def _no_answer(self, method: str, path: str, what: str, error: BaseException, attempt: int) -> KubernetesError:
-        tried = f" (tried {attempt} times)" if attempt > 1 else ""
-        if isinstance(error, TimeoutError):
-            reason = f"got no answer within {self.timeout_secs:g} s"
-        else:
-            reason = f"failed to reach {self.url}: {error or type(error).__name__}"
-        return KubernetesError(f"Kubernetes could not {what}: {method} {path} {reason}{tried}.")
+        return KubernetesError(no_answer("Kubernetes", self.url, self.timeout_secs, method, path, what, error, attempt))
 
 
 async def _body(resp: aiohttp.ClientResponse) -> Any:

@@ -29,6 +29,7 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
+from waiter.scheduler.book import already_ended, no_such_instance
 from waiter.scheduler.marathon_apps import AppBook, Naming, Place, app_descriptor, check_spec
 from waiter.scheduler.marathon_client import MarathonClient, RetryPolicy
 from waiter.settings import MarathonSchedulerConfig
@@ -147,7 +148,7 @@ class MarathonScheduler:
         failed: bool = False,
     ) -> KillResult:
         app_id = self.naming.app_id(service_id)
-        none = KillResult(KillOutcome.NO_SUCH_INSTANCE, f"Service {service_id} has no instance {instance_id}.")
+        none = no_such_instance(service_id, instance_id)
         if service_id not in self._books:
             return none
         # Marathon answers a kill of a task it does not have (any more) with 200 and a deployment that changes
@@ -160,7 +161,7 @@ class MarathonScheduler:
             return none
         book = self._adopt(service_id, app)
         if book.find_ended(instance_id):
-            return KillResult(KillOutcome.ALREADY_KILLED, f"Instance {instance_id} has already ended.")
+            return already_ended(instance_id)
         task_id = book.task_ids.get(instance_id)
         if task_id is None or instance_id not in book.tasks:
             return none

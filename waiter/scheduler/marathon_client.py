@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 
 from waiter.scheduler.base import SchedulerError
-from waiter.scheduler.retry import RetryPolicy
+from waiter.scheduler.retry import RetryPolicy, no_answer
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +232,7 @@ class MarathonClient:
         )
 
     def _no_answer(self, method: str, path: str, what: str, error: BaseException, attempt: int) -> MarathonError:
-        tried = f" (tried {attempt} times)" if attempt > 1 else ""
-        if isinstance(error, TimeoutError):
-            reason = f"got no answer within {self.timeout_secs:g} s"
-        else:
-            reason = f"failed to reach {self.url}: {error or type(error).__name__}"
-        return MarathonError(f"Marathon could not {what}: {method} {path} {reason}{tried}.")
+        return MarathonError(no_answer("Marathon", self.url, self.timeout_secs, method, path, what, error, attempt))
 
 
 def _flag(value: bool) -> str:

@@ -1,4 +1,5 @@
-"""How cluster API clients retry a call that met a transient failure: capped exponential backoff."""
+"""How cluster API clients retry a call that met a transient failure (capped exponential backoff), and how they
+word a call that got no answer."""
 
 from __future__ import annotations
 
@@ -16,4 +17,16 @@ class RetryPolicy:
         return float(min(self.backoff_secs * 2 ** max(failures - 1, 0), self.max_backoff_secs))
 
 
-__all__ = ["RetryPolicy"]
+def no_answer(
+    cluster: str, url: str, timeout_secs: float, method: str, path: str, what: str, error: BaseException, attempt: int
+) -> str:
+    """``<cluster> could not <what>: <method> <path> <why>``, for a call that timed out or never reached ``url``."""
+    tried = f" (tried {attempt} times)" if attempt > 1 else ""
+    if isinstance(error, TimeoutError):
+        reason = f"got no answer within {timeout_secs:g} s"
+    else:
+        reason = f"failed to reach {url}: {error or type(error).__name__}"
+    return f"{cluster} could not {what}: {method} {path} {reason}{tried}."
+
+
+__all__ = ["RetryPolicy", "no_answer"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from waiter.settings.model import (
@@ -43,15 +44,37 @@ def _scaling(r: _Reader, base: ScalingConfig) -> ScalingConfig:
     return config
 
 
-def _marathon(r: _Reader, base: MarathonSchedulerConfig, kind: str) -> MarathonSchedulerConfig:
-    url = r.string("url", base.url).rstrip("/")
+class _Calls(TypedDict):
+    """How a scheduler calls its cluster's HTTP API (Marathon, Kubernetes): the same keys and ranges for both."""
+
+    request_timeout_ms: int
+    retry_attempts: int
+    retry_backoff_ms: int
+
+
+def _calls(r: _Reader, base: MarathonSchedulerConfig | KubernetesSchedulerConfig) -> _Calls:
+    return _Calls(
+        request_timeout_ms=r.integer("request-timeout-ms", base.request_timeout_ms, 10, 600_000),
+        retry_attempts=r.integer("retry-attempts", base.retry_attempts, 1, 100),
+        retry_backoff_ms=r.integer("retry-backoff-ms", base.retry_backoff_ms, 1, 60_000),
+    )
+
+
+def _http_url(r: _Reader, key: str, default: str, example: str) -> str:
+    """A cluster API's base URL (no trailing '/'); a problem unless it is http(s) with a host, or empty."""
+    url = r.string(key, default).rstrip("/")
     parts = urlsplit(url)
     if url and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment):
         r.problems.append(
-            f"scheduler.marathon.url is {redact_url(url)!r} but must be an http:// or https:// URL with a host, "
-            "e.g. http://marathon.example.com:8080."
+            f"{r.prefix}{key} is {redact_url(url)!r} but must be an http:// or https:// URL with a host, "
+            f"e.g. {example}."
         )
-    elif not url and kind == "marathon":
+    return url
+
+
+def _marathon(r: _Reader, base: MarathonSchedulerConfig, kind: str) -> MarathonSchedulerConfig:
+    url = _http_url(r, "url", base.url, "http://marathon.example.com:8080")
+    if not url and kind == "marathon":
         r.problems.append("scheduler.marathon.url is not set but is required when scheduler.kind is marathon.")
     prefix = r.string("app-id-prefix", base.app_id_prefix)
     normalised = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
@@ -70,10 +93,8 @@ def _marathon(r: _Reader, base: MarathonSchedulerConfig, kind: str) -> MarathonS
         username=username,
         password=password,
         sync_interval_ms=r.integer("sync-interval-ms", base.sync_interval_ms, 10, 600_000),
-        request_timeout_ms=r.integer("request-timeout-ms", base.request_timeout_ms, 10, 600_000),
-        retry_attempts=r.integer("retry-attempts", base.retry_attempts, 1, 100),
-        retry_backoff_ms=r.integer("retry-backoff-ms", base.retry_backoff_ms, 1, 60_000),
         agent_work_dir=r.string("agent-work-dir", base.agent_work_dir),
+        **_calls(r, base),
     )
     r.check_unknown()
     return config
@@ -110,13 +131,7 @@ def _mesos(r: _Reader, base: MesosSchedulerConfig, kind: str) -> MesosSchedulerC
 
 
 def _kubernetes(r: _Reader, base: KubernetesSchedulerConfig, kind: str) -> KubernetesSchedulerConfig:
-    url = r.string("api-url", base.api_url).rstrip("/")
-    parts = urlsplit(url)
-    if url and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment):
-        r.problems.append(
-            f"scheduler.kubernetes.api-url is {redact_url(url)!r} but must be an http:// or https:// URL with a "
-            "host, e.g. https://kubernetes.example.com:6443."
-        )
+    url = _http_url(r, "api-url", base.api_url, "https://kubernetes.example.com:6443")
 
     def path(key: str, default: Path | None) -> Path | None:
         value = r.string(key, str(default) if default else "")
@@ -158,10 +173,8 @@ def _kubernetes(r: _Reader, base: KubernetesSchedulerConfig, kind: str) -> Kuber
         pod_base_port=r.integer("pod-base-port", base.pod_base_port, 1024, 64535),
         pod_sigkill_delay_secs=r.integer("pod-sigkill-delay-secs", base.pod_sigkill_delay_secs, 0, 3600),
         offer_wait_secs=r.number("offer-wait-secs", base.offer_wait_secs, 0.1, 86400),
-        request_timeout_ms=r.integer("request-timeout-ms", base.request_timeout_ms, 10, 600_000),
-        retry_attempts=r.integer("retry-attempts", base.retry_attempts, 1, 100),
-        retry_backoff_ms=r.integer("retry-backoff-ms", base.retry_backoff_ms, 1, 60_000),
         watch_timeout_secs=r.integer("watch-timeout-secs", base.watch_timeout_secs, 1, 3600),
+        **_calls(r, base),
     )
     r.check_unknown()
     return config
