@@ -354,11 +354,14 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones() -> None:
     release = asyncio.Event()
 
     async def held(conn: Connection, req: Request) -> None:
-        await release.wait()
+        if req.url != b"/0":
+            await release.wait()
         await ok(conn, req)
 
-    _, idle, door = connect(held)
-    busy_conn, busy = MockTransport(door()).protocol, None
+    idle_conn, idle, door = connect(held)
+    idle_conn.data_received(GET % 0)  # served: an idle keep-alive connection
+    await eventually(lambda: statuses(idle.buffer) == [200], what="the first answer", timeout=5)
+    busy_conn = door()
     busy = MockTransport(busy_conn)
     busy_conn.connection_made(busy)
     busy_conn.data_received(GET % 1)
@@ -370,6 +373,27 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones() -> None:
     await drained
     assert busy.closed and statuses(busy.take()) == [200]
     assert b"Connection: close" not in busy.buffer  # the handler wrote its own head; the close follows it
+
+
+async def test_drain_waits_for_the_first_request_of_a_new_connection() -> None:
+    """A client opened it to send a request; closing it before that request arrives would lose the request."""
+    early, early_transport, door = connect()
+    drained = asyncio.create_task(door.drain(5))
+    await settle()
+    late = door()  # accepted during the drain
+    late_transport = MockTransport(late)
+    late.connection_made(late_transport)
+    silent = door()
+    silent_transport = MockTransport(silent)
+    silent.connection_made(silent_transport)
+    await settle()
+    assert not early_transport.closed and not late_transport.closed
+    early.data_received(GET % 1)
+    late.data_received(GET % 2)
+    await drained  # the silent one is closed after FIRST_REQUEST_GRACE_SECS
+    assert silent_transport.closed and silent_transport.buffer == b""
+    for transport in (early_transport, late_transport):
+        assert transport.closed and statuses(transport.buffer) == [200]
 
 
 def test_limits_are_validated() -> None:

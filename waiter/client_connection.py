@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 # Reasons reading from a client is paused (bits): a body backlog, requests waiting their turn, a tunnel, a fault.
 _BODY, _PIPELINE, _TUNNEL, _STOPPED = 1, 2, 4, 8
 LINGER_SECS = 2.0  # at most this long reading what a refused client still sends (see Connection._linger)
+# A client opens a connection to send a request: closing one that has not sent it yet would lose that request (the
+# client sees the close after sending), so on drain it gets this long to send one, then is closed if still silent.
+FIRST_REQUEST_GRACE_SECS = 1.0
 
 
 
@@ -86,8 +89,8 @@ class Connection(asyncio.Protocol):
         self.door.accepted += 1
         self._last_io = self.loop.time()
         self._arm_timer()
-        if self.door.draining:
-            self.transport.close()
+        if self.door.draining:  # accepted while the router stops listening: served, then closed
+            self.close_if_idle(FIRST_REQUEST_GRACE_SECS)
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -348,9 +351,15 @@ class Connection(asyncio.Protocol):
         self.transport.resume_reading()
         self.loop.call_later(LINGER_SECS, self.transport.close)
 
-    def close_if_idle(self) -> None:
-        if self.active is None and not self._closed and not self._request_waiting():
-            self.transport.close()
+    def close_if_idle(self, first_request_grace: float = 0.0) -> None:
+        """Close unless a request is in progress or arriving; a connection that has sent nothing yet is given
+        ``first_request_grace`` seconds first (FIRST_REQUEST_GRACE_SECS)."""
+        if self.active is not None or self._closed or self._in_head or self._request_waiting():
+            return
+        if self.received == 0 and first_request_grace > 0:
+            self.loop.call_later(first_request_grace, self.close_if_idle)
+            return
+        self.transport.close()
 
     def _request_waiting(self) -> bool:
         """Bytes of a request arrived but are not read yet: closing now would reset the connection (unread data

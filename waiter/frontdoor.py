@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from waiter.client_connection import Connection
+from waiter.client_connection import FIRST_REQUEST_GRACE_SECS, Connection
 from waiter.http1 import (
     Request,
 )
@@ -100,16 +100,21 @@ class FrontDoor:
         """How many connections have a request in progress."""
         return sum(1 for conn in self.connections if conn.active is not None)
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, timeout: float, listening: Awaitable[None] | None = None) -> None:
         """Close idle connections now and the others after their current response; abort what is left after
-        ``timeout`` seconds. Stop accepting first (close the listening socket)."""
+        ``timeout`` seconds. ``listening``: the listener still accepting the handshakes begun before the drain
+        (waiter.server), which the drain waits for too. A connection that has not sent a byte yet, accepted
+        before the drain or during it, gets FIRST_REQUEST_GRACE_SECS to send its request (Connection.close_if_idle).
+        """
         self.draining = True
-        self._emptied = asyncio.Event()
         for conn in list(self.connections):
-            conn.close_if_idle()
-        if self.connections:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+            conn.close_if_idle(FIRST_REQUEST_GRACE_SECS)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                if listening is not None:
+                    await asyncio.shield(listening)
+                while self.connections:
+                    self._emptied = asyncio.Event()
                     await self._emptied.wait()
         for conn in list(self.connections):
             log.warning("aborting a connection still busy after the %g s drain timeout", timeout)

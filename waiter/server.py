@@ -1,9 +1,10 @@
 """Running the router: the front door (waiter.frontdoor) on the public address, the aiohttp app behind it.
 
 The app (waiter.app.build_app) owns every long-lived resource through its lifecycle and serves the admin API and
-websockets on a private 127.0.0.1 port that only the front door uses. Shutdown drains: stop accepting, let the
-requests in flight finish within ``drain-timeout-secs`` (idle keep-alive connections close at once), then clean the
-app up, which stops the instances this router started.
+websockets on a private 127.0.0.1 port that only the front door uses. Shutdown drains: stop listening without
+resetting a connection that reached the kernel (waiter.listener), let the requests in flight and those of the
+connections accepted meanwhile finish within ``drain-timeout-secs`` (idle keep-alive connections close at once), then
+clean the app up, which stops the instances this router started.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from waiter.app import ROUTER, build_app
 from waiter.client_connection import Connection
 from waiter.exchange import Dispatcher
 from waiter.frontdoor import ClientTraffic, FrontDoor, Limits
+from waiter.listener import half_open, refuse_new_handshakes
 from waiter.router import Router
 from waiter.scheduler.base import Scheduler
 from waiter.settings import Settings
@@ -37,6 +39,9 @@ INTERNAL_HOST = "127.0.0.1"
 _BACKLOG = 1024
 # The app behind the front door has nothing left in flight once the front door drained; this bounds a straggler.
 _APP_SHUTDOWN_SECS = 5.0
+# How long a stopping router waits for handshakes begun before it refused new ones: one round trip each, so this is
+# for a slow network; on loopback they are done at once.
+_HANDSHAKE_SECS, _HANDSHAKE_POLL_SECS = 1.0, 0.01
 # glibc malloc settings (mallopt): bodies move as 64-256 KiB bytes objects. By default glibc serves those with
 # mmap, or returns freed heap tops to the system, so each one costs fresh pages (page faults, zeroing): a third of
 # the router's CPU on 1 MiB responses. Up to 4 MiB from the heap, and up to 32 MiB of free heap kept.
@@ -160,23 +165,31 @@ class RouterServer:
         if self._stopped:
             return
         self._stopped = True
-        if self._server is not None:
-            listeners = [socket.socket(fileno=os.dup(sock.fileno())) for sock in self._server.sockets]
-            self._server.close()
-            await self._serve_queued(listeners)
+        listening = asyncio.create_task(self._stop_listening()) if self._server is not None else None
         if self._door is not None and self._dispatcher is not None:
             self._dispatcher.router.draining = True
-            await self._door.drain(self.settings.drain_timeout_secs)
+            await self._door.drain(self.settings.drain_timeout_secs, listening)
+        if listening is not None:
+            await listening
         await self._close()
 
-    async def _serve_queued(self, listeners: list[socket.socket]) -> None:
-        """Take on the connections the kernel completed but nobody accepted yet, then stop listening for good.
+    async def _stop_listening(self) -> None:
+        """Stop listening without resetting a connection that reached the kernel (waiter.listener): no new
+        handshake begins, the ones begun complete and are accepted, then the queue is emptied and the socket closed.
+        What is accepted meanwhile is served like any other connection (closed after its response: draining)."""
+        assert self._server is not None
+        # Duplicates of the listening sockets: the server closes its own, and the queue must outlive that.
+        listeners = [socket.socket(fileno=os.dup(sock.fileno())) for sock in self._server.sockets]
+        if all([refuse_new_handshakes(listener) for listener in listeners]):
+            for _ in range(int(_HANDSHAKE_SECS / _HANDSHAKE_POLL_SECS)):  # a kernel fact: polled, no event
+                if not half_open(self.port):
+                    break
+                await asyncio.sleep(_HANDSHAKE_POLL_SECS)
+        self._server.close()
+        await self._serve_queued(listeners)
 
-        Closing a listening socket resets the connections in its accept queue, requests already sent on them
-        included. ``listeners`` are duplicates of the server's sockets taken before it closed them, so the queue
-        survived; what is in it is accepted and drained like any other connection. Only a connection completed in
-        the instant between the last accept and the close is still reset.
-        """
+    async def _serve_queued(self, listeners: list[socket.socket]) -> None:
+        """Take on the connections the kernel completed but nobody accepted yet, then stop listening for good."""
         loop = asyncio.get_running_loop()
         for listener in listeners:
             with listener:
