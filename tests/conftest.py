@@ -187,10 +187,13 @@ async def make_router(tmp_path: Path, cluster: Cluster) -> AsyncIterator[Callabl
             "health-check": {"startup-interval-ms": 50, "timeout-ms": 1000},
         }
         data.update(config)
-        if data["scheduler"].get("kind", "local") == "local":
-            # instances' sandboxes go under the test's temp dir even when a test brings its own scheduler config
-            local = data["scheduler"].setdefault("local", {})
-            local.setdefault("work-dir", str(tmp_path / f"work{index}"))
+        data["scheduler"] = scheduler = dict(data["scheduler"])  # the cluster's config is shared: not changed here
+        kind = scheduler.get("kind", "local")
+        if kind in ("local", "mesos"):
+            # instances' sandboxes (a Mesos router's framework id) go under the test's temp dir even when a test
+            # brings its own scheduler config
+            section = scheduler[kind] = dict(scheduler.get(kind, {}))
+            section.setdefault("work-dir", str(tmp_path / f"work{index}"))
         config_file = tmp_path / f"router{index}.yaml"
         config_file.write_text(yaml.safe_dump(data))
         server = RouterServer(load_settings(config_file))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 
 from tests.emulators.runner import running_emulator
@@ -24,6 +26,7 @@ from waiter.scheduler import create_scheduler
 from waiter.scheduler.base import KillOutcome, ServiceSpec, ServiceState
 from waiter.scheduler.exits import exit_code_of
 from waiter.scheduler.mesos import MesosScheduler
+from waiter.scheduler.mesos_failover import FileFrameworkIds, FrameworkIdStore
 from waiter.scheduler.mesos_proto import (
     Need,
     Offer,
@@ -113,7 +116,9 @@ async def start_emulator(tmp_path: Path) -> AsyncIterator[StartEmulator]:
 async def make_scheduler() -> AsyncIterator[MakeScheduler]:
     made: list[MesosScheduler] = []
 
-    async def make(emulator: Emulator, **overrides: Any) -> MesosScheduler:
+    async def make(
+        emulator: Emulator, framework_ids: FrameworkIdStore | None = None, **overrides: Any
+    ) -> MesosScheduler:
         values: dict[str, Any] = {
             "master": emulator.address,
             "agent_work_dir": str(emulator.work_dir),
@@ -124,7 +129,7 @@ async def make_scheduler() -> AsyncIterator[MakeScheduler]:
             "reconnect_max_secs": 0.2,
             **overrides,
         }
-        scheduler = MesosScheduler(MesosSettings(**values))
+        scheduler = MesosScheduler(MesosSettings(**values), framework_ids)
         made.append(scheduler)
         await scheduler.start()
         async with asyncio.timeout(10):
@@ -395,7 +400,9 @@ async def test_a_new_master_recovering_then_silent_on_reconciliation_is_asked_ag
 
     await eventually(asked_again)  # explicit + implicit after subscribing, then explicit again for no answer
     assert [i.id for i in state_of(scheduler).active] == [instance.id]
-    await eventually(lambda: scheduler._unreconciled == {}, what="the agent re-registered and every task answered")
+    await eventually(
+        lambda: scheduler.reconciliation.unanswered == {}, what="the agent re-registered and every task answered"
+    )
 
 
 async def _unavailable_more_than(emulator: Emulator, count: int) -> bool:
@@ -590,7 +597,7 @@ async def test_kill_waits_for_the_end_and_acknowledges_every_update(
     assert [t["id"] for t in (await emulator.state())["tasks"]] == [survivor.id]  # the acked end is forgotten
 
 
-async def test_delete_and_close_leave_no_task_behind(
+async def test_delete_kills_the_tasks_and_close_leaves_the_framework_to_fail_over(
     start_emulator: StartEmulator, make_scheduler: MakeScheduler
 ) -> None:
     emulator = await start_emulator()
@@ -599,17 +606,109 @@ async def test_delete_and_close_leave_no_task_behind(
     await scheduler.create_service(make_spec(), 2)
     await scheduler.create_service(make_spec(service_id="svc-other"), 1)
     await changes.until(lambda: running(scheduler, 2)() and running(scheduler, 1, "svc-other")())
+    (other,) = state_of(scheduler, "svc-other").active
 
     assert await scheduler.delete_service("svc-test") is True
     assert scheduler.service_ids() == ["svc-other"] and scheduler.service_state("svc-test") is None
     assert await scheduler.delete_service("svc-test") is False
     await scheduler.close()
 
-    async def nothing_runs() -> bool:
-        state = await emulator.state()
-        return state["frameworks"] == [] and all(t["state"] != "TASK_RUNNING" for t in state["tasks"])
+    async def disconnected() -> bool:
+        return not (await emulator.framework())["connected"]
 
-    await eventually(nothing_runs)
+    await eventually(disconnected)
+    state = await emulator.state()
+    (framework,) = state["frameworks"]
+    assert "TEARDOWN" not in framework["calls"] and state["removed"] == []  # the master waits for the router
+    assert [t["id"] for t in state["tasks"] if t["state"] == "TASK_RUNNING"] == [other.id]
+
+
+async def _pid_of(emulator: Emulator, task_id: str) -> int:
+    (task,) = [t for t in (await emulator.state())["tasks"] if t["id"] == task_id]
+    assert task["state"] == "TASK_RUNNING" and task["pid"], task
+    return int(task["pid"])
+
+
+async def test_a_restarted_scheduler_takes_on_its_running_tasks_and_their_services(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler, tmp_path: Path
+) -> None:
+    emulator = await start_emulator()
+    store = FileFrameworkIds(tmp_path / "router" / "mesos-framework-id")
+    first = await make_scheduler(emulator, store)
+    changes = Changes(first)
+    spec = make_spec(HTTP_SERVER, env={"GREETING": "hi"}, record='{"service-id": "svc-test"}', health_check_url="/")
+    await first.create_service(spec, 1)
+    await changes.until(running(first, 1))
+    (before,) = state_of(first).active
+    pid = await _pid_of(emulator, before.id)
+    framework_id = first.client.framework_id
+
+    async def kept() -> bool:
+        return await store.load() == framework_id
+
+    await eventually(kept)
+    await first.close()
+
+    second = await make_scheduler(emulator, store)
+    second_changes = Changes(second)
+    await second_changes.until(lambda: second.service_state("svc-test") is not None and running(second, 1)())
+    assert second.client.framework_id == framework_id
+    (after,) = state_of(second).active
+    assert (after.id, after.host, after.port, after.log_directory) == (
+        before.id,
+        before.host,
+        before.port,
+        before.log_directory,
+    )
+    assert state_of(second).requested == 1 and second.service_record("svc-test") == spec.record
+    assert await second.create_service(spec, 1) is False  # a request for it finds it running: nothing launches
+    await eventually(lambda: answers(after.host, after.port))
+    state = await emulator.state()
+    assert [(t["id"], t["pid"]) for t in state["tasks"]] == [(before.id, pid)]  # the same process, no other task
+    (framework,) = state["frameworks"]
+    assert framework["subscriptions"] == 2 and "TEARDOWN" not in framework["calls"]
+    assert framework["calls"]["RECONCILE"] == 3  # the first subscription's implicit one; explicit, then implicit
+    # It is the scheduler's as if launched here: scaling launches more of the service its labels described.
+    await second.scale_service("svc-test", 2)
+    await second_changes.until(running(second, 2))
+    killed = await second.kill_instance("svc-test", before.id)
+    assert killed.success, killed.message
+    assert before.id not in [i.id for i in state_of(second).active] and not psutil.pid_exists(pid)
+
+
+async def test_past_the_failover_timeout_the_tasks_die_and_the_stale_id_subscribes_anew(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator = await start_emulator()
+    store = FileFrameworkIds(tmp_path / "mesos-framework-id")
+    first = await make_scheduler(emulator, store, failover_timeout_secs=0.3)
+    changes = Changes(first)
+    await first.create_service(make_spec(), 1)
+    await changes.until(running(first, 1))
+    (before,) = state_of(first).active
+    pid = await _pid_of(emulator, before.id)
+    old = first.client.framework_id
+    await first.close()
+
+    async def removed() -> bool:
+        state = await emulator.state()
+        return state["removed"] == [old] and all(t["state"] == "TASK_KILLED" for t in state["tasks"])
+
+    await eventually(removed)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert await store.load() == old
+
+    with caplog.at_level(logging.INFO):
+        second = await make_scheduler(emulator, store)
+    assert second.client.framework_id not in (None, old)
+    assert f"The Mesos master removed framework {old} (Framework has been removed): forgetting its id" in caplog.text
+
+    async def kept() -> bool:
+        return await store.load() == second.client.framework_id
+
+    await eventually(kept)
+    assert second.service_ids() == []
+    assert [f["id"] for f in (await emulator.state())["frameworks"]] == [second.client.framework_id]
 
 
 async def test_follows_a_redirect_to_the_leading_master(

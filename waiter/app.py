@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -25,8 +26,9 @@ from waiter.scaling import BurstSettings
 from waiter.scheduler import create_scheduler
 from waiter.scheduler.agent import AgentScheduler
 from waiter.scheduler.base import Scheduler
+from waiter.scheduler.mesos_failover import FileFrameworkIds, FrameworkIdStore
 from waiter.settings import Settings
-from waiter.state import StateUnavailable, open_state
+from waiter.state import SharedFrameworkIds, SharedState, StateUnavailable, open_state
 from waiter.tokens import open_registry
 from waiter.upstream import UpstreamPool
 
@@ -71,6 +73,14 @@ def build_app(
     return app
 
 
+def framework_ids(settings: Settings, state: SharedState) -> FrameworkIdStore:
+    """Where a Mesos router keeps its framework id: in the shared state when there is one (it outlives the machine a
+    router restarts on), keyed by the router's host and port; else in a file of its work dir."""
+    if state.shared:
+        return SharedFrameworkIds(state, f"{socket.gethostname()}:{settings.port}")
+    return FileFrameworkIds(settings.mesos.work_dir / "mesos-framework-id")
+
+
 async def compose(
     settings: Settings,
     scheduler: Scheduler | None,
@@ -96,7 +106,7 @@ async def compose(
     opened.push_async_callback(session.close)
     pool = UpstreamPool(connect_timeout=5.0)
     opened.push_async_callback(pool.close)
-    sched = scheduler or create_scheduler(settings)
+    sched = scheduler or create_scheduler(settings, framework_ids=framework_ids(settings, state))
     await sched.start()
     opened.push_async_callback(sched.close)
 

@@ -137,6 +137,7 @@ def build_app(config: Config) -> web.Application:
     master = Master(config)
     app = web.Application()
     app.router.add_route("*", "/api/v1/scheduler", master.scheduler)
+    app.router.add_route("*", "/api/v1", master.operator)
     app.router.add_routes(list(controls(master)))
     app.on_startup.append(master.start)
     app.on_shutdown.append(master.shutdown)

@@ -52,6 +52,7 @@ class Task:
     lost: bool = False  # report TASK_LOST (the agent "lost" it) instead of how the process ended
     out_of_memory: bool = False  # report the memory isolator's limitation instead of how the process ended
     mem_limit: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)  # the TaskInfo it was launched with (its labels, name)
 
     @property
     def terminal(self) -> bool:
@@ -219,7 +220,7 @@ class Agent:
         run.mkdir(parents=True)
         (executor / "runs" / "latest").symlink_to(run.name)
         grace = grace_of(info, DEFAULT_KILL_GRACE_SECS)
-        task = Task(task_id, framework_id, self.id, usage, tuple(ports), run, grace, user)
+        task = Task(task_id, framework_id, self.id, usage, tuple(ports), run, grace, user, info=info)
         task.mem_limit = sum(mem for _, mem in usage.values())
         self.tasks[task_id] = task
         watcher = asyncio.create_task(self._run(task, info["command"]), name=f"task {task_id}")

@@ -200,6 +200,44 @@ class Master:
         if self.behaviours.recovering:
             self.unavailable += 1
             raise web.HTTPServiceUnavailable(text="Master has not finished recovery")
+        call = await self._read_call(request)
+        if call.get("type") not in CALLS:
+            raise web.HTTPBadRequest(text="Failed to validate scheduler::Call: Expecting 'type' to be present")
+        if call["type"] == "SUBSCRIBE":
+            return await self.subscribe(request, call)
+        framework = self._caller(request, call)
+        framework.calls[call["type"]] += 1
+        self.dispatch(framework, call)
+        return web.Response(status=200 if call["type"] == "UPDATE_FRAMEWORK" else 202)
+
+    async def operator(self, request: web.Request) -> web.Response:
+        """The operator API (``POST /api/v1``), of which the emulator answers GET_TASKS: every task the master
+        knows, with the labels it was launched with (a restarted scheduler reads its tasks' labels there)."""
+        if self.config.leader:
+            raise web.HTTPTemporaryRedirect(f"//{self.config.leader}/api/v1")
+        call = await self._read_call(request)
+        if call.get("type") != "GET_TASKS":
+            raise web.HTTPNotImplemented(text=f"This emulator answers only GET_TASKS, not {call.get('type')!r}")
+        tasks = [self._task_json(task) for task in self.tasks.values()]
+        return web.json_response({"type": "GET_TASKS", "get_tasks": {"tasks": tasks}})
+
+    def _task_json(self, task: Task) -> dict[str, Any]:
+        """A ``Task`` message (mesos.proto) as the master lists it."""
+        status = {"task_id": _id(task.id), "state": task.state, "agent_id": _id(task.agent_id)}
+        return {
+            "name": str(task.info.get("name", task.id)),
+            "task_id": _id(task.id),
+            "framework_id": _id(task.framework_id),
+            "agent_id": _id(task.agent_id),
+            "state": task.state,
+            "resources": task.info.get("resources") or [],
+            "statuses": [status],
+            "labels": task.info.get("labels") or {"labels": []},
+            "user": task.user,
+        }
+
+    async def _read_call(self, request: web.Request) -> dict[str, Any]:
+        """The JSON call of a request, checked in the master's order: method, Content-Type, body."""
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         content_type = request.headers.get("Content-Type")
@@ -216,14 +254,9 @@ class Master:
             call = json.loads(await request.read())
         except ValueError as error:
             raise web.HTTPBadRequest(text=f"Failed to parse body into Call: {error}") from None
-        if not isinstance(call, dict) or call.get("type") not in CALLS:
-            raise web.HTTPBadRequest(text="Failed to validate scheduler::Call: Expecting 'type' to be present")
-        if call["type"] == "SUBSCRIBE":
-            return await self.subscribe(request, call)
-        framework = self._caller(request, call)
-        framework.calls[call["type"]] += 1
-        self.dispatch(framework, call)
-        return web.Response(status=200 if call["type"] == "UPDATE_FRAMEWORK" else 202)
+        if not isinstance(call, dict):
+            raise web.HTTPBadRequest(text="Failed to validate Call: Expecting 'type' to be present")
+        return call
 
     def _caller(self, request: web.Request, call: dict[str, Any]) -> Framework:
         framework_id = _value(call, "framework_id")

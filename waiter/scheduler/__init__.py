@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from waiter.scheduler.base import Scheduler, SchedulerError
 from waiter.settings import Settings
 
+if TYPE_CHECKING:
+    from waiter.scheduler.mesos_failover import FrameworkIdStore
 
-def create_scheduler(settings: Settings) -> Scheduler:
+
+def create_scheduler(settings: Settings, *, framework_ids: FrameworkIdStore | None = None) -> Scheduler:
+    """The configured back-end; ``framework_ids`` keeps a Mesos framework's id across restarts (none: not kept)."""
     kind = settings.scheduler_kind
     if kind == "local":
         from waiter.scheduler.local import LocalScheduler, LocalSettings
@@ -41,7 +47,8 @@ def create_scheduler(settings: Settings) -> Scheduler:
                 request_timeout_secs=mesos.request_timeout_ms / 1000,
                 cluster_name=settings.cluster_name,
                 agent_work_dir=mesos.agent_work_dir,
-            )
+            ),
+            framework_ids=framework_ids,
         )
     if kind == "kubernetes":
         from waiter.scheduler.kubernetes import KubernetesScheduler

@@ -6,6 +6,10 @@ the rest are declined. Task status updates move instances between active, failed
 itself is replaced after a backoff. After a reconnection the framework reconciles, so instances survive a lost
 event stream. Reading a snapshot never does I/O: every change arrives on the event stream.
 
+Closing leaves the framework registered: the master keeps its tasks for ``failover_timeout`` and a restarted router
+subscribes again with the kept framework id and takes them on (``mesos_failover``), rebuilding each service from
+its tasks' labels (``mesos_instances``), so a router restarted without shared state still knows its services.
+
 When no offer can hold an instance for ``offer_wait_secs``, the service shows a deployment error naming the
 missing resource (``ServiceState.error``).
 """
@@ -15,13 +19,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from waiter.scheduler.base import (
-    Instance,
     KillOutcome,
     KillResult,
     Listener,
@@ -30,8 +32,9 @@ from waiter.scheduler.base import (
     ServiceState,
 )
 from waiter.scheduler.book import Ending, check_spec, not_running, restart_delay
-from waiter.scheduler.environment import format_number, instance_environment
 from waiter.scheduler.mesos_client import ClientSettings, MesosClient
+from waiter.scheduler.mesos_failover import Failover, FrameworkIdStore, Reconciliation
+from waiter.scheduler.mesos_instances import Adopted, kill_grace, launch
 from waiter.scheduler.mesos_proto import (
     MesosError,
     Need,
@@ -44,9 +47,7 @@ from waiter.scheduler.mesos_proto import (
     shortfall,
     status_from_json,
     take,
-    task_info,
     task_outcome,
-    task_user,
     usable_role,
 )
 from waiter.scheduler.mesos_tasks import MesosBook, MesosSettings, Task, ended_instance, id_value
@@ -59,7 +60,7 @@ class MesosScheduler:
 
     kind = "mesos"
 
-    def __init__(self, settings: MesosSettings) -> None:
+    def __init__(self, settings: MesosSettings, framework_ids: FrameworkIdStore | None = None) -> None:
         self.settings = settings
         self.client = MesosClient(
             ClientSettings(
@@ -82,9 +83,8 @@ class MesosScheduler:
         self._suppressed = False
         self._reviving = False
         self._closing = False
-        self._unreconciled: dict[str, str] = {}  # task id -> agent id: asked about since subscribing, unanswered
-        self._reconcile_delay = settings.reconcile_retry_secs
-        self._reconcile_at = 0.0  # monotonic
+        self.reconciliation = Reconciliation(settings.reconcile_retry_secs, settings.reconcile_retry_max_secs)
+        self.failover = Failover(framework_ids, settings, self._spawn)
 
     # -- the Scheduler protocol --
 
@@ -92,22 +92,19 @@ class MesosScheduler:
         self._listeners.append(listener)
 
     async def start(self) -> None:
+        await self.failover.resume(self.client)
         await self.client.start()
         if self._tick_task is None:
             self._tick_task = asyncio.create_task(self._tick_loop(), name="mesos-scheduler-tick")
 
     async def close(self) -> None:
-        """Tear the framework down (the master kills its tasks: nothing else could find them again)."""
+        """Stop, leaving the framework registered: the master keeps its tasks running for ``failover_timeout``, so
+        a router restarted with the kept framework id takes them on again (no TEARDOWN, which would kill them)."""
         self._closing = True
         if self._tick_task is not None:
             self._tick_task.cancel()
             await asyncio.wait([self._tick_task])
             self._tick_task = None
-        if self.client.connected.is_set():
-            try:
-                await self.client.teardown()
-            except MesosError as error:
-                log.warning("Could not tear down the Mesos framework: %s", error)
         await self.client.close()
         for task in self._background:
             task.cancel()
@@ -116,6 +113,8 @@ class MesosScheduler:
 
     async def create_service(self, spec: ServiceSpec, instances: int) -> bool:
         check_spec(spec, instances)
+        # The framework's tasks from before a restart may be this service's: take them on rather than launch more.
+        await self.failover.wait(self.settings.request_timeout_secs)
         if spec.service_id in self._books:
             return False
         if self._closing:
@@ -195,6 +194,11 @@ class MesosScheduler:
     def service_ids(self) -> list[str]:
         return list(self._books)
 
+    def service_record(self, service_id: str) -> str | None:
+        """The router's record of a service, which its tasks carry in their labels (``KeepsRecords``)."""
+        book = self._books.get(service_id)
+        return book.spec.record or None if book is not None else None
+
     def service_state(self, service_id: str) -> ServiceState | None:
         book = self._books.get(service_id)
         return None if book is None else book.snapshot()
@@ -246,6 +250,7 @@ class MesosScheduler:
 
     def handle_disconnect(self, reason: str) -> None:
         self._suppressed = False  # a new subscription starts unsuppressed
+        self.failover.disconnected(self.client.framework_id)
 
     def _on_inverse_offers(self, inverse_offers: list[Mapping[str, Any]]) -> None:
         """Accept maintenance on an agent: instances are stateless and a killed one is replaced elsewhere.
@@ -264,12 +269,17 @@ class MesosScheduler:
 
     def _on_subscribed(self) -> None:
         self._suppressed = False
+        framework_id = self.client.framework_id
+        if self.failover.subscribed(framework_id):
+            self._spawn("taking on the framework's tasks", self._recover(str(framework_id)))
+        elif self.failover.held is None:
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Ask about every known task, then about all of them (the master answers the latter with every task of the
+        framework it knows); tasks not heard of are asked about again, with backoff, until answered."""
         known = {task_id: task.agent_id for task_id, task in self._tasks.items()}
-        # After a master failover, tasks on agents that have not re-registered yet get no answer at all: ask again
-        # (with backoff) until every known task has been heard of (docs/scheduler-http-api.md, reconciliation).
-        self._unreconciled = known
-        self._reconcile_delay = self.settings.reconcile_retry_secs
-        self._reconcile_at = time.monotonic() + self._reconcile_delay
+        self.reconciliation.ask(known, time.monotonic())
         if known:
             self._spawn("explicit reconciliation", self.client.reconcile(list(known.items())))
         self._spawn("implicit reconciliation", self.client.reconcile())
@@ -278,6 +288,28 @@ class MesosScheduler:
                 task.kill_sent_at = None  # the tick sends the kill again on this subscription
         if self._demands():
             self._want_offers()
+
+    async def _recover(self, framework_id: str) -> None:
+        """Take on the running tasks of the framework this router resumed, replay the updates held meanwhile, then
+        reconcile: explicitly the tasks taken on, then implicitly."""
+        for adopted in await self.failover.tasks_of(self.client, framework_id):
+            if adopted.instance.id not in self._tasks:
+                self._take_on(adopted)
+        for status in self.failover.release():
+            self._on_update(status)
+        self._reconcile()
+
+    def _take_on(self, adopted: Adopted) -> None:
+        spec, instance = adopted.spec, adopted.instance
+        book = self._books.get(spec.service_id)
+        if book is None:
+            book = self._books[spec.service_id] = MesosBook(spec, 0, self.settings.max_ended_instances)
+        self._tasks[instance.id] = Task(
+            spec.service_id, instance, adopted.agent_id, time.monotonic(), adopted.grace_secs, adopted.state
+        )
+        book.add(instance)
+        book.requested = max(book.requested, len(book.active))  # what ran keeps running
+        self._notify(spec.service_id)
 
     def _on_offers(self, offers: list[Offer]) -> None:
         demands = self._demands()
@@ -312,9 +344,11 @@ class MesosScheduler:
             self._spawn("SUPPRESS", self.client.suppress())
 
     def _on_update(self, status: TaskStatus) -> None:
+        if self.failover.hold(status):
+            return  # its task may be one being taken on: the update waits until it is
         if status.uuid is not None:
             self._spawn(f"ACKNOWLEDGE of {status.task_id}", self.client.acknowledge(status))
-        self._unreconciled.pop(status.task_id, None)
+        self.reconciliation.answered(status.task_id)
         outcome = task_outcome(status)
         task = self._tasks.get(status.task_id)
         if task is None:
@@ -334,7 +368,10 @@ class MesosScheduler:
     # -- launching --
 
     def _demands(self) -> list[MesosBook]:
-        """Services that miss instances and may launch now (not deleting, not backing off after a crash)."""
+        """Services that miss instances and may launch now (not deleting, not backing off after a crash, and not
+        before the tasks of a resumed framework were taken on)."""
+        if not self.failover.recovered.is_set():
+            return []
         now = time.monotonic()
         return [b for b in self._books.values() if b.missing() > 0 and not b.deleting and b.not_before <= now]
 
@@ -343,41 +380,16 @@ class MesosScheduler:
 
     def _launch(self, book: MesosBook, offer: Offer, taken: Taken) -> dict[str, Any]:
         """Record a new instance (active from now on) and return the TaskInfo that launches it."""
-        spec = book.spec
-        framework_id = self.client.framework_id or ""
-        instance_id = f"{spec.service_id}.{time.time_ns():x}-{secrets.token_hex(4)}"
-        sandbox = (
-            f"{self.settings.agent_work_dir}/slaves/{offer.agent_id}/frameworks/{framework_id}"
-            f"/executors/{instance_id}/runs/latest"
-        )
-        grace = max(float(spec.termination_grace_period_secs), self.settings.min_kill_grace_secs)
-        ports = taken.ports
-        user = task_user(spec, self.settings.user)
-        env = instance_environment(
-            spec, self.settings.cluster_name, home=f"/home/{user}", user=user,
-            sandbox=sandbox, instance_id=instance_id, ports=ports,
-        )
-        instance = Instance(
-            id=instance_id,
-            service_id=spec.service_id,
-            host=offer.hostname,
-            port=ports[0],
-            started_at=time.time(),
-            extra_ports=ports[1:],
-            log_directory=sandbox,
-            extras={
-                "mesos/agent-id": offer.agent_id,
-                "mesos/framework-id": framework_id,
-                "mesos/task-state": "TASK_STAGING",
-            },
-        )
-        self._tasks[instance_id] = Task(spec.service_id, instance, offer.agent_id, time.monotonic(), grace)
+        instance, info = launch(book.spec, offer, taken, self.settings, self.client.framework_id or "")
+        grace = kill_grace(book.spec, self.settings)
+        self._tasks[instance.id] = Task(book.spec.service_id, instance, offer.agent_id, time.monotonic(), grace)
         book.add(instance)
         book.error = book.shortfall = None
         book.waiting_since = time.monotonic() if book.missing() > 0 else None
-        log.info("Launching instance %s on %s (ports %s)", instance_id, offer.hostname, ports)
-        self._notify(spec.service_id)
-        return task_info(spec, offer, instance_id, taken.resources, env, grace, user)
+        ports = (instance.port, *instance.extra_ports)
+        log.info("Launching instance %s on %s (ports %s)", instance.id, offer.hostname, ports)
+        self._notify(book.spec.service_id)
+        return info
 
     def _spawn_accept(self, offer_id: str, task_infos: list[dict[str, Any]]) -> None:
         async def accept() -> None:
@@ -458,40 +470,22 @@ class MesosScheduler:
             elif book.error != superseded:
                 book.error = superseded  # instances can no longer be placed nor watched by this router
                 self._notify(book.spec.service_id)
-        if self._unreconciled and now >= self._reconcile_at and self.client.connected.is_set():
-            self._unreconciled = {t: a for t, a in self._unreconciled.items() if t in self._tasks}
-            if self._unreconciled:
-                log.info("No answer yet about tasks %s: asking the master again", sorted(self._unreconciled))
-                self._spawn("explicit reconciliation", self.client.reconcile(list(self._unreconciled.items())))
-            self._reconcile_delay = min(self._reconcile_delay * 2, self.settings.reconcile_retry_max_secs)
-            self._reconcile_at = now + self._reconcile_delay
+        again = self.reconciliation.due(now, self._tasks) if self.client.connected.is_set() else None
+        if again:
+            log.info("No answer yet about tasks %s: asking the master again", sorted(again))
+            self._spawn("explicit reconciliation", self.client.reconcile(list(again.items())))
         for task in self._tasks.values():
             retry_after = task.grace_secs + self.settings.request_timeout_secs
             if task.ending is not None and (task.kill_sent_at is None or now - task.kill_sent_at > retry_after):
                 self._spawn(f"KILL of {task.instance.id}", self._send_kill(task, task.grace_secs))
 
     def _check_waiting(self, book: MesosBook, now: float) -> None:
-        if book.deleting or book.missing() == 0:
-            book.waiting_since = None
+        error_before = book.error
+        if book.check_waiting(now, self.settings.offer_wait_secs):
+            self._want_offers()  # a crash backoff ended
+        if book.error != error_before:
             if book.error is not None:
-                book.error = None
-                self._notify(book.spec.service_id)
-            return
-        if now < book.not_before:
-            return
-        if book.revive_at_backoff_end:
-            book.revive_at_backoff_end = False
-            self._want_offers()
-        if book.waiting_since is None:
-            book.waiting_since = now
-        elif now - book.waiting_since >= self.settings.offer_wait_secs and book.error is None:
-            need = Need.of(book.spec)
-            book.error = book.shortfall or (
-                f"No offer arrived within {format_number(self.settings.offer_wait_secs)} seconds to place an "
-                f"instance needing {format_number(need.cpus)} cpus, {format_number(need.mem)} MiB and "
-                f"{need.ports} ports"
-            )
-            log.warning("Service %s cannot be placed: %s", book.spec.service_id, book.error)
+                log.warning("Service %s cannot be placed: %s", book.spec.service_id, book.error)
             self._notify(book.spec.service_id)
 
     # -- helpers --

@@ -33,6 +33,7 @@ from waiter.scheduler.mesos_proto import (
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+OPERATOR_PATH = "/api/v1"  # the master's operator API (GET_TASKS)
 MAX_REDIRECTS = 5
 
 
@@ -104,27 +105,43 @@ class MesosClient:
 
     async def call(self, call_type: str, payload: Mapping[str, Any] | None = None) -> None:
         """Send one call on the current subscription; raises ``MesosError`` unless the master accepted it."""
-        if self._session is None or self.framework_id is None or self._stream_id is None:
+        if self.framework_id is None or self._stream_id is None:
             raise MesosError(f"Cannot send {call_type} to the Mesos master: the framework is not subscribed.")
         body: dict[str, Any] = {"type": call_type, "framework_id": {"value": self.framework_id}}
         if payload is not None:
             body[call_type.lower()] = payload
-        url = f"http://{self.leader}{SCHEDULER_PATH}"
-        headers = {"Content-Type": JSON, "Accept": JSON, "Mesos-Stream-Id": self._stream_id}
+        await self._post(SCHEDULER_PATH, call_type, body, {"Mesos-Stream-Id": self._stream_id})
+
+    async def get_tasks(self) -> list[Mapping[str, Any]]:
+        """Every task the master knows (the operator API's GET_TASKS): the scheduler API lists none, and a
+        restarted router needs its tasks' labels to take them on again."""
+        text = await self._post(OPERATOR_PATH, "GET_TASKS", {"type": "GET_TASKS"}, {})
+        try:
+            tasks = json.loads(text).get("get_tasks") or {}
+            return [task for task in tasks.get("tasks") or () if isinstance(task, Mapping)]
+        except (ValueError, AttributeError) as error:
+            raise MesosError(f"The Mesos master answered GET_TASKS with something else than tasks: {error}") from None
+
+    async def _post(self, path: str, what: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> str:
+        """POST one call to the leader; its body if the master accepted it (200 or 202), else ``MesosError``."""
+        if self._session is None:
+            raise MesosError(f"Cannot send {what} to the Mesos master: the client is not started.")
+        url = f"http://{self.leader}{path}"
         try:
             async with asyncio.timeout(self.settings.request_timeout_secs):
-                async with self._session.post(url, data=json.dumps(body), headers=headers) as response:
+                async with self._session.post(
+                    url, data=json.dumps(body), headers={"Content-Type": JSON, "Accept": JSON, **headers}
+                ) as response:
+                    text = await response.text()
                     if response.status in (200, 202):
-                        return
-                    text = (await response.text()).strip()
+                        return text
         except TimeoutError:
             raise MesosError(
-                f"{call_type} to the Mesos master at {url} got no answer within "
-                f"{self.settings.request_timeout_secs:g} s."
+                f"{what} to the Mesos master at {url} got no answer within {self.settings.request_timeout_secs:g} s."
             ) from None
         except aiohttp.ClientError as error:
-            raise MesosError(f"{call_type} to the Mesos master at {url} failed: {error}.") from error
-        raise MesosError(f"The Mesos master at {url} refused {call_type} with status {response.status}: {text}")
+            raise MesosError(f"{what} to the Mesos master at {url} failed: {error}.") from error
+        raise MesosError(f"The Mesos master at {url} refused {what} with status {response.status}: {text.strip()}")
 
     async def accept(
         self, offer_ids: Sequence[str], task_infos: Sequence[Mapping[str, Any]], refuse_seconds: float
@@ -180,9 +197,6 @@ class MesosClient:
 
     async def suppress(self) -> None:
         await self.call("SUPPRESS", {"roles": [self.settings.role]})
-
-    async def teardown(self) -> None:
-        await self.call("TEARDOWN")
 
     # -- the subscription --
 
@@ -276,7 +290,13 @@ class MesosClient:
         elif kind == "ERROR":
             message = str(event.get("error", {}).get("message", ""))
             if not self.connected.is_set() and "removed" in message.lower():
-                # The failover timeout expired: the old id is dead, so register anew next time.
+                # The failover timeout expired (or the framework was torn down): the old id is dead and its tasks
+                # were killed, so register anew next time.
+                log.warning(
+                    "The Mesos master removed framework %s (%s): forgetting its id and subscribing as a new framework",
+                    self.framework_id,
+                    message,
+                )
                 self.framework_id = None
             if "failed over" in message.lower():
                 # Another scheduler subscribed with our framework id and now owns its tasks; subscribing again

@@ -407,40 +407,6 @@ def port_ranges(ports: Sequence[int]) -> list[dict[str, int]]:
     return spans
 
 
-def task_user(spec: ServiceSpec, framework_user: str) -> str:
-    """The user Mesos runs the task as: the service's run-as-user, else the framework's user (FrameworkInfo.user)."""
-    return spec.run_as_user or framework_user
-
-
-
-def task_info(
-    spec: ServiceSpec,
-    offer: Offer,
-    instance_id: str,
-    resources: Sequence[Mapping[str, Any]],
-    env: Mapping[str, str],
-    grace: float,
-    user: str,
-) -> dict[str, Any]:
-    """The TaskInfo of one instance; ``resources`` come from ``take`` (role and reservations of their offer)."""
-    command: dict[str, Any] = {
-        "value": spec.cmd,
-        "shell": True,
-        "environment": {"variables": [{"name": k, "value": v} for k, v in sorted(env.items())]},
-    }
-    if user:
-        command["user"] = user  # what USER and HOME in ``env`` name: the master would otherwise use the framework's
-    return {
-        "name": instance_id,
-        "task_id": {"value": instance_id},
-        "agent_id": {"value": offer.agent_id},
-        "resources": [dict(r) for r in resources],
-        "command": command,
-        "kill_policy": {"grace_period": {"nanoseconds": int(grace * 1e9)}},
-        "labels": {"labels": [{"key": "source", "value": "waiter"}, {"key": "service-id", "value": spec.service_id}]},
-    }
-
-
 __all__ = [
     "MesosError",
     "Need",
@@ -464,8 +430,6 @@ __all__ = [
     "shortfall",
     "status_from_json",
     "take",
-    "task_info",
     "task_outcome",
-    "task_user",
     "usable_role",
 ]

@@ -11,7 +11,8 @@ from typing import Any
 
 from waiter.scheduler.base import Instance
 from waiter.scheduler.book import Ending, ServiceBook, exit_message
-from waiter.scheduler.mesos_proto import TaskOutcome, TaskPhase
+from waiter.scheduler.environment import format_number
+from waiter.scheduler.mesos_proto import Need, TaskOutcome, TaskPhase
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,25 @@ class MesosBook(ServiceBook):
     shortfall: str | None = None  # why the latest offers did not fit
     not_before: float = 0.0  # monotonic: backoff after a crash
     revive_at_backoff_end: bool = False
+
+    def check_waiting(self, now: float, offer_wait_secs: float) -> bool:
+        """Set or clear the deployment error of an instance waiting ``offer_wait_secs`` for a fitting offer (the
+        latest offers' shortfall, else what it needs) at ``now``; True when a crash backoff just ended (revive)."""
+        if self.deleting or self.missing() == 0:
+            self.waiting_since = self.error = None
+            return False
+        if now < self.not_before:
+            return False
+        revive, self.revive_at_backoff_end = self.revive_at_backoff_end, False
+        if self.waiting_since is None:
+            self.waiting_since = now
+        elif now - self.waiting_since >= offer_wait_secs and self.error is None:
+            need = Need.of(self.spec)
+            self.error = self.shortfall or (
+                f"No offer arrived within {format_number(offer_wait_secs)} seconds to place an instance needing "
+                f"{format_number(need.cpus)} cpus, {format_number(need.mem)} MiB and {need.ports} ports"
+            )
+        return revive
 
 
 @dataclass

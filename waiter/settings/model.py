@@ -71,6 +71,7 @@ class MesosSchedulerConfig:
     offer_wait_secs: float = 60.0  # no offer fits an instance for this long -> the service shows a deployment error
     request_timeout_ms: int = 10_000  # one call's deadline (and SUBSCRIBE's until the first event)
     agent_work_dir: str = "/var/lib/mesos"  # the Mesos agents' --work_dir, for instances' log-directory
+    work_dir: Path = Path("scheduler")  # the framework id is kept here (mesos-framework-id) when there is no Redis
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ class Settings:
                     "offer-wait-secs": self.mesos.offer_wait_secs,
                     "request-timeout-ms": self.mesos.request_timeout_ms,
                     "agent-work-dir": self.mesos.agent_work_dir,
+                    "work-dir": str(self.mesos.work_dir),
                 },
                 "kubernetes": {
                     "api-url": redact_url(self.kubernetes.api_url),

@@ -125,6 +125,7 @@ def _mesos(r: _Reader, base: MesosSchedulerConfig, kind: str) -> MesosSchedulerC
         offer_wait_secs=r.number("offer-wait-secs", base.offer_wait_secs, 0.1, 86400),
         request_timeout_ms=r.integer("request-timeout-ms", base.request_timeout_ms, 10, 600_000),
         agent_work_dir=r.string("agent-work-dir", base.agent_work_dir),
+        work_dir=Path(r.string("work-dir", str(base.work_dir))),
     )
     r.check_unknown()
     return config

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from waiter.settings import Settings
-from waiter.state.base import RouterStats, SharedState, StateUnavailable
+from waiter.state.base import RouterStats, SharedFrameworkIds, SharedState, StateUnavailable
 
 
 def open_state(settings: Settings) -> SharedState:
@@ -17,4 +17,4 @@ def open_state(settings: Settings) -> SharedState:
     return MemoryState()
 
 
-__all__ = ["RouterStats", "SharedState", "StateUnavailable", "open_state"]
+__all__ = ["RouterStats", "SharedFrameworkIds", "SharedState", "StateUnavailable", "open_state"]

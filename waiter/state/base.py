@@ -123,3 +123,25 @@ class SharedState(Protocol):
         """Mark an instance expired for every router, for ``ttl_ms`` (it is killed long before)."""
 
     async def expired(self) -> set[str]: ...
+
+    # -- scheduler identities kept across restarts ------------------------------------------------------------------
+    async def framework_id(self, key: str) -> str | None:
+        """The Mesos framework id kept under ``key`` (a router's host and port), None if none is kept."""
+
+    async def keep_framework_id(self, key: str, framework_id: str | None) -> None:
+        """Keep (or with None, forget) the Mesos framework id of ``key``, so its router re-subscribes with it."""
+
+
+class SharedFrameworkIds:
+    """A Mesos router's framework id in the shared state (a ``waiter.scheduler.mesos_failover.FrameworkIdStore``)."""
+
+    def __init__(self, state: SharedState, key: str) -> None:
+        self.state = state
+        self.key = key
+        self.where = f"the shared state under {key}"
+
+    async def load(self) -> str | None:
+        return await self.state.framework_id(self.key)
+
+    async def save(self, framework_id: str | None) -> None:
+        await self.state.keep_framework_id(self.key, framework_id)

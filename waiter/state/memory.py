@@ -49,6 +49,7 @@ class MemoryState:
         self._leases: dict[str, dict[str, int]] = {}
         self._deleted = _Expiring()
         self._inactive: dict[str, dict[str, Any]] = {}
+        self._framework_ids: dict[str, str] = {}
 
     async def start(self) -> None:
         return None
@@ -161,3 +162,12 @@ class MemoryState:
 
     async def expired(self) -> set[str]:
         return set(self._expired.items())
+
+    async def framework_id(self, key: str) -> str | None:
+        return self._framework_ids.get(key)
+
+    async def keep_framework_id(self, key: str, framework_id: str | None) -> None:
+        if framework_id is None:
+            self._framework_ids.pop(key, None)
+        else:
+            self._framework_ids[key] = framework_id

@@ -13,6 +13,7 @@ Keys (``<p>`` = ``waiter:<namespace>:``):
   <p>expired              hash instance id -> epoch ms until which it counts as expired (flagged through the API)
   <p>deleted              hash service id -> epoch ms until which other routers must forget it (a tombstone)
   <p>inactive             hash service id -> JSON record a deleted service left (description, its instances)
+  <p>mesos-frameworks     hash router host:port -> the Mesos framework id it re-subscribes with after a restart
 """
 
 from __future__ import annotations
@@ -303,3 +304,17 @@ class RedisState:
         if gone:
             await self._call("prune expired instances", lambda: self._redis.hdel(f"{self.p}expired", *gone))
         return {iid for iid, until in raw.items() if int(until) > now}
+
+    # -- scheduler identities kept across restarts ------------------------------------------------------------------
+
+    async def framework_id(self, key: str) -> str | None:
+        table = f"{self.p}mesos-frameworks"
+        value = await self._call("read the Mesos framework id", lambda: self._redis.hget(table, key))
+        return str(value) if value else None
+
+    async def keep_framework_id(self, key: str, framework_id: str | None) -> None:
+        table = f"{self.p}mesos-frameworks"
+        if framework_id is None:
+            await self._call("forget the Mesos framework id", lambda: self._redis.hdel(table, key))
+        else:
+            await self._call("keep the Mesos framework id", lambda: self._redis.hset(table, key, framework_id))
