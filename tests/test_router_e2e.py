@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
-from tests.conftest import RunningRouter, backend_token, on_the_fly_headers
-from tests.support import eventually
+from tests.conftest import Cluster, RunningRouter, backend_token, on_the_fly_headers
+from tests.redis_server import REDIS_SERVER, running_redis
+from tests.support import eventually, free_port
 
 # Every test runs on every scheduler back-end, except those pinned to "local": they never reach a scheduler.
 pytestmark = pytest.mark.schedulers()
@@ -498,3 +502,66 @@ async def test_a_restarted_router_takes_on_the_services_its_cluster_runs(make_ro
     async with second.client.get(second.url + "/hello", headers=headers) as resp:
         assert resp.status == 200
         assert (await resp.text()).startswith(f"hello from {instance['id']}")
+
+
+@pytest.mark.schedulers("mesos")
+@pytest.mark.parametrize("shared_state", [False, True], ids=["work-dir", "redis"])
+async def test_a_restarted_mesos_router_serves_on_the_task_it_left_running(
+    make_router, cluster: Cluster, tmp_path: Path, shared_state: bool
+) -> None:
+    """The framework id is kept (in Redis, or without it in the router's work dir), the framework is not torn down
+    on stop, and the restarted router subscribes as the same framework: the task (the same process) serves on."""
+    if shared_state and REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    mesos = {**cluster.config["mesos"], "work-dir": str(tmp_path / "router-work")}
+    config: dict[str, Any] = {"scheduler": {**cluster.config, "mesos": mesos}}
+
+    async def emulator() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.get(f"{cluster.url}/emulator/state") as resp:
+            return await resp.json()  # type: ignore[no-any-return]
+
+    async with contextlib.AsyncExitStack() as stack:
+        if shared_state:  # the id is kept under the router's host and port
+            redis = await stack.enter_async_context(running_redis())
+            config.update(redis=redis.url, port=free_port())
+        first = await make_router([backend_token("echo")], **config)
+        async with first.client.get(first.url + "/hello", headers=TOKEN) as resp:
+            assert resp.status == 200
+        sid = await first.service_id(TOKEN)
+        (instance,) = (await first.get_json(f"/apps/{sid}"))["instances"]["active-instances"]
+        (task,) = (await emulator())["tasks"]
+        await first.server.stop()
+        (framework,) = (await emulator())["frameworks"]
+        assert "TEARDOWN" not in framework["calls"]
+        if shared_state:
+            # A stopped router's last counts stay shared until they expire, and the next leader would scale for
+            # requests that are gone (the coordinator's business, not this test's): start once they expired.
+            client = aioredis.Redis.from_url(redis.url)
+            stack.push_async_callback(client.aclose)
+            key = f"waiter:{first.settings.cluster_name}:stats:{first.settings.router_id}"
+
+            async def expired() -> bool:
+                return not await client.exists(key)
+
+            await eventually(expired, "the stopped router's counts to expire")
+
+        second = await make_router([backend_token("echo")], **config)
+        stack.push_async_callback(second.server.stop)  # before Redis stops
+
+        async def listed() -> bool:
+            async with second.client.get(second.url + "/apps") as resp:
+                return any(app["service-id"] == sid for app in await resp.json())
+
+        await eventually(listed, "the restarted router to list the service its framework runs")
+
+        async def health_checked() -> bool:
+            return [i["id"] for i in await healthy_instances(second, sid)] == [instance["id"]]
+
+        await eventually(health_checked, "the restarted router to health-check the task it took on")
+        async with second.client.get(second.url + "/hello", headers=TOKEN) as resp:
+            assert resp.status == 200
+            assert (await resp.text()).startswith(f"hello from {instance['id']}")
+        state = await emulator()
+        assert [(t["id"], t["pid"], t["state"]) for t in state["tasks"]] == [(task["id"], task["pid"], "TASK_RUNNING")]
+        (framework,) = state["frameworks"]
+        assert framework["subscriptions"] == 2 and framework["connected"]
