@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -23,10 +24,11 @@ from tests.support import Changes, eventually
 from waiter.lifecycle import deployment_error
 from waiter.messages import MESSAGES
 from waiter.scheduler import create_scheduler
-from waiter.scheduler.base import KillOutcome, ServiceSpec, ServiceState
+from waiter.scheduler.base import Instance, KillOutcome, ServiceSpec, ServiceState
 from waiter.scheduler.exits import exit_code_of
 from waiter.scheduler.mesos import MesosScheduler
-from waiter.scheduler.mesos_failover import FileFrameworkIds, FrameworkIdStore
+from waiter.scheduler.mesos_failover import FileFrameworkIds, FrameworkIdStore, Reconciliation
+from waiter.scheduler.mesos_instances import adopt, launch
 from waiter.scheduler.mesos_proto import (
     Need,
     Offer,
@@ -834,6 +836,14 @@ async def test_emulator_answers_with_the_masters_status_codes(start_emulator: St
             return await status(revive, {**plain, "Mesos-Stream-Id": stream_id}) == 403
 
         await eventually(not_subscribed)
+        operator = f"{emulator.url}/api/v1"
+        async with session.get(operator) as response:
+            assert response.status == 405
+        async with session.post(operator, json={"type": "GET_HEALTH"}) as response:
+            assert response.status == 501  # the one operator call the emulator answers is GET_TASKS
+        async with session.post(operator, json={"type": "GET_TASKS"}) as response:
+            assert response.status == 200
+            assert await response.json() == {"type": "GET_TASKS", "get_tasks": {"tasks": []}}
 
 
 # -- pure parts --
@@ -1157,3 +1167,120 @@ def test_a_memory_limitation_flags_the_instance_and_keeps_the_first_sentence() -
     assert outcome.flags == {"memory-limit-exceeded"}
     assert outcome.message == "Memory limit exceeded: Requested: 64MB Maximum Used: 64MB"
     assert task_outcome(TaskStatus("t", "TASK_FAILED", message="Command exited with status 1")).flags == frozenset()
+
+
+# -- a task's labels and a restarted router taking it on --
+
+SETTINGS = MesosSettings(master="m:5050", agent_work_dir="/work", min_kill_grace_secs=1.0)
+
+
+def launched(spec: ServiceSpec) -> tuple[Instance, dict[str, Any]]:
+    offer = Offer.unreserved("o1", "agent-1", "host-1", cpus=4, mem=4096, ports=((31000, 31009),))
+    return launch(spec, offer, take(offer, Need.of(spec)), SETTINGS, "fw-1")
+
+
+def listed(info: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A task of the master's GET_TASKS answer, as launched from ``info``."""
+    return {
+        "name": info["name"],
+        "task_id": info["task_id"],
+        "framework_id": {"value": "fw-1"},
+        "agent_id": info["agent_id"],
+        "state": "TASK_RUNNING",
+        "labels": info["labels"],
+        **fields,
+    }
+
+
+def test_a_launched_task_is_taken_on_as_the_same_instance_of_the_same_spec() -> None:
+    spec = make_spec(
+        env={"A": "1"}, ports=2, record='{"x": 1}', token="t", termination_grace_period_secs=5, health_check_url="/h"
+    )
+    instance, info = launched(spec)
+    adopted = adopt(listed(info), "fw-1", SETTINGS)
+    assert adopted is not None
+    assert adopted.spec == spec and adopted.agent_id == "agent-1" and adopted.grace_secs == 5.0
+    running = {**instance.extras, "mesos/task-state": "TASK_RUNNING"}
+    assert adopted.instance == dataclasses.replace(instance, extras=running)
+    assert (adopted.instance.port, adopted.instance.extra_ports) == (31000, (31001,))
+    sandbox = f"/work/slaves/agent-1/frameworks/fw-1/executors/{instance.id}/runs/latest"
+    assert adopted.instance.log_directory == sandbox
+
+
+@pytest.mark.parametrize(
+    ("fields", "labels"),
+    [
+        ({"framework_id": {"value": "other"}}, None),
+        ({"state": "TASK_FINISHED"}, None),
+        ({"state": "TASK_KILLED"}, None),
+        ({}, [{"key": "source", "value": "someone-else"}]),
+    ],
+    ids=["another-framework", "finished", "killed", "not-waiter"],
+)
+def test_tasks_that_are_not_ours_or_not_running_are_not_taken_on(
+    fields: dict[str, Any], labels: list[dict[str, str]] | None
+) -> None:
+    _, info = launched(make_spec())
+    task = listed(info, **fields)
+    if labels is not None:
+        task["labels"] = {"labels": labels}
+    assert adopt(task, "fw-1", SETTINGS) is None
+
+
+@pytest.mark.parametrize(
+    ("label", "value", "expected"),
+    [
+        (None, None, "has no waiter-spec or waiter-instance label (launched by an older router?)"),
+        ("waiter-spec", "{nope", "Expecting property name"),
+        ("waiter-spec", '{"service_id": "s"}', "the waiter-spec label lacks cmd, cpus, mem"),
+        ("waiter-spec", '{"service_id": "s", "cmd": "c", "cpus": 1, "mem": 1, "bogus": {}}', None),
+        ("waiter-instance", '{"host": "h", "ports": [], "started-at": 1}', "its waiter-instance label lists no port"),
+        ("waiter-instance", '{"host": "h"}', "'ports'"),
+    ],
+    ids=["no-labels", "spec-not-json", "spec-incomplete", "unknown-field-ignored", "no-port", "no-ports-key"],
+)
+def test_a_task_of_ours_with_unreadable_labels_is_refused_naming_it_and_why(
+    label: str | None, value: str | None, expected: str | None
+) -> None:
+    _, info = launched(make_spec())
+    labels = {entry["key"]: entry["value"] for entry in info["labels"]["labels"]}
+    if label is None:
+        del labels["waiter-spec"], labels["waiter-instance"]
+    else:
+        labels[label] = str(value)
+    task = listed(info, labels={"labels": [{"key": k, "value": v} for k, v in labels.items()]})
+    if expected is None:
+        adopted = adopt(task, "fw-1", SETTINGS)
+        assert adopted is not None and adopted.spec.service_id == "s"
+        return
+    with pytest.raises(ValueError, match="Cannot take on Mesos task") as error:
+        adopt(task, "fw-1", SETTINGS)
+    assert info["task_id"]["value"] in str(error.value) and expected in str(error.value)
+
+
+async def test_the_framework_id_file_is_kept_forgotten_and_never_half_written(tmp_path: Path) -> None:
+    store = FileFrameworkIds(tmp_path / "work" / "mesos-framework-id")
+    assert await store.load() is None
+    await store.save("fw-1")
+    await store.save("fw-2")
+    assert await store.load() == "fw-2" and store.path.read_text() == "fw-2\n"
+    assert sorted(p.name for p in store.path.parent.iterdir()) == ["mesos-framework-id"]  # no temporary left
+    await store.save(None)
+    assert await store.load() is None and not store.path.exists()
+    await store.save(None)  # forgetting what is not kept is fine
+
+
+@pytest.mark.parametrize(
+    ("now", "unanswered", "due"),
+    [(1.0, {"t1": "a"}, None), (2.0, {"t1": "a"}, {"t1": "a"}), (2.0, {}, None)],
+    ids=["too-early", "due", "all-answered"],
+)
+def test_reconciliation_asks_again_only_when_due_and_only_about_known_tasks(
+    now: float, unanswered: dict[str, str], due: dict[str, str] | None
+) -> None:
+    reconciliation = Reconciliation(retry_secs=1.0, retry_max_secs=3.0)
+    reconciliation.ask({**unanswered, "gone": "a"}, now=0.5)
+    assert reconciliation.due(now, known={"t1"}) == due
+    if due:
+        assert reconciliation.due(now + 1.5, known={"t1"}) is None  # the wait doubled
+        assert reconciliation.due(now + 2.0, known={"t1"}) == due

@@ -4,7 +4,10 @@ Follows ``docs/cluster-apis.md`` §2: the master's status codes in their order, 
 with the real nesting (``{"offers": {"offers": [...]}}``, ``{"error": {"message"}}``), one subscription per
 framework, status updates carrying a uuid and resent until acknowledged (one at a time per task, as an agent's
 status update manager does), implicit and explicit reconciliation, offer filters (``refuse_seconds``), REVIVE and
-SUPPRESS, and the failover timeout: a framework that stays away longer loses its tasks and its id.
+SUPPRESS, and framework failover: a framework whose stream drops stays registered, disconnected, its tasks
+running; subscribing again with its id within its ``failover_timeout`` gets it back, while past it the master
+removes it, kills its tasks and answers a later SUBSCRIBE with that id with ERROR "Framework has been removed".
+The operator API (``POST /api/v1``) answers GET_TASKS with every task and the labels it was launched with.
 
 Several agents, each with part of its cpus and mem statically reserved for roles (``Config.reserved``); a framework
 holding several roles gets one offer per agent and role, each resource with its ``allocation_info`` and reserved

@@ -96,7 +96,7 @@ class Reconciliation:
         self.unanswered = {task: agent for task, agent in self.unanswered.items() if task in known}
         self._delay = min(self._delay * 2, self.retry_max_secs)
         self._at = now + self._delay
-        return self.unanswered
+        return self.unanswered or None
 
 
 class Failover:
