@@ -179,4 +179,14 @@ def adopt(task: Mapping[str, Any], framework_id: str, settings: MesosSettings) -
     return Adopted(spec, instance, agent_id, str(task["state"]), kill_grace(spec, settings))
 
 
-__all__ = ["Adopted", "adopt", "kill_grace", "launch", "sandbox_of", "spec_from_json", "spec_json", "task_info", "task_user"]
+__all__ = [
+    "Adopted",
+    "adopt",
+    "kill_grace",
+    "launch",
+    "sandbox_of",
+    "spec_from_json",
+    "spec_json",
+    "task_info",
+    "task_user",
+]
