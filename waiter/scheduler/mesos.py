@@ -33,6 +33,7 @@ from waiter.scheduler.base import (
 )
 from waiter.scheduler.book import Ending, check_spec, not_running, restart_delay
 from waiter.scheduler.mesos_client import ClientSettings, MesosClient
+from waiter.scheduler.mesos_events import note_unacted
 from waiter.scheduler.mesos_failover import Failover, FrameworkIdStore, Reconciliation
 from waiter.scheduler.mesos_instances import Adopted, kill_grace, launch
 from waiter.scheduler.mesos_proto import (
@@ -206,7 +207,7 @@ class MesosScheduler:
     # -- the event stream (EventHandler) --
 
     def handle_event(self, event: Mapping[str, Any]) -> None:
-        """Every event of scheduler.proto is handled here, or ignored on purpose for the reason given."""
+        """Every event of scheduler.proto is acted on here, or logged (``note_unacted`` says why nothing is done)."""
         kind = event["type"]
         if kind == "SUBSCRIBED":
             self._on_subscribed()
@@ -216,37 +217,8 @@ class MesosScheduler:
             self._on_update(status_from_json(event["update"]["status"]))
         elif kind == "INVERSE_OFFERS":
             self._on_inverse_offers(event.get("inverse_offers", {}).get("inverse_offers") or [])
-        elif kind == "FAILURE":
-            # An agent was removed or an executor ended. The master sends each affected task's status separately
-            # (TASK_LOST, TASK_FAILED...), and those are what end instances; this event only names the cause.
-            failure = event.get("failure") or {}
-            log.warning(
-                "Mesos reported a failure of agent %s, executor %s (status %s)",
-                id_value(failure.get("agent_id")),
-                id_value(failure.get("executor_id")),
-                failure.get("status"),
-            )
-        elif kind == "RESCIND":
-            # Offers are answered (accepted or declined) as they arrive and never kept, so none is held to forget;
-            # a launch that raced the rescind comes back as TASK_LOST (REASON_INVALID_OFFERS) and is replaced.
-            log.debug("Offer %s rescinded", id_value(event.get("rescind", {}).get("offer_id")))
-        elif kind == "RESCIND_INVERSE_OFFER":
-            # Inverse offers are accepted as they arrive (see _on_inverse_offers): none is held to forget.
-            log.debug(
-                "Inverse offer %s rescinded", id_value(event.get("rescind_inverse_offer", {}).get("inverse_offer_id"))
-            )
-        elif kind == "MESSAGE":
-            # Only custom executors send framework messages; instances run under the command executor.
-            log.info(
-                "Ignoring a framework message from executor %s", id_value(event.get("message", {}).get("executor_id"))
-            )
-        elif kind == "UPDATE_OPERATION_STATUS":
-            # Only operations sent with an id get status updates that need acknowledging; LAUNCH is sent without
-            # one, and task statuses (UPDATE) say what became of the tasks.
-            status = event.get("update_operation_status", {}).get("status") or {}
-            log.info("Ignoring operation status %s", status.get("state"))
         else:
-            log.info("Ignoring a Mesos event of unknown type %s", kind)
+            note_unacted(event)
 
     def handle_disconnect(self, reason: str) -> None:
         self._suppressed = False  # a new subscription starts unsuppressed
