@@ -336,3 +336,66 @@ async def test_a_sequential_client_alternating_routers_gets_the_slot_handed_over
     async with a.client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
         stats = await resp.json()
     assert stats["peak"] == 1  # the slot moved; it was never held by both routers at once
+
+
+async def test_one_sequential_client_across_two_routers_is_one_request(redis_server, agent, make_router) -> None:
+    # A sequential client whose requests land on either router (as --workers spreads connections): every request
+    # answered, the one slot handed over between the routers and never held by both, and the request counted once
+    # across routers, so the service is never scaled up (burst mode on, decisions every 200 ms).
+    token = backend_token("echo", **{"concurrency-level": 1, "max-instances": 3})
+    a, b = await two_routers(make_router, redis_server.url, agent[0], token)
+    sid = await a.service_id(TOKEN)
+    async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:  # the cold start
+        assert resp.status == 200
+    statuses = []
+    for r in (a, b, a, a, b, b, b, a) * 6:
+        async with r.client.get(r.url + "/sleep?ms=20", headers=TOKEN) as resp:
+            statuses.append(resp.status)
+    assert statuses == [200] * 48
+    scale_ups = [
+        decision.reason
+        for r in (a, b)
+        for _, decision in r.router.autoscaler.history.get(sid, ())
+        if decision.scale_to > 1
+    ]
+    assert scale_ups == []
+    instances = (await app_of(a, sid))["instances"]
+    assert [len(instances[kind]) for kind in ("active-instances", "failed-instances", "killed-instances")] == [1, 0, 0]
+    (instance,) = instances["active-instances"]
+    async with a.client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
+        stats = await resp.json()
+    assert (stats["total"], stats["peak"]) == (49, 1)
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_closed_loop_clients_on_both_routers_are_all_served(
+    redis_server, agent, make_router, instances: int
+) -> None:
+    # Issue 15's stall: three closed-loop clients on each router, concurrency-level 1. A router whose own queue
+    # refilled kept every slot, so the other router's requests waited for seconds and the leader saw no arrivals
+    # there. Now the oldest waiter anywhere gets a slot as it comes free: both routers' clients make progress.
+    token = backend_token(
+        "echo", **{"concurrency-level": 1, "min-instances": instances, "max-instances": instances}
+    )
+    a, b = await two_routers(make_router, redis_server.url, agent[0], token)
+    sid = await a.service_id(TOKEN)
+
+    async def ready() -> bool:
+        body = await app_of(a, sid) if a.router.registry.get(sid) else None
+        return bool(body) and sum(i["healthy?"] for i in body["instances"]["active-instances"]) == instances
+
+    async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    await eventually(ready, timeout=20, what=f"{instances} healthy instances")
+    served = {"a": 0, "b": 0}
+    total = 24 * instances
+
+    async def client(r: RunningRouter, name: str) -> None:
+        while sum(served.values()) < total:
+            async with r.client.get(r.url + "/sleep?ms=50", headers=TOKEN) as resp:
+                assert resp.status == 200
+                await resp.read()
+            served[name] += 1
+
+    await asyncio.gather(*(client(r, name) for r, name in ((a, "a"), (b, "b")) * 3))
+    assert min(served.values()) >= total // 4, served  # fair would be half each; a stall gives one router ~none

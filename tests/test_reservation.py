@@ -170,3 +170,25 @@ def test_expired_instances_are_used_last(policy: str) -> None:
     assert r.try_acquire() is B
     assert {r.try_acquire().id, r.try_acquire().id} == {A.id, C.id}  # type: ignore[union-attr]
     assert r.try_acquire() is None
+
+
+async def test_waiters_ages_count_only_those_still_waiting() -> None:
+    r = Reservations(concurrency_level=1)
+    first, second, third = r.enqueue(1.0), r.enqueue(2.0), r.enqueue(3.0)
+    assert (r.oldest_wait(), r.queued_since(2.0), r.queued_since(0.5)) == (1.0, 2, 0)
+    r.abandon(second)
+    assert (r.oldest_wait(), r.queued_since(3.0)) == (1.0, 2)
+    first.cancel()  # e.g. its client went away: no longer waiting, though still in the deque
+    assert (r.oldest_wait(), r.queued_since(3.0)) == (3.0, 1)
+    r.add(A)
+    assert third.result() is A and r.oldest_wait() is None and r.queued_since(9.0) == 0
+
+
+def test_release_calls_the_hook_after_the_queue_had_its_turn() -> None:
+    r = Reservations(concurrency_level=1)
+    r.add(A)
+    seen: list[tuple[str, int]] = []
+    r.on_release = lambda iid: seen.append((iid, r.in_use(iid)))
+    assert r.try_acquire() is A
+    r.release(A.id)
+    assert seen == [(A.id, 0)]

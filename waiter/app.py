@@ -18,6 +18,7 @@ from waiter.auth import Gate
 from waiter.autoscaler import Autoscaler, wake_when_unserved
 from waiter.coordinator import Coordinator, slots_policy, wake_on_demand
 from waiter.frontdoor import ClientTraffic
+from waiter.handover import SlotDemand
 from waiter.peers import refuse_mixed_schedulers, this_identity
 from waiter.reaper import Reaper
 from waiter.registry import ServiceRegistry
@@ -110,14 +111,14 @@ async def compose(
     await sched.start()
     opened.push_async_callback(sched.close)
 
-    # A request that queues wakes the coordinator (to lease slots) and the autoscaler (to decide at once).
-    coordinator_wake, autoscaler_wake = asyncio.Event(), asyncio.Event()
+    # A request that queues wakes the handover (to lease slots) and the autoscaler (to decide at once).
+    slot_demand, autoscaler_wake = SlotDemand(), asyncio.Event()
     registry = ServiceRegistry(
         sched,
         session,
         settings.health,
-        slots_policy=slots_policy(state.shared, coordinator_wake),
-        demand_hooks=(wake_on_demand(coordinator_wake), wake_when_unserved(autoscaler_wake)),
+        slots_policy=slots_policy(state.shared, slot_demand),
+        demand_hooks=(wake_on_demand(slot_demand), wake_when_unserved(autoscaler_wake)),
     )
     opened.push_async_callback(registry.close)
     coordinator = Coordinator(
@@ -128,7 +129,7 @@ async def compose(
         publish_interval=scaling.publish_interval_ms / 1000,
         router_ttl_ms=scaling.router_ttl_ms,
         scheduler=identity,
-        wake=coordinator_wake,
+        demand=slot_demand,
     )
     autoscaler = Autoscaler(
         state,

@@ -178,14 +178,16 @@ class Autoscaler:
             meter = self._meters[service.id] = ThroughputMeter()
         received = service.total_requests + view.total_elsewhere.get(service.id, 0)
         throughput = meter.add(Sample(now, received, service.completed, service.served_secs))
+        healthy = sum(1 for c in candidates if c.healthy)
+        outstanding, queued = self.coordinator.demand(service, healthy)  # each request counted once
         return Counts(
-            outstanding=service.reservations.outstanding + view.outstanding_elsewhere.get(service.id, 0),
+            outstanding=outstanding,
             total=state.requested,
             scheduled=state.scheduled,
-            healthy=sum(1 for c in candidates if c.healthy),
+            healthy=healthy,
             expired_healthy=sum(1 for c in candidates if c.healthy and c.expired),
             expired_unhealthy=sum(1 for c in candidates if not c.healthy and c.expired),
-            queued=service.reservations.queued + view.queued_elsewhere.get(service.id, 0),
+            queued=queued,
             arrival_rate=throughput.arrival_rate,
             service_secs=throughput.service_secs,
         )

@@ -1,30 +1,33 @@
 """This router's link to the others: publishes its counts, reads theirs, and manages its slot leases.
 
-Runs every ``publish_interval`` (and at once when a service needs slots), never on the request path. With one
-router (the in-memory state) there is nothing to lease: each healthy instance offers all its slots at once.
-With several, an instance's slots are leased through the shared state so that the leases of all live routers
-never exceed its concurrency-level; each router only uses the slots it holds. A router with queued requests
-leases every free slot it can get; a router whose peers have queued requests gives back the slots it is not
-using (beyond its fair share), so a queued request is served as soon as a slot is free anywhere: routers nudge
-each other through the shared state when one waits and when one gives slots back, so a handover takes a few
-round trips to Redis, not a tick. When the shared state is unreachable, the router keeps serving with the slots
-it holds and counts it knows, says so in /status, and catches up when it returns.
+Runs every ``publish_interval`` (on ``waiter.periodic``), never on the request path. With one router (the
+in-memory state) there is nothing to lease: each healthy instance offers all its slots at once. With several, an
+instance's slots are leased through the shared state so that the leases of all live routers never exceed its
+concurrency-level; each router only uses the slots it holds, and slots move to a router whose request waits in a
+few Redis round trips (``waiter.handover``), not at a tick. When the shared state is unreachable, the router keeps
+serving with the slots it holds and counts it knows, says so in /status, and catches up when it returns.
+
+Counted once across routers: a request that waits here while a peer hands a slot over is not queued demand, so
+published counts leave out waiters younger than ``HANDOVER_GRACE_SECS`` while the service has instances to hand
+over; and requests in flight across routers never exceed the healthy instances' slots (the leases guarantee it),
+so a sum above that is routers' counts read at different moments (``demand``). One sequential client whose
+requests alternate between routers is then one outstanding request, not two.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from waiter.aio import raise_if_cancelling
+from waiter.aio import raise_if_cancelling, stop
 from waiter.availability import Availability
+from waiter.handover import Handover, SlotDemand
+from waiter.periodic import Periodic
 from waiter.registry import ServiceRegistry
 from waiter.reservation import Reservations
 from waiter.scheduler.base import KeepsRecords
@@ -36,6 +39,9 @@ log = logging.getLogger(__name__)
 OVERRIDES, SUSPENDED = "overrides", "suspended"  # the kinds of per-service control record (SharedState)
 ASYNC_COMPLETED = "async-completed"  # request id -> the router that was told (waiter.async_requests)
 EXPIRED_FLAG_TTL_MS = 86_400_000  # an expired instance is replaced and killed long before its flag lapses
+# A waiter younger than this may be waiting for a slot a peer is handing over (milliseconds; seconds on a machine
+# overloaded many times over): it is not counted as queued demand yet while the service has instances.
+HANDOVER_GRACE_SECS = 0.5
 
 
 @dataclass
@@ -66,36 +72,38 @@ def summed(all_stats: Mapping[str, Mapping[str, RouterStats]], me: str) -> Globa
     return view
 
 
-def lease_wants(res: Reservations, queued_elsewhere: int, outstanding_elsewhere: int) -> dict[str, int]:
-    """How many slots this router wants on each routable instance of a service (pure: reads its reservations)."""
-    level = res.concurrency_level
-    wants: dict[str, int] = {}
-    mine = res.outstanding
-    if queued_elsewhere <= 0:
-        # Nobody else waits: keep every slot we can get, so our own bursts need no round trip.
-        return dict.fromkeys(res.routable_ids(), level)
-    total = mine + outstanding_elsewhere
-    share = math.ceil(level * mine / total) if total else 0
-    for iid in res.routable_ids():
-        wants[iid] = max(res.in_use(iid), share if res.queued else min(share, res.in_use(iid)))
-    return wants
+def settled(res: Reservations, now: float) -> tuple[int, int]:
+    """(outstanding, queued) of a service on this router, leaving out waiters that may be waiting for a handover:
+    younger than the grace while the service has instances (at a cold start every waiter counts at once)."""
+    queued = res.queued_since(now - HANDOVER_GRACE_SECS) if res.routable_ids() else res.queued
+    return res.in_flight + queued, queued
 
 
-def slots_policy(shared: bool, wake: asyncio.Event) -> SlotsPolicy:
+def demand(in_flight: int, queued: int, in_flight_elsewhere: int, queued_elsewhere: int, slots: int) -> tuple[int, int]:
+    """(outstanding, queued) across routers (pure). ``in_flight`` and ``queued`` are this router's, live;
+    the others' are as last published. Requests in flight everywhere never exceed the healthy instances' ``slots``
+    (leases keep them within concurrency-level), so more is counts read at different moments: a request that moved
+    counted twice. This router's own count is exact and never cut."""
+    in_flight_total = min(in_flight + in_flight_elsewhere, max(slots, in_flight))
+    queued_total = queued + queued_elsewhere
+    return in_flight_total + queued_total, queued_total
+
+
+def slots_policy(shared: bool, demand: SlotDemand) -> SlotsPolicy:
     """Slots a newly healthy instance offers at once: all of them alone; none until leased when shared, and the
-    coordinator (waiting on ``wake``) leases them at once."""
+    handover leases them at once."""
     if not shared:
         return all_slots
 
     def leased(service: Service) -> int:
-        wake.set()
+        demand.mark(service.id)
         return 0
 
     return leased
 
 
-def wake_on_demand(wake: asyncio.Event) -> DemandHook:
-    return lambda _service: wake.set()
+def wake_on_demand(demand: SlotDemand) -> DemandHook:
+    return lambda service: demand.mark(service.id)
 
 
 class Coordinator:
@@ -110,9 +118,9 @@ class Coordinator:
         router_ttl_ms: int = 3000,
         service_sync_interval: float = 1.0,
         scheduler: str = "",
-        wake: asyncio.Event | None = None,
+        demand: SlotDemand | None = None,
     ) -> None:
-        """``wake`` is set when a request queues (see ``slots_policy`` and the registry's demand hooks)."""
+        """``demand`` is marked when a service's slots should be settled now (see ``slots_policy``)."""
         self.state = state
         self.registry = registry
         self.router_id = router_id
@@ -126,12 +134,16 @@ class Coordinator:
         self.health = Availability(recover_secs=max(1.0, 5 * publish_interval))
         self.blocked: set[str] = set()
         self.started_at = time.time()
-        self._wake = wake or asyncio.Event()
-        self._nudged = False  # a peer nudged (see _fast_round)
-        self._told_waiting = False  # our last published counts show a queue
+        self.handover = Handover(
+            state,
+            registry,
+            router_id,
+            demand or SlotDemand(),
+            want_ttl=max(0.5, 3 * publish_interval),  # a waiting router tells again every tick
+            failed=self._failed,
+        )
         self._last_service_sync = 0.0
         self._registered: set[str] = set()
-        self._leases: dict[str, dict[str, int]] = {}  # service id -> instance id -> slots leased in the state
 
     @property
     def available(self) -> bool:
@@ -141,51 +153,36 @@ class Coordinator:
     def last_error(self) -> str | None:
         return self.health.error
 
-    # -- hooks used by services ---------------------------------------------------------------------------------
-
     # -- the loop -----------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        listener = asyncio.create_task(self.state.listen(self.router_id, self._peer_nudged), name="nudges")
+        """The tick, and with shared state the handover (event-driven, so a tick in progress never delays it)."""
+        tasks = []
+        if self.state.shared:
+            tasks = [
+                asyncio.create_task(self.state.listen(self.handover.heard), name="nudges"),
+                asyncio.create_task(self.handover.run(), name="handover"),
+            ]
         try:
-            await self._loop()
+            # No back-off beyond a second: the tick is what notices the state is reachable again.
+            await Periodic("coordinator tick", self._tick, self.publish_interval, max_backoff=1.0).run()
         finally:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+            await stop(tasks)
 
-    def _peer_nudged(self) -> None:
-        self._nudged = True
-        self._wake.set()
+    async def _tick(self) -> None:
+        try:
+            await self.tick()
+        except StateUnavailable as exc:
+            raise_if_cancelling()
+            self._failed(exc)
+            return
+        # Only a full exchange proves the state works again (a handover may touch little of it).
+        if self.health.succeeded(time.monotonic()):
+            log.info("shared state %s is reachable again", self.state.kind)
 
-    async def _loop(self) -> None:
-        next_tick = 0.0
-        while True:
-            woken = time.monotonic() < next_tick
-            if not woken:
-                next_tick = time.monotonic() + self.publish_interval
-            # Cleared before the round: a wake-up that comes during it (a nudge, a request queueing) runs another.
-            self._wake.clear()
-            try:
-                if woken:
-                    # A request queued here, or a peer nudged: settle slots now; the full exchange waits.
-                    if self.state.shared:
-                        await self._fast_round()
-                else:
-                    await self.tick()
-                    # Only a full exchange proves the state works again (a lease-only one may touch nothing).
-                    if self.health.succeeded(time.monotonic()):
-                        log.info("shared state %s is reachable again", self.state.kind)
-            except StateUnavailable as exc:
-                raise_if_cancelling()
-                if self.health.failed(time.monotonic(), str(exc)):
-                    log.error("shared state unavailable, serving with what this router knows: %s", exc)
-                self._wake.clear()  # unreachable: wait for the tick, not spin on wake-ups
-            try:
-                async with asyncio.timeout(max(0.0, next_tick - time.monotonic())):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+    def _failed(self, exc: StateUnavailable) -> None:
+        if self.health.failed(time.monotonic(), str(exc)):
+            log.error("shared state unavailable, serving with what this router knows: %s", exc)
 
     async def tick(self) -> None:
         state = self.state
@@ -202,34 +199,25 @@ class Coordinator:
             await self._sync_services()
         await self._apply_blocks(await state.blocked())
         self._apply_expired(await state.expired())
-        if state.shared and await self._lease_all():
-            await state.nudge(self.router_id)
-
-    async def _fast_round(self) -> None:
-        """Hand slots over between routers in a few milliseconds instead of a tick or two. A router whose request
-        queued without a slot publishes its counts and nudges the others; a nudged router reads the counts, gives
-        back the idle slots a peer waits for (lease_wants) and nudges back; the waiting router, nudged, leases
-        them. The lease script keeps every instance within concurrency-level throughout."""
-        state = self.state
-        if self._nudged:
-            self._nudged = False
-            view = summed(await state.all_stats(), self.router_id)
-            view.routers = self.view.routers
-            self.view = view
-        released = await self._lease_all()
-        waiting = any(s.reservations.queued for s in self.registry.services.values())
-        if waiting or self._told_waiting:
-            # Peers see our queue now (and, once served, that it is gone, so nobody counts it twice).
-            await state.publish_stats(self.router_id, self.local_stats(), self.stats_ttl_ms)
-            self._told_waiting = waiting
-        if released or waiting:
-            await state.nudge(self.router_id)
+        if state.shared:
+            await self.handover.settle_all()
 
     def local_stats(self) -> dict[str, RouterStats]:
-        return {
-            sid: RouterStats(s.reservations.outstanding, s.reservations.queued, s.total_requests, s.last_request_time)
-            for sid, s in self.registry.services.items()
-        }
+        now = time.time()
+        stats = {}
+        for sid, s in self.registry.services.items():
+            outstanding, queued = settled(s.reservations, now)
+            stats[sid] = RouterStats(outstanding, queued, s.total_requests, s.last_request_time)
+        return stats
+
+    def demand(self, service: Service, healthy: int) -> tuple[int, int]:
+        """(outstanding, queued) of a service across routers, each request counted once (see ``demand``)."""
+        res, view = service.reservations, self.view
+        outstanding, queued = settled(res, time.time())
+        queued_elsewhere = view.queued_elsewhere.get(service.id, 0)
+        in_flight_elsewhere = view.outstanding_elsewhere.get(service.id, 0) - queued_elsewhere
+        slots = healthy * res.concurrency_level
+        return demand(outstanding - queued, queued, in_flight_elsewhere, queued_elsewhere, slots)
 
     def _unregistered(self) -> bool:
         return any(sid not in self._registered for sid in self.registry.services)
@@ -331,29 +319,3 @@ class Coordinator:
     async def share_expired(self, instance_id: str) -> None:
         """Tell the other routers an instance was flagged expired here."""
         await self.state.flag_expired(instance_id, EXPIRED_FLAG_TTL_MS)
-
-    async def _lease_all(self) -> bool:
-        """Lease what each service wants; whether any slots were given back (peers may be waiting for them)."""
-        released = False
-        view = self.view
-        for sid in [s for s in self._leases if s not in self.registry.services]:
-            del self._leases[sid]
-        for sid, service in list(self.registry.services.items()):
-            res = service.reservations
-            held_by_iid = self._leases.setdefault(sid, {})
-            wants = lease_wants(res, view.queued_elsewhere.get(sid, 0), view.outstanding_elsewhere.get(sid, 0))
-            for iid in list(held_by_iid):
-                if iid not in wants and res.in_use(iid) == 0:
-                    wants[iid] = 0  # out of rotation and idle: give its slots back
-            for iid, want in wants.items():
-                held = held_by_iid.get(iid, 0)
-                if want == held and not (res.queued and held < res.concurrency_level):
-                    continue
-                granted = await self.state.lease(self.router_id, iid, want, res.concurrency_level)
-                released = released or granted < held
-                if granted:
-                    held_by_iid[iid] = granted
-                else:
-                    held_by_iid.pop(iid, None)
-                res.set_capacity(iid, granted)
-        return released

@@ -3,15 +3,17 @@
 Each routable instance offers ``concurrency-level`` slots. A request takes a slot at once when one is free and
 nobody waits; otherwise it joins the FIFO queue and a released (or newly added) slot is handed straight to the
 oldest waiter, so wake-ups are never lost and order is kept. An instance taken out of rotation keeps its count of
-slots in use until its last request ends, so putting it back can never exceed its concurrency level.
+slots in use until its last request ends, so putting it back can never exceed its concurrency level. Waiters carry
+the time they queued (the caller's clock), so the coordinator can tell a request that waits for a slot a peer
+router is handing over (milliseconds) from one that waits for capacity.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from waiter.scheduler.base import Instance
@@ -38,9 +40,11 @@ class Reservations:
     rng: random.Random = field(default_factory=random.Random)
     _slots: dict[str, _Slots] = field(default_factory=dict)
     _order: list[_Slots] = field(default_factory=list)  # routable instances, oldest first
-    _waiters: deque[asyncio.Future[Instance]] = field(default_factory=deque)
+    _waiters: deque[tuple[asyncio.Future[Instance], float]] = field(default_factory=deque)  # (waiter, queued at)
     in_flight: int = 0
     peak_in_flight: int = 0
+    # Called with the instance id whenever a slot is released; set only while slots are promised to peer routers.
+    on_release: Callable[[str], None] | None = None
 
     # -- instances -------------------------------------------------------------------------------------------
 
@@ -98,6 +102,22 @@ class Reservations:
     def queued(self) -> int:
         return len(self._waiters)
 
+    def queued_since(self, cutoff: float) -> int:
+        """Waiters that queued at or before ``cutoff`` (the oldest first, so counting stops at the first younger)."""
+        count = 0
+        for fut, at in self._waiters:
+            if at > cutoff:
+                break
+            count += not fut.done()
+        return count
+
+    def oldest_wait(self) -> float | None:
+        """When the oldest waiter still waiting queued."""
+        for fut, at in self._waiters:
+            if not fut.done():
+                return at
+        return None
+
     @property
     def outstanding(self) -> int:
         return self.in_flight + len(self._waiters)
@@ -114,12 +134,13 @@ class Reservations:
             return None
         return self._take()
 
-    def enqueue(self) -> asyncio.Future[Instance]:
-        """Join the queue; the future resolves with the instance whose slot was reserved for this request."""
+    def enqueue(self, at: float = 0.0) -> asyncio.Future[Instance]:
+        """Join the queue at time ``at``; the future resolves with the instance whose slot was reserved for this
+        request."""
         if len(self._waiters) >= self.max_queue_length:
             raise QueueFull
         fut: asyncio.Future[Instance] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
+        self._waiters.append((fut, at))
         self._dispatch()
         return fut
 
@@ -130,13 +151,15 @@ class Reservations:
                 self.release(fut.result().id)
             return
         fut.cancel()
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(fut)
+        for entry in self._waiters:
+            if entry[0] is fut:
+                self._waiters.remove(entry)
+                break
 
     def fail_waiters(self, exc: BaseException) -> None:
         """Answer every queued request with ``exc`` (e.g. a deployment error)."""
         while self._waiters:
-            fut = self._waiters.popleft()
+            fut, _ = self._waiters.popleft()
             if not fut.done():
                 fut.set_exception(exc)
 
@@ -148,8 +171,10 @@ class Reservations:
         self.in_flight -= 1
         if not slots.routable and slots.in_use == 0:
             del self._slots[instance_id]
-            return
-        self._dispatch()
+        else:
+            self._dispatch()
+        if self.on_release is not None:
+            self.on_release(instance_id)
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -178,10 +203,10 @@ class Reservations:
     def _dispatch(self) -> None:
         waiters = self._waiters
         while waiters:
-            if waiters[0].done():
+            if waiters[0][0].done():
                 waiters.popleft()
                 continue
             instance = self._take()
             if instance is None:
                 return
-            waiters.popleft().set_result(instance)
+            waiters.popleft()[0].set_result(instance)

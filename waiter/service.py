@@ -258,7 +258,7 @@ class Service:
         queued_at = time.monotonic()
         cold = self.reservations.capacity == 0
         try:
-            fut = self.reservations.enqueue()
+            fut = self.reservations.enqueue(time.time())  # wall clock: routers compare their waiters' ages
         except QueueFull:
             raise WaiterError(
                 503,

@@ -88,20 +88,22 @@ class SharedState(Protocol):
         """Services deleted recently (registering one again lifts its tombstone)."""
 
     # -- slot leases (no instance serves more than concurrency-level requests across routers) --------------------
-    async def lease(self, router_id: str, instance_id: str, want: int, capacity: int) -> int:
+    async def lease(self, router_id: str, instance_id: str, want: int, capacity: int, announce: str = "") -> int:
         """Set this router's lease on an instance to at most ``want`` slots, never letting the live routers'
         leases together exceed ``capacity``, and never granting slots of a blocked instance. Returns the number of
-        slots this router now holds (which may be less than it held before only if ``want`` was less)."""
+        slots this router now holds (which may be less than it held before only if ``want`` was less). When slots
+        were given back and ``announce`` is set, it is sent to the other routers (see ``nudge``) atomically with
+        the release, so a peer told of it finds the slots free."""
 
     async def leases(self, instance_id: str) -> dict[str, int]:
         """Live routers' leases on an instance."""
 
-    async def nudge(self, router_id: str) -> None:
-        """Tell the other routers at once that slots are wanted or were given back (they look now, not at their
-        next tick)."""
+    async def nudge(self, message: str) -> None:
+        """Send ``message`` to every router at once (e.g. slots are wanted; see ``waiter.handover``)."""
 
-    async def listen(self, router_id: str, nudged: Callable[[], None]) -> None:
-        """Call ``nudged`` whenever another router nudges; runs until cancelled, riding out outages."""
+    async def listen(self, heard: Callable[[str], None]) -> None:
+        """Call ``heard`` with every message sent by ``nudge`` (this router's own too); runs until cancelled,
+        riding out outages."""
 
     async def block(self, instance_id: str, ttl_ms: int) -> int:
         """Stop granting slots of an instance (it is about to be killed); returns the slots still leased."""

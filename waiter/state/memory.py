@@ -111,7 +111,7 @@ class MemoryState:
     async def deleted_services(self) -> set[str]:
         return set(self._deleted.items())
 
-    async def lease(self, router_id: str, instance_id: str, want: int, capacity: int) -> int:
+    async def lease(self, router_id: str, instance_id: str, want: int, capacity: int, announce: str = "") -> int:
         leases = self._leases.setdefault(instance_id, {})
         live = self._routers.items()
         for rid in [r for r in leases if r != router_id and r not in live]:
@@ -127,10 +127,10 @@ class MemoryState:
             leases.pop(router_id, None)
         return granted
 
-    async def nudge(self, router_id: str) -> None:
+    async def nudge(self, message: str) -> None:
         return None  # one router: nobody to tell
 
-    async def listen(self, router_id: str, nudged: Callable[[], None]) -> None:
+    async def listen(self, heard: Callable[[str], None]) -> None:
         await asyncio.Event().wait()
 
     async def leases(self, instance_id: str) -> dict[str, int]:

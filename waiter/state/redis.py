@@ -58,7 +58,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS: lease hash, blocked hash. ARGV: router id, want, capacity, router key prefix, instance id, now (ms).
+# KEYS: lease hash, blocked hash. ARGV: router id, want, capacity, router key prefix, instance id, now (ms),
+# channel, announcement (published when slots were given back, so whoever hears it finds them free).
 _LEASE = """
 local leases = redis.call('HGETALL', KEYS[1])
 local others, held = 0, 0
@@ -82,6 +83,7 @@ if granted > 0 then
 else
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
+if granted < held and ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
 return granted
 """
 
@@ -225,15 +227,18 @@ class RedisState:
 
     # -- slot leases -----------------------------------------------------------------------------------------------
 
-    async def lease(self, router_id: str, instance_id: str, want: int, capacity: int) -> int:
+    async def lease(self, router_id: str, instance_id: str, want: int, capacity: int, announce: str = "") -> int:
         keys = [f"{self.p}lease:{instance_id}", f"{self.p}blocked"]
-        args: list[str | int] = [router_id, want, capacity, f"{self.p}router:", instance_id, int(time.time() * 1000)]
+        args: list[str | int] = [
+            router_id, want, capacity, f"{self.p}router:", instance_id, int(time.time() * 1000), f"{self.p}nudge",
+            announce,
+        ]  # fmt: skip
         return int(await self._call("lease slots", lambda: self._lease(keys, args)))
 
-    async def nudge(self, router_id: str) -> None:
-        await self._call("nudge the other routers", lambda: self._redis.publish(f"{self.p}nudge", router_id))
+    async def nudge(self, message: str) -> None:
+        await self._call("nudge the other routers", lambda: self._redis.publish(f"{self.p}nudge", message))
 
-    async def listen(self, router_id: str, nudged: Callable[[], None]) -> None:
+    async def listen(self, heard: Callable[[str], None]) -> None:
         channel = f"{self.p}nudge"
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -241,8 +246,8 @@ class RedisState:
                 await pubsub.subscribe(channel)
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("data") != router_id:
-                        nudged()
+                    if message is not None:
+                        heard(str(message.get("data")))
             except (RedisError, OSError, TimeoutError) as exc:
                 # Nudges only hurry what the next tick does anyway: a lost one costs a tick, so just resubscribe.
                 log.debug("nudge channel %s broke (%s); subscribing again", channel, exc)

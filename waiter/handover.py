@@ -1,0 +1,251 @@
+"""This router's slot leases on shared instances, and slots handed between routers the moment one waits.
+
+An instance's slots are leased through the shared state (a script keeps the live routers' leases within its
+concurrency-level), and a router uses only the slots it holds. A slot moves between routers in three messages:
+
+1. a request queues here without a slot: this router sends ``want`` (service, how many wait, when the oldest
+   queued) to every router, then tries to lease free slots itself;
+2. a router that holds a slot of that service gives it back if it is idle, or, if its own oldest waiter is younger
+   than the peer's, as soon as the request on it ends (it stops using the slot at once); the lease script sends
+   ``gave`` (instance, to whom) atomically with the release, so whoever hears it finds the slot free;
+3. the router named in ``gave`` leases the slot and serves its oldest waiter.
+
+That is one message, one script and one lease call: a few Redis round trips, never a tick. The oldest waiter
+anywhere wins a contended slot, so a router whose own queue refills (closed-loop clients) can no longer keep a
+slot for ever while another router's requests wait (issue 15's stall). Wants lapse after ``want_ttl`` unless sent
+again; a router still waiting sends its want again at every tick, so a lost message costs one tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from waiter.aio import raise_if_cancelling
+from waiter.registry import ServiceRegistry
+from waiter.reservation import Reservations
+from waiter.state.base import SharedState, StateUnavailable
+
+log = logging.getLogger(__name__)
+
+WANT, GAVE = "want", "gave"
+
+
+@dataclass(frozen=True, slots=True)
+class Want:
+    """A peer router waits for slots of a service."""
+
+    router: str
+    need: int  # requests queued there without a slot
+    oldest: float  # when the oldest of them queued (wall clock)
+    until: float  # this router's monotonic time at which the want lapses unless sent again
+
+
+def plan(res: Reservations, held: Mapping[str, int], wants: Sequence[Want], grow: bool) -> dict[str, int]:
+    """The slots this router should use on each instance of a service (pure: reads its reservations).
+
+    ``held``: what it leases now. Nobody else waiting: keep what it holds and, when ``grow``, every free slot it can
+    lease (its own bursts then need no round trip); instances it never leased always grow. Peers waiting: idle slots
+    go to them, and busy ones too, as their requests end, when a peer's oldest waiter is older than this router's
+    (at most as many as the peers wait for). An instance out of rotation keeps only the slots in use on it."""
+    level = res.concurrency_level
+    routable = res.routable_ids()
+    target = {iid: 0 for iid in held if iid not in routable}
+    if not wants:
+        for iid in routable:
+            target[iid] = level if grow or iid not in held else held[iid]
+        return target
+    need = sum(w.need for w in wants)
+    mine = res.oldest_wait()
+    peers_first = mine is not None and min(w.oldest for w in wants) < mine
+    for iid in routable:
+        have = held.get(iid, 0)
+        # Slots this router may still use here: idle ones go to the peers; busy ones too when a peer waited longer.
+        give = min(need, have if peers_first else max(0, have - res.in_use(iid)))
+        target[iid] = have - give
+        need -= give
+    if grow and mine is not None and not peers_first:
+        for iid in routable:
+            target[iid] = level  # our waiters are the oldest: take what is free too
+    return target
+
+
+def encode(kind: str, *fields: object) -> str:
+    return json.dumps([kind, *fields])
+
+
+def decode(message: str) -> list[object] | None:
+    try:
+        fields = json.loads(message)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, list) and fields and fields[0] in (WANT, GAVE) else None
+
+
+class SlotDemand:
+    """Services whose slots should be settled now: a request queued without a slot, an instance became healthy,
+    a slot promised to a peer was released, a peer wanted or gave slots. Set from the request path: cheap."""
+
+    def __init__(self) -> None:
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def mark(self, service_id: str) -> None:
+        self._dirty.add(service_id)
+        self._wake.set()
+
+    async def take(self) -> set[str]:
+        await self._wake.wait()
+        self._wake.clear()
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+
+class Handover:
+    """This router's leases: settles a service's slots when something changed (``SlotDemand``), and every tick
+    (``settle_all``)."""
+
+    def __init__(
+        self,
+        state: SharedState,
+        registry: ServiceRegistry,
+        router_id: str,
+        demand: SlotDemand,
+        *,
+        want_ttl: float,
+        failed: Callable[[StateUnavailable], None],
+    ) -> None:
+        self.state = state
+        self.registry = registry
+        self.router_id = router_id
+        self.demand = demand
+        self.want_ttl = want_ttl
+        self._failed = failed
+        self.leases: dict[str, dict[str, int]] = {}  # service id -> instance id -> slots leased in the state
+        self._wants: dict[str, dict[str, Want]] = {}  # service id -> peer router id -> its want
+        self._sent: dict[str, tuple[int, float | None]] = {}  # service id -> (need, oldest) last told
+        self._lock = asyncio.Lock()
+
+    # -- what wakes it ------------------------------------------------------------------------------------------
+
+    def heard(self, message: str) -> None:
+        fields = decode(message)
+        if fields is None or fields[1] == self.router_id:
+            return
+        kind, sender, sid = fields[0], str(fields[1]), str(fields[2])
+        service = self.registry.services.get(sid)
+        if service is None:
+            return
+        if kind == WANT:
+            need, oldest = int(fields[3]), float(fields[4])  # type: ignore[call-overload,arg-type]
+            wants = self._wants.setdefault(sid, {})
+            if need > 0:
+                wants[sender] = Want(sender, need, oldest, time.monotonic() + self.want_ttl)
+            else:
+                wants.pop(sender, None)
+            service.reservations.on_release = self._released_hook(sid) if wants else None
+            self.demand.mark(sid)
+        elif fields[4] == self.router_id and service.reservations.queued:
+            self.demand.mark(sid)  # slots were given back for us: lease them
+
+    def _released_hook(self, service_id: str) -> Callable[[str], None]:
+        mark = self.demand.mark
+        return lambda _instance_id: mark(service_id)
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            for sid in await self.demand.take():
+                try:
+                    await self.settle(sid, tell=True)
+                except StateUnavailable as exc:
+                    raise_if_cancelling()
+                    self._failed(exc)
+                except Exception:
+                    raise_if_cancelling()
+                    log.exception("settling the slots of %s failed", sid)
+
+    async def settle_all(self) -> None:
+        """Every tick: take free slots, give back what peers wait for or what left rotation, tell peers again
+        what waits here; forget services that are gone."""
+        for sid in [s for s in self.leases if s not in self.registry.services]:
+            del self.leases[sid]
+        for sid in [s for s in self._wants if s not in self.registry.services]:
+            del self._wants[sid]
+        for sid in list(self.registry.services):
+            await self.settle(sid, tell=True, grow=True, again=True)
+
+    async def settle(self, sid: str, *, tell: bool, grow: bool = False, again: bool = False) -> None:
+        service = self.registry.services.get(sid)
+        if service is None:
+            return
+        res = service.reservations
+        if tell:
+            await self._tell(sid, res, again)
+        async with self._lock:
+            wants = self._live_wants(sid, res)
+            held = self.leases.setdefault(sid, {})
+            target = plan(res, held, wants, grow or bool(res.queued))
+            for iid, use in target.items():
+                await self._apply(sid, res, held, iid, use, wants)
+
+    async def _tell(self, sid: str, res: Reservations, again: bool) -> None:
+        """Tell peers what waits here when it changed (and at every tick while it waits, so a lost want costs a
+        tick); and that nothing does any more once the queue is served."""
+        need, oldest = res.queued, res.oldest_wait()
+        told = self._sent.get(sid)
+        if need == 0 and (told is None or told[0] == 0):
+            return
+        if told == (need, oldest) and not again:
+            return
+        self._sent[sid] = (need, oldest)
+        await self.state.nudge(encode(WANT, self.router_id, sid, need, oldest or 0.0))
+
+    def _live_wants(self, sid: str, res: Reservations) -> list[Want]:
+        wants = self._wants.get(sid)
+        if not wants:
+            return []
+        now = time.monotonic()
+        for rid in [r for r, w in wants.items() if w.until <= now]:
+            del wants[rid]
+        if not wants:
+            res.on_release = None
+        return sorted(wants.values(), key=lambda w: w.oldest)
+
+    async def _apply(
+        self, sid: str, res: Reservations, held: dict[str, int], iid: str, use: int, wants: list[Want]
+    ) -> None:
+        """Lease ``use`` slots of an instance, never fewer than are in use on it (those are released as their
+        requests end). Slots given back announce themselves to the oldest waiting peer."""
+        have = held.get(iid, 0)
+        lease = max(use, res.in_use(iid))
+        if lease < have:
+            res.set_capacity(iid, use)  # stop using them before they are someone else's
+            to = wants[0].router if wants else ""
+            granted = await self.state.lease(
+                self.router_id, iid, lease, res.concurrency_level, encode(GAVE, self.router_id, sid, iid, to)
+            )
+            if wants:
+                self._given(sid, wants[0], have - granted)
+        elif lease > have:
+            granted = await self.state.lease(self.router_id, iid, lease, res.concurrency_level)
+        else:
+            res.set_capacity(iid, min(use, have))
+            return
+        if granted:
+            held[iid] = granted
+        else:
+            held.pop(iid, None)
+        res.set_capacity(iid, min(use, granted))
+
+    def _given(self, sid: str, want: Want, count: int) -> None:
+        wants = self._wants.get(sid, {})
+        if want.need > count:
+            wants[want.router] = Want(want.router, want.need - count, want.oldest, want.until)
+        else:
+            wants.pop(want.router, None)
