@@ -73,6 +73,8 @@ def wants(*peers: tuple[int, float]) -> list[Want]:
         pytest.param(2, (1,), (1,), (4.0,), ((1, 5.0),), True, {"s.a": 2}, id="our-waiter-older-takes-free"),
         pytest.param(1, (1,), (1,), (6.0,), ((1, 5.0),), True, {"s.a": 0}, id="peer-waiter-older-busy-slot-goes"),
         pytest.param(4, (4,), (4,), (6.0,), ((1, 5.0),), True, {"s.a": 3}, id="older-peer-gets-what-it-needs"),
+        pytest.param(1, (1, 0), (1, 0), (6.0,), ((1, 5.0),), True, {"s.a": 0, "s.b": 1}, id="free-slots-are-anyones"),
+        pytest.param(1, (1,), (1,), (6.0,), ((1, 5.0), (2, 7.0)), True, {"s.a": 0}, id="any-older-peer-first"),
     ],
 )
 async def test_plan(level, held, busy, queued_at, peers, grow, expected) -> None:  # type: ignore[no-untyped-def]

@@ -51,26 +51,21 @@ def plan(res: Reservations, held: Mapping[str, int], wants: Sequence[Want], grow
     ``held``: what it leases now. Nobody else waiting: keep what it holds and, when ``grow``, every free slot it can
     lease (its own bursts then need no round trip); instances it never leased always grow. Peers waiting: idle slots
     go to them, and busy ones too, as their requests end, when a peer's oldest waiter is older than this router's
-    (at most as many as the peers wait for). An instance out of rotation keeps only the slots in use on it."""
+    (at most as many as the peers wait for); a free slot is anyone's, so growing never defers to a peer (a want
+    that was served meanwhile would otherwise hold this router's requests back). An instance out of rotation keeps
+    only the slots in use on it."""
     level = res.concurrency_level
     routable = res.routable_ids()
     target = {iid: 0 for iid in held if iid not in routable}
-    if not wants:
-        for iid in routable:
-            target[iid] = level if grow or iid not in held else held[iid]
-        return target
     need = sum(w.need for w in wants)
     mine = res.oldest_wait()
-    peers_first = mine is not None and min(w.oldest for w in wants) < mine
+    peers_first = mine is not None and any(w.oldest < mine for w in wants)
     for iid in routable:
         have = held.get(iid, 0)
-        # Slots this router may still use here: idle ones go to the peers; busy ones too when a peer waited longer.
+        # Idle slots go to waiting peers; busy ones too when a peer waited longer.
         give = min(need, have if peers_first else max(0, have - res.in_use(iid)))
-        target[iid] = have - give
         need -= give
-    if grow and mine is not None and not peers_first:
-        for iid in routable:
-            target[iid] = level  # our waiters are the oldest: take what is free too
+        target[iid] = have - give if give or not (grow or iid not in held) else level
     return target
 
 
@@ -128,7 +123,9 @@ class Handover:
         self.leases: dict[str, dict[str, int]] = {}  # service id -> instance id -> slots leased in the state
         self._wants: dict[str, dict[str, Want]] = {}  # service id -> peer router id -> its want
         self._sent: dict[str, tuple[int, float | None]] = {}  # service id -> (need, oldest) last told
+        self._peer_wanted: dict[str, float] = {}  # service id -> when a peer last wanted its slots (monotonic)
         self._lock = asyncio.Lock()
+        self._telling = asyncio.Lock()
 
     # -- what wakes it ------------------------------------------------------------------------------------------
 
@@ -145,12 +142,16 @@ class Handover:
             wants = self._wants.setdefault(sid, {})
             if need > 0:
                 wants[sender] = Want(sender, need, oldest, time.monotonic() + self.want_ttl)
+                self._peer_wanted[sid] = time.monotonic()
             else:
                 wants.pop(sender, None)
             service.reservations.on_release = self._released_hook(sid) if wants else None
             self.demand.mark(sid)
-        elif fields[4] == self.router_id and service.reservations.queued:
-            self.demand.mark(sid)  # slots were given back for us: lease them
+        elif fields[4] == self.router_id:
+            # Slots were given back for us: lease them. A router that gives is not waiting longer than we are.
+            self._wants.get(sid, {}).pop(sender, None)
+            if service.reservations.queued:
+                self.demand.mark(sid)
 
     def _released_hook(self, service_id: str) -> Callable[[str], None]:
         mark = self.demand.mark
@@ -175,8 +176,9 @@ class Handover:
         what waits here; forget services that are gone."""
         for sid in [s for s in self.leases if s not in self.registry.services]:
             del self.leases[sid]
-        for sid in [s for s in self._wants if s not in self.registry.services]:
-            del self._wants[sid]
+        for table in (self._wants, self._peer_wanted, self._sent):
+            for sid in [s for s in table if s not in self.registry.services]:
+                del table[sid]
         for sid in list(self.registry.services):
             await self.settle(sid, tell=True, grow=True, again=True)
 
@@ -185,26 +187,38 @@ class Handover:
         if service is None:
             return
         res = service.reservations
-        if tell:
-            await self._tell(sid, res, again)
-        async with self._lock:
-            wants = self._live_wants(sid, res)
-            held = self.leases.setdefault(sid, {})
-            target = plan(res, held, wants, grow or bool(res.queued))
-            for iid, use in target.items():
-                await self._apply(sid, res, held, iid, use, wants)
+        # Told while this router tries to lease free slots itself: the holder starts giving back one round trip
+        # sooner.
+        telling = asyncio.create_task(self._tell(sid, res, again)) if tell else None
+        try:
+            async with self._lock:
+                wants = self._live_wants(sid, res)
+                held = self.leases.setdefault(sid, {})
+                # Slots just given to a peer are not taken back by a tick before the peer leased them.
+                quiet = time.monotonic() - self._peer_wanted.get(sid, -self.want_ttl) >= self.want_ttl
+                target = plan(res, held, wants, (grow and quiet) or bool(res.queued))
+                for iid, use in target.items():
+                    await self._apply(sid, res, held, iid, use, wants)
+        finally:
+            if telling is not None:
+                await telling
+        if tell and not res.queued and sid in self._sent:
+            await self._tell(sid, res, again)  # served: withdraw the want at once
 
     async def _tell(self, sid: str, res: Reservations, again: bool) -> None:
-        """Tell peers what waits here when it changed (and at every tick while it waits, so a lost want costs a
-        tick); and that nothing does any more once the queue is served."""
-        need, oldest = res.queued, res.oldest_wait()
-        told = self._sent.get(sid)
-        if need == 0 and (told is None or told[0] == 0):
-            return
-        if told == (need, oldest) and not again:
-            return
-        self._sent[sid] = (need, oldest)
-        await self.state.nudge(encode(WANT, self.router_id, sid, need, oldest or 0.0))
+        """Tell peers what waits here when it changed, and at every tick while it waits (a lost want costs a tick);
+        and that nothing does once the queue is served (a want left standing would make a peer whose request
+        queued later defer to it, and give its slots away)."""
+        async with self._telling:  # in the order decided: a want sent after its withdrawal would stand
+            need, oldest = res.queued, res.oldest_wait()
+            told = self._sent.get(sid)
+            if (need == 0 and told is None) or (told == (need, oldest) and not again):
+                return
+            if need == 0:
+                del self._sent[sid]
+            else:
+                self._sent[sid] = (need, oldest)
+            await self.state.nudge(encode(WANT, self.router_id, sid, need, oldest or 0.0))
 
     def _live_wants(self, sid: str, res: Reservations) -> list[Want]:
         wants = self._wants.get(sid)
@@ -237,8 +251,8 @@ class Handover:
         else:
             res.set_capacity(iid, min(use, have))
             return
-        if granted:
-            held[iid] = granted
+        if granted or iid in res.routable_ids():
+            held[iid] = granted  # 0 too: an instance leased before is not grown at once as a new one would be
         else:
             held.pop(iid, None)
         res.set_capacity(iid, min(use, granted))
