@@ -20,7 +20,16 @@ import pytest
 from tests.conftest import Cluster
 from tests.support import Changes, eventually
 from waiter.scheduler import create_scheduler
-from waiter.scheduler.base import Instance, InstanceFlag, KillOutcome, Scheduler, SchedulerError, ServiceSpec
+from waiter.scheduler.base import (
+    Instance,
+    InstanceFlag,
+    KeepsRecords,
+    KillOutcome,
+    Scheduler,
+    SchedulerError,
+    ServiceSpec,
+)
+from waiter.scheduler.mesos_failover import FileFrameworkIds
 from waiter.settings import load_settings
 
 pytestmark = pytest.mark.schedulers()
@@ -31,16 +40,19 @@ SID = "waiter-service-contract-1"
 SERVER = f'exec {sys.executable} -m http.server "$PORT0" --bind "${{POD_IP:-127.0.0.1}}"'
 
 
-MakeScheduler = Callable[[], Awaitable[tuple[Scheduler, Changes]]]
+MakeScheduler = Callable[..., Awaitable[tuple[Scheduler, Changes]]]
 
 
 @pytest.fixture
 async def make_scheduler(cluster: Cluster, tmp_path: Path) -> AsyncIterator[MakeScheduler]:
     made: list[Scheduler] = []
 
-    async def make() -> tuple[Scheduler, Changes]:
+    async def make(*, kept_identity: bool = False) -> tuple[Scheduler, Changes]:
+        """``kept_identity``: the scheduler of a router that keeps its identity across restarts (as the composition
+        root does: a Mesos framework id in a file every such scheduler of the test shares)."""
         overrides: dict[str, Any] = {"scheduler": cluster.scheduler_config(len(made)), "cluster-name": "contract"}
-        scheduler = create_scheduler(load_settings(None, overrides))
+        framework_ids = FileFrameworkIds(tmp_path / "mesos-framework-id") if kept_identity else None
+        scheduler = create_scheduler(load_settings(None, overrides), framework_ids=framework_ids)
         changes = Changes(scheduler)
         await scheduler.start()
         made.append(scheduler)
@@ -274,3 +286,26 @@ async def test_a_second_scheduler_sees_what_the_first_started(make_scheduler: Ma
     await second_changes.until(running(second, 1))
     assert [i.id for i in state_of(second).active] == [i.id for i in state_of(first).active]
     assert await second.create_service(spec(out), 1) is False
+
+
+@pytest.mark.schedulers("marathon", "mesos", "kubernetes")
+async def test_a_restarted_scheduler_finds_its_instances_running(make_scheduler: MakeScheduler, out: Path) -> None:
+    """A cluster keeps running what a stopped router's scheduler started (Mesos: for the framework's failover
+    timeout); the restarted scheduler knows the service again, with the same instance (the same process) and its
+    record, and creating the service again launches nothing."""
+    first, changes = await make_scheduler(kept_identity=True)
+    service = spec(out, record='{"service-id": "contract"}')
+    await first.create_service(service, 1)
+    await changes.until(running(first, 1))
+    (instance,) = state_of(first).active
+    pid = await pid_of(out, instance)
+    await first.close()
+
+    second, second_changes = await make_scheduler(kept_identity=True)
+    await second_changes.until(lambda: second.service_state(SID) is not None and running(second, 1)(), timeout=20)
+    assert [i.id for i in state_of(second).active] == [instance.id]
+    assert alive(pid)
+    await eventually(lambda: answers(instance))
+    assert isinstance(second, KeepsRecords) and second.service_record(SID) == service.record
+    assert await second.create_service(service, 1) is False
+    assert [i.id for i in state_of(second).active] == [instance.id] and alive(pid)
