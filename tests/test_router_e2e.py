@@ -510,7 +510,8 @@ async def test_a_restarted_mesos_router_serves_on_the_task_it_left_running(
     make_router, cluster: Cluster, tmp_path: Path, shared_state: bool
 ) -> None:
     """The framework id is kept (in Redis, or without it in the router's work dir), the framework is not torn down
-    on stop, and the restarted router subscribes as the same framework: the task (the same process) serves on."""
+    on stop, and the restarted router subscribes as the same framework: the task (the same process) is
+    health-checked, serves on, and is reaped as usual once its service is idle."""
     if shared_state and REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
     mesos = {**cluster.config["mesos"], "work-dir": str(tmp_path / "router-work")}
@@ -524,7 +525,8 @@ async def test_a_restarted_mesos_router_serves_on_the_task_it_left_running(
         if shared_state:  # the id is kept under the router's host and port
             redis = await stack.enter_async_context(running_redis())
             config.update(redis=redis.url, port=free_port())
-        first = await make_router([backend_token("echo")], **config)
+        token = backend_token("echo", **{"idle-timeout-mins": 1})
+        first = await make_router([token], **config)
         async with first.client.get(first.url + "/hello", headers=TOKEN) as resp:
             assert resp.status == 200
         sid = await first.service_id(TOKEN)
@@ -545,7 +547,8 @@ async def test_a_restarted_mesos_router_serves_on_the_task_it_left_running(
 
             await eventually(expired, "the stopped router's counts to expire")
 
-        second = await make_router([backend_token("echo")], **config)
+        fast_minutes = {"lifecycle": {"reap-interval-secs": 0.2, "minute-secs": 0.5}}
+        second = await make_router([token], **config, **fast_minutes)
         stack.push_async_callback(second.server.stop)  # before Redis stops
 
         async def listed() -> bool:
@@ -565,3 +568,11 @@ async def test_a_restarted_mesos_router_serves_on_the_task_it_left_running(
         assert [(t["id"], t["pid"], t["state"]) for t in state["tasks"]] == [(task["id"], task["pid"], "TASK_RUNNING")]
         (framework,) = state["frameworks"]
         assert framework["subscriptions"] == 2 and framework["connected"]
+
+        async def reaped() -> bool:
+            tasks = (await emulator())["tasks"]
+            return sid not in second.router.registry.scheduler.service_ids() and all(
+                t["state"] == "TASK_KILLED" for t in tasks
+            )
+
+        await eventually(reaped, "the idle service to be reaped and its task killed")
