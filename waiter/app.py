@@ -74,9 +74,11 @@ def build_app(
     return app
 
 
-def framework_ids(settings: Settings, state: SharedState) -> FrameworkIdStore:
+def framework_ids(settings: Settings, state: SharedState) -> FrameworkIdStore | None:
     """Where a Mesos router keeps its framework id: in the shared state when there is one (it outlives the machine a
     router restarts on), keyed by the router's host and port; else in a file of its work dir."""
+    if settings.scheduler_kind != "mesos":
+        return None
     if state.shared:
         return SharedFrameworkIds(state, f"{socket.gethostname()}:{settings.port}")
     return FileFrameworkIds(settings.mesos.work_dir / "mesos-framework-id")

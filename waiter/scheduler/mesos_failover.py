@@ -72,7 +72,8 @@ class FileFrameworkIds:
 
 class Reconciliation:
     """Explicit reconciliation asked again, with backoff, until every known task was heard of: after a master
-    failover, tasks on agents that have not re-registered yet get no answer at all (scheduler-http-api.md)."""
+    failover, tasks on agents that have not re-registered yet get no answer at all (the
+    Mesos scheduler API's reconciliation guide)."""
 
     def __init__(self, retry_secs: float, retry_max_secs: float) -> None:
         self.retry_secs = retry_secs

@@ -1,8 +1,9 @@
-"""The Mesos v1 scheduler API without I/O: RecordIO framing, events, offers, task statuses and task infos.
+"""The Mesos v1 scheduler API without I/O: RecordIO framing, events, offers and task statuses.
 
 Everything here is pure and table-tested: decoding what the master sends (RecordIO records, the nested JSON of
-events), translating a ``TaskStatus`` into what it means for an instance, and planning what to launch on an offer
-(what fits, which ports, the ``TaskInfo``, and which resource is missing when nothing fits).
+events), translating a ``TaskStatus`` into what it means for an instance, and planning what to take from an offer
+(what fits, which ports, and which resource is missing when nothing fits). The ``TaskInfo`` built from what was
+taken is ``mesos_instances``'.
 """
 
 from __future__ import annotations
