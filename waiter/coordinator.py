@@ -182,7 +182,8 @@ class Coordinator:
 
     def _failed(self, exc: StateUnavailable) -> None:
         if self.health.failed(time.monotonic(), str(exc)):
-            log.error("shared state unavailable, serving with what this router knows: %s", exc)
+            cause = exc.__cause__ or exc
+            log.error("shared state unavailable, serving with what this router knows: %s (%s)", exc, cause)
 
     async def tick(self) -> None:
         state = self.state

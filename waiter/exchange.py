@@ -479,7 +479,8 @@ async def _stream_body(conn: Connection, req: Request, upstream: UpstreamRespons
 
 
 def _relay_failure(exc: BaseException) -> WaiterError:
-    return WaiterError(502, f"The router's own API server could not answer: {exc}")
+    log.warning("the admin app behind the front door did not answer: %s", exc)
+    return WaiterError(502, "The router's own API server could not answer; the router's log has why.")
 
 
 def _header_lines(headers: list[tuple[str, str]]) -> bytes:

@@ -6,6 +6,7 @@ failures become the router's 502 and 504. No HTTP server or client lives here (w
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -16,9 +17,10 @@ from waiter.descriptor import RequestOptions
 from waiter.errors import WaiterError
 from waiter.scheduler.base import Instance
 from waiter.service import Service, Timeouts
-from waiter.upstream import ConnectError, UpstreamError, UpstreamTimeout
+from waiter.upstream import ConnectError, UpstreamClosed, UpstreamError, UpstreamTimeout
 
 R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 # Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers each hop sets itself.
 HOP_BY_HOP = frozenset(
@@ -114,9 +116,18 @@ def backend_timeout(service: Service, instance: Instance) -> WaiterError:
 
 
 def backend_failure(service: Service, instance: Instance, exc: BaseException) -> WaiterError:
+    """A 502 naming the instance that failed and how, in words of ours; what the exception said goes to the log."""
+    where = f"{instance.host}:{instance.port}"
+    log.warning("request to instance %s (%s) of service %s failed: %s", instance.id, where, service.id, exc)
+    if isinstance(exc, ConnectError):
+        how = "could not be connected to"
+    elif isinstance(exc, UpstreamClosed):
+        how = "closed the connection, or sent what is not HTTP/1.1, before its response was complete"
+    else:
+        how = "did not complete the exchange"
     return WaiterError(
         502,
-        f"Request to service backend failed: {exc}",
+        f"Request to service backend failed: the instance at {where} {how}.",
         error_class="waiter.BackendError",
         service_id=service.id,
         instance_id=instance.id,

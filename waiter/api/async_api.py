@@ -3,6 +3,7 @@ path names, once it checked that instance belongs to the named service."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from waiter.api.admin import Handler
     from waiter.router import Router
 
+log = logging.getLogger(__name__)
 Headers = tuple[tuple[str, str], ...]
 _DROP = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "location"})
 
@@ -63,8 +65,10 @@ async def async_request(router: Router, request: web.BaseRequest, _h: Headers) -
             body = await response.read_all(1 << 24)
             status, headers = response.status, response.headers
     except UpstreamError as exc:
+        where = f"{target.host}:{target.port}"
+        log.warning("async request %s: the instance at %s did not answer: %s", target.request_id, where, exc)
         raise WaiterError(
-            502, f"The instance that ran this async request did not answer: {exc}", service_id=target.service_id
+            502, f"The instance at {where} that ran this async request did not answer.", service_id=target.service_id
         ) from None
     out = {k: v for k, v in headers if k.lower() not in _DROP}
     location = next((v for k, v in headers if k.lower() == "location"), None)

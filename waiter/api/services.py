@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -23,6 +24,8 @@ from waiter.version import SERVER_HEADER, __version__
 if TYPE_CHECKING:
     from waiter.api.admin import Handler
     from waiter.router import Router
+
+log = logging.getLogger(__name__)
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -314,7 +317,9 @@ async def _ping(
         result = "received-response" if err.for_service else "waiter-response"
         return _error_result(result, service.spec.health_check_url, err, cid)
     except UpstreamError as exc:
-        return {"result": "ping-internal-error", "status": 502, "body": str(exc)}
+        log.warning("ping of service %s: its health check request failed: %s", service.id, exc)
+        body = f"The health check request to an instance of service {service.id} failed; the router's log has why."
+        return {"result": "ping-internal-error", "status": 502, "body": body}
     return {
         "result": "received-response",
         "status": upstream.status,

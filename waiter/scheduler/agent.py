@@ -42,6 +42,7 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
+from waiter.text import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,10 @@ class AgentScheduler:
                     raise SchedulerError(f"The scheduler agent refused {method} {path}: {await resp.text()}")
                 return await resp.json()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise SchedulerError(f"The scheduler agent at {self.url} did not answer {method} {path}: {exc}") from exc
+            log.warning("scheduler agent at %s: %s %s failed: %s", self.url, method, path, exc)
+            raise SchedulerError(
+                f"The scheduler agent at {self.url} did not answer {method} {path}: {failure_reason(exc)}."
+            ) from exc
 
     async def exchange_metrics(self, router_id: str, text: str) -> dict[str, str]:
         """Hand this worker's metrics text to the supervisor; every worker's last text comes back."""
@@ -336,7 +340,10 @@ class AgentScheduler:
                 texts: dict[str, str] = await resp.json()
                 return texts
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise SchedulerError(f"The scheduler agent at {self.url} did not take the metrics: {exc}") from exc
+            log.warning("scheduler agent at %s did not take the metrics: %s", self.url, exc)
+            raise SchedulerError(
+                f"The scheduler agent at {self.url} did not take the metrics: {failure_reason(exc)}."
+            ) from exc
 
     async def create_service(self, spec: ServiceSpec, instances: int) -> bool:
         result = await self._request("POST", "/v1/services", {"spec": spec_to_json(spec), "instances": instances})

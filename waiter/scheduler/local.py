@@ -40,6 +40,7 @@ from waiter.scheduler.book import Ending, ServiceBook, check_spec, exit_message,
 from waiter.scheduler.environment import format_number, instance_environment
 from waiter.scheduler.ports import PortAllocator
 from waiter.scheduler.processes import open_sandbox, signal_group, tree_rss_bytes, wait_exit
+from waiter.text import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,8 @@ class LocalScheduler:
             script.chmod(0o755)
         except OSError as error:
             raise SchedulerError(
-                f"Cannot create service {spec.service_id}: cannot write its script in {service_dir}: {error}"
+                f"Cannot create service {spec.service_id}: cannot write its script in {service_dir}: "
+                f"{failure_reason(error)}."
             ) from error
         self._books[spec.service_id] = ServiceBook(spec, instances, self.settings.max_ended_instances)
         self._notify(spec.service_id)
@@ -298,7 +300,7 @@ class LocalScheduler:
         except OSError as error:
             self._ports.release(ports, hold=False)
             raise SchedulerError(
-                f"Cannot launch an instance of service {spec.service_id} in {sandbox}: {error}."
+                f"Cannot launch an instance of service {spec.service_id} in {sandbox}: {failure_reason(error)}."
             ) from error
         except BaseException:
             self._ports.release(ports, hold=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from waiter.text import failure_reason
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -25,7 +27,7 @@ def no_answer(
     if isinstance(error, TimeoutError):
         reason = f"got no answer within {timeout_secs:g} s"
     else:
-        reason = f"failed to reach {url}: {error or type(error).__name__}"
+        reason = f"failed to reach {url}: {failure_reason(error)}"
     return f"{cluster} could not {what}: {method} {path} {reason}{tried}."
 
 

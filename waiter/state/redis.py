@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 from waiter.redis_client import RedisConnection
 from waiter.settings import redact_url
 from waiter.state.base import TOMBSTONE_MS, RouterStats, StateUnavailable
+from waiter.text import failure_reason
 
 log = logging.getLogger(__name__)
 _RESUBSCRIBE_SECS = 0.5
@@ -111,7 +112,8 @@ class RedisState:
         except (RedisError, OSError, TimeoutError) as exc:
             self.errors += 1
             where = redact_url(self.url)
-            raise StateUnavailable(f"Redis at {where} failed to {what}: {exc or type(exc).__name__}") from exc
+            log.debug("Redis at %s failed to %s: %r", where, what, exc)  # the message below has our words only
+            raise StateUnavailable(f"Redis at {where} failed to {what}: {failure_reason(exc)}.") from exc
         self._connection.primary()  # notices a Sentinel failover as soon as a call reached the new primary
         return result
 

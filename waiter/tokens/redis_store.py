@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 from waiter.aio import cancel_and_wait
 from waiter.redis_client import RedisConnection
 from waiter.settings import redact_url
+from waiter.text import failure_reason
 from waiter.tokens.store import (
     CachedStore,
     IndexEntry,
@@ -155,9 +156,10 @@ class RedisTokenStore(CachedStore):
                 return await awaitable
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
+            log.warning("token store at %s: cannot %s: %s", redact_url(self.url), what, exc)
             raise StoreUnavailable(
                 f"The token store (Redis at {redact_url(self.url)}) is unavailable, so the router cannot {what}: "
-                f"{_describe(exc)}. Tokens already known keep being served; try again when Redis is back."
+                f"{failure_reason(exc)}. Tokens already known keep being served; try again when Redis is back."
             ) from exc
 
     async def read(self, name: str) -> TokenRecord | None:
@@ -372,7 +374,7 @@ class RedisTokenStore(CachedStore):
         if self._error is None:
             log.error("token store at %s unavailable: %s; serving cached tokens", redact_url(self.url), _describe(exc))
             self._down_since = time.time()
-        self._error = _describe(exc)
+        self._error = failure_reason(exc)  # /status shows it: our words; the log line above has the library's
 
     def _mark_up(self) -> None:
         if self._error is not None:
