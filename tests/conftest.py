@@ -19,8 +19,13 @@ import yaml
 
 from tests.browser import browser  # noqa: F401 - the one headless-browser fixture, for every module
 from tests.emulators.runner import running_emulator
+from tests.fakes import FakeScheduler
 from tests.redis_server import redis_server  # noqa: F401 - the one Redis server fixture, for every module
+from tests.support import Changes
 from waiter.router import Router
+from waiter.scheduler import create_scheduler
+from waiter.scheduler.base import Scheduler
+from waiter.scheduler.mesos_failover import FileFrameworkIds
 from waiter.server import RouterServer
 from waiter.settings import Settings, load_settings
 
@@ -91,9 +96,11 @@ class RunningRouter:
         return body["instances"]  # type: ignore[no-any-return]
 
 
-# Every scheduler back-end. Tests marked ``@pytest.mark.schedulers()`` (the contract suite, the end-to-end tests)
+# Every scheduler back-end that runs processes. Tests marked ``@pytest.mark.schedulers()`` (the end-to-end tests)
 # run once per back-end; ``@pytest.mark.schedulers("local")`` pins one. Unmarked tests run on the local back-end.
+# FAKE (tests.fakes.FakeScheduler, instances served in the test's process) is for tests where processes add nothing.
 SCHEDULER_KINDS = ("local", "marathon", "mesos", "kubernetes")
+FAKE = "fake"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -124,8 +131,15 @@ class Cluster:
     url: str | None = None
     work_dir: Path | None = None  # where the emulator keeps its tasks' sandboxes
 
+    def scheduler(self, settings: Settings, router_index: int = 0) -> Scheduler | None:
+        """The scheduler a router of this cluster runs when it is not one the settings can name (the fake)."""
+        if self.kind != FAKE:
+            return None
+        assert self.work_dir is not None
+        return FakeScheduler(self.work_dir / f"router{router_index}", cluster_name=settings.cluster_name)
+
     def scheduler_config(self, router_index: int = 0) -> dict[str, Any]:
-        if self.kind == "local":  # each router runs its own instances on this machine
+        if self.kind in ("local", FAKE):  # each router runs its own instances
             work_dir = Path(self.config["local"]["work-dir"]) / f"router{router_index}"
             return {**self.config, "local": {**self.config["local"], "work-dir": str(work_dir)}}
         return self.config  # routers share the cluster
@@ -141,8 +155,8 @@ def task_port_range() -> str:
 async def cluster(scheduler_kind: str, tmp_path: Path) -> AsyncIterator[Cluster]:
     """The back-end of ``scheduler_kind``; an emulated cluster runs as a child process for the test's duration."""
     work_dir = tmp_path / "cluster"
-    if scheduler_kind == "local":
-        yield Cluster("local", {"kind": "local", "local": {"work-dir": str(work_dir)}})
+    if scheduler_kind in ("local", FAKE):  # the fake's routers are configured as local ones (see Cluster.scheduler)
+        yield Cluster(scheduler_kind, {"kind": "local", "local": {"work-dir": str(work_dir)}}, work_dir=work_dir)
     elif scheduler_kind == "marathon":
         # Health kills and health-gated deployments are on by default, as in Marathon; instance-era task ids and
         # core dumps too.
@@ -166,7 +180,7 @@ async def cluster(scheduler_kind: str, tmp_path: Path) -> AsyncIterator[Cluster]
             kubernetes = {"api-url": url, "namespace": "waiter", "retry-backoff-ms": 20, "request-timeout-ms": 5000}
             yield Cluster("kubernetes", {"kind": "kubernetes", "kubernetes": kubernetes}, url, work_dir)
     else:
-        raise ValueError(f"scheduler_kind {scheduler_kind!r} has no cluster fixture; known: {SCHEDULER_KINDS}")
+        raise ValueError(f"scheduler_kind {scheduler_kind!r} has no cluster fixture; known: {SCHEDULER_KINDS}, {FAKE}")
 
 
 @pytest.fixture
@@ -196,7 +210,8 @@ async def make_router(tmp_path: Path, cluster: Cluster) -> AsyncIterator[Callabl
             section.setdefault("work-dir", str(tmp_path / f"work{index}"))
         config_file = tmp_path / f"router{index}.yaml"
         config_file.write_text(yaml.safe_dump(data))
-        server = RouterServer(load_settings(config_file))
+        settings = load_settings(config_file)
+        server = RouterServer(settings, scheduler=cluster.scheduler(settings, index))
         await server.start()
         client = aiohttp.ClientSession()
         running = RunningRouter(server, client, tokens_dir)
@@ -207,6 +222,32 @@ async def make_router(tmp_path: Path, cluster: Cluster) -> AsyncIterator[Callabl
     for running in reversed(started):
         await running.client.close()
         await running.server.stop()
+
+
+MakeScheduler = Callable[..., Awaitable[tuple[Scheduler, Changes]]]
+
+
+@pytest.fixture
+async def make_scheduler(cluster: Cluster, tmp_path: Path) -> AsyncIterator[MakeScheduler]:
+    """Schedulers of ``cluster``'s back-end built from router settings, as a router builds its own; each notes its
+    changes. Closed after the test."""
+    made: list[Scheduler] = []
+
+    async def make(*, kept_identity: bool = False) -> tuple[Scheduler, Changes]:
+        """``kept_identity``: the scheduler of a router that keeps its identity across restarts (as the composition
+        root does: a Mesos framework id in a file every such scheduler of the test shares)."""
+        overrides: dict[str, Any] = {"scheduler": cluster.scheduler_config(len(made)), "cluster-name": "contract"}
+        settings = load_settings(None, overrides)
+        framework_ids = FileFrameworkIds(tmp_path / "mesos-framework-id") if kept_identity else None
+        scheduler = cluster.scheduler(settings, len(made)) or create_scheduler(settings, framework_ids=framework_ids)
+        changes = Changes(scheduler)
+        await scheduler.start()
+        made.append(scheduler)
+        return scheduler, changes
+
+    yield make
+    for scheduler in made:
+        await scheduler.close()
 
 
 # -- the suite writes only under temp dirs ---------------------------------------------------------------------------

@@ -1,80 +1,36 @@
-"""The scheduler protocol, tested the same way against every back-end (local processes, emulated clusters).
+"""The scheduler protocol (``waiter.scheduler.base.Scheduler``), tested the same way against every back-end: local
+processes, the emulated clusters, and the in-process fake the router tests use (``tests.fakes``).
 
 Each test builds its scheduler from router settings (``create_scheduler``), exactly as the router does, with the
-``cluster`` fixture's ``scheduler`` section. Nothing here knows which back-end it talks to: instances are real
-processes that write their pid and environment into the test's directory, and every wait is on the scheduler's
-own change notifications (or, for facts outside it, a poll with a deadline).
+``cluster`` fixture's ``scheduler`` section (the fake: ``Cluster.scheduler``). Nothing here knows which back-end it
+talks to or how instances run: what the tests see is the protocol's typed results, the change notifications and
+an instance answering HTTP where it says it is. That the back-ends' instances are processes (their environment,
+their end) is tested in ``test_scheduler_processes.py``.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import psutil
 import pytest
 
-from tests.conftest import Cluster
-from tests.support import Changes, eventually
-from waiter.scheduler import create_scheduler
-from waiter.scheduler.base import (
-    Instance,
-    InstanceFlag,
-    KeepsRecords,
-    KillOutcome,
-    Scheduler,
-    SchedulerError,
-    ServiceSpec,
-)
-from waiter.scheduler.mesos_failover import FileFrameworkIds
-from waiter.settings import load_settings
+from tests.conftest import FAKE, SCHEDULER_KINDS, MakeScheduler
+from tests.support import eventually
+from waiter.scheduler.base import Instance, InstanceFlag, KillOutcome, Scheduler, SchedulerError, ServiceSpec
 
-pytestmark = pytest.mark.schedulers()
+pytestmark = pytest.mark.schedulers(*SCHEDULER_KINDS, FAKE)
 
 SID = "waiter-service-contract-1"
-# $$ is the shell that runs the command; exec keeps that pid for the server, so the pid file names the instance.
-# A pod of the Kubernetes emulator listens on its own loopback address, POD_IP.
+# A pod of the Kubernetes emulator listens on its own loopback address, POD_IP. (The fake serves its backend.)
 SERVER = f'exec {sys.executable} -m http.server "$PORT0" --bind "${{POD_IP:-127.0.0.1}}"'
 
 
-MakeScheduler = Callable[..., Awaitable[tuple[Scheduler, Changes]]]
-
-
-@pytest.fixture
-async def make_scheduler(cluster: Cluster, tmp_path: Path) -> AsyncIterator[MakeScheduler]:
-    made: list[Scheduler] = []
-
-    async def make(*, kept_identity: bool = False) -> tuple[Scheduler, Changes]:
-        """``kept_identity``: the scheduler of a router that keeps its identity across restarts (as the composition
-        root does: a Mesos framework id in a file every such scheduler of the test shares)."""
-        overrides: dict[str, Any] = {"scheduler": cluster.scheduler_config(len(made)), "cluster-name": "contract"}
-        framework_ids = FileFrameworkIds(tmp_path / "mesos-framework-id") if kept_identity else None
-        scheduler = create_scheduler(load_settings(None, overrides), framework_ids=framework_ids)
-        changes = Changes(scheduler)
-        await scheduler.start()
-        made.append(scheduler)
-        return scheduler, changes
-
-    yield make
-    for scheduler in made:
-        await scheduler.close()
-
-
-@pytest.fixture
-def out(tmp_path: Path) -> Path:
-    """Where instances write what the tests check (their pid, their environment)."""
-    directory = tmp_path / "out"
-    directory.mkdir()
-    return directory
-
-
-def spec(out: Path, cmd: str = SERVER, **overrides: Any) -> ServiceSpec:
-    record = f'echo $$ > "{out}/$WAITER_INSTANCE_ID.pid"; env > "{out}/env.tmp" && mv "{out}/env.tmp" "{out}/env"'
+def spec(cmd: str = SERVER, **overrides: Any) -> ServiceSpec:
     values: dict[str, Any] = {"cpus": 0.1, "mem": 128.0, "run_as_user": "contract-user", **overrides}
-    return ServiceSpec(service_id=SID, cmd=f"{record}; {cmd}", **values)
+    return ServiceSpec(service_id=SID, cmd=cmd, **values)
 
 
 def state_of(scheduler: Scheduler, service_id: str = SID) -> Any:
@@ -91,30 +47,6 @@ def running(scheduler: Scheduler, count: int) -> Callable[[], bool]:
     return check
 
 
-async def pid_of(out: Path, instance: Instance) -> int:
-    path = out / f"{instance.id}.pid"
-
-    async def written() -> bool:
-        return path.exists() and path.read_text().strip() != ""
-
-    await eventually(written)
-    return int(path.read_text())
-
-
-def alive(pid: int) -> bool:
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-
-
-async def gone(pid: int) -> None:
-    async def ended() -> bool:
-        return not alive(pid)
-
-    await eventually(ended)
-
-
 async def answers(instance: Instance) -> bool:
     try:
         async with aiohttp.ClientSession() as session, session.get(f"http://{instance.host}:{instance.port}/") as resp:
@@ -123,10 +55,13 @@ async def answers(instance: Instance) -> bool:
         return False
 
 
-async def test_create_runs_a_reachable_instance_with_its_environment(make_scheduler: MakeScheduler, out: Path) -> None:
+async def not_answering(instance: Instance) -> bool:
+    return not await answers(instance)
+
+
+async def test_create_runs_a_reachable_instance(make_scheduler: MakeScheduler) -> None:
     scheduler, changes = await make_scheduler()
-    env = {"GREETING": "hello world", "WAITER_CLUSTER": "spoofed"}
-    created = await scheduler.create_service(spec(out, env=env, concurrency_level=3, token="tok"), 1)
+    created = await scheduler.create_service(spec(env={"GREETING": "hello"}, concurrency_level=3, token="tok"), 1)
     assert created is True
     assert state_of(scheduler).requested == 1
     await changes.until(running(scheduler, 1))
@@ -136,24 +71,13 @@ async def test_create_runs_a_reachable_instance_with_its_environment(make_schedu
     assert instance.id.startswith(f"{SID}.") and instance.id.count(".") == 1
     assert not instance.ended and instance.started_at > 0
     await eventually(lambda: answers(instance))
-    variables = dict(line.split("=", 1) for line in (out / "env").read_text().splitlines() if "=" in line)
-    assert variables["PORT0"] == str(instance.port)
-    assert variables["GREETING"] == "hello world"
-    assert variables["WAITER_CLUSTER"] == "contract"
-    assert variables["WAITER_SERVICE_ID"] == SID
-    assert variables["WAITER_INSTANCE_ID"] == instance.id
-    assert (variables["WAITER_CPUS"], variables["WAITER_MEM_MB"]) == ("0.1", "128")
-    assert variables["WAITER_CONCURRENCY_LEVEL"] == "3"
-    assert (variables["WAITER_USERNAME"], variables["WAITER_TOKEN"]) == ("waiter", "tok")
-    assert variables["USER"] == variables["LOGNAME"] == "contract-user"
-    assert variables["WAITER_SANDBOX"]
     assert SID in changes.calls
 
 
-async def test_create_is_idempotent_and_scale_up_launches(make_scheduler: MakeScheduler, out: Path) -> None:
+async def test_create_is_idempotent_and_scale_up_launches(make_scheduler: MakeScheduler) -> None:
     scheduler, changes = await make_scheduler()
-    assert await scheduler.create_service(spec(out), 1) is True
-    assert await scheduler.create_service(spec(out, cmd="exit 9"), 3) is False
+    assert await scheduler.create_service(spec(), 1) is True
+    assert await scheduler.create_service(spec(cmd="exit 9"), 3) is False
     assert scheduler.service_ids() == [SID]
     assert state_of(scheduler).requested == 1
 
@@ -165,22 +89,21 @@ async def test_create_is_idempotent_and_scale_up_launches(make_scheduler: MakeSc
     assert [i.started_at for i in active] == sorted(i.started_at for i in active)  # oldest first
 
 
-async def test_scale_down_kills_nothing(make_scheduler: MakeScheduler, out: Path) -> None:
+async def test_scale_down_kills_nothing(make_scheduler: MakeScheduler) -> None:
     scheduler, changes = await make_scheduler()
-    await scheduler.create_service(spec(out), 2)
+    await scheduler.create_service(spec(), 2)
     await changes.until(running(scheduler, 2))
-    pids = [await pid_of(out, i) for i in state_of(scheduler).active]
+    before = [i.id for i in state_of(scheduler).active]
 
     await scheduler.scale_service(SID, 1)  # instances go through kills, never through a lower count
-    assert len(state_of(scheduler).active) == 2
-    assert all(alive(pid) for pid in pids)
+    assert [i.id for i in state_of(scheduler).active] == before
     for instance in state_of(scheduler).active:
         await eventually(lambda instance=instance: answers(instance))  # type: ignore[misc]
 
 
-async def test_crash_is_recorded_as_failed_and_replaced(make_scheduler: MakeScheduler, out: Path) -> None:
+async def test_crash_is_recorded_as_failed_and_replaced(make_scheduler: MakeScheduler) -> None:
     scheduler, changes = await make_scheduler()
-    await scheduler.create_service(spec(out, cmd="exit 3"), 1)
+    await scheduler.create_service(spec(cmd="exit 3"), 1)
     await changes.until(lambda: len(state_of(scheduler).failed) >= 2, timeout=20)
 
     state = state_of(scheduler)
@@ -192,12 +115,12 @@ async def test_crash_is_recorded_as_failed_and_replaced(make_scheduler: MakeSche
     assert state.requested == 1
 
 
-async def test_kill_without_replace_lowers_requested(make_scheduler: MakeScheduler, out: Path) -> None:
+async def test_kill_without_replace_lowers_requested(make_scheduler: MakeScheduler) -> None:
     scheduler, changes = await make_scheduler()
-    await scheduler.create_service(spec(out), 2)
+    await scheduler.create_service(spec(), 2)
     await changes.until(running(scheduler, 2))
     victim, survivor = state_of(scheduler).active
-    victim_pid = await pid_of(out, victim)
+    await eventually(lambda: answers(victim))
 
     result = await scheduler.kill_instance(SID, victim.id, message="Killed to scale down")
     assert result.outcome is KillOutcome.KILLED and result.success, result.message
@@ -206,19 +129,19 @@ async def test_kill_without_replace_lowers_requested(make_scheduler: MakeSchedul
     assert [i.id for i in state.active] == [survivor.id]
     ended = next(i for i in state.killed if i.id == victim.id)
     assert (ended.killed, ended.failed, ended.message) == (True, False, "Killed to scale down")
-    await gone(victim_pid)
+    await eventually(lambda: not_answering(victim), "the killed instance to stop answering")
 
     again = await scheduler.kill_instance(SID, victim.id)
     assert again.outcome is KillOutcome.ALREADY_KILLED
     assert state_of(scheduler).requested == 1
 
 
-async def test_kill_with_replace_starts_another_and_records_why(make_scheduler: MakeScheduler, out: Path) -> None:
+async def test_kill_with_replace_starts_another_and_records_why(make_scheduler: MakeScheduler) -> None:
     scheduler, changes = await make_scheduler()
-    await scheduler.create_service(spec(out), 1)
+    await scheduler.create_service(spec(), 1)
     await changes.until(running(scheduler, 1))
     (victim,) = state_of(scheduler).active
-    victim_pid = await pid_of(out, victim)
+    await eventually(lambda: answers(victim))  # started: the kill meets a running instance
     flags = frozenset({InstanceFlag.NEVER_PASSED_HEALTH_CHECKS.value})
 
     result = await scheduler.kill_instance(
@@ -230,7 +153,6 @@ async def test_kill_with_replace_starts_another_and_records_why(make_scheduler: 
     assert (ended.message, ended.flags, ended.failed, ended.killed) == ("Exceeded grace period", flags, True, False)
     await changes.until(lambda: any(i.id != victim.id for i in state_of(scheduler).active))
     assert victim.id not in [i.id for i in state_of(scheduler).active]
-    await gone(victim_pid)
 
 
 @pytest.mark.parametrize(
@@ -239,10 +161,10 @@ async def test_kill_with_replace_starts_another_and_records_why(make_scheduler: 
     ids=["unknown-service", "unknown-instance"],
 )
 async def test_kill_unknown_instance(
-    make_scheduler: MakeScheduler, out: Path, service_id: str, instance_id: str
+    make_scheduler: MakeScheduler, service_id: str, instance_id: str
 ) -> None:
     scheduler, changes = await make_scheduler()
-    await scheduler.create_service(spec(out), 1)
+    await scheduler.create_service(spec(), 1)
     await changes.until(running(scheduler, 1))
     result = await scheduler.kill_instance(service_id, instance_id)
     assert result.outcome is KillOutcome.NO_SUCH_INSTANCE and not result.success
@@ -250,17 +172,14 @@ async def test_kill_unknown_instance(
     assert len(state_of(scheduler).active) == 1
 
 
-async def test_delete_service_stops_every_instance_and_forgets_it(make_scheduler: MakeScheduler, out: Path) -> None:
+async def test_delete_service_stops_every_instance_and_forgets_it(make_scheduler: MakeScheduler) -> None:
     scheduler, changes = await make_scheduler()
-    await scheduler.create_service(spec(out), 2)
+    await scheduler.create_service(spec(), 2)
     await changes.until(running(scheduler, 2))
-    pids = [await pid_of(out, i) for i in state_of(scheduler).active]
 
     changes.calls.clear()
     assert await scheduler.delete_service(SID) is True
     assert scheduler.service_state(SID) is None and scheduler.service_ids() == []
-    for pid in pids:
-        await gone(pid)
     await changes.until(lambda: SID in changes.calls)
     assert await scheduler.delete_service(SID) is False
 
@@ -272,40 +191,18 @@ async def test_scale_unknown_service_is_an_error(make_scheduler: MakeScheduler) 
     assert scheduler.service_ids() == []
 
 
-async def test_a_second_scheduler_sees_what_the_first_started(make_scheduler: MakeScheduler, out: Path) -> None:
-    """Local instances belong to their scheduler, Mesos tasks to their scheduler's framework (the v1 scheduler API
-    shows a framework only its own tasks); Marathon's apps are shared by every router's scheduler."""
+async def test_a_second_scheduler_sees_what_the_first_started(make_scheduler: MakeScheduler) -> None:
+    """Local (and fake) instances belong to their scheduler, Mesos tasks to their scheduler's framework (the v1
+    scheduler API shows a framework only its own tasks); Marathon's apps and Kubernetes' ReplicaSets are shared by
+    every router's scheduler."""
     first, changes = await make_scheduler()
-    await first.create_service(spec(out), 1)
+    await first.create_service(spec(), 1)
     await changes.until(running(first, 1))
     second, second_changes = await make_scheduler()
-    if first.kind in ("local", "mesos"):
+    if first.kind in ("local", "mesos", "fake"):
         assert second.service_ids() == []
         return
     await second_changes.until(lambda: second.service_ids() == [SID])
     await second_changes.until(running(second, 1))
     assert [i.id for i in state_of(second).active] == [i.id for i in state_of(first).active]
-    assert await second.create_service(spec(out), 1) is False
-
-
-@pytest.mark.schedulers("marathon", "mesos", "kubernetes")
-async def test_a_restarted_scheduler_finds_its_instances_running(make_scheduler: MakeScheduler, out: Path) -> None:
-    """A cluster keeps running what a stopped router's scheduler started (Mesos: for the framework's failover
-    timeout); the restarted scheduler knows the service again, with the same instance (the same process) and its
-    record, and creating the service again launches nothing."""
-    first, changes = await make_scheduler(kept_identity=True)
-    service = spec(out, record='{"service-id": "contract"}')
-    await first.create_service(service, 1)
-    await changes.until(running(first, 1))
-    (instance,) = state_of(first).active
-    pid = await pid_of(out, instance)
-    await first.close()
-
-    second, second_changes = await make_scheduler(kept_identity=True)
-    await second_changes.until(lambda: second.service_state(SID) is not None and running(second, 1)(), timeout=20)
-    assert [i.id for i in state_of(second).active] == [instance.id]
-    assert alive(pid)
-    await eventually(lambda: answers(instance))
-    assert isinstance(second, KeepsRecords) and second.service_record(SID) == service.record
-    assert await second.create_service(service, 1) is False
-    assert [i.id for i in state_of(second).active] == [instance.id] and alive(pid)
+    assert await second.create_service(spec(), 1) is False
