@@ -2,7 +2,9 @@
 
 ``MesosClient`` holds one SUBSCRIBE connection whose RecordIO event stream it reads, sends calls beside it with the
 stream id, watches heartbeats, and reconnects with backoff keeping the framework id (so the master's failover
-timeout protects the tasks meanwhile). Decoding and translating the wire is pure and lives in ``mesos_proto``.
+timeout protects the tasks meanwhile). Beside the scheduler API it lists the master's tasks (the operator API's
+GET_TASKS), which a restarted router reads to take its tasks on again. Decoding and translating the wire is pure
+and lives in ``mesos_proto``.
 
 We do not use ``pymesos``: it does not install on Python 3.11 (its ``http-parser`` dependency fails to compile) and
 runs its own threads and SIGINT handler, which has no place inside an asyncio router.
@@ -120,7 +122,7 @@ class MesosClient:
             tasks = json.loads(text).get("get_tasks") or {}
             return [task for task in tasks.get("tasks") or () if isinstance(task, Mapping)]
         except (ValueError, AttributeError) as error:
-            raise MesosError(f"The Mesos master answered GET_TASKS with something else than tasks: {error}") from None
+            raise MesosError(f"The Mesos master answered GET_TASKS with something other than tasks: {error}") from None
 
     async def _post(self, path: str, what: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> str:
         """POST one call to the leader; its body if the master accepted it (200 or 202), else ``MesosError``."""
