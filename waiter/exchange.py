@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
 from waiter.access_log import AccessLog
 from waiter.async_requests import (
@@ -117,11 +117,14 @@ class Dispatcher:
         if access is not None:
             arrived, sent = time.monotonic(), conn.sent
         try:
-            api = router.is_api(req.path, host or "", waiter)
+            path, method = req.path, req.method_str()
+            api = router.is_api(path, host or "", waiter)
             view = AuthView(req, conn.peer.decode(ENC, ERRORS))
             url = req.url.decode(ENC, ERRORS)
             # Authentication (and the API's authorization) first, for every request: waiter.router.Router.admit.
-            admission = await router.admit(view, req.method_str(), req.path, url, api, waiter, host)
+            admission = router.admit_now(view, method, path, url, api, waiter, host)
+            if admission is None:
+                admission = await router.admit(view, method, path, url, api, waiter, host)
             if admission.answer is not None:
                 status = admission.answer[0]
                 _answer(conn, req, *admission.answer, cid)
@@ -138,7 +141,7 @@ class Dispatcher:
                     await self.upgrade(conn, req, service, options, cid, admission)
                     status = 101
                 else:
-                    served = await self.proxy(conn, req, service, options, cid, admission)
+                    served = await self.proxy(conn, req, service, options, limits, cid, admission)
                     status = served[3]
         except WaiterError as err:
             status = err.status
@@ -172,11 +175,11 @@ class Dispatcher:
         req: Request,
         service: Service,
         options: RequestOptions,
+        limits: Timeouts,
         cid: bytes,
         admission: Admission,
     ) -> Served:
         """A service's request: a slot, the backend's answer streamed back. Returns what the access log says."""
-        limits = timeouts(options, service.timeouts)
         head, has_host = _forward_head(conn, req, cid, admission)
         body = req.body.stream() if req.body is not None else None
         head_only, idle, length = req.method == b"HEAD", limits.socket_ms / 1000, req.content_length
@@ -193,7 +196,7 @@ class Dispatcher:
         instance, upstream, taken = await open_upstream(service, limits, send_to)
         pending: str | None = None  # the backend's status path of an async request (it keeps the slot)
         try:
-            async with upstream:
+            try:
                 extra = b"x-cid: " + cid + CRLF + admission.response_lines
                 if timing is not None:
                     router_id, text_cid = self.router.settings.router_id, cid.decode(ENC, ERRORS)
@@ -207,11 +210,9 @@ class Dispatcher:
                         path = status_path(text_cid, rid, service.id, instance.host, instance.port, pending)
                         extra += b"location: " + path.encode(ENC, ERRORS) + CRLF
                         drop = RESPONSE_DROP | {b"location"}
-
-                def fail(exc: UpstreamError) -> WaiterError:
-                    return backend_error(service, instance, exc)
-
-                await _respond(conn, req, upstream, extra, drop, fail)
+                await _respond(conn, req, upstream, extra, drop, service, instance)
+            finally:
+                upstream.release()  # what ``async with upstream`` does, without two coroutines per request
         finally:
             if pending is None:
                 held = service.done(instance.id, taken, upstream.status)
@@ -282,7 +283,7 @@ class Dispatcher:
         except UpstreamError as exc:
             raise _relay_failure(exc) from None
         async with upstream:
-            await _respond(conn, req, upstream, admission.response_lines, HOP_BY_HOP, _relay_failure)
+            await _respond(conn, req, upstream, admission.response_lines, HOP_BY_HOP)
         return upstream.status
 
     async def upgrade(
@@ -406,9 +407,12 @@ async def _respond(
     upstream: UpstreamResponse,
     extra: bytes,
     drop: frozenset[bytes],
-    fail: Callable[[UpstreamError], WaiterError],
+    service: Service | None = None,
+    instance: Instance | None = None,
 ) -> None:
-    """Write the response head (with ``extra`` lines) and stream the body, framed for this client."""
+    """Write the response head (with ``extra`` lines) and stream the body, framed for this client. A backend that
+    fails before the head is written is answered as ``service``'s ``instance`` failing (502/504), or without them
+    as the router's own API server failing."""
     status, length = upstream.status, upstream.content_length
     parts: list[Chunk] = [b"HTTP/1.1 %d %s\r\n" % (status, upstream.raw_reason)]
     for name, value in upstream.raw_headers:
@@ -427,7 +431,9 @@ async def _respond(
             try:
                 body = await _read_small(upstream)
             except UpstreamError as exc:
-                raise fail(exc) from None
+                if service is None or instance is None:
+                    raise _relay_failure(exc) from None
+                raise backend_error(service, instance, exc) from None
         parts.append(b"content-length: %d\r\n" % length)
         _end_head(conn, req, parts, True)
         parts += body

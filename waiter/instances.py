@@ -95,6 +95,13 @@ class InstanceTracker:
     def healthy_count(self) -> int:
         return sum(1 for t in self.tracked.values() if t.healthy)
 
+    def any_healthy(self) -> bool:
+        """healthy_count() > 0 without counting them all (the request path asks)."""
+        for tracked in self.tracked.values():  # noqa: SIM110 (a loop, not any(): see waiter.resolver.names_token)
+            if tracked.healthy:
+                return True
+        return False
+
     def eject(self, instance_id: str) -> None:
         """A request could not connect: stop routing to it and probe it quickly until it answers again."""
         tracked = self.tracked.get(instance_id)

@@ -19,6 +19,22 @@ _CACHE_LIMIT = 10_000
 CacheKey = tuple[tuple[tuple[str, str], ...], str | None, str]
 
 
+def names_token(waiter_headers: tuple[tuple[str, str], ...]) -> bool:
+    """Whether the request names its token(s) in x-waiter-token (then the Host header names none)."""
+    # A loop, not any() over a generator: one left unfinished is closed by throwing GeneratorExit into it, which
+    # costs more than the whole search (this runs for every request).
+    for name, _ in waiter_headers:  # noqa: SIM110
+        if name == "x-waiter-token":
+            return True
+    return False
+
+
+def cacheable(resolved: ResolvedService) -> bool:
+    """Whether a resolution may be kept until the tokens change: not one through a ^SERVICE-ID# pseudo-token,
+    whose service's description comes from the registry, not from a token."""
+    return all(not name.startswith(SERVICE_ID_TOKEN) for name, _ in resolved.source_tokens)
+
+
 class Resolver:
     def __init__(
         self,
@@ -48,15 +64,17 @@ class Resolver:
         """What ``user`` (default: run-as-user) addresses: services that run as the requester differ per caller.
         Raises WaiterError (400 bad input, 403 not allowed, 404 unknown token)."""
         user = user or self.settings.run_as_user
-        if self._generation != self.tokens.generation or len(self._cache) > _CACHE_LIMIT:
+        generation = self.tokens.generation
+        if self._generation != generation or len(self._cache) > _CACHE_LIMIT:
             self._cache.clear()
-            self._generation = self.tokens.generation
-        host_token = None if any(k == "x-waiter-token" for k, _ in waiter_headers) else self.host_token(host)
-        key = (waiter_headers, host_token, user)
+            self._generation = generation
+        # Keyed by the Host header itself: the token it names changes only with the tokens' generation.
+        key = (waiter_headers, host, user)
         hit = self._cache.get(key)
         if hit is None:
+            host_token = None if names_token(waiter_headers) else self.host_token(host)
             hit = self._resolve(waiter_headers, host_token, user)
-            if not any(name.startswith(SERVICE_ID_TOKEN) for name, _ in hit[0].source_tokens):
+            if cacheable(hit[0]):
                 self._cache[key] = hit
         return hit
 
@@ -69,7 +87,7 @@ class Resolver:
         user: str | None = None,
     ) -> ResolvedService:
         """What the request would resolve to if ``token`` held ``data`` (an earlier version, for fallback)."""
-        host_token = None if any(k == "x-waiter-token" for k, _ in waiter_headers) else self.host_token(host)
+        host_token = None if names_token(waiter_headers) else self.host_token(host)
         return self._resolve(waiter_headers, host_token, user or self.settings.run_as_user, (token, data))[0]
 
     def token_service_id(self, token: str) -> str | None:

@@ -29,7 +29,7 @@ from waiter.errors import WaiterError, internal_error, render_error
 from waiter.forwarding import new_cid
 from waiter.lifecycle import in_fallback
 from waiter.registry import ServiceRegistry
-from waiter.resolver import SERVICE_ID_TOKEN, Resolver
+from waiter.resolver import SERVICE_ID_TOKEN, Resolver, cacheable
 from waiter.service import ResolvedService, Service
 from waiter.settings import Settings
 from waiter.state import StateUnavailable
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "[::1]", "::1"})
+_ALLOWED_LIMIT = 10_000  # entries of Router.resolve_for's cache
+AllowedKey = tuple[tuple[tuple[str, str], ...], str | None, str | None]  # x-waiter-* headers, Host, user
 
 
 def _action(method: str, path: str) -> str:
@@ -89,6 +91,9 @@ class Router:
         self.client_traffic = client_traffic  # what the front door counts (/metrics)
         self.metrics_peers = metrics_peers  # the supervisor, when this router is one of --workers
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
+        # resolve_for's answers that passed the permission checks, until the tokens change
+        self._allowed: dict[AllowedKey, tuple[ResolvedService, RequestOptions]] = {}
+        self._allowed_generation = tokens.generation
 
     def _core_of(self, service_id: str) -> dict[str, Any] | None:
         service = self.registry.get(service_id)
@@ -142,8 +147,9 @@ class Router:
         ``headers`` are the request's x-waiter-* headers (lowercase names); ``host`` its Host header or ""."""
         if path in admin.ALWAYS_API or path.startswith(admin.API_PREFIXES):
             return True
-        if any(name != "x-waiter-debug" for name, _ in headers):
-            return False
+        for name, _ in headers:  # a loop, not any(): see waiter.resolver.names_token
+            if name != "x-waiter-debug":
+                return False
         host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
         return host.lower() in self._own_hosts or self.resolver.host_token(host) is None
 
@@ -177,7 +183,7 @@ class Router:
         fallback period, while that version has no healthy instance, the newest earlier version that has one
         (docs/api.md §3.5). The resolved version starts in the background either way."""
         service = self.registry.start(resolved)
-        if not fallback or service.tracker.healthy_count() > 0 or len(resolved.source_tokens) != 1:
+        if not fallback or len(resolved.source_tokens) != 1 or service.tracker.any_healthy():
             return service
         name = resolved.source_tokens[0][0]
         record = self.tokens.get(name)
@@ -256,11 +262,23 @@ class Router:
     ) -> tuple[ResolvedService, RequestOptions]:
         """The service ``caller`` addresses, if they may use it (403 otherwise). ``caller`` None: authentication
         is disabled for the token (it names every user field itself)."""
-        resolved, options = self.resolver.resolve(headers, host, caller.user if caller else None)
+        user = caller.user if caller else None
+        key = (headers, host, user)
+        generation = self.tokens.generation
+        if generation != self._allowed_generation or len(self._allowed) > _ALLOWED_LIMIT:
+            self._allowed.clear()
+            self._allowed_generation = generation
+        hit = self._allowed.get(key)
+        if hit is not None:
+            return hit
+        resolved, options = self.resolver.resolve(headers, host, user)
         if caller is not None:
             problem = self.use_problem(resolved, caller)
             if problem is not None:
                 raise WaiterError(403, problem, error_class="waiter.ServiceForbidden", service_id=resolved.service_id)
+        if cacheable(resolved):
+            # What the caller may use depends on the tokens and the (fixed) permissions only.
+            self._allowed[key] = (resolved, options)
         return resolved, options
 
     def use_problem(self, resolved: ResolvedService, caller: Caller) -> str | None:
@@ -306,6 +324,24 @@ class Router:
         run_as = service.resolved.core.get("run-as-user")
         return self.permissions.service_problem(caller.user, service_id, run_as, owners, what)
 
+    def admit_now(
+        self,
+        request: AuthRequest,
+        method: str,
+        path: str,
+        url: str,
+        api: bool,
+        headers: tuple[tuple[str, str], ...],
+        host: str | None,
+    ) -> Admission | None:
+        """``admit`` without waiting, for the requests that need no authenticator's I/O (a valid auth cookie, the
+        one-user authenticator, public endpoints, tokens with authentication disabled); None for the others."""
+        step = self._before_authentication(request, method, path, url, api, headers, host)
+        if isinstance(step, Admission):
+            return step
+        admission = self.gate.authenticate_now(request)
+        return None if admission is None else self._after_authentication(step, admission, method, path)
+
     async def admit(
         self,
         request: AuthRequest,
@@ -321,17 +357,29 @@ class Router:
         API requests: by the endpoint's declared policy (public ones are not authenticated). Proxied requests:
         authenticated unless their one token disables authentication; what they may run is checked once the
         service is resolved (resolve_for)."""
+        step = self._before_authentication(request, method, path, url, api, headers, host)
+        if isinstance(step, Admission):
+            return step
+        return self._after_authentication(step, await self.gate.authenticate(request), method, path)
+
+    def _before_authentication(
+        self,
+        request: AuthRequest,
+        method: str,
+        path: str,
+        url: str,
+        api: bool,
+        headers: tuple[tuple[str, str], ...],
+        host: str | None,
+    ) -> Admission | Access | bytes:
+        """What ``admit`` decides before asking who calls: the whole answer (an Admission), or what to do once the
+        caller is known: the API endpoint's policy to authorize, or a proxied request's CORS response lines."""
         if api:
             policy = self.routes.policy(path, method)
-            if policy is Access.PUBLIC:
-                return PUBLIC
-            admission = await self.gate.authenticate(request)
-            assert admission.caller is not None
-            self._authorize(policy, admission.caller, method, path)
-            return admission
+            return PUBLIC if policy is Access.PUBLIC else policy
         resolved = self.before_auth(headers, host)
         if resolved is None:
-            return await self.gate.authenticate(request)
+            return b""
         meta = resolved.token_meta
         # Header lookups only for tokens that ask for these steps: this runs for every proxied request.
         if meta.get("https-redirect") is True:
@@ -349,8 +397,16 @@ class Router:
         disabled = resolved.core.get("authentication") == "disabled"
         if disabled and len(resolved.source_tokens) == 1 and not resolved.on_the_fly:
             return Admission(None, response_lines=lines)
-        admission = await self.gate.authenticate(request)
-        return replace(admission, response_lines=admission.response_lines + lines) if lines else admission
+        return lines
+
+    def _after_authentication(
+        self, step: Access | bytes, admission: Admission, method: str, path: str
+    ) -> Admission:
+        if isinstance(step, Access):
+            assert admission.caller is not None
+            self._authorize(step, admission.caller, method, path)
+            return admission
+        return replace(admission, response_lines=admission.response_lines + step) if step else admission
 
     def _trusted_proxy(self, peer: str) -> bool:
         try:

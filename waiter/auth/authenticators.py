@@ -76,7 +76,13 @@ class Authenticators:
         self.challenges = tuple(c for m in members for c in m.challenges)
         self.names = ", ".join(m.name for m in members)
         # one-user first: every request is its user, so a cookie could only name the same caller (not worth parsing)
-        self.vouches_for_all = bool(members) and isinstance(members[0], OneUserAuthenticator)
+        first = members[0] if members else None
+        self._everyone = first.identity if isinstance(first, OneUserAuthenticator) else None
+        self.vouches_for_all = self._everyone is not None
+
+    def identity_now(self) -> Identity | None:
+        """The caller when it is known without looking at the request (the one-user authenticator first)."""
+        return self._everyone
 
     async def authenticate(self, request: AuthRequest) -> Identity:
         for member in self.members:

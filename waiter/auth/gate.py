@@ -12,8 +12,8 @@ import secrets
 from dataclasses import dataclass
 
 from waiter.auth.authenticators import Authenticators, create_authenticators
-from waiter.auth.base import AuthRequest, Caller, authorization
-from waiter.auth.cookie import CookieJar
+from waiter.auth.base import AuthRequest, Caller, Identity, authorization
+from waiter.auth.cookie import CookieJar, Issued
 from waiter.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class Gate:
         self.settings = settings
         self.authenticators = authenticators or create_authenticators(settings)
         self.cookies: CookieJar | None = None
+        self._last: tuple[Issued, Identity, bool, Admission] | None = None  # see _admitted
 
     async def start(self) -> None:
         secret = self.settings.auth.cookie_secret.encode() or await self._shared_secret()
@@ -78,13 +79,36 @@ class Gate:
 
     async def authenticate(self, request: AuthRequest) -> Admission:
         """Who calls; raises a 401 WaiterError (with the authenticators' challenges) when nobody vouches."""
-        strip = bool(self.authenticators.schemes) and authorization(request)[0] in self.authenticators.schemes
+        admission = self.authenticate_now(request)
+        if admission is not None:
+            return admission
+        identity = await self.authenticators.authenticate(request)
+        return self._admitted(identity, self._strip(request))
+
+    def authenticate_now(self, request: AuthRequest) -> Admission | None:
+        """``authenticate`` when it needs no I/O (a valid auth cookie, the one-user authenticator); else None."""
+        strip = self._strip(request)
         cookies = self.cookies
         if cookies is not None and not self.authenticators.vouches_for_all:
             caller = cookies.from_header(request.headers.get("cookie", ""))
             if caller is not None:
                 return Admission(caller, strip_authorization=strip)
-        identity = await self.authenticators.authenticate(request)
-        caller, reply = identity.caller, identity.reply
-        lines = header_lines(reply) if cookies is None else cookies.issue(caller).lines + header_lines(reply)
-        return Admission(caller, lines, strip)
+        identity = self.authenticators.identity_now()
+        return None if identity is None else self._admitted(identity, strip)
+
+    def _strip(self, request: AuthRequest) -> bool:
+        schemes = self.authenticators.schemes
+        return bool(schemes) and authorization(request)[0] in schemes
+
+    def _admitted(self, identity: Identity, strip: bool) -> Admission:
+        cookies = self.cookies
+        if cookies is None:
+            return Admission(identity.caller, header_lines(identity.reply), strip)
+        issued = cookies.issue(identity.caller)
+        # The one-user authenticator's every request gets the same answer while its cookie is reused.
+        last = self._last
+        if last is not None and last[0] is issued and last[1] is identity and last[2] == strip:
+            return last[3]
+        admission = Admission(identity.caller, issued.lines + header_lines(identity.reply), strip)
+        self._last = (issued, identity, strip, admission)
+        return admission
