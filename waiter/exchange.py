@@ -135,7 +135,9 @@ class Dispatcher:
             else:
                 service, options = router.service_for(waiter, host, admission.caller)
                 limits = timeouts(options, service.timeouts)
-                if service.interstitial_secs or BYPASS_BYTES in req.url:
+                # find(), not ``in``: bytes.__contains__ first tries its operand as an integer and formats the
+                # TypeError that fails, every time.
+                if service.interstitial_secs or req.url.find(BYPASS_BYTES) >= 0:
                     _interstitial(router, req, service)
                 if req.upgrade:
                     await self.upgrade(conn, req, service, options, cid, admission)
@@ -384,7 +386,7 @@ def _forward_head(
     for name, value, lname in req.headers:
         if lname in drop or lname[:9] == b"x-waiter-" or (extra and lname in extra):
             continue
-        if lname == b"cookie" and _AUTH_COOKIE in value:
+        if lname == b"cookie" and value.find(_AUTH_COOKIE) >= 0:  # find(): see Dispatcher.__call__
             value = strip_auth_cookie(value)
             if not value:
                 continue

@@ -152,7 +152,9 @@ async def open_upstream(
     taken)."""
     attempt = 0
     while True:
-        instance = await service.acquire(limits.queue_ms)
+        instance = service.take()
+        if instance is None:
+            instance = await service.wait(limits.queue_ms)
         taken = time.monotonic()
         try:
             return instance, await send(instance), taken

@@ -246,11 +246,17 @@ class Service:
 
     async def acquire(self, queue_timeout_ms: int) -> Instance:
         """A slot on a healthy instance, waiting in the FIFO queue for at most ``queue_timeout_ms``."""
+        instance = self.take()
+        return instance if instance is not None else await self.wait(queue_timeout_ms)
+
+    def take(self) -> Instance | None:
+        """``acquire`` without waiting: a free slot now, or None (then ``wait`` for one). Counts the request."""
         self.total_requests += 1
         self.last_request_time = time.time()
-        instance = self.reservations.try_acquire()
-        if instance is not None:
-            return instance
+        return self.reservations.try_acquire()
+
+    async def wait(self, queue_timeout_ms: int) -> Instance:
+        """The rest of ``acquire`` once ``take`` found no free slot: queue for one."""
         if self.start_error is not None and self._started is None:
             self.ensure_started()
         if self.deployment_error is not None and self.reservations.capacity == 0:

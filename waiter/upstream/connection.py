@@ -153,22 +153,20 @@ class Connection(asyncio.Protocol):
             # Heads and small bodies go out in single writes; Nagle would only add latency to them.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def data_received(self, data: bytes) -> None:
-        self._received(data)
-
-    def _received(self, data: Chunk) -> None:
-        if self.ex.done or not self.active:
+    def data_received(self, data: Chunk) -> None:
+        ex = self.ex
+        if ex.done or not self.active:
             if self.active:
-                self.ex.keep_alive = False  # bytes beyond the response: this connection is out of step
+                ex.keep_alive = False  # bytes beyond the response: this connection is out of step
             else:
                 self.transport.abort()  # unsolicited bytes on an idle connection
             return
-        self.ex.got_byte = True
+        ex.got_byte = True
         self._last_io = self.loop.time()
-        if self.ex.raw_left:
+        if ex.raw_left:
             self._raw_body(data)
             return
-        if not self.ex.head_done and len(data) > _SPLIT_MIN and isinstance(data, bytes):
+        if not ex.head_done and len(data) > _SPLIT_MIN and isinstance(data, bytes):
             end = data.find(b"\r\n\r\n")
             if 0 <= end < len(data) - 4:
                 # A head with the start of a big body: parse the head alone, so that the body's bytes can be
@@ -176,38 +174,40 @@ class Connection(asyncio.Protocol):
                 # safe: the parser counts what it saw of the body).
                 view = memoryview(data)
                 self._feed(view[: end + 4])
-                if self.ex.exc is None:
-                    self._received(view[end + 4 :])
+                if ex.exc is None:
+                    self.data_received(view[end + 4 :])
                 return
         self._feed(data)
 
     def _feed(self, data: Chunk) -> None:
+        ex = self.ex
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # a 101: on_headers_complete failed the exchange
         except httptools.HttpParserError as exc:
-            if self.ex.done:
-                self.ex.keep_alive = False
+            if ex.done:
+                ex.keep_alive = False
             else:
                 self._fail(UpstreamClosed(f"The backend sent an invalid HTTP response: {exc}."))
         else:
-            if self.ex.head_done and not self.ex.done and self.ex.clen is not None and not self.ex.chunked:
+            if ex.head_done and not ex.done and ex.clen is not None and not ex.chunked:
                 # The rest of a Content-Length body is counted, not parsed: the bytes read from the socket are
                 # passed on as they are, without the copy the parser's on_body makes. The parser, left inside
                 # the body, is replaced before the next exchange.
-                self.ex.raw_left = self.ex.clen - self.ex.body_seen
+                ex.raw_left = ex.clen - ex.body_seen
                 self._parser_dirty = True
 
     def _raw_body(self, data: Chunk) -> None:
-        left, size = self.ex.raw_left, len(data)
+        ex = self.ex
+        left, size = ex.raw_left, len(data)
         if size > left:
-            data, self.ex.keep_alive = data[:left], False  # bytes beyond the response: out of step
+            data, ex.keep_alive = data[:left], False  # bytes beyond the response: out of step
             size = left
-        self.ex.raw_left = left - size
+        ex.raw_left = left - size
+        if not ex.raw_left:
+            ex.done = True
         self._add_chunk(data)
-        if not self.ex.raw_left:
-            self.ex.done = True
 
     def eof_received(self) -> bool:
         return False
@@ -247,13 +247,16 @@ class Connection(asyncio.Protocol):
         self.ex.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.ex.headers.append((name, value))
-        if len(name) == 14 and name.lower() == b"content-length":
-            self.ex.clen = int(value)
-        elif len(name) == 17 and name.lower() == b"transfer-encoding":
-            self.ex.chunked = b"chunked" in value.lower()
+        ex = self.ex
+        ex.headers.append((name, value))
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
+            ex.clen = int(value)
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            ex.chunked = value.lower().find(b"chunked") >= 0  # not ``in``: bytes.__contains__ tries int() first
 
     def on_headers_complete(self) -> None:
+        ex = self.ex
         status = self._parser.get_status_code()
         if status == 101:
             # Requests sent here never ask to switch protocols (the front door tunnels upgrades itself).
@@ -261,36 +264,39 @@ class Connection(asyncio.Protocol):
             return
         if status < 200:
             # An interim response (100 Continue, 103 Early Hints) precedes the real one; forget it.
-            self.ex.interim, self.ex.reason, self.ex.headers, self.ex.clen, self.ex.chunked = True, b"", [], None, False
+            ex.interim, ex.reason, ex.headers, ex.clen, ex.chunked = True, b"", [], None, False
             return
-        self.ex.status, self.ex.head_done = status, True
-        self.ex.keep_alive = self._parser.should_keep_alive()
-        if self.ex.head_only:
+        ex.status, ex.head_done = status, True
+        ex.keep_alive = self._parser.should_keep_alive()
+        if ex.head_only:
             # llhttp cannot be told the request was HEAD and would wait for Content-Length bytes: end the
             # message here and give the next exchange a fresh parser.
-            self.ex.done = self._parser_dirty = True
+            ex.done = self._parser_dirty = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.ex.done:
-            self.ex.keep_alive = False  # a body after a HEAD response's head: never reuse this connection
+        ex = self.ex
+        if ex.done:
+            ex.keep_alive = False  # a body after a HEAD response's head: never reuse this connection
             return
-        self.ex.body_seen += len(body)
+        ex.body_seen += len(body)
         self._add_chunk(body)
 
     def _add_chunk(self, body: Chunk) -> None:
-        self.ex.chunks.append(body)
-        self.ex.buffered += len(body)
-        if self.ex.buffered > _READ_HIGH_WATER and not self._read_paused:
+        ex = self.ex
+        ex.chunks.append(body)
+        ex.buffered += len(body)
+        if ex.buffered > _READ_HIGH_WATER and not self._read_paused:
             self._read_paused = True
             self.transport.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
-        if self.ex.interim:
-            self.ex.interim = False
+        ex = self.ex
+        if ex.interim:
+            ex.interim = False
         else:
-            self.ex.done = True
+            ex.done = True
             self._wake()
 
     # helpers
@@ -379,6 +385,7 @@ class Connection(asyncio.Protocol):
         self, head: bytes, body: Body, head_only: bool, idle_timeout: float, content_length: int | None
     ) -> UpstreamResponse:
         self._begin(head_only, idle_timeout)
+        ex = self.ex
         try:
             if body is None:
                 self.transport.write(head)
@@ -390,10 +397,10 @@ class Connection(asyncio.Protocol):
                     self.transport.write(body)
             else:
                 self.transport.write(head)
-                self.ex.body_iter = body
-                self.ex.body_task = self.loop.create_task(self._send_body(body, content_length))
-            while not self.ex.head_done:
-                if self.ex.exc is not None:
+                ex.body_iter = body
+                ex.body_task = self.loop.create_task(self._send_body(body, content_length))
+            while not ex.head_done:
+                if ex.exc is not None:
                     await self._raise_failure(body)
                 fut = self._wait_start(idle_timeout, "sent no response head", False)
                 try:
