@@ -136,7 +136,9 @@ class Cluster:
         if self.kind != FAKE:
             return None
         assert self.work_dir is not None
-        return FakeScheduler(self.work_dir / f"router{router_index}", cluster_name=settings.cluster_name)
+        # Crashes are replaced after a tenth of the local back-off: tests wait for the pattern, not the pace.
+        work_dir = self.work_dir / f"router{router_index}"
+        return FakeScheduler(work_dir, cluster_name=settings.cluster_name, restart_backoff_base_secs=0.05)
 
     def scheduler_config(self, router_index: int = 0) -> dict[str, Any]:
         if self.kind in ("local", FAKE):  # each router runs its own instances

@@ -16,7 +16,6 @@ period, then drops them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import secrets
 import signal
@@ -290,14 +289,19 @@ class FakeScheduler:
         if command is not None:
             return int(command.group(1))
         app = backend.build_app(running.env, running.die)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(backend.startup_delay(running.env)):
-                return await asyncio.shield(running.dead)
-        await backend.start(app, lambda runner: web.SockSite(runner, running.sockets[0]))
-        running.app = app
         told = asyncio.ensure_future(running.terminating.wait())
-        await asyncio.wait([running.dead, told], return_when=asyncio.FIRST_COMPLETED)
-        told.cancel()
+        try:
+            # Still starting: a SIGTERM ends it at once (the backend handles it only once it serves).
+            await asyncio.wait(
+                [running.dead, told], timeout=backend.startup_delay(running.env), return_when=asyncio.FIRST_COMPLETED
+            )
+            if running.dead.done() or told.done():
+                return running.dead.result() if running.dead.done() else -signal.SIGTERM
+            await backend.start(app, lambda runner: web.SockSite(runner, running.sockets[0]))
+            running.app = app
+            await asyncio.wait([running.dead, told], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            told.cancel()
         if not running.dead.done():  # terminated: the backend finishes its requests, unless it is killed meanwhile
             graceful = asyncio.ensure_future(backend.terminate(app))
             await asyncio.wait([running.dead, graceful], return_when=asyncio.FIRST_COMPLETED)

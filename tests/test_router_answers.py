@@ -7,8 +7,13 @@ import asyncio
 import json
 from typing import Any
 
-from tests.conftest import RunningRouter, backend_token
+import pytest
+
+from tests.conftest import FAKE, RunningRouter, backend_token
 from tests.support import eventually
+
+# What the router answers needs instances that answer HTTP, not processes (tests.fakes).
+pytestmark = pytest.mark.schedulers(FAKE)
 
 TOKEN = {"x-waiter-token": "echo"}
 JSON = {"accept": "application/json"}
@@ -114,7 +119,7 @@ async def test_ping_that_waited_out_its_queue_timeout_is_a_received_response(mak
 
 async def test_ping_answered_without_waiting_is_a_waiter_response(make_router) -> None:
     token = backend_token("echo", env={"STARTUP_DELAY_MS": "30000"}, **{"max-queue-length": 1})
-    r = await make_router([token])
+    r = await make_router([token], **{"drain-timeout-secs": 0.1})  # the queued request is not waited for
     sid = await r.service_id(TOKEN)
     waiting = asyncio.create_task(r.client.get(r.url + "/hello", headers=TOKEN))
     service = r.router.registry.get(sid)
@@ -138,6 +143,7 @@ async def test_ping_of_an_unknown_token_is_a_descriptor_error_with_the_error_bod
     assert json.loads(result["body"])["waiter-error"]["message"] == "Couldn't find token nope"
 
 
+@pytest.mark.schedulers("local")  # an instance's stdout and stderr are a process's
 async def test_an_instances_logs_are_listed_for_its_owner_and_only_inside_its_sandbox(make_router) -> None:
     r = await make_router([backend_token("echo")])
     async with r.client.get(r.url + "/hello", headers={**TOKEN, "x-waiter-debug": "true"}) as resp:

@@ -253,7 +253,9 @@ async def ping(router: Router, request: web.BaseRequest, headers: Headers) -> we
         "service-description": dict(resolved.core),
     }
     if "service-state" not in request.query.getall("exclude", []):
-        if ping_response["result"] == "received-response":
+        if "instance" in ping_response:
+            # An instance answered the health check; the tracker's own probe may not have passed it yet. (A 503 the
+            # router made, a deployment error or a queue timeout, has no instance to wait for.)
             await service.tracker.wait_healthy(5.0)
         body["service-state"] = {
             "service-id": service.id,
