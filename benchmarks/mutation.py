@@ -2,9 +2,13 @@
 
 For every module the script copies the package and the tests into a temp dir (the checkout stays untouched),
 points mutmut at that one module and its test files, runs it, and prints one line per module: mutants, killed,
-survived, the raw score, and the score over behaviour-changing mutants, which leaves out survivors whose whole
-change is inside string literals (an error message's wording: the tests pin the important sentences, not every
-word). Survivors that change behaviour are listed after the table with their diff, for the next test to kill.
+survived, the raw score, and the score over behaviour-changing mutants. Two kinds of survivor are left out of
+that score, and both are listed after the table so a reader can check them:
+- wording-only: the change is inside the prose of a string literal (text with a space in it, outside an
+  f-string's {fields}): an error message's wording. A changed field name, value, separator or key is behaviour.
+- equivalent: listed in EQUIVALENT below with the reason the mutated program behaves the same for every input.
+Survivors that change behaviour are listed with their diff, for the next test to kill. A mutant no test reaches
+("no tests") is a survivor too.
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python benchmarks/mutation.py [--module scaling] [--children 2]
@@ -38,7 +42,12 @@ MODULES = {
 # the import, so their mutants can never be killed (nor can they change behaviour at run time).
 IMPORT_TIME = {"params": ("x__num_", "x__int_", "x__enum_", "x__str_", "x__liveness_")}
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "-x", "-W", "ignore"]
-_STRING = re.compile(r"""(?:[rbfu]{0,2})("([^"\\]|\\.)*"|'([^'\\]|\\.)*')""")
+# Survivors reviewed as equivalent: (module, function, "old line -> new line") with why no input can tell the
+# mutant apart. Keyed by the changed code, not mutmut's numbering, which shifts whenever the function changes.
+EQUIVALENT: dict[tuple[str, str, str], str] = {}
+DETECTED = ("killed", "timeout", "segfault")  # a test failed, hung or crashed under the mutant
+_STRING = re.compile(r"""(?i:[rbfu]{0,2})("([^"\\]|\\.)*"|'([^'\\]|\\.)*')""")
+_FIELD = re.compile(r"\{[^{}]*\}")
 
 
 def mutmut(work: Path, *args: str) -> str:
@@ -47,16 +56,43 @@ def mutmut(work: Path, *args: str) -> str:
     return result.stdout + result.stderr
 
 
+def changed_lines(diff: str) -> tuple[list[str], list[str]]:
+    rows = [row for row in diff.splitlines() if row[:1] in "+-" and row[:3] not in ("---", "+++")]
+    return [row[1:].strip() for row in rows if row[0] == "-"], [row[1:].strip() for row in rows if row[0] == "+"]
+
+
+def _fields(literal: str) -> list[str]:
+    """The {replacement fields} of an f-string literal: code, not wording."""
+    prefix = literal[: len(literal) - len(literal.lstrip("rbfuRBFU"))]
+    return _FIELD.findall(literal) if "f" in prefix.lower() else []
+
+
+def _prose(literal: str, other: str) -> bool:
+    """``literal`` became ``other`` only in its prose: same f-string fields, and the text changed has a space."""
+    return _fields(literal) == _fields(other) and " " in _FIELD.sub("", literal)
+
+
 def wording_only(diff: str) -> bool:
-    """The mutant changed nothing but text inside string literals."""
-    removed = [line[1:] for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
-    added = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    """The mutant changed nothing but the prose inside string literals (an error message's wording)."""
+    removed, added = changed_lines(diff)
     if not removed or len(removed) != len(added):
         return False
-    return all(_STRING.sub('""', a) == _STRING.sub('""', b) for a, b in zip(removed, added, strict=True))
+    for old, new in zip(removed, added, strict=True):
+        if _STRING.sub('""', old) != _STRING.sub('""', new):
+            return False
+        literals = [[m.group(0) for m in _STRING.finditer(line)] for line in (old, new)]
+        if not all(a == b or _prose(a, b) for a, b in zip(*literals, strict=True)):
+            return False
+    return True
 
 
-def run_module(name: str, tests: list[str], children: int) -> tuple[str, list[tuple[str, str]]]:
+def equivalent_key(name: str, mutant: str, diff: str) -> tuple[str, str, str]:
+    function = re.sub(r"__mutmut_\d+$", "", mutant.rsplit(".", 1)[-1]).removeprefix("x_").replace("ǁ", ".")
+    removed, added = changed_lines(diff)
+    return name, function.strip("."), " | ".join(removed) + " -> " + " | ".join(added)
+
+
+def run_module(name: str, tests: list[str], children: int) -> tuple[str, dict[str, list[str]]]:
     with tempfile.TemporaryDirectory(prefix=f"mutation-{name}-") as tmp:
         work = Path(tmp)
         shutil.copytree(ROOT / "waiter", work / "waiter")
@@ -79,18 +115,34 @@ def run_module(name: str, tests: list[str], children: int) -> tuple[str, list[tu
         unreachable = [m for m in statuses if any(f".{prefix}" in m for prefix in import_time)]
         for mutant in unreachable:
             statuses.pop(mutant)
-        survivors = [m for m, status in statuses.items() if status == "survived"]
-        behaviour = [(m, diff) for m in survivors if not wording_only(diff := mutmut(work, "show", m))]
+        listed: dict[str, list[str]] = {"behaviour-changing": [], "equivalent": [], "wording-only": []}
+        for mutant, status in statuses.items():
+            if status in DETECTED:
+                continue
+            diff = mutmut(work, "show", mutant)
+            removed, added = changed_lines(diff)
+            shown = f"{mutant} ({status}): " + " | ".join(f"-{r}" for r in removed) + " => " + " | ".join(
+                f"+{a}" for a in added
+            )
+            reason = EQUIVALENT.get(equivalent_key(name, mutant, diff))
+            if reason is not None:
+                listed["equivalent"].append(f"{shown}\n      because {reason}")
+            elif status == "survived" and wording_only(diff):
+                listed["wording-only"].append(shown)
+            else:
+                listed["behaviour-changing"].append(shown)
     total = len(statuses)
-    killed = sum(1 for status in statuses.values() if status == "killed")
-    relevant = total - (len(survivors) - len(behaviour))
+    killed = sum(1 for status in statuses.values() if status in DETECTED)
+    survived = total - killed
+    relevant = killed + len(listed["behaviour-changing"])
     raw = 100 * killed / total if total else 0.0
     score = 100 * killed / relevant if relevant else 0.0
     line = (
-        f"{name}: mutants={total} (+{len(unreachable)} import-time) killed={killed} survived={len(survivors)} "
-        f"(wording-only {len(survivors) - len(behaviour)}) score={raw:.1f}% behaviour-changing score={score:.1f}%"
+        f"{name}: mutants={total} (+{len(unreachable)} import-time) killed={killed} survived={survived} "
+        f"(wording-only {len(listed['wording-only'])}, equivalent {len(listed['equivalent'])}) "
+        f"score={raw:.1f}% behaviour-changing score={score:.1f}%"
     )
-    return line, behaviour
+    return line, listed
 
 
 def main() -> None:
@@ -98,17 +150,16 @@ def main() -> None:
     parser.add_argument("--module", choices=sorted(MODULES), action="append", help="default: all of them")
     parser.add_argument("--children", type=int, default=2, help="mutmut's --max-children")
     args = parser.parse_args()
-    lines, survivors = [], []
+    survivors: dict[str, list[str]] = {}
     for name in args.module or list(MODULES):
-        line, behaviour = run_module(name, MODULES[name], args.children)
+        line, listed = run_module(name, MODULES[name], args.children)
         print(line, flush=True)
-        lines.append(line)
-        survivors += behaviour
-    if survivors:
-        print(f"\n{len(survivors)} behaviour-changing survivors:")
-        for mutant, diff in survivors:
-            changed = [row for row in diff.splitlines() if row[:1] in "+-" and row[:3] not in ("---", "+++")]
-            print(f"  {mutant}: " + " | ".join(row.strip() for row in changed))
+        for kind, rows in listed.items():
+            survivors.setdefault(kind, []).extend(rows)
+    for kind, rows in survivors.items():
+        if rows:
+            print(f"\n{len(rows)} {kind} survivors:")
+            print("\n".join(f"  {row}" for row in rows))
 
 
 if __name__ == "__main__":
