@@ -36,7 +36,7 @@ MODULES = {
     ],
     "descriptor": ["tests/test_descriptor.py", "tests/test_service_ids.py"],
     "validation": ["tests/test_descriptor.py"],
-    "params": ["tests/test_descriptor.py", "tests/test_description.py"],
+    "params": ["tests/test_params.py", "tests/test_descriptor.py", "tests/test_description.py"],
 }
 # Helpers that build the parameter tables when the module is imported: mutmut switches mutants on per call, after
 # the import, so their mutants can never be killed (nor can they change behaviour at run time).

@@ -15,7 +15,6 @@ from tests.support import eventually
 from tests.test_frontdoor import Response, close, connect, read_response
 from waiter import jsonbounds
 from waiter.availability import Availability
-from waiter.params import text_problems
 from waiter.text import printable
 
 
@@ -208,38 +207,6 @@ async def test_a_token_file_with_a_nul_is_reported_and_not_loaded(make_router) -
     assert "cmd must be UTF-8 text without NUL characters, but it contains a NUL character at position 5" in str(
         problem
     )
-
-
-@pytest.mark.parametrize(
-    ("value", "problems"),
-    [
-        ({"cmd": "ok", "env": {"A": "fine"}}, []),
-        (
-            {"cmd": "a\x00"},
-            ["cmd must be UTF-8 text without NUL characters, but it contains a NUL character at position 1."],
-        ),
-        (
-            {"env": {"A": "\udcff"}},
-            ["env.A must be UTF-8 text without NUL characters, but it is not valid UTF-8 (byte 0xff at position 0)."],
-        ),
-        (
-            {"k\x00": 1},
-            [
-                "The key k\\x00 must be UTF-8 text without NUL characters, but it contains a NUL character "
-                "at position 1."
-            ],
-        ),
-        (
-            {"l": [1, "x", "\ud800"]},
-            [
-                "l[2] must be UTF-8 text without NUL characters, but it is not valid UTF-8 "
-                "(a lone surrogate \\ud800 at position 0)."
-            ],
-        ),
-    ],
-)
-def test_text_problems_name_each_field(value: dict[str, Any], problems: list[str]) -> None:
-    assert text_problems(value) == problems
 
 
 # -- nothing a client sends runs unbounded on the event loop ------------------------------------------------------

@@ -24,10 +24,8 @@ from waiter.params import (
     TOKEN_PARAMS,
     Kind,
     Param,
-    env_name_problems,
-    env_value_problems,
-    metadata_key_problems,
-    metadata_value_problems,
+    env_entry_problems,
+    metadata_entry_problems,
     show,
     text_problems,
 )
@@ -166,7 +164,7 @@ def _parse_header(state: _HeaderParse, name: str, suffix: str, value: str) -> No
         _parse_env(state.param_env, state, name, suffix[len("param-"):].upper(), value)
     elif suffix.startswith("metadata-"):
         key = suffix[len("metadata-"):]
-        problems = metadata_key_problems(key, name) or metadata_value_problems(key, value, name)
+        problems = metadata_entry_problems(key, value, name)
         state.problems += problems
         if not problems:
             state.metadata[key] = value
@@ -186,7 +184,7 @@ def _parse_option(state: _HeaderParse, name: str, suffix: str, value: str) -> No
 
 
 def _parse_env(target: dict[str, str], state: _HeaderParse, name: str, key: str, value: str) -> None:
-    problems = env_name_problems(key, name, user=True) or env_value_problems(key, value, name)
+    problems = env_entry_problems(key, value, name, user=True)
     state.problems += problems
     if not problems:
         target[key] = value

@@ -11,7 +11,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeGuard
 
@@ -78,9 +78,8 @@ class Param:
             return self._accepts_string(value)
         if self.kind is Kind.INT:
             return isinstance(value, int) and not isinstance(value, bool) and self._in_range(value)
-        if self.kind is Kind.NUMBER:
-            return is_number(value) and self._in_range(value)
-        return False
+        # the structured kinds are judged by their own checkers (``problems``), never here
+        return self.kind is Kind.NUMBER and is_number(value) and self._in_range(value)
 
     def _accepts_string(self, value: Any) -> bool:
         if not isinstance(value, str) or len(value) < self.min_len:
@@ -212,37 +211,43 @@ def metadata_value_problems(key: str, value: Any, where: str) -> list[str]:
     return [f"Metadata {key} in {where} must be a string of 1 to 999 characters. Got {show(value)}."]
 
 
-def _map_problems(value: Any, label: str, what: str, user: bool) -> list[str]:
+def env_entry_problems(key: Any, value: Any, where: str, *, user: bool) -> list[str]:
+    """Problems with one env var; the value of a bad name is not judged."""
+    return env_name_problems(key, where, user=user) or env_value_problems(key, value, where)
+
+
+def metadata_entry_problems(key: Any, value: Any, where: str) -> list[str]:
+    """Problems with one metadata entry; the value of a bad key is not judged."""
+    return metadata_key_problems(key, where) or metadata_value_problems(key, value, where)
+
+
+def _map_problems(value: Any, label: str, what: str, entry_problems: Callable[[Any, Any], list[str]]) -> list[str]:
     if not isinstance(value, Mapping):
         return [f"{label} must be an object mapping {what} names to strings. Got {show(value)}."]
     problems: list[str] = []
     if len(value) > MAX_MAP_ENTRIES:
         problems.append(f"{label} may contain at most {MAX_MAP_ENTRIES} entries. Got {len(value)}.")
     for key, item in value.items():
-        if what == "environment variable":
-            bad_key = env_name_problems(key, label, user=user)
-            problems += bad_key or env_value_problems(key, item, label)
-        else:
-            bad_key = metadata_key_problems(key, label)
-            problems += bad_key or metadata_value_problems(key, item, label)
+        problems += entry_problems(key, item)
     return problems
 
 
 def env_problems(value: Any, label: str = "env", *, user: bool = False) -> list[str]:
-    return _map_problems(value, label, "environment variable", user)
+    return _map_problems(value, label, "environment variable",
+                         lambda key, item: env_entry_problems(key, item, label, user=user))
 
 
-def metadata_problems(value: Any, label: str = "metadata") -> list[str]:
-    return _map_problems(value, label, "metadata", False)
+def metadata_problems(value: Any, label: str) -> list[str]:
+    return _map_problems(value, label, "metadata", lambda key, item: metadata_entry_problems(key, item, label))
 
 
-def allowed_params_problems(value: Any, label: str = "allowed-params") -> list[str]:
+def allowed_params_problems(value: Any, label: str) -> list[str]:
     if not isinstance(value, list | tuple | set | frozenset):
         return [f"{label} must be a list of environment variable names. Got {show(value)}."]
     return [p for name in sorted(value, key=str) for p in env_name_problems(name, label, user=True)]
 
 
-def maintenance_problems(value: Any, label: str = "maintenance") -> list[str]:
+def maintenance_problems(value: Any, label: str) -> list[str]:
     ok = (isinstance(value, Mapping) and set(value) == {"message"} and isinstance(value["message"], str)
           and 1 <= len(value["message"]) <= 512)
     if ok:
@@ -283,7 +288,7 @@ def _cors_rule_problems(rule: Any, label: str) -> list[str]:
     return problems
 
 
-def cors_rules_problems(value: Any, label: str = "cors-rules") -> list[str]:
+def cors_rules_problems(value: Any, label: str) -> list[str]:
     if not isinstance(value, list):
         return [f"{label} must be a list of rule objects. Got {show(value)}."]
     return [p for i, rule in enumerate(value) for p in _cors_rule_problems(rule, f"{label}[{i}]")]
