@@ -44,7 +44,10 @@ IMPORT_TIME = {"params": ("x__num_", "x__int_", "x__enum_", "x__str_", "x__liven
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "-x", "-W", "ignore"]
 # Survivors reviewed as equivalent: (module, function, "old line -> new line") with why no input can tell the
 # mutant apart. Keyed by the changed code, not mutmut's numbering, which shifts whenever the function changes.
-EQUIVALENT: dict[tuple[str, str, str], str] = {}
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    ("reservation", "Reservations.remove", "slots.routable = False -> slots.routable = None"):
+        "routable is only ever read for its truth, and None is as false as False",
+}
 DETECTED = ("killed", "timeout", "segfault")  # a test failed, hung or crashed under the mutant
 _STRING = re.compile(r"""(?i:[rbfu]{0,2})("([^"\\]|\\.)*"|'([^'\\]|\\.)*')""")
 _FIELD = re.compile(r"\{[^{}]*\}")
@@ -87,9 +90,9 @@ def wording_only(diff: str) -> bool:
 
 
 def equivalent_key(name: str, mutant: str, diff: str) -> tuple[str, str, str]:
-    function = re.sub(r"__mutmut_\d+$", "", mutant.rsplit(".", 1)[-1]).removeprefix("x_").replace("ǁ", ".")
+    function = re.sub(r"^x[ǁ_]|__mutmut_\d+$", "", mutant.rsplit(".", 1)[-1]).replace("ǁ", ".")
     removed, added = changed_lines(diff)
-    return name, function.strip("."), " | ".join(removed) + " -> " + " | ".join(added)
+    return name, function, " | ".join(removed) + " -> " + " | ".join(added)
 
 
 def run_module(name: str, tests: list[str], children: int) -> tuple[str, dict[str, list[str]]]:

@@ -192,3 +192,32 @@ def test_release_calls_the_hook_after_the_queue_had_its_turn() -> None:
     assert r.try_acquire() is A
     r.release(A.id)
     assert seen == [(A.id, 0)]
+
+
+def test_an_instance_out_of_rotation_counts_every_request_down_to_the_last() -> None:
+    r = Reservations(concurrency_level=2)
+    r.add(A)
+    assert [r.try_acquire(), r.try_acquire()] == [A, A]
+    r.remove(A.id)
+    r.release(A.id)  # one of its two requests ends: the other still holds a slot
+    assert (r.in_flight, r.in_use(A.id)) == (1, 1)
+    r.add(A)  # back in rotation: one slot free, not two
+    assert [r.try_acquire(), r.try_acquire()] == [A, None]
+    r.remove(A.id)  # out again: it must leave the rotation as it did the first time
+    assert r.routable_ids() == [] and r.try_acquire() is None
+    r.release(A.id)
+    r.release(A.id)
+    assert (r.in_flight, r.in_use(A.id)) == (0, 0)
+    r.release(A.id)  # a release too many changes nothing
+    assert r.in_flight == 0
+
+
+def test_an_instance_back_after_its_last_request_starts_afresh() -> None:
+    r = Reservations(concurrency_level=2)
+    r.add(A)
+    assert r.try_acquire() is A
+    r.remove(A.id)
+    r.release(A.id)
+    r.add(A, capacity=1)
+    assert [r.try_acquire(), r.try_acquire()] == [A, None]
+    assert r.routable_ids() == [A.id]

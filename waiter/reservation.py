@@ -42,7 +42,6 @@ class Reservations:
     _order: list[_Slots] = field(default_factory=list)  # routable instances, oldest first
     _waiters: deque[tuple[asyncio.Future[Instance], float]] = field(default_factory=deque)  # (waiter, queued at)
     in_flight: int = 0
-    peak_in_flight: int = 0
     # Called with the instance id whenever a slot is released; set only while slots are promised to peer routers.
     on_release: Callable[[str], None] | None = None
 
@@ -59,9 +58,8 @@ class Reservations:
         elif slots.routable:
             self.set_capacity(instance.id, capacity)
             return
-        slots.instance = instance
-        slots.capacity = capacity
-        slots.routable = True
+        else:  # back in rotation before its last request ended: in_use carries over
+            slots.instance, slots.capacity, slots.routable = instance, capacity, True
         self._order.append(slots)
         self._order.sort(key=lambda s: (s.instance.started_at, s.instance.id))
         self._dispatch()
@@ -196,8 +194,6 @@ class Reservations:
             return None
         chosen.in_use += 1
         self.in_flight += 1
-        if self.in_flight > self.peak_in_flight:
-            self.peak_in_flight = self.in_flight
         return chosen.instance
 
     def _dispatch(self) -> None:
