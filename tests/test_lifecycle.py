@@ -250,9 +250,12 @@ async def post_token(r: RunningRouter, name: str, body: dict[str, Any]) -> None:
         assert resp.status == 200, await resp.text()
 
 
+@pytest.mark.schedulers("fake")
 async def test_token_update_under_load_switches_versions_without_a_failed_request(make_router) -> None:
     r = await make_router(**FAST)
-    token = backend_token("echo", **{"stale-timeout-mins": 1, "fallback-period-secs": 30})
+    # A fallback period well past the new version's 1 s start; the old one is reaped once it and the stale timeout
+    # have passed.
+    token = backend_token("echo", **{"stale-timeout-mins": 1, "fallback-period-secs": 5})
     del token["token"]
     await post_token(r, "echo", token)
     old = await r.service_id(TOKEN)

@@ -102,3 +102,12 @@ async def test_an_instance_watch_sees_a_service_started_through_the_other_router
         assert [i["id"] for i in event["object"]["healthy-instances"]] == [instance]
     listing = await b.get_json("/apps/instances")
     assert listing == [event["object"]]
+
+
+async def test_a_stopping_router_ends_its_watches(make_router) -> None:
+    r = await make_router([])
+    async with r.client.get(r.url + "/tokens?watch=true&streaming-timeout=600000") as resp:
+        assert (await next_message(resp))["type"] == "INITIAL"  # type: ignore[index]
+        stopping = asyncio.create_task(r.server.stop())
+        assert await next_message(resp) is None  # the stream's end, not a connection cut when the drain ran out
+        await stopping

@@ -354,7 +354,7 @@ async def instances(router: Router, request: web.BaseRequest, _h: Headers) -> we
         async def snapshot() -> dict[str, Any]:
             return _healthy_instances(router)
 
-        return await watch.stream(request, snapshot)
+        return await watch.stream(request, snapshot, lambda: router.draining)
     return json_response(list(_healthy_instances(router).values()))
 
 

@@ -398,7 +398,7 @@ async def list_tokens(router: Router, request: web.BaseRequest, headers: Headers
         async def snapshot() -> dict[str, Any]:
             return {item["token"]: item for item in await _listing(router, request)}
 
-        return await watch.stream(request, snapshot, lambda: router.tokens.generation)
+        return await watch.stream(request, snapshot, lambda: router.draining, lambda: router.tokens.generation)
     return json_response(await _listing(router, request))
 
 

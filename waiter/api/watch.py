@@ -1,7 +1,7 @@
 """Watches (docs/api.md §1.5, §1.10): ``?watch=true`` turns a listing into a stream of newline-delimited JSON, the
 whole listing first (``{"type": "INITIAL", "objects": [...]}``), then what changed
 (``{"type": "EVENTS", "objects": [{"type": "UPDATE"|"DELETE", "id": ..., "object": {...}}]}``), until
-``streaming-timeout`` (ms) passes.
+``streaming-timeout`` (ms) passes, or the router stops (a watch never holds up its drain).
 
 Changes made through another router reach this one through the shared state (tokens within milliseconds, services
 within a coordinator tick), and the stream looks every POLL_SECS, so a watcher sees them within a second.
@@ -51,10 +51,13 @@ def events(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str
 
 
 async def stream(
-    request: web.BaseRequest, snapshot: Snapshot, version: Callable[[], Hashable] | None = None
+    request: web.BaseRequest,
+    snapshot: Snapshot,
+    draining: Callable[[], bool],
+    version: Callable[[], Hashable] | None = None,
 ) -> web.StreamResponse:
     """Serve the watch: ``snapshot`` lists the objects by id; it is taken again whenever ``version()`` changes
-    (every POLL_SECS when there is no version to compare)."""
+    (every POLL_SECS when there is no version to compare). It ends early once ``draining()``."""
     timeout = streaming_timeout(request)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -71,7 +74,7 @@ async def stream(
     await response.prepare(request)
     try:
         await _send(response, {"type": "INITIAL", "objects": list(current.values())})
-        while (left := deadline - loop.time()) > 0:
+        while (left := deadline - loop.time()) > 0 and not draining():
             await asyncio.sleep(min(POLL_SECS, left))
             if version is not None:
                 now = version()
