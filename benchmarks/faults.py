@@ -4,12 +4,17 @@ Each scenario starts its own redis-server and router process(es) (local schedule
 Redis), runs a steady load of clients (each sends one request at a time on a new connection), injects one fault
 and keeps the load on until the router has recovered. One line per scenario:
 
-    faults <scenario> sent=N failed=N (refused=N) lost=N orphans=N recovery_s=X <detail>
+    faults <scenario> sent=N failed=N (refused=N) lost=N cut_in_flight=N orphans=N recovery_s=X <detail>
 
 - ``failed``: an answer other than 200, or a connection refused (nobody listening: the request never got in),
   counted apart as ``refused`` too: while a router restarts, clients retrying every 10 ms add up;
-- ``lost``: sent and never answered: the connection dropped after the request went out, or no answer in 30 s
-  (requests are POSTs, which no client resends by itself);
+- ``lost``: a request the router accepted and never answered when it could have: the connection was reset or
+  closed after the request went out, or no answer came in 30 s (requests are POSTs, which no client resends by
+  itself). A correct router loses none, SIGTERM included;
+- ``cut_in_flight``: requests on a process killed with -9 at the moment of the kill (sent before the kill and
+  still unanswered when it struck: in the process, or queued on its socket), which nothing can answer. Only the
+  ``*-kill-9`` rows of a process that holds client connections have them (``router-kill-9``; a ``--workers``
+  supervisor holds none, its workers drain); a lost request not cut by the kill counts as lost;
 - ``orphans``: instance processes (and ``--workers`` worker processes) still alive 10 s after a router died,
   found through the instances' pid files and process groups;
 - ``recovery_s``: from the fault to the first 200 after the last request that did not get one (0: none failed).
@@ -35,8 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +149,7 @@ class Router:
             "scheduler": {"local": {"work-dir": str(self.work), "port-range": _port_range()}},
             "autoscaler": {"interval-ms": 200, "kill-interval-ms": 300, "burst": {"stable-window-secs": 1}},
         }
+        self.workers = workers
         self.config = workdir / "router.yaml"
         self.config.write_text(yaml.safe_dump(config))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -232,11 +239,26 @@ def _running(process: psutil.Process) -> bool:
 # -- load ------------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Row:
+    sent: int
+    failed: int
+    refused: int  # of failed: connections refused
+    lost: int
+    cut_in_flight: int
+    orphans: int
+    recovery: float
+    detail: str = ""
+
+
 @dataclass
 class Load:
     url: str
     clients: int
-    events: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, ok|failed|refused|lost)
+    events: list[tuple[float, float, str]] = field(default_factory=list)  # (sent, ended, ok|failed|refused|lost)
+    # Set by a scenario that kills (-9) the process holding the clients' connections: (the kill, the process gone).
+    killed: tuple[float, float] | None = None
+    why_lost: list[str] = field(default_factory=list)  # what the client saw of each lost request
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -256,8 +278,9 @@ class Load:
         connector = aiohttp.TCPConnector(force_close=True, limit=1)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             while not self._stop.is_set():
+                sent = time.monotonic()
                 outcome = await self._one(session)
-                self.events.append((time.monotonic(), outcome))
+                self.events.append((sent, time.monotonic(), outcome))
                 if outcome != "ok":
                     await asyncio.sleep(0.01)  # a refused connect returns at once: do not spin
 
@@ -270,24 +293,36 @@ class Load:
                 return "ok" if resp.status == 200 else "failed"
         except aiohttp.ClientConnectorError:
             return "refused"  # nobody listening: the request never got in
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            self.why_lost.append(type(error).__name__)
             return "lost"
 
     async def stop(self) -> None:
         self._stop.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def summary(self, fault_at: float) -> tuple[int, int, int, int, float]:
-        sent = len(self.events)
-        failed = sum(1 for _, kind in self.events if kind in ("failed", "refused"))
-        refused = sum(1 for _, kind in self.events if kind == "refused")
-        lost = sum(1 for _, kind in self.events if kind == "lost")
-        bad = [t for t, kind in self.events if kind != "ok" and t >= fault_at]
+    def summary(self, fault_at: float) -> Row:
+        """The figures of a run (without orphans and detail); definitions in the module's doc."""
+        kinds = [kind for _, _, kind in self.events]
+        lost = [(sent, ended) for sent, ended, kind in self.events if kind == "lost"]
+        cut = 0
+        if self.killed is not None:
+            kill, gone = self.killed
+            cut = sum(1 for sent, ended in lost if sent < gone and ended >= kill)
+        bad = [ended for _, ended, kind in self.events if kind != "ok" and ended >= fault_at]
         recovery = 0.0
         if bad:
-            recovered = [t for t, kind in self.events if kind == "ok" and t > bad[-1]]
+            recovered = [ended for _, ended, kind in self.events if kind == "ok" and ended > bad[-1]]
             recovery = (recovered[0] if recovered else time.monotonic()) - fault_at
-        return sent, failed, refused, lost, recovery
+        return Row(
+            sent=len(kinds),
+            failed=kinds.count("failed") + kinds.count("refused"),
+            refused=kinds.count("refused"),
+            lost=len(lost) - cut,
+            cut_in_flight=cut,
+            orphans=0,
+            recovery=recovery,
+        )
 
 
 # -- scenarios ---------------------------------------------------------------------------------------------------
@@ -338,17 +373,6 @@ class Env:
                 return dict(await resp.json())
 
 
-@dataclass(frozen=True)
-class Row:
-    sent: int
-    failed: int
-    refused: int  # of failed: connections refused
-    lost: int
-    orphans: int
-    recovery: float
-    detail: str = ""
-
-
 Scenario = Callable[[Env, Load], Awaitable[tuple[float, int, str]]]  # -> (fault time, orphans, detail)
 
 
@@ -371,14 +395,14 @@ async def instance_kill(env: Env, load: Load) -> tuple[float, int, str]:
 
 
 async def router_sigterm(env: Env, load: Load) -> tuple[float, int, str]:
-    return await _router_down(env, signal.SIGTERM)
+    return await _router_down(env, load, signal.SIGTERM)
 
 
 async def router_kill(env: Env, load: Load) -> tuple[float, int, str]:
-    return await _router_down(env, signal.SIGKILL)
+    return await _router_down(env, load, signal.SIGKILL)
 
 
-async def _router_down(env: Env, signum: int) -> tuple[float, int, str]:
+async def _router_down(env: Env, load: Load, signum: int) -> tuple[float, int, str]:
     router = env.router
     assert router.proc is not None
     workers = router.children() if signum == signal.SIGKILL else []
@@ -391,7 +415,10 @@ async def _router_down(env: Env, signum: int) -> tuple[float, int, str]:
     fault = time.monotonic()
     router.signal(signum)
     await asyncio.to_thread(router.proc.wait)
-    stopped = time.monotonic() - fault
+    gone = time.monotonic()
+    stopped = gone - fault
+    if signum == signal.SIGKILL and router.workers == 1:  # it held the clients' connections (a supervisor holds none)
+        load.killed = (fault, gone)
     orphans = await orphans_after(router.work, workers)
     for directory in agent_dirs:  # a supervisor killed by SIGKILL leaves its agent's socket directory
         shutil.rmtree(directory, ignore_errors=True)
@@ -441,8 +468,8 @@ async def scale_down(env: Env, load: Load) -> tuple[float, int, str]:
 async def from_zero(env: Env, load: Load) -> tuple[float, int, str]:
     fault = time.monotonic()
     load.start(8 * env.clients)
-    await until(lambda: any(kind == "ok" for _, kind in load.events), 60, "the first answer")
-    first = min(t for t, kind in load.events if kind == "ok") - fault
+    await until(lambda: any(kind == "ok" for _, _, kind in load.events), 60, "the first answer")
+    first = min(ended for _, ended, kind in load.events if kind == "ok") - fault
     await asyncio.sleep(5.0)
     return fault, 0, f"{8 * env.clients} clients at once, first 200 after {first:.2f} s"
 
@@ -490,8 +517,11 @@ async def run_plan(plan: Plan, workdir: Path, clients: int) -> Row:
             await asyncio.sleep(1.0)
         fault, orphans, detail = await plan.run(env, load)
         await load.stop()
-        sent, failed, refused, lost, recovery = load.summary(fault)
-        return Row(sent, failed, refused, lost, orphans, recovery, detail)
+        row = replace(load.summary(fault), orphans=orphans, detail=detail)
+        if load.why_lost:  # lost and cut together: what the clients saw
+            seen = ", ".join(f"{kind} x{n}" for kind, n in sorted(Counter(load.why_lost).items()))
+            row = replace(row, detail=f"{detail}; lost or cut: {seen}")
+        return row
     finally:
         router.stop()
         redis.kill()
@@ -504,7 +534,7 @@ async def run_plan(plan: Plan, workdir: Path, clients: int) -> Row:
 def line(name: str, row: Row) -> str:
     return (
         f"faults {name} sent={row.sent} failed={row.failed} (refused={row.refused}) lost={row.lost} "
-        f"orphans={row.orphans} "
+        f"cut_in_flight={row.cut_in_flight} orphans={row.orphans} "
         f"recovery_s={row.recovery:.2f} {row.detail}"
     ).rstrip()
 
@@ -514,6 +544,9 @@ async def main(args: argparse.Namespace) -> int:
         print("faults: redis-server is not installed (bash tests/install-system-packages.sh installs it)")
         return 2
     plans = [p for p in PLANS if not args.only or p.name in args.only]
+    definitions = __doc__[__doc__.index("- ``failed``") : __doc__.index("\n\nScenarios:")]
+    for text in definitions.splitlines():
+        print(f"# {text}", flush=True)
     base = Path(tempfile.mkdtemp(prefix="waiter-faults-"))
     try:
         for plan in plans:

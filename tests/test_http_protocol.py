@@ -396,6 +396,34 @@ async def test_drain_waits_for_the_first_request_of_a_new_connection() -> None:
         assert transport.closed and statuses(transport.buffer) == [200]
 
 
+async def test_a_request_still_unanswered_when_the_drain_times_out_gets_a_503() -> None:
+    """Queued for an instance that never comes: answered and its handler stopped, never cut without a word."""
+    stopped: list[bytes] = []
+
+    async def stuck(conn: Connection, req: Request) -> None:
+        try:
+            if req.url == b"/2":
+                conn.write_head(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")  # a response under way
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(req.url)
+
+    waiting, waiting_transport, door = connect(stuck)
+    waiting.data_received(b"GET /1 HTTP/1.1\r\nx-cid: kept\r\n\r\n")
+    streaming = door()
+    streaming_transport = MockTransport(streaming)
+    streaming.connection_made(streaming_transport)
+    streaming.data_received(GET % 2)
+    await settle()
+    await door.drain(0.05)
+    await eventually(lambda: len(stopped) == 2, what="both handlers to stop", timeout=5)
+    answer = waiting_transport.take()
+    assert statuses(answer) == [503] and b"Connection: close" in answer and b"x-cid: kept" in answer
+    assert b"The router stopped before this request was served (drain-timeout-secs: 0.05); send it again." in answer
+    assert waiting_transport.closed and streaming_transport.closed
+    assert statuses(streaming_transport.take()) == [200]  # cut: nothing else could end it
+
+
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="head_timeout must be a positive number of seconds, got 0"):
         Limits(head_timeout=0)

@@ -361,6 +361,28 @@ class Connection(asyncio.Protocol):
             return
         self.transport.close()
 
+    def give_up(self, timeout: float) -> None:
+        """The drain ran out of time. A request still without its response head (queued for an instance, or
+        waiting for the instance's answer) is answered 503 and its handler stopped, which releases what it held:
+        the client learns it may send it again. A response under way can only be cut."""
+        req = self.active
+        if req is None or self._responded or self._closed or self._tunnel is not None:
+            self.transport.abort()
+            return
+        err = WaiterError(
+            503,
+            f"The router stopped before this request was served (drain-timeout-secs: {timeout:g}); send it again.",
+            error_class="waiter.RouterDraining",
+        )
+        req.keep_alive = False
+        self.answer_error(req, err, req.special.get(b"x-cid") or new_cid().encode())
+        if self._task is not None:
+            self._task.cancel()
+        if req.body is not None and not req.body.done:
+            self._linger()  # closing with its body unread would reset the connection, and the answer with it
+        else:
+            self.transport.close()
+
     def _request_waiting(self) -> bool:
         """Bytes of a request arrived but are not read yet: closing now would reset the connection (unread data
         makes the kernel send RST) and lose that request. It is served instead, and the connection closed after."""

@@ -101,10 +101,11 @@ class FrontDoor:
         return sum(1 for conn in self.connections if conn.active is not None)
 
     async def drain(self, timeout: float, listening: Awaitable[None] | None = None) -> None:
-        """Close idle connections now and the others after their current response; abort what is left after
-        ``timeout`` seconds. ``listening``: the listener still accepting the handshakes begun before the drain
-        (waiter.server), which the drain waits for too. A connection that has not sent a byte yet, accepted
-        before the drain or during it, gets FIRST_REQUEST_GRACE_SECS to send its request (Connection.close_if_idle).
+        """Close idle connections now and the others after their current response; what is left after
+        ``timeout`` seconds is answered 503 if its response has not begun, else cut (Connection.give_up).
+        ``listening``: the listener still accepting the handshakes begun before the drain (waiter.server), which
+        the drain waits for too. A connection that has not sent a byte yet, accepted before the drain or during
+        it, gets FIRST_REQUEST_GRACE_SECS to send its request (Connection.close_if_idle).
         """
         self.draining = True
         for conn in list(self.connections):
@@ -117,8 +118,8 @@ class FrontDoor:
                     self._emptied = asyncio.Event()
                     await self._emptied.wait()
         for conn in list(self.connections):
-            log.warning("aborting a connection still busy after the %g s drain timeout", timeout)
-            conn.transport.abort()
+            log.warning("a connection is still busy after the %g s drain timeout: answering 503 or cutting", timeout)
+            conn.give_up(timeout)
 
     def _forget(self, conn: Connection) -> None:
         if conn in self.connections:
