@@ -55,6 +55,7 @@ def failure_reason(error: BaseException) -> str:
             return "no answer in time"
         number = getattr(seen, "errno", None)
         if isinstance(number, int) and number > 0:
-            return os.strerror(number)[:1].lower() + os.strerror(number)[1:]
+            words = os.strerror(number)  # "Connection refused": the end of our sentence, so lower case
+            return words[:1].lower() + words[1:]
         seen = seen.__cause__ or seen.__context__
     return "the connection failed"
