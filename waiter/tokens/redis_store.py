@@ -131,8 +131,8 @@ class RedisTokenStore(CachedStore):
         self.prefix = prefix
         self.timeout = timeout  # deadline of every Redis call
         self.poll_interval = poll_interval  # how often an idle follower double-checks the version counter
-        # health_check_interval: a pooled connection idle that long is PINGed before use, so the first write after
-        # a Redis restart does not fail on a connection the old server closed.
+        # health_check_interval: a pooled connection idle that long is PINGed before use, so a connection the old
+        # server closed is found by the PING (and replaced: waiter.redis_client's retry) before a write is sent on it.
         self._connection = RedisConnection(url, timeout=timeout, health_check_interval=0.2)
         self._client = self._connection.client
         self._cas = self._client.register_script(_CAS)
