@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from waiter.errors import WaiterError, internal_error, render_error_parts
-from waiter.forwarding import new_cid
+from waiter.forwarding import new_cid_bytes
 from waiter.http1 import (
     ENC,
     ERRORS,
@@ -501,7 +501,7 @@ class Connection(asyncio.Protocol):
 
     async def _serve(self, req: Request) -> None:
         if req.fault is not None:
-            self.answer_error(req, WaiterError(req.fault.status, req.fault.message), new_cid().encode())
+            self.answer_error(req, WaiterError(req.fault.status, req.fault.message), new_cid_bytes())
             return
         try:
             await self.door.handler(self, req)
@@ -510,16 +510,16 @@ class Connection(asyncio.Protocol):
             req.keep_alive = False
             if self._responded:
                 return  # the response is cut short; the connection closes
-            cid = req.special.get(b"x-cid") or new_cid().encode()
+            cid = req.special.get(b"x-cid") or new_cid_bytes()
             self.answer_error(req, WaiterError(fault.status, fault.message), cid)
         except WaiterError as err:
-            self.answer_error(req, err, req.special.get(b"x-cid") or new_cid().encode())
+            self.answer_error(req, err, req.special.get(b"x-cid") or new_cid_bytes())
         except (ConnectionResetError, asyncio.CancelledError):
             raise
         except Exception:
             if self._responded:
                 raise
-            cid = req.special.get(b"x-cid") or new_cid().encode()
+            cid = req.special.get(b"x-cid") or new_cid_bytes()
             text = printable(cid.decode(ENC, ERRORS))
             log.exception("internal error on %s %s (cid %s)", req.method_str(), printable(req.path), text)
             self.answer_error(req, internal_error(text), cid)

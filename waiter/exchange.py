@@ -40,7 +40,7 @@ from waiter.forwarding import (
     Timing,
     backend_error,
     connection_tokens,
-    new_cid,
+    new_cid_bytes,
     open_upstream,
     timeouts,
 )
@@ -104,7 +104,7 @@ class Dispatcher:
         self.access = access
 
     async def __call__(self, conn: Connection, req: Request) -> None:
-        cid = req.special.get(b"x-cid") or new_cid().encode()
+        cid = req.special.get(b"x-cid") or new_cid_bytes()
         waiter = tuple(req.waiter)
         host = req.host()
         router = self.router
@@ -393,10 +393,7 @@ def _forward_head(
         elif lname == b"authorization" and strip_authorization:
             continue
         parts += (name, b": ", value, CRLF)
-    caller = admission.caller
-    if caller is not None:
-        principals = f"x-waiter-auth-principal: {caller.user}\r\nx-waiter-authenticated-principal: {caller.principal}"
-        parts += (principals.encode(ENC, ERRORS), CRLF)
+    parts.append(admission.principal_lines)
     previous = req.special.get(b"x-forwarded-for")
     forwarded = previous + b", " + conn.peer if previous else conn.peer
     parts += (b"x-forwarded-for: ", forwarded, b"\r\nx-cid: ", cid, CRLF, req.framing())

@@ -61,6 +61,14 @@ def new_cid() -> str:
     return f"{_CID_PREFIX}{next(_cid_counter):08x}"
 
 
+_CID_PREFIX_BYTES = _CID_PREFIX.encode()
+
+
+def new_cid_bytes() -> bytes:
+    """``new_cid()`` as bytes, made as such for the front door, which writes it into heads."""
+    return b"%s%08x" % (_CID_PREFIX_BYTES, next(_cid_counter))
+
+
 def timeouts(options: RequestOptions, defaults: Timeouts) -> Timeouts:
     """The request's headers override the token's timeouts (docs/api.md §3.1)."""
     if options.queue_timeout_ms is None and options.timeout_ms is None and options.streaming_timeout_ms is None:

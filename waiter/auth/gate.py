@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from waiter.auth.authenticators import Authenticators, create_authenticators
 from waiter.auth.base import AuthRequest, Caller, Identity, authorization
@@ -30,6 +30,16 @@ class Admission:
     strip_authorization: bool = False  # the Authorization header carried the router's credentials
     # Answer this at once instead of serving the request (a CORS preflight, an https redirect).
     answer: tuple[int, tuple[tuple[str, str], ...]] | None = None
+    # The request head lines that tell a service who calls, made once per admission (not per forwarded request).
+    principal_lines: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        caller = self.caller
+        lines = b""
+        if caller is not None:
+            text = f"x-waiter-auth-principal: {caller.user}\r\nx-waiter-authenticated-principal: {caller.principal}\r\n"
+            lines = text.encode("utf-8", "surrogateescape")
+        object.__setattr__(self, "principal_lines", lines)
 
 
 PUBLIC = Admission(None)

@@ -474,17 +474,20 @@ class Connection(asyncio.Protocol):
         """Return the connection to the pool when the exchange ended cleanly, else close it."""
         if not self.active:
             return
-        task = self.ex.body_task
-        clean = self.ex.done and self.ex.keep_alive and not self.ex.chunks and self.ex.exc is None
+        ex = self.ex
+        task = ex.body_task
         if (
-            clean
-            and self.ex.body_exc is None
+            ex.done
+            and ex.keep_alive
+            and not ex.chunks
+            and ex.exc is None
+            and ex.body_exc is None
             and not self.lost
             and (task is None or task.done())
             and self.transport.get_write_buffer_size() == 0
         ):
             self.active = False
-            self.ex.body_task = self.ex.body_iter = self.ex.replay = None
+            ex.body_task = ex.body_iter = ex.replay = None
             self.pool._put(self)
         else:
             self.discard()
