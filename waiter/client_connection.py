@@ -375,7 +375,7 @@ class Connection(asyncio.Protocol):
             error_class="waiter.RouterDraining",
         )
         req.keep_alive = False
-        self.answer_error(req, err, req.special.get(b"x-cid") or new_cid().encode())
+        self.answer_error(req, err, req.special.get(b"x-cid") or new_cid_bytes())
         if self._task is not None:
             self._task.cancel()
         if req.body is not None and not req.body.done:
