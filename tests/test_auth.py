@@ -11,11 +11,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import RunningRouter, backend_token, on_the_fly_headers
+from tests.conftest import FAKE, RunningRouter, backend_token, on_the_fly_headers
 from tests.identity import AUDIENCE, ISSUER, Issuer
 from waiter.api.routes import admin_routes
 from waiter.auth import Access, policy_of
 from waiter.auth.cookie import AUTH_COOKIE, EXPIRES_COOKIE
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 ADMIN = "root"
 

@@ -6,9 +6,13 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
 from tests.browser import Browser, needs_browser
-from tests.conftest import RunningRouter, backend_token
+from tests.conftest import FAKE, RunningRouter, backend_token
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 TOKEN = {"x-waiter-token": "echo"}
 
@@ -41,6 +45,17 @@ async def test_events_describe_services_and_the_selected_one(make_router) -> Non
     async with r.client.get(r.url + "/dashboard/secrets.txt") as resp:
         assert resp.status == 404
         assert "secrets.txt" in await resp.text()
+
+
+async def test_a_stopping_router_ends_the_event_stream(make_router) -> None:
+    r = await make_router([])
+    async with r.client.get(r.url + "/dashboard/events") as resp:
+        assert (await resp.content.readline()).startswith(b"data: ")
+        stopping = asyncio.create_task(r.server.stop())
+        async with asyncio.timeout(10):
+            rest = await resp.content.read()  # ends with the stream, not when the drain runs out and cuts it
+        assert all(line.startswith(b"data: ") for line in rest.split(b"\n\n") if line.strip())
+        await stopping
 
 
 @needs_browser

@@ -10,10 +10,13 @@ from dataclasses import dataclass, replace
 import aiohttp
 import pytest
 
-from tests.conftest import RunningRouter, backend_token
+from tests.conftest import FAKE, RunningRouter, backend_token
 from tests.support import eventually
 from waiter.errors import RenderedError
 from waiter.http1 import Request, error_response
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 TOKEN_LINE = b"x-waiter-token: echo\r\n"
 

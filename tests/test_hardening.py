@@ -10,12 +10,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BACKEND_CMD, RunningRouter, backend_token
+from tests.conftest import BACKEND_CMD, FAKE, RunningRouter, backend_token
 from tests.support import eventually
 from tests.test_frontdoor import Response, close, connect, read_response
 from waiter import jsonbounds
 from waiter.availability import Availability
 from waiter.text import printable
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 
 async def send_raw(r: RunningRouter, data: bytes) -> Response:

@@ -8,8 +8,11 @@ import getpass
 import pytest
 
 from tests.browser import Browser, needs_browser
-from tests.conftest import backend_token
+from tests.conftest import FAKE, backend_token
 from waiter.interstitial import BYPASS, Gate, gate, original, with_bypass
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 NOW = 1_000_000.0
 OPEN = {"html_wanted": True, "by_token": True, "interstitial_secs": 30, "healthy": False, "started_at": NOW - 5}

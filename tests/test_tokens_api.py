@@ -17,11 +17,14 @@ from typing import Any
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.conftest import RunningRouter, backend_token
+from tests.conftest import FAKE, RunningRouter, backend_token
 from tests.redis_server import RedisServer
 from tests.support import eventually
 from waiter.auth import Permissions
 from waiter.settings import SettingsError, load_settings
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 ETAG = re.compile(r"E-[0-9a-f]{32}")

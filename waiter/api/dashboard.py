@@ -121,7 +121,7 @@ async def events(router: Router, request: web.BaseRequest) -> web.StreamResponse
     await response.prepare(request)
     deadline = time.monotonic() + STREAM_SECS
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not router.draining:  # a stopping router does not wait for pages
             data = json.dumps(snapshot(router, selected), separators=(",", ":"))
             await response.write(f"data: {data}\n\n".encode())
             await asyncio.sleep(INTERVAL_SECS)
