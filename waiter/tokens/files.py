@@ -13,6 +13,7 @@ run-as-user), ``last-update-time`` (the file's mtime), ``last-update-user`` (the
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -74,6 +75,9 @@ class TokenFiles:
         self.generation = 0  # bumped whenever ``tokens`` changes
         self._by_file: dict[Path, dict[str, TokenRecord]] = {}
         self._signature: dict[Path, tuple[int, int]] = {}
+        # Each file's parse (or why it could not be parsed) by its signature: a reload parses only what changed,
+        # so one huge or pathological file does not hold the event loop at every change of another.
+        self._parsed: dict[Path, tuple[tuple[int, int] | None, tuple[Any, Any, int] | _Skip]] = {}
 
     def get(self, name: str) -> TokenRecord | None:
         return self.tokens.get(name)
@@ -84,6 +88,7 @@ class TokenFiles:
         by_file: dict[Path, dict[str, TokenRecord]] = {}
         problems: list[FileProblem] = []
         self._signature = self._current_signature()
+        self._parsed = {path: parsed for path, parsed in self._parsed.items() if path in self._signature}
         for path in self._files():
             loaded, file_problems = self._load_file(path, self._by_file.get(path, {}))
             problems += file_problems
@@ -139,7 +144,7 @@ class TokenFiles:
         self, path: Path, before: Mapping[str, TokenRecord]
     ) -> tuple[dict[str, TokenRecord], list[FileProblem]]:
         try:
-            loaded, node, mtime_ms = _parse(path)
+            loaded, node, mtime_ms = self._parse(path)
         except _Skip as skip:
             problem = FileProblem(str(path), skip.line, skip.reason + _kept(before.values()), path.stem)
             return dict(before), [problem]
@@ -207,6 +212,21 @@ class TokenFiles:
             except DescriptorError:
                 return lines.get(str(key), entry_line)
         return entry_line
+
+
+    def _parse(self, path: Path) -> tuple[Any, Any, int]:
+        signature = self._signature.get(path)
+        known = self._parsed.get(path)
+        if known is None or known[0] != signature or signature is None:
+            try:
+                known = (signature, _parse(path))
+            except _Skip as skip:
+                known = (signature, skip)
+            self._parsed[path] = known
+        if isinstance(known[1], _Skip):
+            raise known[1]
+        data, node, mtime_ms = known[1]
+        return copy.deepcopy(data), node, mtime_ms  # records are built from it: the kept parse stays as read
 
 
 def _parse(path: Path) -> tuple[Any, Any, int]:
