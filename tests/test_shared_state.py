@@ -1,11 +1,16 @@
-"""The shared state's Redis back-end against a real redis-server."""
+"""The shared state's back-ends: Redis against a real redis-server, and the in-memory one where they share a test."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 import redis.asyncio as redis
 
 from tests.redis_server import RedisServer
 from tests.support import eventually
+from waiter.state.base import SharedState
+from waiter.state.memory import MemoryState
 from waiter.state.redis import RedisState
 
 
@@ -25,4 +30,42 @@ async def test_routers_forgets_ids_whose_heartbeat_and_counts_expired(redis_serv
         assert await raw.smembers("waiter:prune:routers") == {"live"}
         await raw.aclose()
     finally:
+        await state.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_slot_leases_keep_concurrency_level_and_announce_handovers(kind: str, redis_server: RedisServer) -> None:
+    state: SharedState = MemoryState() if kind == "memory" else RedisState(redis_server.url, namespace="leases")
+    heard: list[str] = []
+    listener = asyncio.create_task(state.listen(heard.append))
+    try:
+        for rid in ("r1", "r2"):
+            await state.heartbeat(rid, {"url": f"http://{rid}"}, ttl_ms=60_000)
+        if kind == "redis":
+
+            async def subscribed() -> bool:  # a message sent now is heard: the subscription is in place
+                await state.nudge("ready")
+                return "ready" in heard
+
+            await eventually(subscribed, what="the nudge channel's subscription")
+        # r1 gains what it needs: nothing to tell. r2 finds nothing free: its want goes out.
+        assert await state.grow("r1", [("i1", 2), ("i2", 2)], 2, need=3, announce="want-1") == [2, 2]
+        assert await state.grow("r2", [("i1", 2), ("i2", 1)], 2, need=1, announce="want-2") == [0, 0]
+        # Giving back announces, and never lets the sum exceed concurrency-level.
+        assert await state.lease("r1", "i1", 1, 2, announce="gave-1") == 1
+        assert await state.grow("r2", [("i1", 2)], 2, need=1, announce="want-3") == [1]
+        assert await state.leases("i1") == {"r1": 1, "r2": 1}
+        assert await state.lease("r1", "i1", 1, 2, announce="gave-2") == 1  # nothing given back: nothing told
+        await state.block("i2", 60_000)
+        assert await state.lease("r1", "i2", 0, 2) == 0
+        assert await state.grow("r2", [("i2", 2)], 2, need=1) == [0]  # blocked: nobody gets its slots
+        expected = [] if kind == "memory" else ["want-2", "gave-1"]
+
+        async def all_heard() -> bool:
+            return [m for m in heard if m != "ready"] == expected
+
+        await eventually(all_heard, what=f"the announcements {expected}")
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
         await state.close()

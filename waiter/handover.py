@@ -1,16 +1,17 @@
 """This router's slot leases on shared instances, and slots handed between routers the moment one waits.
 
 An instance's slots are leased through the shared state (a script keeps the live routers' leases within its
-concurrency-level), and a router uses only the slots it holds. A slot moves between routers in three messages:
+concurrency-level), and a router uses only the slots it holds. A slot moves between routers in three exchanges
+with Redis:
 
-1. a request queues here without a slot: this router sends ``want`` (service, how many wait, when the oldest
-   queued) to every router, then tries to lease free slots itself;
+1. a request queues here without a slot: this router tries to lease free slots, and the same script sends
+   ``want`` (service, how many wait, when the oldest queued) to every router when they did not do;
 2. a router that holds a slot of that service gives it back if it is idle, or, if its own oldest waiter is younger
    than the peer's, as soon as the request on it ends (it stops using the slot at once); the lease script sends
    ``gave`` (instance, to whom) atomically with the release, so whoever hears it finds the slot free;
 3. the router named in ``gave`` leases the slot and serves its oldest waiter.
 
-That is one message, one script and one lease call: a few Redis round trips, never a tick. The oldest waiter
+Three scripts, each one round trip, never a tick. The oldest waiter
 anywhere wins a contended slot, so a router whose own queue refills (closed-loop clients) can no longer keep a
 slot for ever while another router's requests wait (issue 15's stall). Wants lapse after ``want_ttl`` unless sent
 again; a router still waiting sends its want again at every tick, so a lost message costs one tick.
@@ -125,7 +126,6 @@ class Handover:
         self._sent: dict[str, tuple[int, float | None]] = {}  # service id -> (need, oldest) last told
         self._peer_wanted: dict[str, float] = {}  # service id -> when a peer last wanted its slots (monotonic)
         self._lock = asyncio.Lock()
-        self._telling = asyncio.Lock()
 
     # -- what wakes it ------------------------------------------------------------------------------------------
 
@@ -163,7 +163,7 @@ class Handover:
         while True:
             for sid in await self.demand.take():
                 try:
-                    await self.settle(sid, tell=True)
+                    await self.settle(sid)
                 except StateUnavailable as exc:
                     raise_if_cancelling()
                     self._failed(exc)
@@ -180,45 +180,47 @@ class Handover:
             for sid in [s for s in table if s not in self.registry.services]:
                 del table[sid]
         for sid in list(self.registry.services):
-            await self.settle(sid, tell=True, grow=True, again=True)
+            await self.settle(sid, grow=True, again=True)
 
-    async def settle(self, sid: str, *, tell: bool, grow: bool = False, again: bool = False) -> None:
+    async def settle(self, sid: str, *, grow: bool = False, again: bool = False) -> None:
+        """Give back what peers wait for, lease what this router's waiters need, and tell the peers in the same
+        exchange when the free slots did not do."""
         service = self.registry.services.get(sid)
         if service is None:
             return
         res = service.reservations
-        # Told while this router tries to lease free slots itself: the holder starts giving back one round trip
-        # sooner.
-        telling = asyncio.create_task(self._tell(sid, res, again)) if tell else None
-        try:
-            async with self._lock:
-                wants = self._live_wants(sid, res)
-                held = self.leases.setdefault(sid, {})
-                # Slots just given to a peer are not taken back by a tick before the peer leased them.
-                quiet = time.monotonic() - self._peer_wanted.get(sid, -self.want_ttl) >= self.want_ttl
-                target = plan(res, held, wants, (grow and quiet) or bool(res.queued))
-                for iid, use in target.items():
-                    await self._apply(sid, res, held, iid, use, wants)
-        finally:
-            if telling is not None:
-                await telling
-        if tell and not res.queued and sid in self._sent:
-            await self._tell(sid, res, again)  # served: withdraw the want at once
+        async with self._lock:
+            wants = self._live_wants(sid, res)
+            held = self.leases.setdefault(sid, {})
+            # Slots just given to a peer are not taken back by a tick before the peer leased them.
+            quiet = time.monotonic() - self._peer_wanted.get(sid, -self.want_ttl) >= self.want_ttl
+            target = plan(res, held, wants, (grow and quiet) or bool(res.queued))
+            growing = []
+            for iid, use in target.items():
+                if max(use, res.in_use(iid)) > held.get(iid, 0):
+                    growing.append((iid, max(use, res.in_use(iid))))
+                    res.set_capacity(iid, held.get(iid, 0))  # what it holds for sure, whatever becomes of the rest
+                else:
+                    await self._give(sid, res, held, iid, use, wants)
+            announce = self._want(sid, res, again)
+            if growing or announce:
+                granted = await self.state.grow(self.router_id, growing, res.concurrency_level, res.queued, announce)
+                for (iid, _), got in zip(growing, granted, strict=True):
+                    self._record(res, held, iid, target[iid], got)
 
-    async def _tell(self, sid: str, res: Reservations, again: bool) -> None:
-        """Tell peers what waits here when it changed, and at every tick while it waits (a lost want costs a tick);
-        and that nothing does once the queue is served (a want left standing would make a peer whose request
-        queued later defer to it, and give its slots away)."""
-        async with self._telling:  # in the order decided: a want sent after its withdrawal would stand
-            need, oldest = res.queued, res.oldest_wait()
-            told = self._sent.get(sid)
-            if (need == 0 and told is None) or (told == (need, oldest) and not again):
-                return
-            if need == 0:
-                del self._sent[sid]
-            else:
-                self._sent[sid] = (need, oldest)
-            await self.state.nudge(encode(WANT, self.router_id, sid, need, oldest or 0.0))
+    def _want(self, sid: str, res: Reservations, again: bool) -> str:
+        """What to tell peers if the free slots do not serve this router's queue: its waiters when they changed,
+        and again at every tick while they wait (a lost want costs a tick). A served want is not withdrawn: the
+        giver counted what it gave, and a want served otherwise lapses or goes with the next slot its router
+        gives (and a peer that defers to it only gives a slot it then leases again)."""
+        need, oldest = res.queued, res.oldest_wait()
+        if need == 0:
+            self._sent.pop(sid, None)
+            return ""
+        if self._sent.get(sid) == (need, oldest) and not again:
+            return ""
+        self._sent[sid] = (need, oldest)
+        return encode(WANT, self.router_id, sid, need, oldest or 0.0)
 
     def _live_wants(self, sid: str, res: Reservations) -> list[Want]:
         wants = self._wants.get(sid)
@@ -231,26 +233,31 @@ class Handover:
             res.on_release = None
         return sorted(wants.values(), key=lambda w: w.oldest)
 
-    async def _apply(
+    async def _give(
         self, sid: str, res: Reservations, held: dict[str, int], iid: str, use: int, wants: list[Want]
     ) -> None:
-        """Lease ``use`` slots of an instance, never fewer than are in use on it (those are released as their
-        requests end). Slots given back announce themselves to the oldest waiting peer."""
+        """Use ``use`` slots of an instance and lease no more than that, nor fewer than are in use on it (those are
+        given back as their requests end). Slots given back announce themselves to the oldest waiting peer."""
         have = held.get(iid, 0)
         lease = max(use, res.in_use(iid))
-        if lease < have:
-            res.set_capacity(iid, use)  # stop using them before they are someone else's
-            to = wants[0].router if wants else ""
-            granted = await self.state.lease(
-                self.router_id, iid, lease, res.concurrency_level, encode(GAVE, self.router_id, sid, iid, to)
-            )
-            if wants:
-                self._given(sid, wants[0], have - granted)
-        elif lease > have:
-            granted = await self.state.lease(self.router_id, iid, lease, res.concurrency_level)
-        else:
+        if lease == have:
             res.set_capacity(iid, min(use, have))
             return
+        res.set_capacity(iid, use)  # stop using them before they are someone else's
+        to = wants[0].router if wants else ""
+        announce = encode(GAVE, self.router_id, sid, iid, to)
+        try:
+            granted = await self.state.lease(self.router_id, iid, lease, res.concurrency_level, announce)
+        except StateUnavailable:
+            # Serve on with what it held: with Redis unreachable nobody can lease the slots meanwhile.
+            res.set_capacity(iid, have)
+            raise
+        if wants:
+            self._given(sid, wants[0], have - granted)
+        self._record(res, held, iid, use, granted)
+
+    @staticmethod
+    def _record(res: Reservations, held: dict[str, int], iid: str, use: int, granted: int) -> None:
         if granted or iid in res.routable_ids():
             held[iid] = granted  # 0 too: an instance leased before is not grown at once as a new one would be
         else:

@@ -7,7 +7,7 @@ the others published (see ``waiter.coordinator``). Every call of the Redis back-
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -94,6 +94,13 @@ class SharedState(Protocol):
         slots this router now holds (which may be less than it held before only if ``want`` was less). When slots
         were given back and ``announce`` is set, it is sent to the other routers (see ``nudge``) atomically with
         the release, so a peer told of it finds the slots free."""
+
+    async def grow(
+        self, router_id: str, wants: Sequence[tuple[str, int]], capacity: int, need: int, announce: str = ""
+    ) -> list[int]:
+        """``lease`` each (instance id, want) in one exchange (wants at least what is held: this never gives slots
+        back); returns the slots held of each. When fewer than ``need`` slots were gained and ``announce`` is set,
+        it is sent to the other routers (a router asks its peers only when the free slots did not do)."""
 
     async def leases(self, instance_id: str) -> dict[str, int]:
         """Live routers' leases on an instance."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from waiter.state.base import TOMBSTONE_MS, RouterStats
@@ -126,6 +126,11 @@ class MemoryState:
         else:
             leases.pop(router_id, None)
         return granted
+
+    async def grow(
+        self, router_id: str, wants: Sequence[tuple[str, int]], capacity: int, need: int, announce: str = ""
+    ) -> list[int]:
+        return [await self.lease(router_id, iid, want, capacity) for iid, want in wants]
 
     async def nudge(self, message: str) -> None:
         return None  # one router: nobody to tell

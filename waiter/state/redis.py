@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
@@ -59,34 +59,61 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS: lease hash, blocked hash. ARGV: router id, want, capacity, router key prefix, instance id, now (ms),
-# channel, announcement (published when slots were given back, so whoever hears it finds them free).
-_LEASE = """
-local leases = redis.call('HGETALL', KEYS[1])
-local others, held = 0, 0
-for i = 1, #leases, 2 do
-  local rid, n = leases[i], tonumber(leases[i + 1])
-  if rid == ARGV[1] then
-    held = n
-  elseif redis.call('EXISTS', ARGV[4] .. rid) == 1 then
-    others = others + n
-  else
-    redis.call('HDEL', KEYS[1], rid)
+# lease(key, instance id, want) -> granted, held: sets this router's lease on one instance (KEYS[1] is the blocked
+# hash; ARGV: router id, capacity, router key prefix, now (ms), channel, message, ...).
+_LEASE_FN = """
+local function lease(key, iid, want)
+  local leases = redis.call('HGETALL', key)
+  local others, held = 0, 0
+  for i = 1, #leases, 2 do
+    local rid, n = leases[i], tonumber(leases[i + 1])
+    if rid == ARGV[1] then
+      held = n
+    elseif redis.call('EXISTS', ARGV[3] .. rid) == 1 then
+      others = others + n
+    else
+      redis.call('HDEL', key, rid)
+    end
   end
+  local until_ms = tonumber(redis.call('HGET', KEYS[1], iid) or '0')
+  if until_ms > tonumber(ARGV[4]) and want > held then want = held end
+  local granted = math.max(0, math.min(want, tonumber(ARGV[2]) - others))
+  if granted > 0 then
+    redis.call('HSET', key, ARGV[1], granted)
+    redis.call('PEXPIRE', key, 86400000)
+  else
+    redis.call('HDEL', key, ARGV[1])
+  end
+  return granted, held
 end
-local want = tonumber(ARGV[2])
-local until_ms = tonumber(redis.call('HGET', KEYS[2], ARGV[5]) or '0')
-if until_ms > tonumber(ARGV[6]) and want > held then want = held end
-local granted = math.max(0, math.min(want, tonumber(ARGV[3]) - others))
-if granted > 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], granted)
-  redis.call('PEXPIRE', KEYS[1], 86400000)
-else
-  redis.call('HDEL', KEYS[1], ARGV[1])
-end
-if granted < held and ARGV[8] ~= '' then redis.call('PUBLISH', ARGV[7], ARGV[8]) end
+"""
+
+# KEYS: blocked hash, lease hash. ARGV: ..., instance id, want. The message is published when slots were given
+# back, atomically with it, so whoever hears it finds them free.
+_LEASE = (
+    _LEASE_FN
+    + """
+local granted, held = lease(KEYS[2], ARGV[7], tonumber(ARGV[8]))
+if granted < held and ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return granted
 """
+)
+
+# KEYS: blocked hash, one lease hash per instance. ARGV: ..., need, then instance id and want per instance. Never
+# gives back; the message is published when fewer than ``need`` slots were gained.
+_GROW = (
+    _LEASE_FN
+    + """
+local result, gained = {}, 0
+for i = 2, #KEYS do
+  local granted, held = lease(KEYS[i], ARGV[2 * i + 4], tonumber(ARGV[2 * i + 5]))
+  result[#result + 1] = granted
+  gained = gained + granted - held
+end
+if gained < tonumber(ARGV[7]) and ARGV[6] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+return result
+"""
+)
 
 
 class RedisState:
@@ -104,6 +131,7 @@ class RedisState:
         self._lead: Any = self._redis.register_script(_LEAD)
         self._resign = self._redis.register_script(_RESIGN)
         self._lease = self._redis.register_script(_LEASE)
+        self._grow = self._redis.register_script(_GROW)
 
     async def _call(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -230,12 +258,19 @@ class RedisState:
     # -- slot leases -----------------------------------------------------------------------------------------------
 
     async def lease(self, router_id: str, instance_id: str, want: int, capacity: int, announce: str = "") -> int:
-        keys = [f"{self.p}lease:{instance_id}", f"{self.p}blocked"]
-        args: list[str | int] = [
-            router_id, want, capacity, f"{self.p}router:", instance_id, int(time.time() * 1000), f"{self.p}nudge",
-            announce,
-        ]  # fmt: skip
+        keys = [f"{self.p}blocked", f"{self.p}lease:{instance_id}"]
+        args = [*self._lease_args(router_id, capacity, announce), instance_id, want]
         return int(await self._call("lease slots", lambda: self._lease(keys, args)))
+
+    async def grow(
+        self, router_id: str, wants: Sequence[tuple[str, int]], capacity: int, need: int, announce: str = ""
+    ) -> list[int]:
+        keys = [f"{self.p}blocked", *(f"{self.p}lease:{iid}" for iid, _ in wants)]
+        args = [*self._lease_args(router_id, capacity, announce), need, *(x for pair in wants for x in pair)]
+        return [int(n) for n in await self._call("lease slots", lambda: self._grow(keys, args))]
+
+    def _lease_args(self, router_id: str, capacity: int, announce: str) -> list[str | int]:
+        return [router_id, capacity, f"{self.p}router:", int(time.time() * 1000), f"{self.p}nudge", announce]
 
     async def nudge(self, message: str) -> None:
         await self._call("nudge the other routers", lambda: self._redis.publish(f"{self.p}nudge", message))
