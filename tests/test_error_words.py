@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import backend_token
+from tests.conftest import FAKE, backend_token
 from waiter.state.base import StateUnavailable
 from waiter.state.redis import RedisState
 from waiter.text import failure_reason
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 TOKEN = {"x-waiter-token": "echo"}
 JSON = {"accept": "application/json"}

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import on_the_fly_headers
+from tests.conftest import FAKE, on_the_fly_headers
 from tests.identity import REALM, Kdc, kdc_listening, kdc_missing, running_kdc
 from waiter.auth.cookie import AUTH_COOKIE
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 SPNEGO = "1.3.6.1.5.5.2"
 

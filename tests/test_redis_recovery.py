@@ -13,13 +13,16 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.conftest import backend_token
+from tests.conftest import FAKE, backend_token
 from tests.redis_server import RedisServer
 from tests.support import eventually
 from waiter.state.base import StateUnavailable
 from waiter.state.redis import RedisState
 from waiter.tokens.redis_store import _CAS, RedisTokenStore
 from waiter.tokens.store import IndexEntry, make_record
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 CLIENTS = 8
 

@@ -15,11 +15,14 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import RunningRouter, backend_token
+from tests.conftest import FAKE, RunningRouter, backend_token
 from tests.redis_server import SentinelGroup, needs_sentinel, running_sentinel_group
 from tests.support import eventually
 from waiter.redis_client import SentinelTarget, check_url, parse_sentinel_url
 from waiter.settings import SettingsError, load_settings, redact_url
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 FAST_SCALING = {"interval-ms": 200, "kill-interval-ms": 300, "publish-interval-ms": 50, "router-ttl-ms": 1500}
 

@@ -8,9 +8,12 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from tests.conftest import RunningRouter, backend_token
+from tests.conftest import FAKE, RunningRouter, backend_token
 from tests.redis_server import needs_redis
 from tests.test_tokens_api import ETAG, ISO, call, delete, get, post
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 ALICE = {"run-as-user": "alice", "cluster-name": "c1"}
 

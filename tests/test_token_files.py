@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import RunningRouter, backend_token
+from tests.conftest import FAKE, RunningRouter, backend_token
 from tests.support import eventually
 from waiter.tokens import FileSettings, TokenFiles, token_etag
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 MakeRouter = Callable[..., Awaitable[RunningRouter]]
 CONFIG = FileSettings(cluster="c1", default_owner="alice", hostnames=("waiter.example",))
