@@ -34,6 +34,7 @@ from waiter.scheduler.local import ended_instance
 
 _EXIT = re.compile(r"\s*exit\s+(\d+)\s*")
 _KILLED = -signal.SIGKILL  # the exit code of an instance that was not let finish, as asyncio reports a SIGKILL
+LAUNCH_RETRY_SECS = 1.0  # as the local scheduler's least delay after a launch error
 
 
 @dataclass
@@ -202,9 +203,9 @@ class FakeScheduler:
                 while book.missing() > 0 and not (self._closing or book.deleting):
                     self._launch(book)
                     launched += 1
-            except SchedulerError as error:
+            except SchedulerError as error:  # shown as the service's error, tried again a second later
                 book.error = str(error)
-                self._fill_later(service_id, restart_delay(book.note_crash(0.0), 1.0, 1.0))
+                self._fill_later(service_id, LAUNCH_RETRY_SECS)
                 launched += 1
             else:
                 book.error = None
