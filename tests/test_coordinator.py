@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from waiter.coordinator import HANDOVER_GRACE_SECS, demand, settled, summed
-from waiter.handover import Want, decode, encode, plan
+from waiter.handover import GAVE, WANT, Message, Want, decode, encode, plan
 from waiter.reservation import Reservations
 from waiter.scheduler.base import Instance
 from waiter.state.base import RouterStats
@@ -129,7 +129,14 @@ def test_demand(mine, elsewhere, slots, expected) -> None:  # type: ignore[no-un
     assert demand(*mine, *elsewhere, slots) == expected
 
 
-def test_messages_round_trip_and_foreign_ones_are_ignored() -> None:
-    assert decode(encode("want", "r1", "s", 2, 5.5)) == ["want", "r1", "s", 2, 5.5]
-    assert decode("r1") is None  # a plain nudge from an older router
-    assert decode('["hello"]') is None
+@pytest.mark.parametrize(
+    "message",
+    [Message(WANT, "r1", "s", need=2, oldest=5.5), Message(GAVE, "r1", "s", to="r2"), Message(GAVE, "r1", "s")],
+)
+def test_messages_round_trip(message: Message) -> None:
+    assert decode(encode(message)) == message
+
+
+@pytest.mark.parametrize("text", ["r1", '["hello"]', '["want", "r1", "s", "many", 1]', "[1, 2", '{"a": 1}', "[]"])
+def test_foreign_or_malformed_messages_are_ignored(text: str) -> None:
+    assert decode(text) is None

@@ -70,16 +70,34 @@ def plan(res: Reservations, held: Mapping[str, int], wants: Sequence[Want], grow
     return target
 
 
-def encode(kind: str, *fields: object) -> str:
-    return json.dumps([kind, *fields])
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What routers tell each other on the nudge channel."""
+
+    kind: str  # WANT or GAVE
+    sender: str
+    service: str
+    need: int = 0  # WANT: requests queued without a slot
+    oldest: float = 0.0  # WANT: when the oldest of them queued (wall clock)
+    to: str = ""  # GAVE: the router the slots were given back for ("" anyone)
 
 
-def decode(message: str) -> list[object] | None:
+def encode(message: Message) -> str:
+    last = [message.need, message.oldest] if message.kind == WANT else ["", message.to]
+    return json.dumps([message.kind, message.sender, message.service, *last])
+
+
+def decode(text: str) -> Message | None:
+    """The message, or None for anything else (a foreign or malformed one is ignored, never fatal)."""
     try:
-        fields = json.loads(message)
-    except ValueError:
-        return None
-    return fields if isinstance(fields, list) and fields and fields[0] in (WANT, GAVE) else None
+        kind, sender, service, a, b = json.loads(text)
+        if kind == WANT:
+            return Message(WANT, str(sender), str(service), need=int(a), oldest=float(b))
+        if kind == GAVE:
+            return Message(GAVE, str(sender), str(service), to=str(b))
+    except (ValueError, TypeError):
+        pass
+    return None
 
 
 class SlotDemand:
@@ -129,25 +147,24 @@ class Handover:
 
     # -- what wakes it ------------------------------------------------------------------------------------------
 
-    def heard(self, message: str) -> None:
-        fields = decode(message)
-        if fields is None or fields[1] == self.router_id:
+    def heard(self, text: str) -> None:
+        message = decode(text)
+        if message is None or message.sender == self.router_id:
             return
-        kind, sender, sid = fields[0], str(fields[1]), str(fields[2])
+        sid, sender = message.service, message.sender
         service = self.registry.services.get(sid)
         if service is None:
             return
-        if kind == WANT:
-            need, oldest = int(fields[3]), float(fields[4])  # type: ignore[call-overload,arg-type]
+        if message.kind == WANT:
             wants = self._wants.setdefault(sid, {})
-            if need > 0:
-                wants[sender] = Want(sender, need, oldest, time.monotonic() + self.want_ttl)
+            if message.need > 0:
+                wants[sender] = Want(sender, message.need, message.oldest, time.monotonic() + self.want_ttl)
                 self._peer_wanted[sid] = time.monotonic()
             else:
                 wants.pop(sender, None)
             service.reservations.on_release = self._released_hook(sid) if wants else None
             self.demand.mark(sid)
-        elif fields[4] == self.router_id:
+        elif message.to == self.router_id:
             # Slots were given back for us: lease them. A router that gives is not waiting longer than we are.
             self._wants.get(sid, {}).pop(sender, None)
             if service.reservations.queued:
@@ -220,7 +237,7 @@ class Handover:
         if self._sent.get(sid) == (need, oldest) and not again:
             return ""
         self._sent[sid] = (need, oldest)
-        return encode(WANT, self.router_id, sid, need, oldest or 0.0)
+        return encode(Message(WANT, self.router_id, sid, need=need, oldest=oldest or 0.0))
 
     def _live_wants(self, sid: str, res: Reservations) -> list[Want]:
         wants = self._wants.get(sid)
@@ -245,7 +262,7 @@ class Handover:
             return
         res.set_capacity(iid, use)  # stop using them before they are someone else's
         to = wants[0].router if wants else ""
-        announce = encode(GAVE, self.router_id, sid, iid, to)
+        announce = encode(Message(GAVE, self.router_id, sid, to=to))
         try:
             granted = await self.state.lease(self.router_id, iid, lease, res.concurrency_level, announce)
         except StateUnavailable:
