@@ -17,8 +17,8 @@ pytestmark = pytest.mark.schedulers(FAKE)
 TOKEN = {"x-waiter-token": "echo"}
 
 
-async def first_event(r: RunningRouter, query: str = "") -> dict:
-    async with r.client.get(r.url + "/dashboard/events" + query) as resp:
+async def first_event(r: RunningRouter, query: str = "", headers: dict[str, str] | None = None) -> dict:
+    async with r.client.get(r.url + "/dashboard/events" + query, headers=headers) as resp:
         assert resp.status == 200
         assert resp.headers["content-type"].startswith("text/event-stream")
         line = await resp.content.readline()
@@ -56,6 +56,21 @@ async def test_a_stopping_router_ends_the_event_stream(make_router) -> None:
             rest = await resp.content.read()  # ends with the stream, not when the drain runs out and cuts it
         assert all(line.startswith(b"data: ") for line in rest.split(b"\n\n") if line.strip())
         await stopping
+
+
+async def test_the_dashboard_and_its_events_refuse_an_unauthenticated_caller(make_router) -> None:
+    auth = {"kind": ["trusted-header"], "trusted-header": {"header": "x-user", "trusted-cidrs": ["127.0.0.0/8"]}}
+    r = await make_router([backend_token("echo")], authenticator=auth)
+    for path in ("/dashboard", "/dashboard/events", "/dashboard/app.js"):
+        async with r.client.get(r.url + path) as resp:
+            assert resp.status == 401, path
+            assert not resp.headers["content-type"].startswith("text/event-stream"), path
+            body = await resp.text()
+            assert "Authentication required" in body and "<canvas" not in body and "data: " not in body, body
+    # The same router lets the authenticated caller in: the page and the stream of events.
+    async with r.client.get(r.url + "/dashboard", headers={"x-user": "erin"}) as resp:
+        assert resp.status == 200 and "<canvas" in await resp.text()
+    assert (await first_event(r, headers={"x-user": "erin"}))["services"] == []
 
 
 @needs_browser
