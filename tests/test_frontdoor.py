@@ -258,6 +258,7 @@ async def test_websocket_is_tunnelled_to_the_instance_holding_its_slot(make_rout
     r = await echo_router(make_router)
     service = r.router.registry.get(await r.service_id({"x-waiter-token": "echo"}))
     assert service is not None
+    received, sent = r.router.client_traffic.bytes()
     async with r.client.ws_connect(r.url + "/ws", headers={"x-waiter-token": "echo", "x-cid": "ws-1"}) as ws:
         assert ws._response.headers["x-cid"] == "ws-1"
         assert service.reservations.in_flight == 1  # the websocket holds its slot while it is open
@@ -268,6 +269,9 @@ async def test_websocket_is_tunnelled_to_the_instance_holding_its_slot(make_rout
         await ws.send_bytes(big)
         assert await ws.receive_bytes() == big
     await eventually(_async(lambda: service.reservations.in_flight == 0), what="the slot to be released")
+    # The tunnel's bytes count in the router's byte counters (/metrics: waiter_received_bytes, waiter_sent_bytes).
+    received_now, sent_now = r.router.client_traffic.bytes()
+    assert received_now - received > len(big) and sent_now - sent > len(big)
 
 
 async def test_refused_upgrade_is_answered_as_the_instance_said_and_the_connection_closed(make_router) -> None:

@@ -462,6 +462,10 @@ class Connection(asyncio.Protocol):
         self.sent += len(data)
         self.transport.write(data)
 
+    def count_sent(self, size: int) -> None:
+        """Bytes a tunnel wrote to this client's transport itself (an upgraded connection's)."""
+        self.sent += size
+
     def write_head(self, data: bytes) -> None:
         """Write a response head (and maybe its body): from here on an error can only close the connection."""
         self.write(data)

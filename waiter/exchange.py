@@ -311,7 +311,7 @@ class Dispatcher:
             if timing is not None:
                 timing.sent()
             host, port = instance.host, instance.port
-            tunnel = Tunnel(conn.transport)
+            tunnel = Tunnel(conn.transport, conn.count_sent)
             try:
                 async with asyncio.timeout(connect_timeout):
                     await loop.create_connection(lambda: tunnel, host, port)

@@ -62,7 +62,7 @@ class ClientTraffic:
     sent_closed: int = 0
 
     def bytes(self) -> tuple[int, int]:
-        """Bytes received from and sent to clients so far (request and response bytes, tunnels' not counted)."""
+        """Bytes received from and sent to clients so far (requests, responses and upgraded connections' tunnels)."""
         received, sent = self.received_closed, self.sent_closed
         for conn in self.connections:
             received += conn.received

@@ -282,9 +282,11 @@ class Tunnel(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, client: asyncio.Transport) -> None:
+    def __init__(self, client: asyncio.Transport, count_sent: Callable[[int], None]) -> None:
+        """``count_sent`` is told the bytes passed to the client (the router's byte counters)."""
         loop = asyncio.get_running_loop()
         self.client = client
+        self._count_sent = count_sent
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -371,6 +373,7 @@ class Tunnel(asyncio.Protocol):
         self._passing = True
         pending, self._pending = self._pending, []
         if pending and not self.client.is_closing():
+            self._count_sent(sum(map(len, pending)))
             self.client.writelines(pending)
         if self._complete:
             self.transport.close()
@@ -383,4 +386,5 @@ class Tunnel(asyncio.Protocol):
         if not self._passing:
             self._pending.append(data)
         elif not self.client.is_closing():
+            self._count_sent(len(data))
             self.client.write(data)
