@@ -13,9 +13,10 @@ sampled every 0.1 s, gives the instances over time. Two shapes, scaled to a 2-co
   wait (target: within 25%).
 * ``from-zero``: Knative's load test scaled down: no instance running, then open-loop ``--zero-rates`` (60, 120,
   180 req/s) for ``--zero-secs`` (10) each, ``--zero-service`` (0.1 s) requests, concurrency-level 4. Printed:
-  errors, and the
-  instance-seconds against the Little's-law need, sum over phases of ceil(rate x service / concurrency) x phase
-  length (target: 0 errors, at most 1.5x the need).
+  errors, and the instance-seconds against the Little's-law need, sum over phases of ceil(rate x service /
+  concurrency) x phase length (target: 0 errors, at most 1.5x the need); beside them the simulator's prediction
+  for the same arrivals with the cold start and the time a request held its slot as measured on this machine (on a
+  loaded machine more than the backend's service time), and the need by Little's law at that held time.
 
     .venv/bin/python benchmarks/scaling_real.py [--only step|from-zero] [--keep]
 
@@ -95,6 +96,7 @@ class Setup:
 @dataclass
 class Run:
     waits: list[float] = field(default_factory=list)
+    backend: list[float] = field(default_factory=list)  # seconds each request held its instance's slot
     statuses: list[int] = field(default_factory=list)
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, instances requested)
 
@@ -225,8 +227,9 @@ async def drive(router: RouterProcess, setup: Setup) -> Run:
                     await asyncio.sleep(0.1)
 
         await asyncio.gather(sample(), *(one(at) for at in setup.arrivals))
-    run.waits = [float(str(line["queue-wait-ms"])) / 1000 for line in router.access_lines()
-                 if line.get("path") == "/work" and line.get("queue-wait-ms") is not None]
+    work = [line for line in router.access_lines() if line.get("path") == "/work"]
+    run.waits = [float(str(line["queue-wait-ms"])) / 1000 for line in work if line.get("queue-wait-ms") is not None]
+    run.backend = [float(str(line["backend-ms"])) / 1000 for line in work if line.get("backend-ms") is not None]
     return run
 
 
@@ -295,6 +298,7 @@ async def step(args: argparse.Namespace, workdir: Path) -> bool:
 
 async def from_zero(args: argparse.Namespace, workdir: Path) -> bool:
     service, concurrency = args.zero_service, 4
+    startup = await measure_startup(workdir / "zero-warmup", args.startup)
     phases = tuple((float(rate), args.zero_secs) for rate in args.zero_rates)
     spans, t = [], 0.0
     for rate, secs in phases:
@@ -311,10 +315,23 @@ async def from_zero(args: argparse.Namespace, workdir: Path) -> bool:
     # Only the load's own span counts: the 2 s after it are the tail of the last requests.
     real.samples = [(at, n) for at, n in real.samples if at <= t]
     need = sum(math.ceil(rate * service / concurrency) * secs for rate, secs in phases)
+    # What the router measured per request (the slot held, as its autoscaler sees it): on a loaded machine more
+    # than the backend's service time, and Little's law on it asks for more instances than on the nominal one.
+    held = sum(real.backend) / len(real.backend) if real.backend else service
+    need_held = sum(math.ceil(rate * held / concurrency) * secs for rate, secs in phases)
+    print(f"# from-zero: backend {service:g} s, held {held:.3f} s a request as the router measured it "
+          f"(x{held / service:.2f}), measured cold start {startup:.2f} s (both used by the simulator)")
     print(line("from-zero", "real", real.instance_seconds, real.waits,
                f" errors={real.errors} sent={len(real.statuses)}"))
+    shape = sim.Shape("from-zero", arrivals, (held,) * len(arrivals), duration=t)
+    ours = next(a for a in sim.algorithms(concurrency) if a.name == "ours")
+    predicted = sim.Simulation(shape, ours, concurrency=concurrency, startup=startup, initial=0).run()
+    print(line("from-zero", "sim", predicted.instance_seconds, predicted.waits))
     ratio = real.instance_seconds / need
     met = real.errors == 0 and ratio <= 1.5
+    cost = real.instance_seconds / predicted.instance_seconds
+    print(f"scaling_real shape=from-zero real/sim instance_s=x{cost:.3f} littles_law_need_at_held_s={need_held:.1f} "
+          f"instance_s/need_at_held=x{real.instance_seconds / need_held:.3f}")
     print(f"scaling_real shape=from-zero errors={real.errors} instance_s={real.instance_seconds:.1f} "
           f"littles_law_need_s={need:.1f} instance_s/need=x{ratio:.3f} target(0_errors,<=x1.5) "
           f"{'met' if met else 'MISSED'}")

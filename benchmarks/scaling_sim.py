@@ -474,6 +474,7 @@ class Simulation:
         for _ in range(surplus):
             if not self._kill_one():
                 break
+            self.last_kill = self.now
 
     def _kill_one(self) -> bool:
         """An idle instance: a starting one first, else the youngest ready one; none idle, no kill."""

@@ -296,6 +296,8 @@ def test_burst_lifecycle_step_load():
     [
         pytest.param(ScalingState(target=12.345, last_tick=NOW), id="no-burst"),
         pytest.param(ScalingState(target=60.0, last_tick=NOW - 1, burst_last_seen=NOW - 0.5), id="burst"),
+        pytest.param(ScalingState(target=3.0, last_tick=NOW - 1, burst_last_seen=NOW, burst_peak=1.5, cold=True),
+                     id="cold"),
     ],
 )
 def test_state_json_round_trip(state):
@@ -309,6 +311,8 @@ def test_state_json_round_trip(state):
         pytest.param({"target": "3", "last_tick": 1.0}, "state target is '3'", id="string-target"),
         pytest.param({"target": 3, "last_tick": None}, "state last_tick is None", id="null-last-tick"),
         pytest.param({"target": 3, "last_tick": 1, "burst_last_seen": "x"}, "burst_last_seen is 'x'", id="bad-seen"),
+        pytest.param({"target": 3, "last_tick": 1, "cold": 1}, "state cold is 1, but it must be true or false",
+                     id="bad-cold"),
     ],
 )
 def test_state_from_json_rejects(data, message):
@@ -368,10 +372,13 @@ def test_burst_settings_reject(kwargs, message):
 # The load test: 1,000 req/s of 10 ms at concurrency-level 8 asks for ceil(1.25) = 2 instances.
 SHORT = cfg(OURS, concurrency_level=8)
 THROUGHPUT_CASES = [
-    pytest.param((3, 3, True, 2), SHORT,
+    pytest.param((2, 2, True, 1.25), SHORT,
                  dict(total=1, healthy=1, outstanding=500, queued=492, rate=1000, service=0.01),
-                 id="sized-by-throughput-not-by-the-queue"),  # 2 busy + ceil(492 * 0.01 / 8 / 1 s) = 1 for the queue
-    pytest.param((2, 2, True, 2), SHORT,
+                 id="sized-by-throughput-not-by-the-queue"),  # ceil(1.25 busy + 492 * 0.01 / 8 / 1 s for the queue)
+    pytest.param((5, 5, True, 1.25), SHORT,
+                 dict(total=1, healthy=1, outstanding=500, queued=492, rate=1000, service=0.01, drain=0.1),
+                 id="the-queue-share-is-at-most-3x-busy"),  # 0.615 / 0.1 s = 6.15 for the queue, capped at 3 x 1.25
+    pytest.param((2, 2, True, 1.25), SHORT,
                  dict(total=40, healthy=40, outstanding=10, queued=0, rate=1000, service=0.01, target=40, seen=-2),
                  id="surplus-started-unmeasured-released-in-burst"),
     pytest.param((50, 50, True, 50), OURS,
@@ -391,9 +398,15 @@ THROUGHPUT_CASES = [
     pytest.param((5, 5.4, False, None), OURS,
                  dict(total=5, healthy=5, outstanding=9, queued=4, rate=5, service=1),
                  id="below-threshold-is-waiter"),  # need 5 + 4 = 9 < 2 x 5
-    pytest.param((26, 26, True, 25), OURS,
+    pytest.param((5, 5.1, False, None), OURS,
                  dict(total=5, healthy=5, outstanding=6, queued=1, rate=50, service=0.5),
-                 id="arrivals-beyond-the-outstanding-count"),
+                 id="throughput-alone-without-the-requests-is-no-burst"),  # 26 by throughput, 6 outstanding < 2 x 5
+    pytest.param((12, 12, True, 9.5), OURS,
+                 dict(total=5, healthy=5, outstanding=10, queued=5, rate=19, service=0.5),
+                 id="throughput-and-requests-both-at-the-threshold"),  # 9.5 + 5 x 0.5 >= 2 x 5; 10 >= 2 x 5
+    pytest.param((26, 26, True, 25), OURS,
+                 dict(total=5, healthy=5, outstanding=10, queued=1, rate=50, service=0.5),
+                 id="arrivals-beyond-the-outstanding-count"),  # ceil(25 + 0.5)
     pytest.param((4, 4, True, 4), OURS,
                  dict(total=1, healthy=1, outstanding=4, queued=3, rate=0, service=0.4),
                  id="nothing-arrives-while-work-waits-outstanding-is-the-need"),
@@ -411,7 +424,60 @@ THROUGHPUT_CASES = [
     pytest.param((1, 1, False, None), cfg(OURS, min_instances=0),
                  dict(total=0, healthy=0, outstanding=3, queued=3, rate=3, service=None),
                  id="blind-starts-one-instance"),
+    # Load from zero scaled to a small machine: 67 req/s of 0.1 s at concurrency-level 4 after a 2.5 s cold start.
+    pytest.param((2, 2, True, 1.675), cfg(OURS, concurrency_level=4),
+                 dict(total=1, healthy=1, outstanding=144, queued=140, rate=67, service=0.1, cold=True),
+                 id="cold-start-queue-is-no-measure-of-the-need"),  # ceil(1.675 + 140 x 0.025 / 60 s)
+    pytest.param((6, 6, True, 1.675), cfg(OURS, concurrency_level=4),
+                 dict(total=1, healthy=1, outstanding=144, queued=140, rate=67, service=0.1),
+                 id="a-queue-with-instances-up-is-served-within-drain-secs"),  # ceil(1.675 + 140 x 0.025 / 1 s)
+    # 200 requests of 20 ms at once at concurrency-level 10: once measured, no burst (need 1 < 2 x 1), and
+    # Waiter's smoothing follows the throughput need while the cold start's queue is served, not its 10 instances.
+    pytest.param((1, 1, False, None), cfg(OURS, concurrency_level=10),
+                 dict(total=1, healthy=1, outstanding=100, queued=90, rate=39.5, service=0.024, cold=True),
+                 id="cold-start-queue-does-not-drive-waiters-smoothing"),
+    pytest.param((2, 1.9, False, None), cfg(OURS, concurrency_level=10),
+                 dict(total=1, healthy=1, outstanding=100, queued=90, rate=39.5, service=0.024),
+                 id="a-warm-services-queue-drives-waiters-smoothing"),  # 0.1 x ideal 10 + 0.9 x 1
 ]
+
+
+@pytest.mark.parametrize(
+    ("previous_cold", "healthy", "queued", "rate", "service", "cold"),
+    [
+        pytest.param(False, 0, 50, 25, None, True, id="blind-starts-cold"),
+        pytest.param(True, 1, 50, 25, 0.1, True, id="stays-cold-while-its-queue-waits"),
+        pytest.param(True, 3, 0, 25, 0.1, False, id="served-out-is-warm"),
+        pytest.param(False, 1, 50, 25, 0.1, False, id="a-queue-of-a-warm-service-is-not-cold"),
+        pytest.param(False, 0, 50, 25, 0.1, False, id="nothing-healthy-but-measured-is-not-cold"),
+    ],
+)
+def test_cold_start_lasts_until_its_queue_is_served(previous_cold, healthy, queued, rate, service, cold):
+    counts = Counts(queued + healthy, 3, 3, healthy, queued=queued, arrival_rate=rate, service_secs=service)
+    decision = decide(OURS, counts, ScalingState(3, NOW - 1, cold=previous_cold), NOW)
+    assert decision.state.cold is cold
+
+
+# Burst mode does not enter again just because the load changed shape: after a burst of 6 closed-loop clients
+# of 0.4 s, 2 clients of 0.15 s arrive at 13.3 req/s while the service time measured is still the old one's mean
+# (0.4 s): 5.3 instances by throughput, yet only 2 requests are outstanding on the 2 healthy instances.
+AFTER_BURST = cfg(OURS, max_instances=4, burst=BurstSettings(stable_window_secs=1, drain_secs=0.4))
+
+
+@pytest.mark.parametrize(
+    ("outstanding", "queued", "rate", "service", "cause", "scale_to"),
+    [
+        pytest.param(2, 0, 13.3, 0.4, "waiter", 2, id="stale-service-time-alone-does-not-re-enter"),
+        pytest.param(3, 1, 13.3, 0.4, "waiter", 2, id="one-below-the-threshold"),
+        pytest.param(4, 2, 13.3, 0.4, "burst", 4, id="the-requests-at-the-threshold-enter"),
+        pytest.param(2, 0, 13.3, 0.15, "waiter", 2, id="measured-anew-needs-two"),
+    ],
+)
+def test_burst_does_not_re_enter_when_the_load_changes_shape(outstanding, queued, rate, service, cause, scale_to):
+    counts = Counts(outstanding, 2, 2, 2, queued=queued, arrival_rate=rate, service_secs=service)
+    # The burst ended 5 s ago at 4 instances; Waiter's smoothing brought the service down to 2.
+    decision = decide(AFTER_BURST, counts, ScalingState(2.0, NOW - 1), NOW)
+    assert (decision.cause, decision.scale_to) == (cause, scale_to)
 
 
 @pytest.mark.parametrize(("expected", "settings", "case"), THROUGHPUT_CASES)
@@ -419,7 +485,10 @@ def test_burst_by_throughput(expected, settings, case):
     seen, peak = case.get("seen"), case.get("peak")
     counts = Counts(case["outstanding"], case["total"], case["total"], case["healthy"], queued=case["queued"],
                     arrival_rate=case["rate"], service_secs=case["service"])
-    previous = ScalingState(case.get("target", case["total"]), NOW - 1, None if seen is None else NOW + seen, peak)
+    previous = ScalingState(case.get("target", case["total"]), NOW - 1, None if seen is None else NOW + seen, peak,
+                            cold=case.get("cold", False))
+    if "drain" in case:
+        settings = cfg(settings, burst=dataclasses.replace(settings.burst, drain_secs=case["drain"]))
     decision = decide(settings, counts, previous, NOW)
     scale_to, target, burst, new_peak = expected
     assert decision.scale_to == scale_to
@@ -431,9 +500,17 @@ def test_burst_by_throughput(expected, settings, case):
 
 def test_load_need_is_littles_law():
     counts = Counts(0, 0, 0, 0, queued=16, arrival_rate=3000, service_secs=0.01)
-    assert load_need(SHORT, counts) == LoadNeed(busy=4, backlog=1)  # ceil(3.75); ceil(16 * 0.01 / 8)
+    need = load_need(SHORT, counts)
+    assert need == LoadNeed(busy=pytest.approx(3.75), backlog=pytest.approx(0.02))  # 16 * 0.01 / 8 in 1 s
+    assert need is not None and need.total == 4  # ceil(3.77): the busy need's fraction serves a small queue
     assert load_need(SHORT, dataclasses.replace(counts, service_secs=None)) is None
-    assert load_need(cfg(SHORT, burst=BurstSettings(drain_secs=0.01)), counts).backlog == 2
+    drained_fast = load_need(cfg(SHORT, burst=BurstSettings(drain_secs=0.01)), counts)
+    assert drained_fast is not None and drained_fast.backlog == pytest.approx(2) and drained_fast.total == 6
+    capped = load_need(SHORT, dataclasses.replace(counts, queued=100_000))
+    assert capped is not None and capped.backlog == pytest.approx(3 * 3.75)  # at most 3 x the busy need
+    # A cold start's queue is served within the stable window (60 s), not drain-secs.
+    cold = load_need(SHORT, dataclasses.replace(counts, queued=48_000), cold=True)
+    assert cold is not None and cold.backlog == pytest.approx(1) and cold.total == 5
 
 
 @pytest.mark.parametrize(

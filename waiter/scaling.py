@@ -28,17 +28,20 @@ scale-down-factor 0.001, jitter-threshold 0.5, scale-factor 1, concurrency-level
   - max(0, healthy - scale_to). 20 healthy of which 20 expired, rate 0.1: scale_to 20 -> 22.
 
 Burst mode (what Waiter lacks; Knative's panic mode). The burst condition holds when ``need >= threshold *
-max(healthy, 1)`` and ``need > total``: the smoothed target lags far behind the need. Then the target jumps to
-the need at once (clamped to min/max-instances) and ``burst_last_seen = now``. While ``now - burst_last_seen <
-stable_window_secs`` the service is in burst: the target is the highest throughput need of the burst (``peak``,
-kept in the state) plus what the queue needs now, so a burst that drops away keeps its peak. When the window has
-passed, the target falls to today's need, but at most to 1/threshold of the burst's level (lower, and a need
-measured a little short would enter a burst again at once), and Waiter's formula goes on from there. The need
-is sized by throughput (below) once the service has been measured.
+max(healthy, 1)``, ``ideal >= threshold * max(healthy, 1)`` and ``need > total``: the smoothed target lags far
+behind the need, and the requests outstanding agree (a throughput need alone can be stale for a moment while the
+load changes shape: more, shorter requests arrive at the new rate while the service time measured is still the
+old requests' mean). Then the target jumps to the need at once (clamped to min/max-instances) and
+``burst_last_seen = now``. While ``now - burst_last_seen < stable_window_secs`` the service is in burst: the
+target is the highest throughput need of the burst (``peak``, kept in the state) plus what the queue needs now,
+so a burst that drops away keeps its peak. When the window has passed, the target falls to today's need, but at
+most to 1/threshold of the burst's level (lower, and a need measured a little short would enter a burst again at
+once), and Waiter's formula goes on from there. The need is sized by throughput (below) once the service has been
+measured.
 
-* Entry. healthy 5, total 5, 60 req/s of 1 s requests, nothing queued: need 60 >= 2*5 and 60 > 5, so target 60
-  and amount +55 in one cycle. Waiter alone: up = 0.1*60 + 0.9*5 = 10.5, amount +6, and about 30 ticks to
-  reach 57 (60 - 55*0.9^30).
+* Entry. healthy 5, total 5, 60 req/s of 1 s requests, 60 outstanding: need 60 >= 2*5, ideal 60 >= 2*5 and
+  60 > 5, so target 60 and amount +55 in one cycle. Waiter alone: up = 0.1*60 + 0.9*5 = 10.5, amount +6, and
+  about 30 ticks to reach 57 (60 - 55*0.9^30).
 * Hold. Ten seconds later the load is 5 req/s: the target stays at the peak, 60, until 60 s after the last cycle
   that saw the burst condition.
 * Exit. Then the target falls to max(need 5, 60 / threshold 2) = 30; the surplus is killed one idle instance at
@@ -47,28 +50,37 @@ is sized by throughput (below) once the service has been measured.
 Knative's defaults are the model for ours: panic at 200% of the ready capacity, a 60 s stable window.
 ``BurstSettings(enabled=False)`` gives exactly Waiter's behaviour.
 
-Sizing by throughput. The outstanding count includes the queue that piled up while instances started, so it says
-how long they took to start rather than what the service needs (1,000 req/s of 10 ms at concurrency-level 8 piles
-up ~1,000 requests in a 1 s cold start: 125 instances, where 2 serve the load). When the autoscaler has measured
-the arrival rate and the service time (``Counts.arrival_rate``, ``Counts.service_secs``), the need is Little's
-law plus the instances that serve the queue within ``drain_secs``::
+Sizing by throughput (Knative sizes from observed concurrency). The outstanding count includes the queue that
+piled up while instances started, so it says how long they took to start rather than what the service needs
+(1,000 req/s of 10 ms at concurrency-level 8 piles up ~1,000 requests in a 1 s cold start: 125 instances, where 2
+serve the load). When the autoscaler has measured the arrival rate and the service time (``Counts.arrival_rate``,
+``Counts.service_secs``), the need is Little's law, the concurrency the arrivals keep busy at the instances, plus
+the share of the queue, rounded up once (the busy need's fraction serves a small queue)::
 
-    busy    = ceil(arrival_rate * service_secs * scale-factor / concurrency-level), or ideal when that is 0 and
-              requests are outstanding (nothing arrives while closed-loop clients wait, or nothing moves)
-    backlog = min(ceil(queued * service_secs * scale-factor / concurrency-level / drain_secs), 3 * max(busy, 1))
-    need    = busy + backlog
+    per     = service_secs * scale-factor / concurrency-level
+    busy    = arrival_rate * per, or ideal when that is 0 and requests are outstanding (nothing arrives while
+              closed-loop clients wait, or nothing moves)
+    backlog = min(queued * per / drain, 3 * max(busy, 1))
+    need    = ceil(busy + backlog)
 
-* Entry as above with this need. In the window the target is ``peak + backlog`` where ``peak`` (kept in the
-  state) is the highest ``busy`` of the burst: the queue's share goes once the queue is served, and a burst that
-  drops away keeps its peak.
+``drain`` is ``drain_secs``, except for a cold start's queue: what piled up while nothing was healthy says how
+long the first instance took to start, not what the service needs, so it is served within
+max(drain_secs, stable_window_secs) by the instances the arrivals need anyway (the state's ``cold`` holds from
+the blind cycles until the queue is first empty). Meanwhile Waiter's smoothing, too, follows ``need`` rather than
+``ideal`` (the outstanding count is mostly that queue).
+
+* Entry as above with this need. In the window the target is ``ceil(peak + backlog)`` where ``peak`` (kept in
+  the state) is the highest ``busy`` of the burst: the queue's share goes once the queue is served, and a burst
+  that drops away keeps its peak.
 * Exit: the target falls to max(``need``, ``ideal``, level / threshold); Waiter's formula goes on from there.
 * Blind: nothing healthy and nothing measured (a cold start). The target holds (one instance when requests wait)
-  until the first instance answers; a queue that grew while it started is no measure of the need (the autoscaler
-  keeps the last service time it measured). Healthy instances but nothing measured yet (requests still running):
-  the burst is sized by the outstanding count, at most threshold x healthy a cycle, and held. With burst mode
-  off, Waiter's formula applies unchanged.
+  until the first instance answers (the autoscaler keeps the last service time it measured). Healthy instances
+  but nothing measured yet (requests still running): the burst is sized by the outstanding count, at most
+  threshold x healthy a cycle, and held. With burst mode off, Waiter's formula applies unchanged.
 
-1,000 req/s x 0.01 s / 8 = 1.25: 2 instances, plus ceil(492 * 0.01 / 8 / 1) = 1 for 492 queued requests.
+1,000 req/s x 0.01 s / 8 = 1.25 busy, plus 492 * 0.01 / 8 / 1 s = 0.62 for 492 queued requests: 2 instances.
+Load from zero on a small machine: 67 req/s of 0.1 s at concurrency-level 4 with 140 requests queued by a 2.5 s
+cold start: ceil(1.675 + 140 * 0.025 / 60) = 2 instances, where drain-secs 1 would start ceil(1.675 + 3.5) = 6.
 """
 
 from __future__ import annotations
@@ -222,22 +234,26 @@ class ScalingState:
     last_tick: float
     burst_last_seen: float | None = None  # last time the burst condition held (None = not in burst)
     burst_peak: float | None = None  # the highest throughput need of this burst (None: not measured)
+    # The queue piled up while nothing was healthy (a cold start) and has not been served out yet.
+    cold: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "last_tick": self.last_tick, "burst_last_seen": self.burst_last_seen,
-                "burst_peak": self.burst_peak}
+                "burst_peak": self.burst_peak, "cold": self.cold}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScalingState:
         for name in ("target", "last_tick"):
             value = data.get(name)
             _check(_is_number(value), f"state {name}", value, "a finite number")
-        optional: list[float | None] = []
+        optional: dict[str, float | None] = {}
         for name in ("burst_last_seen", "burst_peak"):
             value = data.get(name)
             _check(value is None or _is_number(value), f"state {name}", value, "null or a finite number")
-            optional.append(None if value is None else float(value))
-        return cls(float(data["target"]), float(data["last_tick"]), *optional)
+            optional[name] = None if value is None else float(value)
+        cold = data.get("cold", False)  # absent in states saved before it existed
+        _check(isinstance(cold, bool), "state cold", cold, "true or false")
+        return cls(float(data["target"]), float(data["last_tick"]), **optional, cold=cold)
 
 
 @dataclass(frozen=True)
@@ -328,27 +344,29 @@ def _scaling_state(amount: int) -> str:
 class LoadNeed:
     """Instances by Little's law: what the arrivals keep busy, and what drains the queue in ``drain_secs``."""
 
-    busy: int
-    backlog: int
+    busy: float
+    backlog: float
 
     @property
     def total(self) -> int:
-        return self.busy + self.backlog
+        return _ceil(self.busy + self.backlog)
 
 
-def load_need(settings: ScalingSettings, counts: Counts) -> LoadNeed | None:
+def load_need(settings: ScalingSettings, counts: Counts, *, cold: bool = False) -> LoadNeed | None:
     """arrival rate x service time / concurrency-level (x scale-factor), plus the queue's share; None unmeasured."""
     if counts.arrival_rate is None or counts.service_secs is None:
         return None
     per_request = counts.service_secs * settings.scale_factor / settings.concurrency_level
-    busy = max(0, _ceil(counts.arrival_rate * per_request))
+    busy = max(0.0, counts.arrival_rate * per_request)
     if busy == 0 and counts.outstanding > 0:
         # Work is present but none arrived lately: its clients wait for it (closed loop) or nothing moves; the
         # outstanding count, queue included, is the need then.
         return LoadNeed(ideal_instances(settings, counts.outstanding), 0)
     # The queue's share is at most BACKLOG_CAP times the busy need: a queue that grew during a start-up is served
     # within seconds without one instance per queued request (each would be released one kill at a time).
-    backlog = min(max(0, _ceil(counts.queued * per_request / settings.burst.drain_secs)), BACKLOG_CAP * max(1, busy))
+    burst = settings.burst
+    drain = max(burst.drain_secs, burst.stable_window_secs) if cold else burst.drain_secs
+    backlog = min(max(0.0, counts.queued * per_request / drain), BACKLOG_CAP * max(1.0, busy))
     return LoadNeed(busy, backlog)
 
 
@@ -362,15 +380,23 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
         return _first_cycle(settings, counts, now)
     ticks, last_tick = _ticks(previous, now)
     ideal = ideal_instances(settings, counts.outstanding)
-    target = _smoothed_target(settings, ideal, previous.target, ticks)
     burst = settings.burst
-    load = load_need(settings, counts) if burst.enabled else None
-    need = ideal if load is None else load.total
+    measured = counts.arrival_rate is not None and counts.service_secs is not None
     # Nothing healthy and nothing measured (a cold start): the queue only says how long the first instance took to
     # start, not what the service needs, so wait for the first answers.
-    blind = burst.enabled and load is None and counts.healthy == 0
-    entered = (burst.enabled and not blind and need >= burst.threshold * max(counts.healthy, 1)
-               and need > counts.total)
+    blind = burst.enabled and not measured and counts.healthy == 0
+    cold = blind or (previous.cold and counts.queued > 0)
+    load = load_need(settings, counts, cold=cold) if burst.enabled else None
+    need = ideal if load is None else load.total
+    # While a cold start's queue is served, Waiter's smoothing too follows the throughput need rather than the
+    # outstanding count (that queue).
+    sized = need if cold and load is not None else ideal
+    target = _smoothed_target(settings, sized, previous.target, ticks)
+    # A burst needs the requests to be there too: the outstanding count must also call for threshold x the healthy
+    # instances. A throughput need alone can be stale for a moment while the load changes shape (more, shorter
+    # requests: the arrival rate is already the new one, the service time still the old one's mean).
+    far = burst.threshold * max(counts.healthy, 1)
+    entered = burst.enabled and not blind and need >= far and ideal >= far and need > counts.total
     seen = now if entered else previous.burst_last_seen
     in_burst = entered or (burst.enabled and seen is not None and now - seen < burst.stable_window_secs)
     peak = None
@@ -381,7 +407,7 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
         # Sized by throughput: hold the busiest need seen in the window, plus what the queue needs now. A surplus
         # started while nothing was measured is released at once.
         peak = max(previous.burst_peak or 0, load.busy)
-        target = _clamp(settings, peak + load.backlog)
+        target = _clamp(settings, _ceil(peak + load.backlog))
     elif in_burst:
         # Measured nothing, yet instances serve (their first requests still run): the outstanding count, at most
         # threshold x the healthy instances a cycle (a cold start's queue is no measure of the need).
@@ -391,15 +417,15 @@ def decide(settings: ScalingSettings, counts: Counts, previous: ScalingState | N
     elif previous.burst_last_seen is not None and load is not None:
         # The burst is over: release what it held beyond today's need, at most down to 1/threshold of it (lower,
         # and a need measured a little short would enter a burst again at once); Waiter's smoothing goes on.
-        target = _clamp(settings, max(need, ideal, previous.target / burst.threshold))
-    amount, why_zero = _amount(settings, target, max(ideal, need) if in_burst else ideal, counts.total)
+        target = _clamp(settings, max(need, sized, previous.target / burst.threshold))
+    amount, why_zero = _amount(settings, target, max(sized, need) if in_burst else sized, counts.total)
     scale_to = _with_expired(settings, counts, amount)
     if blind or (in_burst and peak is None):
         # Nothing measured, nothing to release; only a max-instances lowered meanwhile is obeyed.
         scale_to = max(scale_to, min(counts.total, settings.max_instances))
     amount = scale_to - counts.total
     state = ScalingState(target=target, last_tick=last_tick, burst_last_seen=seen if in_burst else None,
-                         burst_peak=peak)
+                         burst_peak=peak, cold=cold)
     reason = _reason(counts, ideal, load, target, amount, entered, in_burst, why_zero, blind)
     exited = not in_burst and previous.burst_last_seen is not None and load is not None
     cause = ("blind" if blind else "burst" if entered else "burst-hold" if in_burst else "burst-exit" if exited
@@ -420,8 +446,8 @@ def _reason(
 ) -> str:
     head = f"Outstanding {counts.outstanding} needs {ideal} instances"
     if load is not None:
-        head += (f", throughput {counts.arrival_rate:.1f}/s x {counts.service_secs:.3f} s needs {load.busy}"
-                 f" (+{load.backlog} for the queue of {counts.queued})")
+        head += (f", throughput {counts.arrival_rate:.1f}/s x {counts.service_secs:.3f} s needs {load.busy:.2f}"
+                 f" (+{load.backlog:.2f} for the queue of {counts.queued})")
     head += f", target {target:.2f}, total {counts.total}"
     if blind and amount == 0:
         return f"{head}: waiting for the first instance to answer before sizing a burst."
