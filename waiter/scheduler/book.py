@@ -2,7 +2,8 @@
 
 ``ServiceBook`` keeps one service's requested count, active and ended instances and crash counter; the helpers
 check a spec, word an exit and space restarts. The answers to a kill of an instance that is not running are
-every back-end's.
+every back-end's, and so is ``EndedInstances``, the record of ended instances of the back-ends that watch a
+cluster (Marathon, Kubernetes).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 from waiter.scheduler.base import Instance, KillOutcome, KillResult, SchedulerError, ServiceSpec, ServiceState
 
+MAX_ENDED = 10  # ended instances kept per list (failed, killed) by every back-end
 MAX_RESTART_DELAY_SECS = 60.0
 # An instance that lived longer than this was a working instance: its crash starts a new backoff series.
 HEALTHY_LIFETIME_SECS = 10.0
@@ -74,6 +76,25 @@ def not_running(book: ServiceBook | None, service_id: str, instance_id: str) -> 
     if book is not None and book.find_ended(instance_id) is not None:
         return already_ended(instance_id)
     return no_such_instance(service_id, instance_id)
+
+
+@dataclass(kw_only=True)
+class EndedInstances:
+    """Ended instances a back-end recorded itself: each once however often it is reported, newest last, bounded."""
+
+    failed: collections.deque[Instance] = field(default_factory=lambda: collections.deque(maxlen=MAX_ENDED))
+    killed: collections.deque[Instance] = field(default_factory=lambda: collections.deque(maxlen=MAX_ENDED))
+    recorded: dict[str, None] = field(default_factory=dict)  # ids already ended (bounded, oldest first)
+
+    def end(self, ended: Instance) -> bool:
+        """Record an ended instance; False if it was recorded before (nothing changes then)."""
+        if ended.id in self.recorded:
+            return False
+        self.recorded[ended.id] = None
+        while len(self.recorded) > 10 * MAX_ENDED:
+            del self.recorded[next(iter(self.recorded))]
+        (self.failed if ended.failed else self.killed).append(ended)
+        return True
 
 
 @dataclass

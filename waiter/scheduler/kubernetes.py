@@ -24,7 +24,6 @@ Failed pods become deployment errors (``ServiceState.error``) in Waiter's words:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import itertools
@@ -44,7 +43,7 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
-from waiter.scheduler.book import already_ended, no_such_instance
+from waiter.scheduler.book import EndedInstances, already_ended, no_such_instance
 from waiter.scheduler.kubernetes_auth import connection
 from waiter.scheduler.kubernetes_client import JSON, KubernetesClient, KubernetesError
 from waiter.scheduler.kubernetes_objects import (
@@ -74,29 +73,17 @@ from waiter.settings import KubernetesSchedulerConfig
 
 log = logging.getLogger(__name__)
 
-MAX_ENDED = 10  # kept per list (failed, killed), as the other back-ends do
 CONFLICT_RETRIES = 5
 
 
 @dataclass
-class _Book:
+class _Book(EndedInstances):
     """What the scheduler recorded itself about one service: ended instances and how long pods wait for a node."""
 
-    failed: collections.deque[Instance] = field(default_factory=lambda: collections.deque(maxlen=MAX_ENDED))
-    killed: collections.deque[Instance] = field(default_factory=lambda: collections.deque(maxlen=MAX_ENDED))
-    recorded: dict[str, None] = field(default_factory=dict)  # ids already ended (bounded, oldest first)
     active: dict[str, Instance] = field(default_factory=dict)  # as last reported
     unschedulable_since: dict[str, float] = field(default_factory=dict)  # pod name -> monotonic time first seen
     seen: dict[str, int] = field(default_factory=dict)  # pod name -> the order it was first seen in (newer: higher)
     ending: dict[str, Instance] = field(default_factory=dict)  # instances being killed, as they will have ended
-
-    def end(self, ended: Instance) -> None:
-        if ended.id in self.recorded:
-            return
-        self.recorded[ended.id] = None
-        while len(self.recorded) > 10 * MAX_ENDED:
-            del self.recorded[next(iter(self.recorded))]
-        (self.failed if ended.failed else self.killed).append(ended)
 
 
 class KubernetesScheduler:

@@ -10,7 +10,6 @@ is ``<service-id>.<suffix>`` (dots in the suffix become ``_``), so instance ids 
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import re
 from collections.abc import Mapping
@@ -19,12 +18,12 @@ from datetime import datetime
 from typing import Any
 
 from waiter.scheduler.base import Instance, InstanceFlag, SchedulerError, ServiceSpec, ServiceState
+from waiter.scheduler.book import EndedInstances
 from waiter.scheduler.environment import instance_environment
 from waiter.scheduler.exits import exit_code_of
 
 JSON = dict[str, Any]
 ACTIVE_STATES = frozenset({"TASK_STAGING", "TASK_STARTING", "TASK_RUNNING"})
-MAX_ENDED = 10  # kept per list (failed, killed), as the local scheduler does
 RECORD_LABEL = "waiter-record"  # the router's record of the service (ServiceSpec.record)
 _SERVICE_ID = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
@@ -225,7 +224,7 @@ def failure_instance(naming: Naming, service_id: str, failure: Mapping[str, Any]
 
 
 @dataclass
-class AppBook:
+class AppBook(EndedInstances):
     """What the scheduler knows of one app: Marathon's last answer plus the ends it recorded itself."""
 
     service_id: str
@@ -233,9 +232,6 @@ class AppBook:
     tasks: dict[str, Instance] = field(default_factory=dict)  # every listed task, by instance id
     active_ids: set[str] = field(default_factory=set)  # listed tasks in a running or starting state
     task_ids: dict[str, str] = field(default_factory=dict)  # instance id -> Marathon task id
-    failed: collections.deque[Instance] = field(default_factory=lambda: collections.deque(maxlen=MAX_ENDED))
-    killed: collections.deque[Instance] = field(default_factory=lambda: collections.deque(maxlen=MAX_ENDED))
-    recorded: dict[str, None] = field(default_factory=dict)  # ids already ended (bounded, oldest first)
     changed_at: int = 0  # the scheduler's change counter when we last changed this book ourselves
     record: str | None = None  # the router's record of the service, from the app's label
 
@@ -276,15 +272,12 @@ class AppBook:
             self.end(failure_instance(naming, self.service_id, failure, None))
         self.tasks, self.active_ids = listed, active
 
-    def end(self, ended: Instance) -> None:
+    def end(self, ended: Instance) -> bool:
         """Record an ended instance once; it leaves the active set at once, even while Marathon still lists it."""
-        if ended.id in self.recorded:
-            return
-        self.recorded[ended.id] = None
-        while len(self.recorded) > 10 * MAX_ENDED:
-            del self.recorded[next(iter(self.recorded))]
+        if not super().end(ended):
+            return False
         self.active_ids.discard(ended.id)
-        (self.failed if ended.failed else self.killed).append(ended)
+        return True
 
     def find_ended(self, instance_id: str) -> bool:
         return instance_id in self.recorded
