@@ -39,6 +39,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.emulators.faults import Fault, take_fault
 from tests.emulators.kubernetes_cluster import (
     JSON,
     Cluster,
@@ -62,15 +63,6 @@ class Refused(Exception):
     def __init__(self, code: int, reason: str, message: str, details: JSON | None = None) -> None:
         super().__init__(message)
         self.body = status_object(code, reason, message, details)
-
-
-@dataclass
-class Fault:
-    status: int | None
-    count: int
-    delay_ms: int
-    method: str | None = None
-    path: str | None = None
 
 
 @dataclass
@@ -463,15 +455,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def add_fault(request: web.Request) -> web.Response:
-    body = await read_json(request) or {}
-    fault = Fault(
-        status=int(body["status"]) if body.get("status") else None,
-        count=int(body.get("count", 1)),
-        delay_ms=int(body.get("delay-ms", 0)),
-        method=body.get("method"),
-        path=body.get("path"),
-    )
-    request.app[SETTINGS].faults.append(fault)
+    request.app[SETTINGS].faults.append(Fault.from_json(await read_json(request) or {}))
     return web.json_response({"faults": len(request.app[SETTINGS].faults)})
 
 
@@ -534,20 +518,14 @@ async def auth_and_faults(request: web.Request, handler: Handler) -> web.StreamR
     settings = request.app[SETTINGS]
     if settings.token is not None and request.headers.get("Authorization") != f"Bearer {settings.token}":
         raise Refused(401, "Unauthorized", "Unauthorized")
-    for fault in settings.faults:
-        if (fault.method is None or fault.method.upper() == request.method) and (
-            fault.path is None or request.path.startswith(fault.path)
-        ):
-            fault.count -= 1
-            if fault.count <= 0:
-                settings.faults.remove(fault)
-            await asyncio.sleep(fault.delay_ms / 1000)
-            if fault.status:
-                reasons = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
-                raise Refused(
-                    fault.status, reasons.get(fault.status, "InternalError"), f"Emulated fault: HTTP {fault.status}"
-                )
-            break
+    fault = take_fault(settings.faults, request)
+    if fault is not None:
+        await asyncio.sleep(fault.delay_ms / 1000)
+        if fault.status:
+            reasons = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
+            raise Refused(
+                fault.status, reasons.get(fault.status, "InternalError"), f"Emulated fault: HTTP {fault.status}"
+            )
     return await handler(request)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.emulators.behaviours import switch
+from tests.emulators.faults import Fault, take_fault
 from tests.emulators.marathon_cluster import Cluster, Task
 from tests.emulators.marathon_validation import invalid_json
 
@@ -29,22 +30,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
-class Fault:
-    status: int | None
-    count: int
-    delay_ms: int
-    method: str | None = None
-    path: str | None = None
-    message: str | None = None  # the error body's message and details (a list, or a string as some 400s have)
-    details: Any = None
-
-    def matches(self, request: web.Request) -> bool:
-        return (self.method is None or self.method.upper() == request.method) and (
-            self.path is None or request.path.startswith(self.path)
-        )
-
-
-@dataclass
 class EmulatorSettings:
     username: str | None = None
     password: str | None = None
@@ -53,15 +38,6 @@ class EmulatorSettings:
     behaviours: dict[str, str] = field(default_factory=dict)  # switched at start
     election_until: float = 0.0  # monotonic: a leader election goes on until then
     election_status: int = 503
-
-    def take_fault(self, request: web.Request) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(request):
-                fault.count -= 1
-                if fault.count <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
 
 
 SETTINGS = web.AppKey("settings", EmulatorSettings)
@@ -106,16 +82,7 @@ async def add_fault(request: web.Request) -> web.Response:
     body = await read_json(request)
     if not isinstance(body, dict):
         return error(400, "a fault is a JSON object")
-    fault = Fault(
-        status=int(body["status"]) if body.get("status") else None,
-        count=int(body.get("count", 1)),
-        delay_ms=int(body.get("delay-ms", 0)),
-        method=body.get("method"),
-        path=body.get("path"),
-        message=body.get("message"),
-        details=body.get("details"),
-    )
-    request.app[SETTINGS].faults.append(fault)
+    request.app[SETTINGS].faults.append(Fault.from_json(body))
     return web.json_response({"faults": len(request.app[SETTINGS].faults)})
 
 
@@ -228,7 +195,7 @@ async def auth_and_faults(request: web.Request, handler: Handler) -> web.StreamR
         if settings.election_status == 502:
             return error(502, "Could not proxy the request to the leader: the connection was refused")
         return error(503, "Could not determine the current leader")
-    fault = settings.take_fault(request)
+    fault = take_fault(settings.faults, request)
     if fault is not None:
         await asyncio.sleep(fault.delay_ms / 1000)
         if fault.status == 409:
