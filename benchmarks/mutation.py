@@ -4,7 +4,7 @@ For every module the script copies the package and the tests into a temp dir (th
 points mutmut at that one module and its test files, runs it, and prints one line per module: mutants, killed,
 survived, the raw score, and the score over behaviour-changing mutants. Two kinds of survivor are left out of
 that score, and both are listed after the table so a reader can check them:
-- wording-only: the change is inside the prose of a string literal (text with a space in it, outside an
+- wording-only: the change is inside the prose of a string literal (two words with a space between, outside an
   f-string's {fields}): an error message's wording. A changed field name, value, separator or key is behaviour.
 - equivalent: listed in EQUIVALENT below with the reason the mutated program behaves the same for every input.
 Survivors that change behaviour are listed with their diff, for the next test to kill. A mutant no test reaches
@@ -47,10 +47,16 @@ PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "-x", "-W", "ignore"]
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     ("reservation", "Reservations.remove", "slots.routable = False -> slots.routable = None"):
         "routable is only ever read for its truth, and None is as false as False",
+    **{
+        ("descriptor", "service_id", f"usedforsecurity=False).hexdigest() -> {new}).hexdigest()"):
+            "the digest is the same; the flag only lets md5 run on a FIPS-restricted OpenSSL, which the id needs"
+        for new in ("", "usedforsecurity=True", "usedforsecurity=None")
+    },
 }
 DETECTED = ("killed", "timeout", "segfault")  # a test failed, hung or crashed under the mutant
 _STRING = re.compile(r"""(?i:[rbfu]{0,2})("([^"\\]|\\.)*"|'([^'\\]|\\.)*')""")
 _FIELD = re.compile(r"\{[^{}]*\}")
+_WORDS = re.compile(r"[A-Za-z]{2,}\W*\s\W*[A-Za-z]{2,}")  # two words apart: prose, not a key like "min-instances"
 
 
 def mutmut(work: Path, *args: str) -> str:
@@ -71,8 +77,8 @@ def _fields(literal: str) -> list[str]:
 
 
 def _prose(literal: str, other: str) -> bool:
-    """``literal`` became ``other`` only in its prose: same f-string fields, and the text changed has a space."""
-    return _fields(literal) == _fields(other) and " " in _FIELD.sub("", literal)
+    """``literal`` became ``other`` only in its prose: same f-string fields, and the text changed is words."""
+    return _fields(literal) == _fields(other) and _WORDS.search(_FIELD.sub("", literal)) is not None
 
 
 def wording_only(diff: str) -> bool:

@@ -424,10 +424,11 @@ def test_reserved_env_names_in_tokens(name: str, reserved: bool) -> None:
     ([("x-waiter-env-a", "1"), ("x-waiter-param-b", "2")], {"env": {"A": "1", "B": "2"}}),
     ([("x-waiter-liveness-check-url", "/live")], {"liveness-check-url": "/live"}),
     ([("content-type", "text/plain"), ("x-cid", "abc")], {}),
+    ([("content-type", "text/plain"), ("x-waiter-cpus", "2")], {"cpus": 2}),
 ], ids=["int", "float", "case-insensitive-name", "string-verbatim", "version-stays-string",
         "name-stays-string", "run-as-star", "enum-verbatim", "int-param", "number-param", "allowed-list",
         "allowed-empty", "env", "metadata-lowercased-key", "param", "env-and-param", "liveness",
-        "non-waiter-ignored"])
+        "non-waiter-ignored", "non-waiter-then-waiter"])
 def test_header_params(headers: list[tuple[str, str]], params: dict[str, Any]) -> None:
     parsed = parse_headers(headers)
     assert parsed.params == params
@@ -493,6 +494,28 @@ def test_bad_header_values(name: str, value: str, needle: str) -> None:
     assert len(err.problems) == 1
     assert needle in err.problems[0]
     assert name in err.problems[0]
+
+
+@pytest.mark.parametrize(("headers", "problems"), [
+    ([("x-waiter-timeout", " 0")], ['x-waiter-timeout must be an integer in the range [1, 3600000]. Got " 0".']),
+    ([("x-waiter-cpus", "[1")], ['x-waiter-cpus must be a positive number. Got "[1".']),
+    ([("x-waiter-cpus", "0.0")], ['x-waiter-cpus must be a positive number. Got "0.0".']),
+    ([("x-waiter-cpus", "[" * 40 + "]" * 40)],
+     ["x-waiter-cpus is JSON nested deeper than the limit of 32 levels."]),
+    ([("x-waiter-idle-timeout-mins", "0")],
+     ['x-waiter-idle-timeout-mins must be an integer in the range [1, 43200] (0 is only allowed in tokens). '
+      'Got "0".']),
+    ([("x-waiter-cmd", "a\x00b"), ("x-waiter-cpus", "1"), ("x-waiter-name", "\udcff")],
+     ["x-waiter-cmd must be UTF-8 text without NUL characters, but it contains a NUL character at position 1.",
+      "x-waiter-name must be UTF-8 text without NUL characters, but it is not valid UTF-8 "
+      "(byte 0xff at position 0)."]),
+    ([("x-waiter-env-a", "\x00")],
+     ["x-waiter-env-a must be UTF-8 text without NUL characters, but it contains a NUL character at position 0."]),
+], ids=["option-shows-raw-text", "not-json-shows-raw-text", "json-shows-raw-text", "too-deep", "idle-zero",
+        "garbled-each-named", "garbled-env-not-parsed"])
+def test_bad_header_sentences(headers: list[tuple[str, str]], problems: list[str]) -> None:
+    err = _errors(parse_headers, headers)
+    assert (err.headline, err.problems) == (SERVICE_HEADLINE, problems)
 
 
 @pytest.mark.parametrize("name", [
@@ -657,6 +680,37 @@ def test_build_core_errors(token: dict[str, Any], headers: list[tuple[str, str]]
     assert err.headline == message and err.status == 400
 
 
+def test_a_host_token_fills_the_requester_unless_consent_is_asked() -> None:
+    token = _without(TOKEN, "run-as-user")
+    core = build_core(token, parse_headers([]), "req", has_token=True)
+    assert (core["run-as-user"], core["permitted-user"]) == ("req", "req")
+
+
+@pytest.mark.parametrize(("allowed", "headers", "problems"), [
+    (["Z", "P"], [*NAMED, ("x-waiter-param-q", "1")],
+     ["x-waiter-param-* may only set the allowed-params of the token (P, Z)."]),
+    (None, [*NAMED, ("x-waiter-param-q", "1")],
+     ["x-waiter-param-* may only set the allowed-params of the token (none)."]),
+    # not yet validated: a number among the names is listed, not a TypeError
+    (["P", 1], [*NAMED, ("x-waiter-param-q", "1")],
+     ["x-waiter-param-* may only set the allowed-params of the token (1, P)."]),
+], ids=["listed-in-order", "none", "mixed-types"])
+def test_refused_params_name_what_the_token_allows(allowed: list[Any] | None, headers: list[tuple[str, str]],
+                                                  problems: list[str]) -> None:
+    token = _without(TOKEN, "allowed-params") if allowed is None else {**TOKEN, "allowed-params": allowed}
+    err = _errors(_core_of, token, headers)
+    assert err.problems == problems
+
+
+def test_allowed_params_of_mixed_types_get_one_order_and_a_clear_error() -> None:
+    core = _core_of({**TOKEN, "allowed-params": ["P", 1, "P"]}, NAMED)
+    assert core["allowed-params"] == [1, "P"]
+    err = _errors(validate_service, core)
+    assert err.problems == [
+        "Environment variable name 1 in allowed-params is invalid: names must start with a letter, contain only "
+        "letters, digits and underscores, and be at most 512 characters long."]
+
+
 def test_on_the_fly_headers_build_a_valid_service() -> None:
     headers = [("x-waiter-cmd", "python -m http.server $PORT0"), ("x-waiter-cpus", "0.5"),
     ("x-waiter-mem", "64"),
@@ -750,6 +804,13 @@ def test_service_id_is_deterministic() -> None:
     assert service_id({**BASE, "cpus": 1.0}) == service_id({**BASE, "cpus": 1})
 
 
+def test_a_set_hashes_as_its_sorted_list() -> None:
+    as_list = service_id({**BASE, "allowed-params": ["A", "B"], "env": {"A": "1"}})
+    assert service_id({**BASE, "allowed-params": {"B", "A"}, "env": {"A": "1"}}) == as_list
+    mixed = service_id({**BASE, "allowed-params": [2, "A"]})
+    assert service_id({**BASE, "allowed-params": frozenset({"A", 2})}) == mixed
+
+
 def test_service_id_ignores_non_service_keys_and_defaults() -> None:
     core = dict(BASE)
     sid = service_id(core)
@@ -794,10 +855,15 @@ def test_effective_defaults(name: str, value: Any) -> None:
     ({**BASE, "concurrency-level": 2}, {"concurrency-level": 4}, {"concurrency-level": 2}),
     ({**BASE, "max-instances": 3}, {"min-instances": 5}, {"min-instances": 3, "max-instances": 3}),
     ({**BASE, "max-instances": 3, "min-instances": 2}, {"min-instances": 5}, {"min-instances": 2}),
+    ({**BASE, "max-instances": 1}, {"min-instances": 5}, {"min-instances": 1}),
+    ({**BASE, "max-instances": 0}, {"min-instances": 5}, {"min-instances": 1}),
+    ({**BASE, "max-instances": "3"}, {"min-instances": 5}, {"min-instances": 5, "max-instances": "3"}),
+    ({**BASE, "max-instances": True}, {"min-instances": 5}, {"min-instances": 5}),
 ],
         ids=["liveness-copies-defaults", "liveness-copies-health-check", "explicit-liveness-kept",
         "overrides-apply",
-        "core-beats-overrides", "small-max-lowers-default-min", "explicit-min-kept"])
+        "core-beats-overrides", "small-max-lowers-default-min", "explicit-min-kept", "max-one", "max-zero-min-one",
+        "max-not-a-number-left-to-validation", "max-bool-is-no-number"])
 def test_effective(core: dict[str, Any], overrides: dict[str, Any] | None, expected: dict[str, Any]) -> None:
     eff = effective(core, overrides)
     for key, value in expected.items():
@@ -814,15 +880,15 @@ def test_effective_copies_instead_of_sharing() -> None:
 
 # -- the error type ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("err", "text"), [
-    (DescriptorError("Head"), "Head"),
-    (DescriptorError("Head", ["a.", "b."]), "Head\na.\nb."),
-    (DescriptorError("Head", [], status=403), "Head"),
+@pytest.mark.parametrize(("args", "status", "text"), [
+    (("Head",), 400, "Head"),
+    (("Head", ["a.", "b."]), 400, "Head\na.\nb."),
+    (("Head", []), 403, "Head"),
 ], ids=["headline-only", "with-problems", "status"])
-def test_descriptor_error(err: DescriptorError, text: str) -> None:
-    assert str(err) == text
-    assert err.status in (400, 403)
-    assert isinstance(err, Exception)
+def test_descriptor_error(args: tuple[Any, ...], status: int, text: str) -> None:
+    err = DescriptorError(*args, status=status)  # built in the test: a table row is built before any test runs
+    assert (str(err), err.status) == (text, status)
+    assert err.args == (text,)  # what repr, pickling and logging's fallbacks show
 
 
 def test_waiter_headers_defaults() -> None:

@@ -220,9 +220,9 @@ def _parse_param(state: _HeaderParse, param: Param, name: str, value: str) -> No
 
 def split_token(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a token record into (service params, token user metadata); system metadata, "token" dropped."""
-    params = {k: copy.deepcopy(v) for k, v in data.items() if k in SERVICE_PARAMS}
-    meta = {k: copy.deepcopy(v) for k, v in data.items() if k in TOKEN_PARAMS}
-    return params, meta
+    params = {k: v for k, v in data.items() if k in SERVICE_PARAMS}
+    meta = {k: v for k, v in data.items() if k in TOKEN_PARAMS}
+    return copy.deepcopy(params), copy.deepcopy(meta)
 
 
 def merge_tokens(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -231,18 +231,17 @@ def merge_tokens(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     for record in records:
         for key, value in record.items():
             earlier = merged.get(key)
-            if key in _MAP_PARAMS and isinstance(value, Mapping) and isinstance(earlier, dict):
-                earlier.update(copy.deepcopy(dict(value)))
+            if key in _MAP_PARAMS and isinstance(value, Mapping) and isinstance(earlier, Mapping):
+                merged[key] = {**earlier, **value}
             else:
-                merged[key] = copy.deepcopy(value)
-    return merged
+                merged[key] = value
+    return copy.deepcopy(merged)
 
 
 def token_defaults(token_meta: Mapping[str, Any]) -> dict[str, Any]:
     """Token user metadata with the §2.2 defaults filled in."""
-    filled = {name: copy.deepcopy(p.default) for name, p in TOKEN_PARAMS.items() if p.default is not None}
-    filled.update(copy.deepcopy(dict(token_meta)))
-    return filled
+    defaults = {name: p.default for name, p in TOKEN_PARAMS.items() if p.default is not None}
+    return copy.deepcopy({**defaults, **token_meta})
 
 
 # -- building the core description ---------------------------------------------------------------------------
@@ -258,13 +257,13 @@ def build_core(token_params: Mapping[str, Any], headers: WaiterHeaders, requeste
     """
     if not (has_token or headers.tokens or headers.on_the_fly):
         raise DescriptorError("Unable to identify service using waiter headers/token")
-    core = {k: copy.deepcopy(v) for k, v in token_params.items() if k in SERVICE_PARAMS}
+    core = {k: v for k, v in token_params.items() if k in SERVICE_PARAMS}  # new objects only: copied at the end
     header_env = headers.params.get("env", {})
     for key, value in headers.params.items():
         if key == "metadata":
             core["metadata"] = {**_as_dict(core.get("metadata")), **value}
         elif key != "env":
-            core[key] = copy.deepcopy(value)
+            core[key] = value
     fly_env = {k: v for k, v in header_env.items() if k not in headers.param_env_keys}
     param_env = {k: v for k, v in header_env.items() if k in headers.param_env_keys}
     if fly_env:
@@ -277,7 +276,7 @@ def build_core(token_params: Mapping[str, Any], headers: WaiterHeaders, requeste
     named = headers.on_the_fly or bool(headers.tokens)
     fill_requester = named or (has_token and not host_token_needs_consent)
     _resolve_users(core, headers, requester, fill_requester)
-    return core
+    return copy.deepcopy(core)
 
 
 def _as_dict(value: Any) -> dict[str, Any]:
@@ -289,7 +288,7 @@ def _apply_param_env(core: dict[str, Any], param_env: Mapping[str, str]) -> None
     allowed = set(allowed_raw) if isinstance(allowed_raw, list | tuple | set | frozenset) else set()
     refused = sorted(set(param_env) - allowed)
     if refused:
-        listed = ", ".join(sorted(allowed, key=str)) or "none"
+        listed = ", ".join(sorted(str(name) for name in allowed)) or "none"  # not validated yet: any JSON
         raise DescriptorError(f"Some params cannot be configured: {', '.join(refused)}",
                               [f"x-waiter-param-* may only set the allowed-params of the token ({listed})."])
     core["env"] = {**_as_dict(core.get("env")), **param_env}
@@ -317,18 +316,18 @@ def effective(core: Mapping[str, Any], overrides: Mapping[str, Any] | None = Non
 
     Never changes the service id, which is computed from the core alone.
     """
-    result = {name: copy.deepcopy(p.default) for name, p in SERVICE_PARAMS.items() if p.default is not None}
-    result.update(copy.deepcopy(dict(overrides or {})))
-    if "max-instances" in core and "min-instances" not in core and _is_int(core["max-instances"]):
-        # a lone small max-instances must not clash with a default min-instances above it
+    result = {name: p.default for name, p in SERVICE_PARAMS.items() if p.default is not None}
+    result.update(overrides or {})
+    if "max-instances" in core and _is_int(core["max-instances"]):
+        # a small max-instances must not clash with a default min-instances above it (core's own min still wins)
         result["min-instances"] = min(result["min-instances"], max(core["max-instances"], 1))
-    result.update(copy.deepcopy(dict(core)))
+    result.update(core)
     for name in SERVICE_PARAMS:
         if name.startswith("liveness-check-") and name not in result:
             source = name.replace("liveness-check-", "health-check-")
             if result.get(source) is not None:
-                result[name] = copy.deepcopy(result[source])
-    return result
+                result[name] = result[source]
+    return copy.deepcopy(result)
 
 
 def _is_int(value: Any) -> bool:
