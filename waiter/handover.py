@@ -34,6 +34,7 @@ from waiter.state.base import SharedState, StateUnavailable
 log = logging.getLogger(__name__)
 
 WANT, GAVE = "want", "gave"
+GROW_RETRY_SECS = 1.0  # how often a router with nothing waiting tries for slots it found all taken
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,7 @@ class Handover:
         self._wants: dict[str, dict[str, Want]] = {}  # service id -> peer router id -> its want
         self._sent: dict[str, tuple[int, float | None]] = {}  # service id -> (need, oldest) last told
         self._peer_wanted: dict[str, float] = {}  # service id -> when a peer last wanted its slots (monotonic)
+        self._fruitless: dict[str, float] = {}  # instance id -> when leasing more of it last gained nothing
         self._lock = asyncio.Lock()
 
     # -- what wakes it ------------------------------------------------------------------------------------------
@@ -196,6 +198,9 @@ class Handover:
         for table in (self._wants, self._peer_wanted, self._sent):
             for sid in [s for s in table if s not in self.registry.services]:
                 del table[sid]
+        now = time.monotonic()
+        for iid in [i for i, at in self._fruitless.items() if now - at >= GROW_RETRY_SECS]:
+            del self._fruitless[iid]
         for sid in list(self.registry.services):
             await self.settle(sid, grow=True, again=True)
 
@@ -213,16 +218,25 @@ class Handover:
             quiet = time.monotonic() - self._peer_wanted.get(sid, -self.want_ttl) >= self.want_ttl
             target = plan(res, held, wants, (grow and quiet) or bool(res.queued))
             growing = []
+            now = time.monotonic()
             for iid, use in target.items():
-                if max(use, res.in_use(iid)) > held.get(iid, 0):
-                    growing.append((iid, max(use, res.in_use(iid))))
-                    res.set_capacity(iid, held.get(iid, 0))  # what it holds for sure, whatever becomes of the rest
-                else:
+                have = held.get(iid, 0)
+                if max(use, res.in_use(iid)) <= have:
                     await self._give(sid, res, held, iid, use, wants)
+                    continue
+                res.set_capacity(iid, have)  # what it holds for sure, whatever becomes of the rest
+                # Nothing waits here and the slots were taken last time: a peer holds them, and would say (gave)
+                # when it gives some back; try again only now and then, not at every tick.
+                if res.queued or iid not in held or now - self._fruitless.get(iid, -GROW_RETRY_SECS) >= GROW_RETRY_SECS:
+                    growing.append((iid, max(use, res.in_use(iid))))
             announce = self._want(sid, res, again)
             if growing or announce:
                 granted = await self.state.grow(self.router_id, growing, res.concurrency_level, res.queued, announce)
                 for (iid, _), got in zip(growing, granted, strict=True):
+                    if got > held.get(iid, 0):
+                        self._fruitless.pop(iid, None)
+                    else:
+                        self._fruitless[iid] = now
                     self._record(res, held, iid, target[iid], got)
 
     def _want(self, sid: str, res: Reservations, again: bool) -> str:
