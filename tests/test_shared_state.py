@@ -9,7 +9,7 @@ import redis.asyncio as redis
 
 from tests.redis_server import RedisServer
 from tests.support import eventually
-from waiter.state.base import SharedState
+from waiter.state.base import Exchange, RouterStats, SharedState
 from waiter.state.memory import MemoryState
 from waiter.state.redis import RedisState
 
@@ -68,4 +68,32 @@ async def test_slot_leases_keep_concurrency_level_and_announce_handovers(kind: s
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+        await state.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_ticks_exchange_publishes_and_reads_back_everything(kind: str, redis_server: RedisServer) -> None:
+    state: SharedState = MemoryState() if kind == "memory" else RedisState(redis_server.url, namespace="exchange")
+    try:
+        await state.heartbeat("r2", {"url": "http://r2"}, ttl_ms=60_000)
+        await state.publish_stats("r2", {"s": RouterStats(3, 1, 9, 5.0)}, ttl_ms=60_000)
+        await state.heartbeat("gone", {"url": "http://gone"}, ttl_ms=1)
+        await state.block("i1", 60_000)
+        await state.flag_expired("i2", 60_000)
+        await state.flag_expired("i3", 1)
+
+        async def exchanged() -> Exchange:
+            mine = {"s": RouterStats(1, 0, 4, 6.0)}
+            return await state.exchange("r1", {"url": "http://r1"}, 60_000, mine, 60_000)
+
+        async def gone_forgotten() -> bool:
+            return "gone" not in (await exchanged()).routers
+
+        await eventually(gone_forgotten, what="the router whose heartbeat lapsed to be forgotten")
+        got = await exchanged()
+        assert got.stats == {"r1": {"s": RouterStats(1, 0, 4, 6.0)}, "r2": {"s": RouterStats(3, 1, 9, 5.0)}}
+        assert set(got.routers) == {"r1", "r2"} and got.routers["r1"] == {"url": "http://r1"}
+        assert (got.blocked, got.expired) == ({"i1"}, {"i2"})
+        assert await state.routers() == got.routers and await state.all_stats() == got.stats
+    finally:
         await state.close()

@@ -188,18 +188,16 @@ class Coordinator:
     async def tick(self) -> None:
         state = self.state
         info = {"url": self.router_url, "started-at": self.started_at, "scheduler": self.scheduler}
-        await state.heartbeat(self.router_id, info, self.router_ttl_ms)
-        await state.publish_stats(self.router_id, self.local_stats(), self.stats_ttl_ms)
-        all_stats = await state.all_stats()
-        view = summed(all_stats, self.router_id)
-        view.routers = await state.routers()
+        got = await state.exchange(self.router_id, info, self.router_ttl_ms, self.local_stats(), self.stats_ttl_ms)
+        view = summed(got.stats, self.router_id)
+        view.routers = got.routers
         self.view = view
         now = time.monotonic()
         if now - self._last_service_sync >= self.service_sync_interval or self._unregistered():
             self._last_service_sync = now
             await self._sync_services()
-        await self._apply_blocks(await state.blocked())
-        self._apply_expired(await state.expired())
+        await self._apply_blocks(got.blocked)
+        self._apply_expired(got.expired)
         if state.shared:
             await self.handover.settle_all()
 

@@ -35,6 +35,16 @@ class RouterStats:
         return cls(int(data[0]), int(data[1]), int(data[2]), None if data[3] is None else float(data[3]))
 
 
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What a router reads back at each tick (see ``SharedState.exchange``)."""
+
+    stats: dict[str, dict[str, RouterStats]]  # as all_stats
+    routers: dict[str, dict[str, Any]]  # as routers
+    blocked: set[str]
+    expired: set[str]
+
+
 class SharedState(Protocol):
     kind: str
     shared: bool  # True when other routers can see what this one writes
@@ -59,6 +69,12 @@ class SharedState(Protocol):
 
     async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
         """router id -> service id -> counts, for every router whose counts have not expired."""
+
+    async def exchange(
+        self, router_id: str, info: dict[str, Any], ttl_ms: int, stats: dict[str, RouterStats], stats_ttl_ms: int
+    ) -> Exchange:
+        """A tick's exchange in as few round trips as the back-end allows: ``heartbeat``, ``publish_stats``, then
+        ``all_stats``, ``routers``, ``blocked`` and ``expired`` as they are after both."""
 
     # -- the scaling leader ------------------------------------------------------------------------------------
     async def lead(self, router_id: str, ttl_ms: int) -> bool:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from waiter.state.base import TOMBSTONE_MS, RouterStats
+from waiter.state.base import TOMBSTONE_MS, Exchange, RouterStats
 
 
 class _Expiring:
@@ -71,6 +71,13 @@ class MemoryState:
 
     async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
         return self._stats.items()
+
+    async def exchange(
+        self, router_id: str, info: dict[str, Any], ttl_ms: int, stats: dict[str, RouterStats], stats_ttl_ms: int
+    ) -> Exchange:
+        await self.heartbeat(router_id, info, ttl_ms)
+        await self.publish_stats(router_id, stats, stats_ttl_ms)
+        return Exchange(await self.all_stats(), await self.routers(), await self.blocked(), await self.expired())
 
     async def lead(self, router_id: str, ttl_ms: int) -> bool:
         holder = self._leader.get("leader")

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 
 from waiter.redis_client import RedisConnection
 from waiter.settings import redact_url
-from waiter.state.base import TOMBSTONE_MS, RouterStats, StateUnavailable
+from waiter.state.base import TOMBSTONE_MS, Exchange, RouterStats, StateUnavailable
 from waiter.text import failure_reason
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,47 @@ class RedisState:
     async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
         raw = await self._call("read counts", lambda: self._live("stats"))
         return {rid: {sid: RouterStats.from_json(v) for sid, v in data.items()} for rid, data in raw.items()}
+
+    async def exchange(
+        self, router_id: str, info: dict[str, Any], ttl_ms: int, stats: dict[str, RouterStats], stats_ttl_ms: int
+    ) -> Exchange:
+        """Two round trips (three when ids or expired flags are pruned) instead of eight."""
+        body = json.dumps({sid: s.to_json() for sid, s in stats.items()})
+
+        async def run() -> Exchange:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(f"{self.p}router:{router_id}", json.dumps(info), px=ttl_ms)
+                pipe.sadd(f"{self.p}routers", router_id)
+                pipe.set(f"{self.p}stats:{router_id}", body, px=stats_ttl_ms)
+                pipe.smembers(f"{self.p}routers")
+                pipe.hgetall(f"{self.p}blocked")
+                pipe.hgetall(f"{self.p}expired")
+                *_, members, blocked, expired = await pipe.execute()
+            ids = sorted(members)
+            values = await self._redis.mget([f"{self.p}{kind}:{rid}" for kind in ("router", "stats") for rid in ids])
+            infos, counts = values[: len(ids)], values[len(ids) :]
+            now = int(time.time() * 1000)
+            gone = [rid for rid, i, c in zip(ids, infos, counts, strict=True) if i is None and c is None]
+            lapsed = [iid for iid, until in expired.items() if int(until) <= now]
+            if gone or lapsed:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    if gone:
+                        pipe.srem(f"{self.p}routers", *gone)
+                    if lapsed:
+                        pipe.hdel(f"{self.p}expired", *lapsed)
+                    await pipe.execute()
+            return Exchange(
+                stats={
+                    rid: {sid: RouterStats.from_json(v) for sid, v in json.loads(c).items()}
+                    for rid, c in zip(ids, counts, strict=True)
+                    if c is not None
+                },
+                routers={rid: json.loads(i) for rid, i in zip(ids, infos, strict=True) if i is not None},
+                blocked={iid for iid, until in blocked.items() if int(until) > now},
+                expired={iid for iid, until in expired.items() if int(until) > now},
+            )
+
+        return await self._call("exchange counts", run)
 
     # -- the scaling leader ----------------------------------------------------------------------------------------
 
