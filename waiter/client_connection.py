@@ -31,6 +31,7 @@ from waiter.http1 import (
     RequestBody,
     Tunnel,
     error_response,
+    malformed,
 )
 from waiter.text import printable
 
@@ -115,7 +116,8 @@ class Connection(asyncio.Protocol):
             if isinstance(cause, BadRequest):
                 self._fault(cause)
             else:
-                self._fault(BadRequest(400, f"The request is not valid HTTP/1.1: {exc}."))
+                log.debug("malformed request from %s: %s", self.peer.decode(), exc)
+                self._fault(malformed(str(exc), self._in_head))
         else:
             if self._in_head and self._head_bytes > self.limits.max_head:
                 self._fault(

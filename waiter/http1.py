@@ -54,6 +54,32 @@ class BadRequest(Exception):
         self.message = message
 
 
+# What the parser's complaint is about, in our words (its own text names llhttp's states, never shown): the first
+# word found in its reason picks the sentence. Order matters: "Invalid character in chunk size" is about a chunk.
+_MALFORMED = (
+    ("chunk", "a chunk of its body is malformed (each is its size in hex digits, CRLF, the data, CRLF)"),
+    ("can't be present", "it has both Content-Length and Transfer-Encoding; only one is allowed"),
+    ("content-length", "its Content-Length is not one decimal number"),
+    ("transfer-encoding", "its Transfer-Encoding is not one the router accepts (only chunked)"),
+    ("method", "its method is not a token HTTP allows (letters such as GET or POST)"),
+    ("url", "its target has a character a URL does not allow"),
+    ("version", "its request line does not end in HTTP/1.0 or HTTP/1.1"),
+    ("header", "a header line is malformed (a name of token characters, a colon, a value without controls, CRLF)"),
+)
+
+
+def malformed(reason: str, in_head: bool) -> BadRequest:
+    """The 400 for what httptools refused (``reason`` is its message, which is matched, never quoted)."""
+    lowered = reason.lower()
+    fallback = (
+        "its head is not a request line and header lines, each ending in CRLF"
+        if in_head
+        else "its body does not follow the framing its head announced"
+    )
+    sentence = next((words for word, words in _MALFORMED if word in lowered), fallback)
+    return BadRequest(400, f"The request is not valid HTTP/1.1: {sentence}.")
+
+
 class HeaderView:
     """Case-insensitive ``get`` over a request's headers (what error rendering needs)."""
 

@@ -19,8 +19,31 @@ class TooDeep(JsonError):
     """Valid JSON, perhaps, but nested deeper than the limit."""
 
 
+class _Constant(ValueError):
+    """NaN or Infinity: Python's decoder takes them, JSON has no such numbers."""
+
+
 def _reject_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not a number")
+    raise _Constant(text)
+
+
+# What the decoder's complaint is about, in our words: its message is matched, never quoted ("Expecting value:
+# line 1 column 1 (char 0)" speaks of the decoder, not of the client's text). The first match wins.
+_PROBLEMS = (
+    ("Unterminated string", 'a string that never ends (a " is missing)'),
+    ("control character", "a control character inside a string (JSON wants an escape such as \\n)"),
+    ("escape", "a backslash escape JSON does not have"),
+    ("Extra data", "more text after the JSON value"),
+    ("property name", "an object key that is not a string in double quotes"),
+    ("':'", "an object key without a : after it"),
+)
+
+
+def _problem(exc: json.JSONDecodeError) -> str:
+    if exc.pos >= len(exc.doc):
+        return f"the text ends before the value is complete (line {exc.lineno}, column {exc.colno})"
+    what = next((words for key, words in _PROBLEMS if key in exc.msg), "an unexpected character")
+    return f"{what} at line {exc.lineno}, column {exc.colno}"
 
 
 def depth(value: Any) -> int:
@@ -50,8 +73,13 @@ def loads(text: str | bytes, what: str, *, max_depth: int = MAX_DEPTH) -> Any:
         value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise too_deep from None
-    except ValueError as exc:
-        raise JsonError(f"{what} is not valid JSON ({exc}).") from None
+    except json.JSONDecodeError as exc:
+        raise JsonError(f"{what} is not valid JSON: {_problem(exc)}.") from exc  # the cause, for the log
+    except _Constant as exc:
+        raise JsonError(f"{what} is not valid JSON: {exc} is not a number JSON allows.") from None
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise JsonError(f"{what} is not valid UTF-8 (byte 0x{byte:02x} at position {exc.start}).") from None
     if depth(value) > max_depth:
         raise too_deep
     return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from aiohttp import web
@@ -10,6 +11,8 @@ from aiohttp import web
 from waiter import jsonbounds
 from waiter.errors import WaiterError
 from waiter.version import SERVER_HEADER
+
+log = logging.getLogger(__name__)
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -72,4 +75,6 @@ async def read_json(request: web.BaseRequest, limit: int) -> Any:
     try:
         return jsonbounds.loads(text, "The request body")
     except jsonbounds.JsonError as exc:
+        if exc.__cause__ is not None:
+            log.debug("%s (%s)", exc, exc.__cause__)
         raise WaiterError(400, str(exc)) from None

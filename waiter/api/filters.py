@@ -8,6 +8,7 @@ RE2 has no backreferences or lookaround; a pattern it cannot compile is a 400 na
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,11 +18,37 @@ import re2
 from waiter.errors import WaiterError
 from waiter.text import printable
 
+log = logging.getLogger(__name__)
+
 MAX_PATTERN = 1024  # characters: compiling is linear too, but nobody filters with a longer expression
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False  # a client's bad pattern is answered, not printed to stderr
 _OPTIONS.never_capture = True
 _OPTIONS.max_mem = 8 << 20  # bytes of compiled program: a pathological repetition is refused, not built
+
+
+# What RE2 found wrong, in our words: its message ("missing ): (ab") is matched by its first words, never quoted.
+_REASONS = (
+    ("missing )", "a ( that is never closed"),
+    ("unexpected )", "a ) that closes nothing"),
+    ("missing ]", "a [ that is never closed"),
+    ("trailing \\", "a \\ at the end with nothing to escape"),
+    ("invalid escape", "a backslash escape RE2 does not know (backreferences such as \\1 included)"),
+    ("invalid perl operator", "a (? group RE2 does not know (lookaround included)"),
+    ("invalid named capture", "a named group whose name RE2 does not accept"),
+    ("character class", "a character class RE2 does not know or a range whose ends are out of order"),
+    ("repetition size", "a repetition count over 1000 or with its bounds out of order"),
+    ("repetition operator", "a repetition operator (*, +, ? or {}) with nothing to repeat"),
+    ("too large", f"a pattern larger than the {_OPTIONS.max_mem >> 20} MiB RE2 may compile it to"),
+)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, UnicodeEncodeError):
+        return "text that is not valid UTF-8"
+    raw = error.args[0] if error.args else b""
+    message = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return next((words for key, words in _REASONS if key in message), "a construct RE2 does not support")
 
 
 @dataclass(frozen=True)
@@ -42,10 +69,10 @@ class Filter:
         try:
             regex = re2.compile(pattern, _OPTIONS)
         except (re2.error, UnicodeEncodeError) as exc:
-            reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else exc
+            log.debug("filter %s=%r refused by RE2: %s", printable(name), printable(pattern), exc)
             raise WaiterError(
                 400,
-                f"The filter {printable(name)} is not a regular expression RE2 accepts ({reason}): "
+                f"The filter {printable(name)} is not a regular expression RE2 accepts: {_reason(exc)} in "
                 f"{printable(pattern)!r}. Backreferences and lookaround are not supported.",
             ) from None
         return cls(name, pattern, regex)

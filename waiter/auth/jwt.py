@@ -30,6 +30,19 @@ VERIFIED_TTL_SECS = 60.0
 _VERIFIED_MAX = 10_000
 
 
+def _refusal(error: jwt.InvalidTokenError, user_claim: str) -> str:
+    """Why PyJWT refused a token, in our words (its messages name its own checks, not the caller's token)."""
+    if isinstance(error, jwt.MissingRequiredClaimError):
+        return f"it has no {error.claim} claim; required: exp, iss, aud and {user_claim}"
+    if isinstance(error, jwt.InvalidSignatureError):
+        return "its signature does not verify with the issuer's key"
+    if isinstance(error, jwt.DecodeError):
+        return "its payload is not base64url-encoded JSON, or a time claim (exp, nbf, iat) is not a number"
+    if isinstance(error, jwt.InvalidIssuedAtError):
+        return "its iat claim is not a number"
+    return "it fails the checks of its signature and claims (exp, nbf, iat, iss, aud)"
+
+
 class JwtAuthenticator:
     name = "jwt"
     schemes = frozenset({"bearer"})
@@ -83,7 +96,12 @@ class JwtAuthenticator:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
-            raise self._fail(f"The bearer token is not a valid JWT: {exc}.") from None
+            log.debug("bearer token refused: %s", exc)
+            parts = token.count(".") + 1
+            shape = f"it has {parts} parts" if parts != 3 else "its header is not base64url-encoded JSON"
+            raise self._fail(
+                f"The bearer token is not a valid JWT: {shape}; a JWT is three base64url parts joined by dots."
+            ) from None
         alg = header.get("alg")
         if alg not in self.config.algorithms:
             raise self._fail(
@@ -116,7 +134,8 @@ class JwtAuthenticator:
         except jwt.InvalidAudienceError:
             raise self._fail(f"The bearer token's audience (aud) does not include {self.config.audience!r}.") from None
         except jwt.InvalidTokenError as exc:
-            raise self._fail(f"The bearer token is not valid: {exc}.") from None
+            log.debug("bearer token refused: %s", exc)
+            raise self._fail(f"The bearer token is not valid: {_refusal(exc, claim)}.") from None
         principal = claims.get(claim)
         if not isinstance(principal, str) or not principal:
             raise self._fail(f"The bearer token's {claim} claim must name the caller (a non-empty string).")

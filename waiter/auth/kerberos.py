@@ -10,11 +10,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 from typing import Any
 
 from waiter.auth.base import AuthRequest, Caller, Identity, authorization, unauthenticated, user_of
 from waiter.errors import WaiterError
 from waiter.settings import KerberosConfig
+
+log = logging.getLogger(__name__)
+
+
+def _refusal(error: Exception) -> str:
+    """Why GSSAPI refused a ticket, in our words (its messages quote the mechanism's internals)."""
+    from gssapi.raw import exceptions as gss
+
+    if isinstance(error, gss.ExpiredCredentialsError | gss.ExpiredContextError | gss.ExpiredTokenError):
+        return "it has expired; get a new ticket (kinit)"
+    if isinstance(error, gss.DuplicateTokenError | gss.TokenTooLateError):
+        return "it was already used (a replay)"
+    if isinstance(error, gss.BadMechanismError):
+        return "the credentials are not a Kerberos token in SPNEGO"
+    return "it is malformed, or for a service whose key is not in this router's keytab"
 
 
 class KerberosAuthenticator:
@@ -80,4 +96,5 @@ class KerberosAuthenticator:
                 raise self._fail("The Negotiate exchange needs more than one round, which this router does not do.")
             return str(context.initiator_name), reply
         except GSSError as exc:
-            raise self._fail(f"The Kerberos ticket was not accepted: {exc.gen_message()}") from None
+            log.info("Kerberos ticket refused: %s", exc.gen_message())
+            raise self._fail(f"The Kerberos ticket was not accepted: {_refusal(exc)}.") from None

@@ -31,6 +31,7 @@ from waiter.scheduler.mesos_proto import (
     framework_info,
     leader_from_location,
 )
+from waiter.text import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,11 @@ class MesosClient:
             tasks = json.loads(text).get("get_tasks") or {}
             return [task for task in tasks.get("tasks") or () if isinstance(task, Mapping)]
         except (ValueError, AttributeError) as error:
-            raise MesosError(f"The Mesos master answered GET_TASKS with something other than tasks: {error}") from None
+            log.debug("GET_TASKS answer not understood: %s", error)
+            raise MesosError(
+                f"The Mesos master at {self.leader} answered GET_TASKS with a body that is not a JSON object "
+                "holding get_tasks.tasks."
+            ) from None
 
     async def _post(self, path: str, what: str, body: Mapping[str, Any], headers: Mapping[str, str]) -> str:
         """POST one call to the leader; its body if the master accepted it (200 or 202), else ``MesosError``."""
@@ -142,7 +147,7 @@ class MesosClient:
                 f"{what} to the Mesos master at {url} got no answer within {self.settings.request_timeout_secs:g} s."
             ) from None
         except aiohttp.ClientError as error:
-            raise MesosError(f"{what} to the Mesos master at {url} failed: {error}.") from error
+            raise MesosError(f"{what} to the Mesos master at {url} failed: {failure_reason(error)}.") from error
         raise MesosError(f"The Mesos master at {url} refused {what} with status {response.status}: {text.strip()}")
 
     async def accept(
