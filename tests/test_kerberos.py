@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import FAKE, on_the_fly_headers
 from tests.identity import REALM, Kdc, kdc_listening, kdc_missing, running_kdc
+from tests.test_error_words import assert_our_words
 from waiter.auth.cookie import AUTH_COOKIE
 
 # Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
@@ -99,11 +100,13 @@ async def test_kerberos_tickets_authenticate_callers(make_router, kdc: Kdc) -> N
 
     for bad, message in (
         ("Negotiate !!!", "not base64"),
-        ("Negotiate " + base64.b64encode(b"junk").decode(), "not accepted"),
+        ("Negotiate " + base64.b64encode(b"junk").decode(), "not accepted: it is malformed, or for a service whose"),
     ):
         async with r.client.get(r.url + "/waiter-auth", headers={"authorization": bad}) as resp:
             assert resp.status == 401
-            assert message in await resp.text()
+            body = await resp.text()
+        assert message in body, body
+        assert_our_words(body)
 
 
 async def test_ticket_for_another_service_is_refused(make_router, kdc: Kdc) -> None:
@@ -112,7 +115,9 @@ async def test_ticket_for_another_service_is_refused(make_router, kdc: Kdc) -> N
     header = negotiate(kdc, "alice", "alice-password", service="HTTP@elsewhere")
     async with r.client.get(r.url + "/waiter-auth", headers={"authorization": header}) as resp:
         assert resp.status == 401
-        assert "not accepted" in await resp.text()
+        body = await resp.text()
+    assert "not accepted: it is malformed, or for a service whose key is not in this router's keytab" in body, body
+    assert_our_words(body)
 
 
 async def test_kerberos_and_jwt_side_by_side(make_router, kdc: Kdc, tmp_path: Path) -> None:

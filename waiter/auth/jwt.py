@@ -98,7 +98,7 @@ class JwtAuthenticator:
         except jwt.InvalidTokenError as exc:
             log.debug("bearer token refused: %s", exc)
             parts = token.count(".") + 1
-            shape = f"it has {parts} parts" if parts != 3 else "its header is not base64url-encoded JSON"
+            shape = f"it has {parts} parts" if parts != 3 else "its parts are not base64url, or its header is not JSON"
             raise self._fail(
                 f"The bearer token is not a valid JWT: {shape}; a JWT is three base64url parts joined by dots."
             ) from None
