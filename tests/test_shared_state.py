@@ -43,11 +43,14 @@ async def test_slot_leases_keep_concurrency_level_and_announce_handovers(kind: s
             await state.heartbeat(rid, {"url": f"http://{rid}"}, ttl_ms=60_000)
         if kind == "redis":
 
+            raw = redis.Redis.from_url(redis_server.url, decode_responses=True)
+
             async def subscribed() -> bool:  # a message sent now is heard: the subscription is in place
-                await state.nudge("ready")
+                await raw.publish("waiter:leases:nudge", "ready")
                 return "ready" in heard
 
             await eventually(subscribed, what="the nudge channel's subscription")
+            await raw.aclose()
         # r1 gains what it needs: nothing to tell. r2 finds nothing free: its want goes out.
         assert await state.grow("r1", [("i1", 2), ("i2", 2)], 2, need=3, announce="want-1") == [2, 2]
         assert await state.grow("r2", [("i1", 2), ("i2", 1)], 2, need=1, announce="want-2") == [0, 0]
@@ -75,8 +78,7 @@ async def test_slot_leases_keep_concurrency_level_and_announce_handovers(kind: s
 async def test_a_ticks_exchange_publishes_and_reads_back_everything(kind: str, redis_server: RedisServer) -> None:
     state: SharedState = MemoryState() if kind == "memory" else RedisState(redis_server.url, namespace="exchange")
     try:
-        await state.heartbeat("r2", {"url": "http://r2"}, ttl_ms=60_000)
-        await state.publish_stats("r2", {"s": RouterStats(3, 1, 9, 5.0)}, ttl_ms=60_000)
+        await state.exchange("r2", {"url": "http://r2"}, 60_000, {"s": RouterStats(3, 1, 9, 5.0)}, 60_000)
         await state.heartbeat("gone", {"url": "http://gone"}, ttl_ms=1)
         await state.block("i1", 60_000)
         await state.flag_expired("i2", 60_000)

@@ -64,17 +64,15 @@ class SharedState(Protocol):
     async def routers(self) -> dict[str, dict[str, Any]]:
         """Every live router's announced info."""
 
-    async def publish_stats(self, router_id: str, stats: dict[str, RouterStats], ttl_ms: int) -> None:
-        """Replace this router's published counts; they stay visible until ``ttl_ms`` passes without a publish."""
-
     async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
         """router id -> service id -> counts, for every router whose counts have not expired."""
 
     async def exchange(
         self, router_id: str, info: dict[str, Any], ttl_ms: int, stats: dict[str, RouterStats], stats_ttl_ms: int
     ) -> Exchange:
-        """A tick's exchange in as few round trips as the back-end allows: ``heartbeat``, ``publish_stats``, then
-        ``all_stats``, ``routers``, ``blocked`` and ``expired`` as they are after both."""
+        """A tick's exchange in as few round trips as the back-end allows: ``heartbeat``; this router's counts
+        published (visible until ``stats_ttl_ms`` passes without another exchange); then ``all_stats``,
+        ``routers``, the blocked and the expired instances as they are after both."""
 
     # -- the scaling leader ------------------------------------------------------------------------------------
     async def lead(self, router_id: str, ttl_ms: int) -> bool:
@@ -108,7 +106,7 @@ class SharedState(Protocol):
         """Set this router's lease on an instance to at most ``want`` slots, never letting the live routers'
         leases together exceed ``capacity``, and never granting slots of a blocked instance. Returns the number of
         slots this router now holds (which may be less than it held before only if ``want`` was less). When slots
-        were given back and ``announce`` is set, it is sent to the other routers (see ``nudge``) atomically with
+        were given back and ``announce`` is set, it is sent to the other routers (see ``listen``) atomically with
         the release, so a peer told of it finds the slots free."""
 
     async def grow(
@@ -121,19 +119,14 @@ class SharedState(Protocol):
     async def leases(self, instance_id: str) -> dict[str, int]:
         """Live routers' leases on an instance."""
 
-    async def nudge(self, message: str) -> None:
-        """Send ``message`` to every router at once (e.g. slots are wanted; see ``waiter.handover``)."""
-
     async def listen(self, heard: Callable[[str], None]) -> None:
-        """Call ``heard`` with every message sent by ``nudge`` (this router's own too); runs until cancelled,
-        riding out outages."""
+        """Call ``heard`` with every message the lease scripts send (``waiter.handover``; this router's own too);
+        runs until cancelled, riding out outages."""
 
     async def block(self, instance_id: str, ttl_ms: int) -> int:
         """Stop granting slots of an instance (it is about to be killed); returns the slots still leased."""
 
     async def unblock(self, instance_id: str) -> None: ...
-
-    async def blocked(self) -> set[str]: ...
 
     # -- controls: per-service "overrides" and "suspended" records, "async-completed" requests; set through any
     # router's API ------------------------------------------------------------------------------------------------
@@ -146,8 +139,6 @@ class SharedState(Protocol):
     # -- expired instances (flagged through any router's API; the leader replaces them) ---------------------------
     async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
         """Mark an instance expired for every router, for ``ttl_ms`` (it is killed long before)."""
-
-    async def expired(self) -> set[str]: ...
 
     # -- scheduler identities kept across restarts ------------------------------------------------------------------
     async def framework_id(self, key: str) -> str | None:

@@ -66,9 +66,6 @@ class MemoryState:
     async def routers(self) -> dict[str, dict[str, Any]]:
         return self._routers.items()
 
-    async def publish_stats(self, router_id: str, stats: dict[str, RouterStats], ttl_ms: int) -> None:
-        self._stats.put(router_id, dict(stats), ttl_ms)
-
     async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
         return self._stats.items()
 
@@ -76,8 +73,9 @@ class MemoryState:
         self, router_id: str, info: dict[str, Any], ttl_ms: int, stats: dict[str, RouterStats], stats_ttl_ms: int
     ) -> Exchange:
         await self.heartbeat(router_id, info, ttl_ms)
-        await self.publish_stats(router_id, stats, stats_ttl_ms)
-        return Exchange(await self.all_stats(), await self.routers(), await self.blocked(), await self.expired())
+        self._stats.put(router_id, dict(stats), stats_ttl_ms)
+        blocked, expired = set(self._blocked.items()), set(self._expired.items())
+        return Exchange(await self.all_stats(), await self.routers(), blocked, expired)
 
     async def lead(self, router_id: str, ttl_ms: int) -> bool:
         holder = self._leader.get("leader")
@@ -139,9 +137,6 @@ class MemoryState:
     ) -> list[int]:
         return [await self.lease(router_id, iid, want, capacity) for iid, want in wants]
 
-    async def nudge(self, message: str) -> None:
-        return None  # one router: nobody to tell
-
     async def listen(self, heard: Callable[[str], None]) -> None:
         await asyncio.Event().wait()
 
@@ -156,9 +151,6 @@ class MemoryState:
     async def unblock(self, instance_id: str) -> None:
         self._blocked.pop(instance_id)
 
-    async def blocked(self) -> set[str]:
-        return set(self._blocked.items())
-
     async def set_control(self, kind: str, service_id: str, record: dict[str, Any] | None) -> None:
         table = self._controls.setdefault(kind, {})
         if record is None:
@@ -171,9 +163,6 @@ class MemoryState:
 
     async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
         self._expired.put(instance_id, True, ttl_ms)
-
-    async def expired(self) -> set[str]:
-        return set(self._expired.items())
 
     async def framework_id(self, key: str) -> str | None:
         return self._framework_ids.get(key)

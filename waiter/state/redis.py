@@ -13,6 +13,7 @@ Keys (``<p>`` = ``waiter:<namespace>:``):
   <p>expired              hash instance id -> epoch ms until which it counts as expired (flagged through the API)
   <p>deleted              hash service id -> epoch ms until which other routers must forget it (a tombstone)
   <p>inactive             hash service id -> JSON record a deleted service left (description, its instances)
+  <p>nudge                pub/sub channel: a router's want of slots, slots given back (sent by the lease scripts)
   <p>mesos-frameworks     hash router host:port -> the Mesos framework id it re-subscribes with after a restart
 """
 
@@ -188,10 +189,6 @@ class RedisState:
 
         return await self._call("list routers", run)
 
-    async def publish_stats(self, router_id: str, stats: dict[str, RouterStats], ttl_ms: int) -> None:
-        body = json.dumps({sid: s.to_json() for sid, s in stats.items()})
-        await self._call("publish counts", lambda: self._redis.set(f"{self.p}stats:{router_id}", body, px=ttl_ms))
-
     async def all_stats(self) -> dict[str, dict[str, RouterStats]]:
         raw = await self._call("read counts", lambda: self._live("stats"))
         return {rid: {sid: RouterStats.from_json(v) for sid, v in data.items()} for rid, data in raw.items()}
@@ -313,9 +310,6 @@ class RedisState:
     def _lease_args(self, router_id: str, capacity: int, announce: str) -> list[str | int]:
         return [router_id, capacity, f"{self.p}router:", int(time.time() * 1000), f"{self.p}nudge", announce]
 
-    async def nudge(self, message: str) -> None:
-        await self._call("nudge the other routers", lambda: self._redis.publish(f"{self.p}nudge", message))
-
     async def listen(self, heard: Callable[[str], None]) -> None:
         channel = f"{self.p}nudge"
         while True:
@@ -359,11 +353,6 @@ class RedisState:
             lambda: self._redis.hdel(f"{self.p}blocked", instance_id),
         )
 
-    async def blocked(self) -> set[str]:
-        raw = await self._call("read blocked instances", lambda: self._redis.hgetall(f"{self.p}blocked"))
-        now = int(time.time() * 1000)
-        return {iid for iid, until in raw.items() if int(until) > now}
-
     async def set_control(self, kind: str, service_id: str, record: dict[str, Any] | None) -> None:
         key = f"{self.p}control:{kind}"
         if record is None:
@@ -379,14 +368,6 @@ class RedisState:
     async def flag_expired(self, instance_id: str, ttl_ms: int) -> None:
         until = int(time.time() * 1000) + ttl_ms
         await self._call("flag an expired instance", lambda: self._redis.hset(f"{self.p}expired", instance_id, until))
-
-    async def expired(self) -> set[str]:
-        raw = await self._call("read expired instances", lambda: self._redis.hgetall(f"{self.p}expired"))
-        now = int(time.time() * 1000)
-        gone = [iid for iid, until in raw.items() if int(until) <= now]
-        if gone:
-            await self._call("prune expired instances", lambda: self._redis.hdel(f"{self.p}expired", *gone))
-        return {iid for iid, until in raw.items() if int(until) > now}
 
     # -- scheduler identities kept across restarts ------------------------------------------------------------------
 
