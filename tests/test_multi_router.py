@@ -23,6 +23,7 @@ from tests.redis_server import REDIS_SERVER
 from tests.support import eventually, free_port
 from waiter.scheduler.agent import remove_dead_agent_dirs, serve_agent, stop_agent
 from waiter.scheduler.local import LocalScheduler, LocalSettings
+from waiter.state.redis import RedisState
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
@@ -399,3 +400,32 @@ async def test_closed_loop_clients_on_both_routers_are_all_served(
 
     await asyncio.gather(*(client(r, name) for r, name in ((a, "a"), (b, "b")) * 3))
     assert min(served.values()) >= total // 4, served  # fair would be half each; a stall gives one router ~none
+
+
+async def test_a_router_that_stops_cleanly_leaves_the_shared_state_at_once(redis_server, agent, make_router) -> None:
+    # Counts live 2.5 s (10 publish intervals), heartbeats 60 s: only the stopping router can make them go at once.
+    slow = {**FAST_SCALING, "publish-interval-ms": 250, "router-ttl-ms": 60_000}
+    a, b = await two_routers(make_router, redis_server.url, agent[0], backend_token("echo"), autoscaler=slow)
+    async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    state = RedisState(redis_server.url, namespace=a.settings.cluster_name)
+    try:
+        assert set(await state.routers()) == {a.settings.router_id, b.settings.router_id}
+
+        async def a_published() -> bool:
+            return bool((await state.all_stats()).get(a.settings.router_id))
+
+        await eventually(a_published, what="router A to publish its counts")
+        await a.server.stop()
+        assert set(await state.routers()) == {b.settings.router_id}
+        assert set(await state.all_stats()) == {b.settings.router_id}
+        assert b.router.autoscaler is not None
+
+        async def b_sees_only_itself() -> bool:
+            view = b.router.coordinator.view
+            return set(view.routers) == {b.settings.router_id} and not any(view.outstanding_elsewhere.values())
+
+        await eventually(b_sees_only_itself, what="router B's view to drop router A")
+        await eventually(lambda: b.router.autoscaler.is_leader, what="router B to take the free leader lease")
+    finally:
+        await state.close()

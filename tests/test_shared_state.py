@@ -99,3 +99,23 @@ async def test_a_ticks_exchange_publishes_and_reads_back_everything(kind: str, r
         assert await state.routers() == got.routers and await state.all_stats() == got.stats
     finally:
         await state.close()
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_a_router_that_withdraws_is_gone_at_once(kind: str, redis_server: RedisServer) -> None:
+    state: SharedState = MemoryState() if kind == "memory" else RedisState(redis_server.url, namespace="withdraw")
+    try:
+        for rid in ("r1", "r2"):
+            await state.heartbeat(rid, {"url": f"http://{rid}"}, ttl_ms=60_000)
+            await state.publish_stats(rid, {"s": RouterStats(2, 1, 5, 5.0)}, ttl_ms=60_000)
+        assert await state.lead("r1", 60_000)
+        assert await state.lease("r1", "i1", 1, 2) == 1 and await state.lease("r2", "i1", 1, 2) == 1
+        await state.withdraw("r1")
+        assert set(await state.routers()) == {"r2"}
+        assert set(await state.all_stats()) == {"r2"}
+        assert await state.leases("i1") == {"r2": 1}
+        assert await state.lead("r2", 60_000)  # the lease is free now, not when its TTL would have lapsed
+        await state.withdraw("r1")  # twice is the same (a stop retried)
+        assert set(await state.routers()) == {"r2"}
+    finally:
+        await state.close()

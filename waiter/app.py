@@ -150,11 +150,12 @@ async def compose(
         wake=autoscaler_wake,
     )
 
-    async def resign() -> None:
+    async def withdraw() -> None:
+        # Unwound after the drain and the loops' stop: the peers stop counting this router now, not at its TTLs.
         with contextlib.suppress(StateUnavailable):
-            await state.resign(settings.router_id)
+            await state.withdraw(settings.router_id)
 
-    opened.push_async_callback(resign)
+    opened.push_async_callback(withdraw)
     gate = Gate(settings)
     await gate.start()
     opened.push_async_callback(gate.close)

@@ -80,6 +80,10 @@ class SharedState(Protocol):
 
     async def resign(self, router_id: str) -> None: ...
 
+    async def withdraw(self, router_id: str) -> None:
+        """A router that stopped cleanly leaves at once: its heartbeat and counts, the leader lease and its slot
+        leases go, so no peer (nor the next leader) counts its requests until they would have expired."""
+
     async def load_scaling(self, service_id: str) -> dict[str, Any] | None: ...
 
     async def save_scaling(self, service_id: str, data: dict[str, Any]) -> None: ...

@@ -88,6 +88,13 @@ class MemoryState:
         if self._leader.get("leader") == router_id:
             self._leader.pop("leader")
 
+    async def withdraw(self, router_id: str) -> None:
+        self._routers.pop(router_id)
+        self._stats.pop(router_id)
+        await self.resign(router_id)
+        for leases in self._leases.values():
+            leases.pop(router_id, None)
+
     async def load_scaling(self, service_id: str) -> dict[str, Any] | None:
         data = self._scaling.get(service_id)
         return copy.deepcopy(data) if data is not None else None

@@ -1,7 +1,7 @@
 """Shared state in Redis, for several routers. Every call has a timeout and raises ``StateUnavailable`` on failure.
 
 Keys (``<p>`` = ``waiter:<namespace>:``):
-  <p>routers              set of router ids ever seen (pruned when their keys are gone)
+  <p>routers              set of router ids ever seen (pruned when their keys are gone, or by a clean stop)
   <p>router:<rid>         JSON info, expires unless the router heartbeats
   <p>stats:<rid>          JSON {service id: [outstanding, queued, total, last-request-time]}, expires likewise
   <p>leader               the scaling leader's router id (SET NX PX, renewed)
@@ -244,6 +244,20 @@ class RedisState:
 
     async def resign(self, router_id: str) -> None:
         await self._call("release the leader lease", lambda: self._resign([f"{self.p}leader"], [router_id]))
+
+    async def withdraw(self, router_id: str) -> None:
+        async def run() -> None:
+            # Once per router stop: a scan of the lease hashes costs nothing next to a slot counted by nobody.
+            leases = [key async for key in self._redis.scan_iter(match=f"{self.p}lease:*", count=1000)]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.delete(f"{self.p}router:{router_id}", f"{self.p}stats:{router_id}")
+                pipe.srem(f"{self.p}routers", router_id)
+                for key in leases:
+                    pipe.hdel(key, router_id)
+                await pipe.execute()
+            await self._resign([f"{self.p}leader"], [router_id])
+
+        await self._call("withdraw this router", run)
 
     async def load_scaling(self, service_id: str) -> dict[str, Any] | None:
         value = await self._call("read scaling state", lambda: self._redis.get(f"{self.p}scaling:{service_id}"))
