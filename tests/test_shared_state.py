@@ -106,8 +106,7 @@ async def test_a_router_that_withdraws_is_gone_at_once(kind: str, redis_server: 
     state: SharedState = MemoryState() if kind == "memory" else RedisState(redis_server.url, namespace="withdraw")
     try:
         for rid in ("r1", "r2"):
-            await state.heartbeat(rid, {"url": f"http://{rid}"}, ttl_ms=60_000)
-            await state.publish_stats(rid, {"s": RouterStats(2, 1, 5, 5.0)}, ttl_ms=60_000)
+            await state.exchange(rid, {"url": f"http://{rid}"}, 60_000, {"s": RouterStats(2, 1, 5, 5.0)}, 60_000)
         assert await state.lead("r1", 60_000)
         assert await state.lease("r1", "i1", 1, 2) == 1 and await state.lease("r2", "i1", 1, 2) == 1
         await state.withdraw("r1")
