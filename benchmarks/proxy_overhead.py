@@ -222,7 +222,12 @@ class RouterProcess:
     """``python -m waiter`` in its own session, with a generated config and tokens dir under ``workdir``."""
 
     def __init__(
-        self, workdir: Path, tokens: list[dict[str, Any]], cpu: int | None = None, **config: Any
+        self,
+        workdir: Path,
+        tokens: list[dict[str, Any]],
+        cpu: int | None = None,
+        wrapper: tuple[str, ...] = (),
+        **config: Any,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -243,10 +248,10 @@ class RouterProcess:
         self.log = workdir / "router.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                pinned(cpu, [sys.executable, "-m", "waiter", "--config", str(workdir / "router.yaml")]),
+                pinned(cpu, [*wrapper, sys.executable, "-m", "waiter", "--config", str(workdir / "router.yaml")]),
                 cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        self.pid = self.proc.pid  # taskset execs the program, so this is the router itself
+        self.pid = self.proc.pid  # taskset (and a wrapper such as valgrind) execs the program: the router itself
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
