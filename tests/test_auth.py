@@ -315,6 +315,28 @@ async def test_run_as_user_permitted_user_and_run_as_requester(make_router, issu
     assert status == 200 and (await resp.json())["x-waiter-auth-principal"] == "bob"
 
 
+async def test_what_a_caller_may_use_follows_each_token_change(make_router, issuer: Issuer) -> None:
+    """The router remembers what a caller may use between requests (the request path's cache), only until a token
+    changes: a new permitted-user applies to the very next request, both ways."""
+    r = await jwt_router(make_router, issuer)
+    alice, bob = issuer.bearer("alice"), issuer.bearer("bob")
+
+    async def post_token(permitted: str) -> None:
+        token = backend_token("shared", owner="alice", **{"run-as-user": "alice", "permitted-user": permitted})
+        status, body, _ = await call(r, "POST", "/token", alice, json=token)
+        assert status == 200, body
+
+    await post_token("*")
+    asking = {**bob, "x-waiter-token": "shared"}
+    first, second = await call(r, "GET", "/service-id", asking), await call(r, "GET", "/service-id", asking)
+    assert first[0] == second[0] == 200 and first[1] == second[1]
+    await post_token("alice")
+    status, body, _ = await call(r, "GET", "/service-id", asking)
+    assert status == 403 and "isn't allowed to invoke this service" in body
+    await post_token("*")
+    assert (await call(r, "GET", "/service-id", asking))[0] == 200
+
+
 async def test_authentication_disabled_token_serves_anonymous_callers(make_router, issuer: Issuer) -> None:
     token = backend_token("public", authentication="disabled", **{"run-as-user": "alice", "permitted-user": "*"})
     r = await jwt_router(make_router, issuer, [token])
