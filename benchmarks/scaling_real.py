@@ -9,8 +9,8 @@ sampled every 0.1 s, gives the instances over time. Two shapes, scaled to a 2-co
 * ``step``: the simulator's step (idle, then a constant rate, then idle) at ``--step-rate`` req/s (12) of
   ``--step-service`` s (0.5) requests, concurrency-level 1, a ``--startup`` s (2) backend start-up, for
   ``--step-secs`` (60) between 10 s of idle before and 20 s after. Printed next to scaling_sim's prediction for
-  the same arrivals and the start-up measured on this machine: the gaps ``real/sim`` of instance-seconds and p99
-  wait (target: within 25%).
+  the same arrivals, with the start-up and the time a request held its slot measured on this machine: the gaps
+  ``real/sim`` of instance-seconds and p99 wait (target: within 25%).
 * ``from-zero``: Knative's load test scaled down: no instance running, then open-loop ``--zero-rates`` (60, 120,
   180 req/s) for ``--zero-secs`` (10) each, ``--zero-service`` (0.1 s) requests, concurrency-level 4. Printed:
   errors, and the instance-seconds against the Little's-law need, sum over phases of ceil(rate x service /
@@ -99,6 +99,12 @@ class Run:
     backend: list[float] = field(default_factory=list)  # seconds each request held its instance's slot
     statuses: list[int] = field(default_factory=list)
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, instances requested)
+
+    def held(self, nominal: float) -> float:
+        """Mean seconds a request held its slot as the router measured it (its autoscaler's service time): on a
+        loaded machine more than the backend's own service time (the relay's share), and Little's law on it asks
+        for more instances than on the nominal one."""
+        return sum(self.backend) / len(self.backend) if self.backend else nominal
 
     @property
     def errors(self) -> int:
@@ -282,7 +288,10 @@ async def step(args: argparse.Namespace, workdir: Path) -> bool:
         real = await drive(router, setup)
     finally:
         router.stop()
-    shape = sim.Shape("step", arrivals, (args.step_service,) * len(arrivals), duration=setup.duration)
+    held = real.held(args.step_service)
+    print(f"# step: backend {args.step_service:g} s, held {held:.3f} s a request as the router measured it "
+          f"(x{held / args.step_service:.2f}, used by the simulator)")
+    shape = sim.Shape("step", arrivals, (held,) * len(arrivals), duration=setup.duration)
     ours = next(a for a in sim.algorithms(1) if a.name == "ours")
     predicted = sim.simulate(shape, ours, startup=startup)
     print(line("step", "real", real.instance_seconds, real.waits, f" errors={real.errors}"))
@@ -315,9 +324,7 @@ async def from_zero(args: argparse.Namespace, workdir: Path) -> bool:
     # Only the load's own span counts: the 2 s after it are the tail of the last requests.
     real.samples = [(at, n) for at, n in real.samples if at <= t]
     need = sum(math.ceil(rate * service / concurrency) * secs for rate, secs in phases)
-    # What the router measured per request (the slot held, as its autoscaler sees it): on a loaded machine more
-    # than the backend's service time, and Little's law on it asks for more instances than on the nominal one.
-    held = sum(real.backend) / len(real.backend) if real.backend else service
+    held = real.held(service)
     need_held = sum(math.ceil(rate * held / concurrency) * secs for rate, secs in phases)
     print(f"# from-zero: backend {service:g} s, held {held:.3f} s a request as the router measured it "
           f"(x{held / service:.2f}), measured cold start {startup:.2f} s (both used by the simulator)")
