@@ -6,8 +6,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningRouter, backend_token, on_the_fly_headers
+from tests.conftest import FAKE, RunningRouter, backend_token, on_the_fly_headers
 from tests.support import eventually
+
+# Instances only need to answer HTTP here (tests.fakes); real processes: test_router_e2e.py and the scheduler tests.
+pytestmark = pytest.mark.schedulers(FAKE)
 
 TOKEN = {"x-waiter-token": "echo"}
 JSON = {"accept": "application/json"}
@@ -53,6 +56,7 @@ async def test_service_id_pseudo_token(make_router) -> None:
         assert resp.status == 404
 
 
+@pytest.mark.schedulers("local")  # a deleted service's processes end
 async def test_delete_service(make_router) -> None:
     r = await make_router([backend_token("echo")])
     sid = await started(r)
@@ -165,7 +169,8 @@ async def test_state_endpoints(make_router) -> None:
     services = await r.get_json("/state/services")
     assert services["state"][sid]["healthy-instances"] == 1
     scheduler = await r.get_json("/state/scheduler")
-    assert scheduler["state"]["kind"] == "local" and list(scheduler["state"]["services"]) == [sid]
+    assert scheduler["state"]["kind"] == r.router.registry.scheduler.kind == "fake"
+    assert list(scheduler["state"]["services"]) == [sid]
     async with r.client.get(r.url + "/state/nothing") as resp:
         assert resp.status == 404
 
