@@ -4,18 +4,19 @@ The router runs as a process on 127.0.0.1 with the local scheduler and its defau
 backend answers every request after a fixed service time and starts listening after a fixed start-up delay. An
 open-loop client sends each request at its arrival time (new connection each, no retries) and the router's access
 log (``access-log: json``) gives each request's queue wait; ``/metrics`` (``waiter_requested_instances``),
-sampled every 0.1 s, gives the instances over time. Two shapes, scaled to a 2-core machine:
+sampled every 0.1 s, gives the instances over time, and ``/apps/<id>`` (every 0.2 s) how long the instances
+started during the run took to become healthy. Two shapes, scaled to a 2-core machine:
 
 * ``step``: the simulator's step (idle, then a constant rate, then idle) at ``--step-rate`` req/s (12) of
   ``--step-service`` s (0.5) requests, concurrency-level 1, a ``--startup`` s (2) backend start-up, for
   ``--step-secs`` (60) between 10 s of idle before and 20 s after. Printed next to scaling_sim's prediction for
-  the same arrivals, with the start-up and the time a request held its slot measured on this machine: the gaps
+  the same arrivals, with the start-up and the time a request held its slot measured in the run: the gaps
   ``real/sim`` of instance-seconds and p99 wait (target: within 25%).
 * ``from-zero``: Knative's load test scaled down: no instance running, then open-loop ``--zero-rates`` (60, 120,
   180 req/s) for ``--zero-secs`` (10) each, ``--zero-service`` (0.1 s) requests, concurrency-level 4. Printed:
   errors, and the instance-seconds against the Little's-law need, sum over phases of ceil(rate x service /
   concurrency) x phase length (target: 0 errors, at most 1.5x the need); beside them the simulator's prediction
-  for the same arrivals with the cold start and the time a request held its slot as measured on this machine (on a
+  for the same arrivals with the start-up and the time a request held its slot as measured in the run (on a
   loaded machine more than the backend's service time), and the need by Little's law at that held time.
 
     .venv/bin/python benchmarks/scaling_real.py [--only step|from-zero] [--keep]
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import aiohttp
@@ -99,12 +101,17 @@ class Run:
     backend: list[float] = field(default_factory=list)  # seconds each request held its instance's slot
     statuses: list[int] = field(default_factory=list)
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, instances requested)
+    startups: list[float] = field(default_factory=list)  # seconds from each instance's start to its first health
 
     def held(self, nominal: float) -> float:
         """Mean seconds a request held its slot as the router measured it (its autoscaler's service time): on a
         loaded machine more than the backend's own service time (the relay's share), and Little's law on it asks
         for more instances than on the nominal one."""
         return sum(self.backend) / len(self.backend) if self.backend else nominal
+
+    def startup(self, measured: float) -> float:
+        """Mean seconds the instances started during the run took to become healthy (``measured`` if none)."""
+        return sum(self.startups) / len(self.startups) if self.startups else measured
 
     @property
     def errors(self) -> int:
@@ -232,11 +239,35 @@ async def drive(router: RouterProcess, setup: Setup) -> Run:
                         run.samples.append((now, await requested_instances(session, router.url)))
                     await asyncio.sleep(0.1)
 
-        await asyncio.gather(sample(), *(one(at) for at in setup.arrivals))
+        async def watch_starts() -> None:
+            # How long instances started during the run take to become healthy on this machine under this load
+            # (several starting at once take longer than the one cold start measure_startup sees).
+            began, seen, period = time.time(), set(), 0.2
+            async with aiohttp.ClientSession() as session:
+                while time.monotonic() - start < setup.duration:
+                    with contextlib.suppress(aiohttp.ClientError, OSError, KeyError, ValueError):
+                        async with session.get(router.url + "/apps") as resp:
+                            apps = await resp.json()
+                        for app in apps:
+                            async with session.get(router.url + f"/apps/{app['service-id']}") as resp:
+                                detail = await resp.json()
+                            for instance in detail["instances"]["active-instances"]:
+                                started = _epoch(instance["started-at"])
+                                if instance["healthy?"] and instance["id"] not in seen and started >= began:
+                                    run.startups.append(time.time() - period / 2 - started)
+                                if instance["healthy?"]:
+                                    seen.add(instance["id"])
+                    await asyncio.sleep(period)
+
+        await asyncio.gather(sample(), watch_starts(), *(one(at) for at in setup.arrivals))
     work = [line for line in router.access_lines() if line.get("path") == "/work"]
     run.waits = [float(str(line["queue-wait-ms"])) / 1000 for line in work if line.get("queue-wait-ms") is not None]
     run.backend = [float(str(line["backend-ms"])) / 1000 for line in work if line.get("backend-ms") is not None]
     return run
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 async def measure_startup(workdir: Path, startup: float) -> float:
@@ -277,7 +308,7 @@ def line(shape: str, source: str, instance_s: float, waits: list[float], extra: 
 
 async def step(args: argparse.Namespace, workdir: Path) -> bool:
     startup = await measure_startup(workdir, args.startup)
-    print(f"# step: backend start-up {args.startup:g} s, measured cold start {startup:.2f} s (used by the simulator)")
+    print(f"# step: backend start-up {args.startup:g} s, measured cold start {startup:.2f} s")
     idle_after = 20.0
     begin, end = 10.0, 10.0 + args.step_secs
     arrivals = poisson([(begin, end, args.step_rate)], seed=1)
@@ -288,9 +319,10 @@ async def step(args: argparse.Namespace, workdir: Path) -> bool:
         real = await drive(router, setup)
     finally:
         router.stop()
-    held = real.held(args.step_service)
+    held, startup = real.held(args.step_service), real.startup(startup)
     print(f"# step: backend {args.step_service:g} s, held {held:.3f} s a request as the router measured it "
-          f"(x{held / args.step_service:.2f}, used by the simulator)")
+          f"(x{held / args.step_service:.2f}); instances started in {startup:.2f} s during the run "
+          f"({len(real.startups)} seen); both used by the simulator")
     shape = sim.Shape("step", arrivals, (held,) * len(arrivals), duration=setup.duration)
     ours = next(a for a in sim.algorithms(1) if a.name == "ours")
     predicted = sim.simulate(shape, ours, startup=startup)
@@ -324,10 +356,11 @@ async def from_zero(args: argparse.Namespace, workdir: Path) -> bool:
     # Only the load's own span counts: the 2 s after it are the tail of the last requests.
     real.samples = [(at, n) for at, n in real.samples if at <= t]
     need = sum(math.ceil(rate * service / concurrency) * secs for rate, secs in phases)
-    held = real.held(service)
+    held, startup = real.held(service), real.startup(startup)
     need_held = sum(math.ceil(rate * held / concurrency) * secs for rate, secs in phases)
     print(f"# from-zero: backend {service:g} s, held {held:.3f} s a request as the router measured it "
-          f"(x{held / service:.2f}), measured cold start {startup:.2f} s (both used by the simulator)")
+          f"(x{held / service:.2f}); instances started in {startup:.2f} s during the run ({len(real.startups)} seen); "
+          f"both used by the simulator")
     print(line("from-zero", "real", real.instance_seconds, real.waits,
                f" errors={real.errors} sent={len(real.statuses)}"))
     shape = sim.Shape("from-zero", arrivals, (held,) * len(arrivals), duration=t)
