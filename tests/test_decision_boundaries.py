@@ -41,87 +41,159 @@ def step(
 
 
 @pytest.mark.parametrize(
-    ("settings", "row", "expected"),
+    ("changes", "row", "expected"),
     [
         # "enough instances": no scale-up while the instances cover the need (ideal <= total) at or above min
         pytest.param(
-            BASE, {"total": 3, "outstanding": 3, "target": 5.0, "healthy": 3}, (0, 3), id="ideal-equals-total"
+            {}, {"total": 3, "outstanding": 3, "target": 5.0, "healthy": 3}, (0, 3), id="ideal-equals-total"
         ),
-        pytest.param(BASE, {"total": 3, "outstanding": 4, "target": 5.0, "healthy": 3}, (1, 4), id="ideal-one-above"),
+        pytest.param({}, {"total": 3, "outstanding": 4, "target": 5.0, "healthy": 3}, (1, 4), id="ideal-one-above"),
         pytest.param(
-            dataclasses.replace(BASE, min_instances=4),
+            dict(min_instances=4),
             {"total": 3, "outstanding": 0, "target": 5.0, "healthy": 3},
             (1, 4),
             id="below-min-scales-even-when-covered",
         ),
         # the jitter threshold: a gap of exactly the threshold moves, a hair below it does not
         pytest.param(
-            dataclasses.replace(BASE, scale_up_factor=0.5, jitter_threshold=0.5),
+            dict(scale_up_factor=0.5, jitter_threshold=0.5),
             {"total": 2, "outstanding": 3, "target": 2.0, "healthy": 2},
             (1, 3),
             id="gap-equals-jitter",
         ),
         pytest.param(
-            dataclasses.replace(BASE, scale_up_factor=0.49, jitter_threshold=0.5),
+            dict(scale_up_factor=0.49, jitter_threshold=0.5),
             {"total": 2, "outstanding": 3, "target": 2.0, "healthy": 2},
             (0, 2),
             id="gap-below-jitter",
         ),
         # expired replacements: ceil(expired x rate) more, unless scaling down with every instance healthy
         pytest.param(
-            BASE,
+            {},
             {"total": 2, "outstanding": 2, "target": 2.0, "healthy": 2, "expired_healthy": 1},
             (1, 3),
             id="one-expired-one-replacement",
         ),
         pytest.param(
-            dataclasses.replace(BASE, expired_instance_restart_rate=0.5),
+            dict(expired_instance_restart_rate=0.5),
             {"total": 4, "outstanding": 4, "target": 4.0, "healthy": 4, "expired_healthy": 3},
             (2, 6),
             id="ceil-of-expired-times-rate",
         ),
         pytest.param(
-            BASE,
+            {},
             {"total": 4, "outstanding": 1, "target": 4.0, "healthy": 4, "expired_healthy": 1},
             (-3, 1),
             id="scale-down-all-healthy-adds-none",
         ),
         pytest.param(
             # Waiter's term as written: + ceil(1 x 0.1) - max(0, healthy - scale_to) = 1 - 2
-            BASE,
+            {},
             {"total": 4, "outstanding": 1, "target": 4.0, "healthy": 3, "expired_healthy": 1},
             (-4, 0),
             id="scale-down-not-all-healthy-applies-the-term",
         ),
         pytest.param(
-            BASE,
+            {},
             {"total": 2, "outstanding": 2, "target": 2.0, "healthy": 2, "expired_unhealthy": 5},
             (1, 3),
             id="at-most-two-expired-unhealthy-count",
         ),
         # min == max: pinned whatever the load
         pytest.param(
-            dataclasses.replace(BASE, min_instances=3, max_instances=3),
+            dict(min_instances=3, max_instances=3),
             {"total": 3, "outstanding": 100, "target": 3.0, "healthy": 3},
             (0, 3),
             id="min-equals-max-under-load",
         ),
         pytest.param(
-            dataclasses.replace(BASE, min_instances=3, max_instances=3),
+            dict(min_instances=3, max_instances=3),
             {"total": 3, "outstanding": 0, "target": 3.0, "healthy": 3},
             (0, 3),
             id="min-equals-max-idle",
         ),
         pytest.param(
-            dataclasses.replace(BASE, min_instances=3, max_instances=3),
+            dict(min_instances=3, max_instances=3),
             {"total": 1, "outstanding": 0, "target": 1.0, "healthy": 1},
             (2, 3),
             id="min-equals-max-from-below",
         ),
     ],
 )
-def test_scaling_boundaries(settings: ScalingSettings, row: dict[str, Any], expected: tuple[int, int]) -> None:
+def test_scaling_boundaries(changes: dict[str, Any], row: dict[str, Any], expected: tuple[int, int]) -> None:
+    settings = dataclasses.replace(BASE, **changes)  # built here, so the settings' own checks run under test too
     assert step(settings, **row) == expected
+
+
+# Waiter's defaults; with burst mode (its own defaults) where the row says so. (changes, counts, previous) ->
+# (amount, scale_to, target)
+WAITER = {"max_instances": 500, "scale_up_factor": 0.1, "scale_down_factor": 0.001}
+BURST = {**WAITER, "burst": BurstSettings()}
+
+
+def measured(outstanding: int, total: int, healthy: int, rate: float, **kw: Any) -> Counts:
+    return Counts(outstanding, total, total, healthy, arrival_rate=rate, service_secs=1.0, **kw)
+
+
+@pytest.mark.parametrize(
+    ("changes", "counts", "previous", "expected"),
+    [
+        # the instances cover the need (ideal 3 <= total 3) while the slowly decaying target is 0.9 above them
+        pytest.param(WAITER, Counts(3, 3, 3, 3), ScalingState(3.9, T0 - 1), (0, 3, 3.899), id="covered-gap-under-one"),
+        pytest.param(
+            {**WAITER, "min_instances": 3}, Counts(3, 3, 3, 3), ScalingState(3.9, T0 - 1), (0, 3, 3.899),
+            id="covered-at-min",
+        ),
+        # a scale-up factor of 0 never moves the target up, even with twice the need
+        pytest.param(
+            {**WAITER, "scale_up_factor": 0, "scale_down_factor": 0.5}, Counts(10, 5, 5, 5), ScalingState(5.0, T0 - 1),
+            (0, 5, 5.0), id="up-factor-zero",
+        ),
+        # blind (nothing healthy, nothing measured): idle stays at zero; requested instances are held while starting
+        pytest.param(
+            {**BURST, "min_instances": 0}, Counts(0, 0, 0, 0), ScalingState(0.0, T0 - 1), (0, 0, 0.0), id="blind-idle",
+        ),
+        pytest.param(
+            BURST, Counts(5, 3, 3, 0, queued=5), ScalingState(1.0, T0 - 1), (0, 3, 1.0), id="blind-holds-requested",
+        ),
+        # a burst entered unmeasured, now measured with nothing left: its surplus goes at once
+        pytest.param(
+            {**BURST, "min_instances": 0}, measured(0, 5, 5, 0), ScalingState(5.0, T0 - 1, T0 - 10), (-5, 0, 0.0),
+            id="hold-releases-an-unmeasured-surplus",
+        ),
+        # unmeasured burst entry grows to at most threshold x healthy (Waiter's smoothing alone: 5.55 and 1.59)
+        pytest.param(
+            {**BURST, "scale_up_factor": 0.01}, Counts(60, 5, 5, 5), ScalingState(5.0, T0 - 1), (5, 10, 10.0),
+            id="unmeasured-entry-twice-five-healthy",
+        ),
+        pytest.param(
+            {**BURST, "scale_up_factor": 0.01}, Counts(60, 1, 1, 1), ScalingState(1.0, T0 - 1), (1, 2, 2.0),
+            id="unmeasured-entry-twice-one-healthy",
+        ),
+        # a burst's exit keeps the larger of the throughput need, the outstanding count and half the burst
+        pytest.param(
+            BURST, measured(5, 50, 50, 30), ScalingState(50.0, T0 - 1, T0 - 60, 50.0), (-20, 30, 30.0),
+            id="exit-to-the-throughput-need",
+        ),
+        pytest.param(
+            BURST, measured(40, 50, 50, 5), ScalingState(50.0, T0 - 1, T0 - 60, 50.0), (-10, 40, 40.0),
+            id="exit-to-the-outstanding-count",
+        ),
+        # the "enough instances" rule judges by the outstanding count outside a burst, by the need inside one
+        pytest.param(
+            BURST, measured(4, 5, 5, 8), ScalingState(5.9, T0 - 1), (0, 5, 5.898), id="covered-outside-a-burst",
+        ),
+        pytest.param(
+            BURST, measured(4, 10, 10, 12), ScalingState(10.0, T0 - 1, T0 - 10, 12.0), (2, 12, 12.0),
+            id="not-covered-inside-a-burst",
+        ),
+    ],
+)
+def test_decisions_at_their_edges(
+    changes: dict[str, Any], counts: Counts, previous: ScalingState, expected: tuple[int, int, float]
+) -> None:
+    decision = decide(dataclasses.replace(BASE, **changes), counts, previous, T0)
+    assert (decision.amount, decision.scale_to, round(decision.state.target, 3)) == expected
 
 
 def test_first_cycle_at_an_arbitrary_origin_starts_the_smoothing_there() -> None:

@@ -448,6 +448,7 @@ THROUGHPUT_CASES = [
         pytest.param(False, 0, 50, 25, None, True, id="blind-starts-cold"),
         pytest.param(True, 1, 50, 25, 0.1, True, id="stays-cold-while-its-queue-waits"),
         pytest.param(True, 3, 0, 25, 0.1, False, id="served-out-is-warm"),
+        pytest.param(True, 1, 1, 25, 0.1, True, id="a-queue-of-one-is-still-its-queue"),
         pytest.param(False, 1, 50, 25, 0.1, False, id="a-queue-of-a-warm-service-is-not-cold"),
         pytest.param(False, 0, 50, 25, 0.1, False, id="nothing-healthy-but-measured-is-not-cold"),
     ],
@@ -531,3 +532,114 @@ def test_load_need_is_littles_law():
 def test_cause_is_a_bounded_label(cause, counts, previous):
     decision = decide(OURS, counts, previous, NOW)
     assert decision.cause == cause and cause in CAUSES
+
+
+# What each cycle says about itself (logged and shown for debugging): one row per branch of the sentence.
+T1 = NOW + 0.25
+REASON_CASES = [
+    pytest.param({}, Counts(0, 3, 3, 3), None,
+                 "First cycle: no scaling; smoothing starts from the 3 instances requested.", id="first-cycle"),
+    pytest.param({"min_instances": 3}, Counts(0, 3, 3, 3), None,
+                 "First cycle: no scaling; smoothing starts from the 3 instances requested.", id="first-cycle-at-min"),
+    pytest.param({"min_instances": 4}, Counts(0, 3, 3, 3), None,
+                 "First cycle: scaling from 3 to min-instances 4.", id="first-cycle-up-to-min"),
+    pytest.param({}, Counts(12, 5, 5, 5), ScalingState(5.0, T1 - 1),
+                 "Outstanding 12 needs 12 instances, target 5.70, total 5: scaling by +1.", id="scale-up"),
+    pytest.param({}, Counts(6, 5, 5, 5), ScalingState(5.0, T1 - 1),
+                 "Outstanding 6 needs 6 instances, target 5.10, total 5: stable, the gap of +0.10 is below the jitter "
+                 "threshold 0.5.", id="jitter"),
+    pytest.param({}, Counts(5, 5, 5, 5), ScalingState(5.0, T1 - 1),
+                 "Outstanding 5 needs 5 instances, target 5.00, total 5: stable, the gap of +0.00 is below the jitter "
+                 "threshold 0.5.", id="no-gap-is-jitter-not-cover"),
+    pytest.param({}, Counts(3, 3, 3, 3), ScalingState(3.9, T1 - 1),
+                 "Outstanding 3 needs 3 instances, target 3.90, total 3: stable, the 3 instances already cover the "
+                 "need of 3.", id="covered"),
+    pytest.param({"jitter_threshold": 0}, Counts(5, 5, 5, 5), ScalingState(5.0, T1 - 1),
+                 "Outstanding 5 needs 5 instances, target 5.00, total 5: stable.", id="stable-without-a-why"),
+    pytest.param({"burst": BurstSettings()}, Counts(60, 5, 5, 5, arrival_rate=60, service_secs=1.0),
+                 ScalingState(5.0, T1 - 1),
+                 "Outstanding 60 needs 60 instances, throughput 60.0/s x 1.000 s needs 60.00 (+0.00 for the queue of "
+                 "0), target 60.00, total 5: burst, scaling straight to the need (+55).", id="burst"),
+    pytest.param({"burst": BurstSettings()}, Counts(5, 60, 60, 60, arrival_rate=5, service_secs=1.0),
+                 ScalingState(60.0, T1 - 1, T1 - 10, 60.0),
+                 "Outstanding 5 needs 5 instances, throughput 5.0/s x 1.000 s needs 5.00 (+0.00 for the queue of 0), "
+                 "target 60.00, total 60: burst hold, no scale-down inside the stable window.", id="hold"),
+    pytest.param({"burst": BurstSettings()},
+                 Counts(5, 60, 60, 60, expired_healthy=3, arrival_rate=5, service_secs=1.0),
+                 ScalingState(60.0, T1 - 1, T1 - 10, 60.0),
+                 "Outstanding 5 needs 5 instances, throughput 5.0/s x 1.000 s needs 5.00 (+0.00 for the queue of 0), "
+                 "target 60.00, total 60: scaling by +1 (burst hold).", id="hold-replacing-expired"),
+    pytest.param({"burst": BurstSettings()}, Counts(500, 1, 1, 0, queued=500), ScalingState(1.0, T1 - 1),
+                 "Outstanding 500 needs 500 instances, target 1.00, total 1: waiting for the first instance to answer "
+                 "before sizing a burst.", id="blind"),
+    pytest.param({"burst": BurstSettings()}, Counts(5, 0, 0, 0, queued=5), ScalingState(0.0, T1 - 1),
+                 "Outstanding 5 needs 5 instances, target 1.00, total 0: scaling by +1.", id="blind-starts-one"),
+]
+
+
+@pytest.mark.parametrize(("changes", "counts", "previous", "reason"), REASON_CASES)
+def test_reason(changes, counts, previous, reason):
+    assert decide(cfg(WAITER, **changes), counts, previous, T1).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "counts", "expected"),
+    [
+        pytest.param({"scale_factor": 2}, Counts(10, 5, 5, 5, arrival_rate=10, service_secs=1.0), LoadNeed(20, 0),
+                     id="scale-factor-multiplies"),
+        pytest.param({}, Counts(1, 1, 1, 1, queued=1, arrival_rate=0, service_secs=1.0), LoadNeed(1, 0),
+                     id="nothing-arriving-the-outstanding-count-is-busy"),
+        pytest.param({}, Counts(0, 1, 1, 1, arrival_rate=0, service_secs=1.0), LoadNeed(0, 0), id="idle"),
+    ],
+)
+def test_load_need_rows(changes, counts, expected):
+    assert load_need(cfg(OURS, **changes), counts) == expected
+
+
+@pytest.mark.parametrize(
+    ("changes", "burst"),
+    [
+        pytest.param({"min_instances": 0}, {}, id="min-zero"),
+        pytest.param({"min_instances": 50}, {}, id="min-equals-max"),
+        pytest.param({"scale_up_factor": 0, "scale_down_factor": 0, "expired_instance_restart_rate": 0}, {},
+                     id="zeros"),
+        pytest.param({"jitter_threshold": 0}, {}, id="jitter-zero"),
+        pytest.param({}, {"threshold": 1}, id="burst-threshold-one"),
+        pytest.param({}, {"stable_window_secs": 0}, id="burst-window-zero"),
+    ],
+)
+def test_settings_accept_their_edges(changes, burst):
+    # built in the test, not in the table: the checks run when the settings are made
+    settings = cfg(**changes, burst=BurstSettings(**burst))
+    assert all(getattr(settings, k) == v for k, v in changes.items())
+    assert all(getattr(settings.burst, k) == v for k, v in burst.items())
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda: cfg(concurrency_level=0),
+                     "Scaling setting concurrency-level is 0, but it must be a whole number >= 1.", id="concurrency"),
+        pytest.param(lambda: BurstSettings(drain_secs=0),
+                     "Scaling setting burst drain-secs is 0, but it must be a number of seconds > 0.", id="drain-zero"),
+        pytest.param(lambda: BurstSettings(drain_secs="1"),
+                     "Scaling setting burst drain-secs is '1', but it must be a number of seconds > 0.",
+                     id="drain-string"),
+        pytest.param(lambda: BurstSettings(stable_window_secs=-1),
+                     "Scaling setting burst stable-window-secs is -1, but it must be a number of seconds >= 0.",
+                     id="window"),
+        pytest.param(lambda: ScalingState.from_json({"target": "3", "last_tick": 1.0}),
+                     "Scaling setting state target is '3', but it must be a finite number.", id="state-target"),
+        pytest.param(lambda: ScalingState.from_json({"target": 3, "last_tick": 1, "burst_peak": "x"}),
+                     "Scaling setting state burst_peak is 'x', but it must be null or a finite number.",
+                     id="state-peak"),
+    ],
+)
+def test_setting_and_state_sentences(make, message):
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value) == message
+
+
+def test_a_state_saved_before_cold_existed_is_warm():
+    assert ScalingState.from_json({"target": 3, "last_tick": 1.0}) == ScalingState(3.0, 1.0)

@@ -316,12 +316,12 @@ def _with_expired(settings: ScalingSettings, counts: Counts, amount: int) -> int
 
 
 def _ticks(previous: ScalingState, now: float) -> tuple[int, float]:
-    """Whole seconds since the previous cycle and the new ``last_tick``."""
-    if now < previous.last_tick:
-        # The clock went back (or a new leader's runs behind): restart from here rather than stall.
-        return 0, now
-    ticks = math.floor(now - previous.last_tick)
-    return ticks, previous.last_tick + ticks
+    """Whole seconds since the previous cycle and the new ``last_tick``.
+
+    When the clock went back (or a new leader's runs behind) there are no ticks and the smoothing restarts from
+    ``now`` rather than stall until the old ``last_tick`` comes round again."""
+    ticks = max(0, math.floor(now - previous.last_tick))
+    return ticks, min(now, previous.last_tick + ticks)
 
 
 def _first_cycle(settings: ScalingSettings, counts: Counts, now: float) -> Decision:
@@ -358,9 +358,9 @@ def load_need(settings: ScalingSettings, counts: Counts, *, cold: bool = False) 
         return None
     per_request = counts.service_secs * settings.scale_factor / settings.concurrency_level
     busy = max(0.0, counts.arrival_rate * per_request)
-    if busy == 0 and counts.outstanding > 0:
-        # Work is present but none arrived lately: its clients wait for it (closed loop) or nothing moves; the
-        # outstanding count, queue included, is the need then.
+    if busy == 0:
+        # None arrived lately: work still present waits on its clients (closed loop) or nothing moves; the
+        # outstanding count, queue included, is the need then (none when idle).
         return LoadNeed(ideal_instances(settings, counts.outstanding), 0)
     # The queue's share is at most BACKLOG_CAP times the busy need: a queue that grew during a start-up is served
     # within seconds without one instance per queued request (each would be released one kill at a time).
