@@ -223,6 +223,49 @@ async def test_half_closed_client_gets_its_answers_then_the_connection_closes() 
     assert statuses(transport.take()) == [200, 200]
 
 
+async def test_a_client_ending_its_side_while_its_request_waits_to_be_sent_on_has_abandoned_it() -> None:
+    outcome: list[str] = []
+
+    async def queued(conn: Connection, req: Request) -> None:
+        conn.abandonable(True)
+        try:
+            await asyncio.Event().wait()  # a slot that never comes
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        finally:
+            conn.abandonable(False)
+
+    conn, transport, _ = connect(queued)
+    conn.data_received(GET % 1)
+    await settle()
+    assert conn.eof_received() is False  # asyncio closes the transport then
+    transport.close()
+    await eventually(lambda: outcome == ["cancelled"], what="the handler to be cancelled", timeout=5)
+    assert transport.take() == b""
+
+
+async def test_a_client_that_ended_its_side_before_its_request_would_wait_has_abandoned_it() -> None:
+    outcome: list[str] = []
+    admitted = asyncio.Event()
+
+    async def late(conn: Connection, req: Request) -> None:
+        await admitted.wait()  # e.g. authenticating
+        try:
+            conn.abandonable(True)
+        except ConnectionResetError:
+            outcome.append("gone")
+            raise
+
+    conn, transport, _ = connect(late)
+    conn.data_received(GET % 1)
+    await settle()
+    assert conn.eof_received() is True  # not waiting yet: a half-closed client may still be answered
+    admitted.set()
+    await eventually(lambda: transport.closed, what="the connection to close", timeout=5)
+    assert outcome == ["gone"] and transport.take() == b""
+
+
 async def test_request_body_flow_control_pauses_the_client_until_the_handler_reads() -> None:
     release = asyncio.Event()
     received: list[int] = []

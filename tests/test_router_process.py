@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -288,3 +291,62 @@ async def test_any_worker_answers_metrics_for_all_workers(tmp_path: Path, redis_
         assert sorted(w[-3:] for w in seen) == ["-w0", "-w1"]
     finally:
         r.stop()
+
+
+def _hang_up(writer: asyncio.StreamWriter, reset: bool) -> None:
+    """Close a client socket: with a FIN as a client's close() sends, or with a reset (RST, SO_LINGER 0)."""
+    if reset:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+async def test_a_client_that_leaves_while_queued_leaves_the_queue_and_does_not_hold_the_drain(tmp_path: Path) -> None:
+    # One instance with one slot, never more: a queued request can only wait.
+    token = backend_token("echo", mem=512, **{"concurrency-level": 1, "max-instances": 1})
+    r = RouterProcess(tmp_path, [token], drain_timeout_secs=120, access_log="json")
+    try:
+        async with aiohttp.ClientSession() as client:
+            await r.ready(client)
+            async with client.get(r.url + "/hello", headers=TOKEN) as resp:
+                assert resp.status == 200
+            async with client.get(r.url + "/apps") as resp:
+                (app,) = await resp.json()
+            sid = app["service-id"]
+            async with client.get(r.url + f"/apps/{sid}") as resp:
+                (instance,) = (await resp.json())["instances"]["active-instances"]
+
+            async def counts() -> dict[str, Any]:
+                async with client.get(r.url + f"/state/{sid}") as resp:
+                    return (await resp.json())["state"]  # type: ignore[no-any-return]
+
+            # The only slot is held by a download its client does not read.
+            busy_reader, busy = await asyncio.open_connection("127.0.0.1", r.port)
+            busy.write(b"GET /download?bytes=1073741824 HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\n\r\n")
+            await busy_reader.readexactly(100_000)
+            for reset in (False, True):
+                _, writer = await asyncio.open_connection("127.0.0.1", r.port)
+                cid = b"gone-reset" if reset else b"gone-closed"
+                writer.write(b"GET /second HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\nx-cid: " + cid + b"\r\n\r\n")
+                await eventually(lambda: _is(counts(), queued=1), what="the second request to queue")
+                _hang_up(writer, reset)
+                await eventually(lambda: _is(counts(), queued=0, **{"in-flight": 1}), what="the queue to empty")
+            _hang_up(busy, reset=True)
+            await eventually(lambda: _is(counts(), outstanding=0), what="the download's slot to be released")
+            async with client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
+                seen = await resp.json()
+            assert seen["total"] == 2, seen  # /hello and the download: neither abandoned request was forwarded
+            r.proc.send_signal(signal.SIGTERM)
+            # Nothing is left to drain: it exits long before drain-timeout-secs (120).
+            assert await asyncio.to_thread(r.proc.wait, 60) == 0, r.output()[-3000:]
+    finally:
+        r.stop()
+    logged = [json.loads(line) for line in r.output().splitlines() if line.startswith('{"time"')]
+    gone = {line["cid"]: line for line in logged if line["cid"].startswith("gone-")}
+    assert {cid: line["status"] for cid, line in gone.items()} == {"gone-closed": 499, "gone-reset": 499}, gone
+    assert all(line["instance-id"] is None and line["service-id"] == sid for line in gone.values()), gone
+
+
+async def _is(state: Any, **expected: int) -> bool:
+    counted = await state
+    return all(counted[key] == value for key, value in expected.items())

@@ -8,6 +8,7 @@ A line, keys in this order (absent values are null)::
 
 ``path`` leaves the query string out (it may hold secrets); ``bytes`` counts what went to the client, head
 included; ``queue-wait-ms`` is from the request's arrival to its slot, ``backend-ms`` while it held the slot.
+``status`` is 499 for a request whose client left before its response head (waiter.exchange.CLIENT_CLOSED).
 """
 
 from __future__ import annotations

@@ -76,6 +76,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tunnel: Tunnel | None = None
         self._responded = False  # the current request's response head is written
+        self._abandonable = False  # see abandonable
 
     # asyncio.Protocol
 
@@ -132,6 +133,8 @@ class Connection(asyncio.Protocol):
             if self._tunnel.transport.can_write_eof():
                 self._tunnel.transport.write_eof()
             return True
+        if self._abandonable:
+            return False  # the transport closes: connection_lost cancels the handler
         if self._parsing is not None and self._parsing.body is not None:
             # Half-closed before the body's end: the client's fault, and it can still read the answer.
             self._fault(BadRequest(400, "The client closed its side of the connection before the request body ended."))
@@ -449,6 +452,21 @@ class Connection(asyncio.Protocol):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def responded(self) -> bool:
+        """The current request's response head is written."""
+        return self._responded
+
+    def abandonable(self, on: bool) -> None:
+        """While ``on`` the handler waits before sending the request anywhere (for a slot): a client that ends its
+        side of the connection meanwhile has given up on it (nginx's view, and Waiter's), so the connection closes
+        and the handler is cancelled, which takes it out of the queue. Otherwise a half-closed client still gets
+        its answers. Raises ConnectionResetError when the client has ended its side already."""
+        self._abandonable = on
+        if on and self._eof:
+            self.transport.close()
+            raise ConnectionResetError("The client closed the connection.")
 
     @property
     def draining(self) -> bool:

@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 # seconds it held the slot, the backend's status.
 Served = tuple[str, float, float, int]
 
+# What the access log says of a request whose client left before its answer (nginx's 499; docs/api.md §4).
+CLIENT_CLOSED = 499
+
 # Requests relayed to the aiohttp app may wait long (a service's queue behind /waiter-ping, a kill with timeout).
 RELAY_TIMEOUT = 900.0
 
@@ -154,6 +157,10 @@ class Dispatcher:
                 rid = router.settings.router_id
                 add_to_error(err, DebugInfo(rid, cid.decode(ENC, ERRORS), received_at, protocol, limits=limits))
             conn.answer_error(req, err, cid)
+        except (ConnectionResetError, asyncio.CancelledError):
+            if not conn.responded:
+                status = CLIENT_CLOSED
+            raise
         finally:
             if access is not None:
                 access.write(
@@ -195,7 +202,7 @@ class Dispatcher:
             full = head + CRLF if has_host else head + b"Host: %s:%d\r\n\r\n" % (host.encode(), port)
             return send(host, port, full, body, head_only=head_only, idle_timeout=idle, content_length=length)
 
-        instance, upstream, taken = await open_upstream(service, limits, send_to)
+        instance, upstream, taken = await open_upstream(service, limits, send_to, conn.abandonable)
         pending: str | None = None  # the backend's status path of an async request (it keeps the slot)
         try:
             try:

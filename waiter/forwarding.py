@@ -150,9 +150,13 @@ def backend_error(service: Service, instance: Instance, exc: UpstreamError) -> W
 
 
 async def open_upstream(
-    service: Service, limits: Timeouts, send: Callable[[Instance], Awaitable[R]]
+    service: Service,
+    limits: Timeouts,
+    send: Callable[[Instance], Awaitable[R]],
+    waiting: Callable[[bool], None] = lambda _on: None,
 ) -> tuple[Instance, R, float]:
-    """Take a slot and ``send`` the request to its instance, until the response head is in.
+    """Take a slot and ``send`` the request to its instance, until the response head is in. ``waiting`` is told
+    when the request starts and stops waiting in the queue (waiter.client_connection.Connection.abandonable).
 
     A refused connection (nothing sent) ejects the instance and tries another, up to MAX_CONNECT_ATTEMPTS; other
     failures talking to the backend become the router's 502/504. On success the caller owns the slot and the
@@ -162,7 +166,11 @@ async def open_upstream(
     while True:
         instance = service.take()
         if instance is None:
-            instance = await service.wait(limits.queue_ms)
+            waiting(True)
+            try:
+                instance = await service.wait(limits.queue_ms)
+            finally:
+                waiting(False)
         taken = time.monotonic()
         try:
             return instance, await send(instance), taken
