@@ -42,6 +42,7 @@ MODULES = {
 # the import, so their mutants can never be killed (nor can they change behaviour at run time).
 IMPORT_TIME = {"params": ("x__num_", "x__int_", "x__enum_", "x__str_", "x__liveness_")}
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-q", "-x", "-W", "ignore"]
+_FLAGS = "core, partial={}, user={}, max_cpus=max_cpus, max_mem=max_mem"
 # Survivors reviewed as equivalent: (module, function, "old line -> new line") with why no input can tell the
 # mutant apart. Keyed by the changed code, not mutmut's numbering, which shifts whenever the function changes.
 EQUIVALENT: dict[tuple[str, str, str], str] = {
@@ -52,6 +53,10 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
             "the digest is the same; the flag only lets md5 run on a FIPS-restricted OpenSSL, which the id needs"
         for new in ("", "usedforsecurity=True", "usedforsecurity=None")
     },
+    ("validation", "validate_service", f"{_FLAGS.format(False, False)} -> {_FLAGS.format(None, False)}"):
+        "_service_problems reads partial only for its truth, and None is as false as False",
+    ("validation", "validate_service", f"{_FLAGS.format(False, False)} -> {_FLAGS.format(False, None)}"):
+        "_service_problems reads user only for its truth, and None is as false as False",
 }
 DETECTED = ("killed", "timeout", "segfault")  # a test failed, hung or crashed under the mutant
 _STRING = re.compile(r"""(?i:[rbfu]{0,2})("([^"\\]|\\.)*"|'([^'\\]|\\.)*')""")

@@ -233,6 +233,32 @@ def test_validate_service_wording(core: dict[str, Any], expected: str) -> None:
     assert str(err).startswith(SERVICE_HEADLINE + "\n")
 
 
+NUL_IN_CMD = "cmd must be UTF-8 text without NUL characters, but it contains a NUL character at position 1."
+
+
+@pytest.mark.parametrize(("validate", "data", "headline", "problems"), [
+    (validate_service, {**BASE, "cmd": None}, SERVICE_HEADLINE, ["Missing required parameter(s): cmd"]),
+    (validate_service, {**BASE, "image": None}, SERVICE_HEADLINE, ["image must be a non-empty string. Got null."]),
+    (validate_service, {**BASE, "cmd": "a\x00"}, SERVICE_HEADLINE, [NUL_IN_CMD]),
+    (validate_token, {"cmd": None}, SERVICE_HEADLINE, ["cmd must be a non-empty string. Got null."]),
+    (validate_token, {"cmd": "a\x00", "bogus": 1}, SERVICE_HEADLINE, [NUL_IN_CMD]),
+    (validate_token, {"mem": 131073}, SERVICE_HEADLINE,
+     ["The following fields exceed their allowed limits: mem is 131073 but the max allowed is 131072"]),
+    (validate_token, {"bogus": 1, "cpus": 0}, SERVICE_HEADLINE,
+     ['Unsupported key(s) in token: ["bogus"]', "cpus must be a positive number. Got 0."]),
+    (validate_token, {"authentication": "disabled", "permitted-user": "bob", "cmd": "x"}, SERVICE_HEADLINE,
+     ["permitted-user must be '*' when authentication is 'disabled'. Got \"bob\".",
+      "Tokens with authentication 'disabled' must specify all required parameters; missing: cpus, mem, version, "
+      "run-as-user."]),
+    (validate_token, {"interstitial-secs": 1, "cmd": "x", "cpus": 1}, SERVICE_HEADLINE,
+     ["interstitial-secs (1) needs all required parameters; missing: mem, version, run-as-user."]),
+], ids=["missing-required-once", "null-optional", "garbled-service", "null-in-token", "garbled-token-only",
+        "default-mem-limit", "two-kinds", "auth-disabled-sentences", "interstitial-one"])
+def test_validation_sentences(validate: Any, data: dict[str, Any], headline: str, problems: list[str]) -> None:
+    err = _errors(validate, data)
+    assert (err.headline, err.problems) == (headline, problems)
+
+
 def test_validate_service_reports_every_problem_at_once() -> None:
     core = {"cmd": "", "cpus": 64, "mem": 0, "version": "v", "run-as-user": "a", "ports": 0,
             "env": {"1": "x"}, "min-instances": 5, "max-instances": 3}
@@ -274,6 +300,9 @@ CROSS_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("proto-differs-other-port", {"health-check-proto": "h2c", "health-check-port-index": 1, "ports": 2},
      None),
     ("liveness-proto-differs", {"liveness-check-proto": "h2"}, "liveness-check-proto (h2) must equal"),
+    ("liveness-inherits-proto",
+     {"health-check-proto": "h2c", "health-check-port-index": 1, "ports": 2, "liveness-check-port-index": 0},
+     "liveness-check-proto (h2c) must equal backend-proto (http) when liveness-check-port-index is 0."),
     ("namespace-mismatch", {"namespace": "bob"}, "namespace (bob) must either be omitted or match"),
     ("namespace-star-user", {"namespace": "alice", "run-as-user": "*"}, "namespace (alice) cannot be set"),
     ("namespace-match", {"namespace": "alice"}, None),

@@ -129,7 +129,7 @@ def _valid(params: Mapping[str, Any], name: str) -> Any:
 def _cross_field_problems(params: Mapping[str, Any], *, partial: bool) -> list[str]:
     problems: list[str] = []
     lo, hi = _valid(params, "min-instances"), _valid(params, "max-instances")
-    if ("min-instances" in params or "max-instances" in params) and lo > hi:
+    if lo > hi:  # the defaults (1 and 500) never clash: only a given value can
         problems.append(f"min-instances ({lo}) must be less than or equal to max-instances ({hi}).")
     for prefix in ("health-check-", "liveness-check-"):
         problems += _check_rules(params, prefix)
@@ -143,8 +143,9 @@ def _check_rules(params: Mapping[str, Any], prefix: str) -> list[str]:
     if _valid(params, "authentication") == "disabled" and params.get(auth) == "standard":
         problems.append(f"{auth} must be 'disabled' when authentication is 'disabled'. Got \"standard\".")
     index_key, proto_key = f"{prefix}port-index", f"{prefix}proto"
-    if prefix != "health-check-" and index_key not in params and proto_key not in params:
-        return problems  # liveness checks copy the health-check values, which are checked already
+    if index_key not in params and proto_key not in params:
+        # the defaults never clash; liveness checks copy the health-check values, which are checked already
+        return problems
     index = _valid(params, index_key if index_key in params else "health-check-port-index")
     proto = _valid(params, proto_key if proto_key in params else "health-check-proto")
     ports, backend = _valid(params, "ports"), _valid(params, "backend-proto")
