@@ -12,10 +12,19 @@ from typing import Any
 import pytest
 
 from tests.support import eventually
+from waiter import http1
 from waiter.client_connection import Connection
 from waiter.errors import WaiterError
 from waiter.frontdoor import FrontDoor, Limits
-from waiter.http1 import BadRequest, Request
+from waiter.http1 import (
+    HEADER_NAME_CACHED,
+    HEADER_NAMES,
+    HEADER_NAMES_LIMIT,
+    BadRequest,
+    HeaderName,
+    Request,
+    header_name,
+)
 
 
 class MockTransport(asyncio.Transport):
@@ -472,3 +481,29 @@ def test_limits_are_validated() -> None:
         Limits(head_timeout=0)
     with pytest.raises(ValueError, match="max_headers must be at least 1, got 0"):
         Limits(max_headers=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (b"Host", (b"host", None, True)),
+        (b"X-Waiter-Token", (b"x-waiter-token", "x-waiter-token", False)),
+        (b"x-waiter-cpus", (b"x-waiter-cpus", "x-waiter-cpus", False)),
+        (b"Transfer-Encoding", (b"transfer-encoding", None, True)),
+        (b"User-Agent", (b"user-agent", None, False)),
+        (b"X-Waiter", (b"x-waiter", None, False)),  # not an x-waiter-* header: no dash after the prefix
+    ],
+)
+def test_header_names_are_classified_and_remembered(name: bytes, expected: HeaderName) -> None:
+    assert header_name(name) == expected
+    assert HEADER_NAMES[name] == expected  # the next request with this name finds it
+
+
+def test_the_header_name_cache_keeps_no_long_names_and_stops_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http1, "HEADER_NAMES", {})
+    long = b"X-" + b"a" * HEADER_NAME_CACHED
+    assert header_name(long) == (long.lower(), None, False)
+    assert long not in http1.HEADER_NAMES
+    for i in range(HEADER_NAMES_LIMIT + 10):
+        header_name(b"X-Name-%d" % i)
+    assert len(http1.HEADER_NAMES) == HEADER_NAMES_LIMIT

@@ -24,13 +24,14 @@ from waiter.forwarding import new_cid_bytes
 from waiter.http1 import (
     ENC,
     ERRORS,
-    SPECIAL,
+    HEADER_NAMES,
     BadRequest,
     ErrorView,
     Request,
     RequestBody,
     Tunnel,
     error_response,
+    header_name,
     malformed,
 )
 from waiter.text import printable
@@ -198,11 +199,11 @@ class Connection(asyncio.Protocol):
         self._field_count += 1
         if self._field_count > limits.max_headers:
             raise BadRequest(431, f"The request has more headers than the limit of {limits.max_headers}.")
-        lname = name.lower()
+        lname, waiter_name, special = HEADER_NAMES.get(name) or header_name(name)
         req.headers.append((name, value, lname))
-        if lname[:9] == b"x-waiter-":
-            req.waiter.append((lname.decode(ENC, ERRORS), value.decode(ENC, ERRORS)))
-        elif lname in SPECIAL:
+        if waiter_name is not None:
+            req.waiter.append((waiter_name, value.decode(ENC, ERRORS)))
+        elif special:
             known = req.special.get(lname)
             if known is None:
                 req.special[lname] = value

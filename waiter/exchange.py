@@ -122,7 +122,7 @@ class Dispatcher:
         try:
             path, method = req.path, req.method_str()
             api = router.is_api(path, host or "", waiter)
-            view = AuthView(req, conn.peer.decode(ENC, ERRORS))
+            view = AuthView(req, conn.peer)
             url = req.url.decode(ENC, ERRORS)
             # Authentication (and the API's authorization) first, for every request: waiter.router.Router.admit.
             admission = router.admit_now(view, method, path, url, api, waiter, host)

@@ -45,6 +45,26 @@ SPECIAL = frozenset(
 )
 
 
+# Header names as clients spell them -> (lowercase name, the x-waiter-* name as text or None, whether it is in
+# SPECIAL): clients send the same few names on every request, so the parser looks them up here
+# (``HEADER_NAMES.get(name) or header_name(name)``) instead of lowering and classifying each one again. It stops
+# growing at HEADER_NAMES_LIMIT names of at most HEADER_NAME_CACHED bytes, so a client inventing names cannot grow
+# it much.
+HeaderName = tuple[bytes, str | None, bool]
+HEADER_NAMES: dict[bytes, HeaderName] = {}
+HEADER_NAMES_LIMIT = 1024
+HEADER_NAME_CACHED = 64
+
+
+def header_name(name: bytes) -> HeaderName:
+    """What the front door needs to know of a header name not in HEADER_NAMES (kept there if there is room)."""
+    lname = name.lower()
+    known = (lname, lname.decode(ENC, ERRORS) if lname[:9] == b"x-waiter-" else None, lname in SPECIAL)
+    if len(name) <= HEADER_NAME_CACHED and len(HEADER_NAMES) < HEADER_NAMES_LIMIT:
+        HEADER_NAMES[name] = known
+    return known
+
+
 class BadRequest(Exception):
     """The client's request cannot be served: answered with ``status`` and the connection closed."""
 
@@ -177,13 +197,22 @@ class Request:
 
 
 class AuthView:
-    """A Request as waiter.auth.AuthRequest: its headers and the connection's peer address."""
+    """A Request as waiter.auth.AuthRequest: its headers and the connection's peer address. Both are made when
+    read: most requests are admitted without either (the one-user authenticator, a cookie-less token)."""
 
-    __slots__ = ("headers", "peer")
+    __slots__ = ("_peer", "_req")
 
-    def __init__(self, req: Request, peer: str) -> None:
-        self.headers = req.headers_view
-        self.peer = peer
+    def __init__(self, req: Request, peer: bytes) -> None:
+        self._req = req
+        self._peer = peer
+
+    @property
+    def headers(self) -> HeaderView:
+        return self._req.headers_view
+
+    @property
+    def peer(self) -> str:
+        return self._peer.decode(ENC, ERRORS)
 
 
 class ErrorView:

@@ -303,8 +303,10 @@ class Connection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # woken once: the parser's later callbacks of the same read find nothing to do
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
         """End the exchange with ``exc`` (unless its response is complete already); drop the connection."""
