@@ -350,3 +350,51 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue_and_does_not_h
 async def _is(state: Any, **expected: int) -> bool:
     counted = await state
     return all(counted[key] == value for key, value in expected.items())
+
+
+async def test_a_killed_supervisors_workers_answer_waiting_requests_at_once(tmp_path: Path, redis_server: Any) -> None:
+    # An instance that starts and never answers (its grace period outlasts the test): requests wait for it. The
+    # drain timeout is a minute: a worker that waited it out would answer with its own words, after the test's.
+    stuck = backend_token("stuck", cmd="exec sleep 600", **{"grace-period-secs": 600})
+    r = RouterProcess(tmp_path, [stuck], None, "--workers", "2", redis=redis_server.url, drain_timeout_secs=60)
+    socket_dir: Path | None = None
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
+            await r.ready(client)
+            workers = [c for c in psutil.Process(r.proc.pid).children() if "--worker-of" in c.cmdline()]
+            argv = workers[0].cmdline()
+            socket_dir = Path(argv[argv.index("--worker-of") + 1].removeprefix("unix:")).parent
+
+            async def send() -> tuple[int, str]:
+                # A connection each, so both workers get some (SO_REUSEPORT spreads connections, not requests).
+                headers = {"x-waiter-token": "stuck", "accept": "text/plain"}
+                async with (
+                    aiohttp.ClientSession() as own,
+                    own.get(r.url, headers=headers, timeout=client.timeout) as resp,
+                ):
+                    return resp.status, await resp.text()
+
+            waiting = [asyncio.create_task(send()) for _ in range(4)]
+
+            async def all_waiting() -> bool:
+                async with client.get(r.url + "/apps") as resp:
+                    apps = await resp.json() if resp.status == 200 else []
+                # ... and the instance scheduled: every worker's create call is answered before the agent dies
+                return any(
+                    app["request-metrics"]["outstanding"] == len(waiting) and app["resource-usage"]["cpus"] > 0
+                    for app in apps
+                )
+
+            await eventually(all_waiting, timeout=20, what="the requests to wait for the stuck instance")
+            r.proc.kill()
+            r.proc.wait()
+            answers = await asyncio.gather(*waiting)
+        for status, text in answers:
+            assert status == 503, text
+            assert "The router is stopping and the scheduler agent at unix:" in text, text
+            assert "is gone: no instance of this service is left and none can start here" in text, text
+        await eventually(lambda: not any(_running(w) for w in workers), timeout=20, what="the workers to exit")
+    finally:
+        r.stop()
+        if socket_dir is not None:  # a supervisor killed by SIGKILL cannot remove its socket
+            shutil.rmtree(socket_dir, ignore_errors=True)

@@ -39,7 +39,15 @@ class ServiceRegistry:
         self.inactive: dict[str, dict[str, Any]] = {}
         self._slots_policy = slots_policy
         self._demand_hooks = tuple(demand_hooks)
+        self.stranded: str | None = None
         scheduler.subscribe(self._on_change)
+
+    def strand(self, reason: str) -> None:
+        """No instance can start any more: every service answers its waiters without instances now (Service.strand),
+        services registered from now on too."""
+        self.stranded = reason
+        for service in self.services.values():
+            service.strand(reason)
 
     def get(self, service_id: str) -> Service | None:
         return self.services.get(service_id)
@@ -58,6 +66,8 @@ class ServiceRegistry:
             )
             self.services[resolved.service_id] = service
             self.inactive.pop(resolved.service_id, None)
+            if self.stranded is not None:
+                service.strand(self.stranded)
         return service
 
     def start(self, resolved: ResolvedService) -> Service:

@@ -30,6 +30,7 @@ from waiter.exchange import Dispatcher
 from waiter.frontdoor import ClientTraffic, FrontDoor, Limits
 from waiter.listener import half_open, refuse_new_handshakes
 from waiter.router import Router
+from waiter.scheduler.agent import AgentScheduler
 from waiter.scheduler.base import Scheduler
 from waiter.settings import Settings
 
@@ -167,7 +168,13 @@ class RouterServer:
         self._stopped = True
         listening = asyncio.create_task(self._stop_listening()) if self._server is not None else None
         if self._door is not None and self._dispatcher is not None:
+            registry = self._dispatcher.router.registry
             self._dispatcher.router.draining = True
+            # A --workers supervisor killed with -9: its agent and the instances it ran are gone, so requests
+            # waiting for one can only be answered (at once, not at the drain timeout).
+            if isinstance(registry.scheduler, AgentScheduler) and (why := await registry.scheduler.gone()):
+                log.warning("stopping without a scheduler: %s; requests waiting for an instance get a 503", why)
+                registry.strand(why)
             await self._door.drain(self.settings.drain_timeout_secs, listening)
         if listening is not None:
             await listening

@@ -135,7 +135,7 @@ class Service:
             startup_interval=health.startup_interval_ms / 1000,
             probe_timeout=health.timeout_ms / 1000,
             on_routable=self._routable,
-            on_unroutable=self.reservations.remove,
+            on_unroutable=self._unroutable,
         )
         self.registered_at = time.time()
         self.last_request_time: float | None = None
@@ -153,6 +153,7 @@ class Service:
         self.deployment_error: str | None = None  # why its instances cannot start (docs/api.md §6)
         self.broken_since: float | None = None
         self.last_healthy_at = self.registered_at  # failures before this do not count towards an error
+        self.stranded: str | None = None  # why no instance can start any more (see strand)
         self._started: asyncio.Task[None] | None = None
 
     # -- what the API changes ----------------------------------------------------------------------------------
@@ -235,6 +236,19 @@ class Service:
         self.deployment_error = self.broken_since = self.start_error = None
         self.reservations.add(instance, self._slots_policy(self))
 
+    def _unroutable(self, instance_id: str) -> None:
+        self.reservations.remove(instance_id)
+        if self.stranded is not None and self.reservations.capacity == 0:
+            self.reservations.fail_waiters(self._stranded_failure())
+
+    def strand(self, reason: str) -> None:
+        """No instance can start any more (``reason``: the scheduler is gone) and the router stops: a request
+        waiting while no instance is routable is answered now, not at the drain timeout. Instances still routable
+        serve on until they are not."""
+        self.stranded = reason
+        if self.reservations.capacity == 0:
+            self.reservations.fail_waiters(self._stranded_failure())
+
     async def close(self) -> None:
         self.reservations.fail_waiters(
             WaiterError(503, "The service was stopped while this request waited for an instance.", service_id=self.id)
@@ -261,6 +275,8 @@ class Service:
             self.ensure_started()
         if self.deployment_error is not None and self.reservations.capacity == 0:
             raise self._deployment_failure()
+        if self.stranded is not None and self.reservations.capacity == 0:
+            raise self._stranded_failure()
         queued_at = time.monotonic()
         cold = self.reservations.capacity == 0
         try:
@@ -335,6 +351,17 @@ class Service:
             503,
             f"Deployment error: {self.deployment_error}",
             error_class="waiter.DeploymentError",
+            service_id=self.id,
+        )
+        err.for_service = True
+        return err
+
+    def _stranded_failure(self) -> WaiterError:
+        err = WaiterError(
+            503,
+            f"The router is stopping and {self.stranded}: no instance of this service is left and none can start "
+            "here. Send the request again.",
+            error_class="waiter.RouterDraining",
             service_id=self.id,
         )
         err.for_service = True

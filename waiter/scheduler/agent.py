@@ -51,6 +51,7 @@ _AGENT_DIR_PREFIX = "waiter-agent-"
 _SOCKET = "agent.sock"
 # Long polls are woken at shutdown, so what is left in flight then is a call the scheduler is answering.
 _SHUTDOWN_SECS = 2.0
+_GONE_PROBE_SECS = 0.5  # a connect to a unix socket is refused at once when nothing listens
 
 
 def instance_to_json(instance: Instance) -> dict[str, Any]:
@@ -305,6 +306,19 @@ class AgentScheduler:
                 log.warning("scheduler agent at %s unreachable (%s); retrying in %.1f s", self.url, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def gone(self) -> str | None:
+        """Why no instance can start or be replaced any more, when nothing listens on the agent's socket (its
+        supervisor died, and the instances it ran with it); None while it listens or cannot tell (a slow agent)."""
+        try:
+            async with asyncio.timeout(_GONE_PROBE_SECS):
+                _, writer = await asyncio.open_unix_connection(self._socket)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return f"the scheduler agent at {self.url}, which ran its instances, is gone"
+        except (OSError, TimeoutError):
+            return None
+        writer.close()
+        return None
 
     def _apply(self, body: Mapping[str, Any]) -> None:
         states = {sid: state_from_json(s) for sid, s in body["services"].items()}
