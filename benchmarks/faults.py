@@ -420,12 +420,13 @@ async def _router_down(env: Env, load: Load, signum: int) -> tuple[float, int, s
     if signum == signal.SIGKILL and router.workers == 1:  # it held the clients' connections (a supervisor holds none)
         load.killed = (fault, gone)
     orphans = await orphans_after(router.work, workers)
+    left = time.monotonic() - gone  # its workers' drain and its instances' exit, which the restart waits for
     for directory in agent_dirs:  # a supervisor killed by SIGKILL leaves its agent's socket directory
         shutil.rmtree(directory, ignore_errors=True)
     router.start()
     await router.ready()
     await asyncio.sleep(3.0)
-    return fault, orphans, f"router exited in {stopped:.1f} s, restarted"
+    return fault, orphans, f"router exited in {stopped:.1f} s, what it left {left:.1f} s later, restarted"
 
 
 def _cmdline(process: psutil.Process) -> list[str]:
