@@ -353,10 +353,25 @@ async def _is(state: Any, **expected: int) -> bool:
 
 
 async def test_a_killed_supervisors_workers_answer_waiting_requests_at_once(tmp_path: Path, redis_server: Any) -> None:
-    # An instance that starts and never answers (its grace period outlasts the test): requests wait for it. The
-    # drain timeout is a minute: a worker that waited it out would answer with its own words, after the test's.
-    stuck = backend_token("stuck", cmd="exec sleep 600", **{"grace-period-secs": 600})
-    r = RouterProcess(tmp_path, [stuck], None, "--workers", "2", redis=redis_server.url, drain_timeout_secs=60)
+    # An instance that holds its port and never answers (its grace period outlasts the test): requests wait for
+    # it. The drain timeout is a minute: a worker that waited it out would answer in other words, after the test's.
+    silent = (
+        "import os, socket, time; s = socket.create_server(('127.0.0.1', int(os.environ['PORT0']))); time.sleep(600)"
+    )
+    stuck = backend_token("stuck", cmd=f'exec {sys.executable} -c "{silent}"', **{"grace-period-secs": 600})
+    # Ports of its own: the instance never answers, so a stranger on its port would answer for it.
+    low = 30000 + (os.getpid() * 7) % 3000
+    local = {"work-dir": str(tmp_path / "work"), "port-range": [low, low + 99]}
+    r = RouterProcess(
+        tmp_path,
+        [stuck],
+        None,
+        "--workers",
+        "2",
+        redis=redis_server.url,
+        drain_timeout_secs=60,
+        scheduler={"local": local},
+    )
     socket_dir: Path | None = None
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:

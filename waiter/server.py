@@ -24,11 +24,13 @@ from types import TracebackType
 from aiohttp import web
 
 from waiter.access_log import AccessLog
+from waiter.aio import stop
 from waiter.app import ROUTER, build_app
 from waiter.client_connection import Connection
 from waiter.exchange import Dispatcher
 from waiter.frontdoor import ClientTraffic, FrontDoor, Limits
 from waiter.listener import half_open, refuse_new_handshakes
+from waiter.registry import ServiceRegistry
 from waiter.router import Router
 from waiter.scheduler.agent import AgentScheduler
 from waiter.scheduler.base import Scheduler
@@ -43,11 +45,28 @@ _APP_SHUTDOWN_SECS = 5.0
 # How long a stopping router waits for handshakes begun before it refused new ones: one round trip each, so this is
 # for a slow network; on loopback they are done at once.
 _HANDSHAKE_SECS, _HANDSHAKE_POLL_SECS = 1.0, 0.01
+_GONE_POLL_SECS = 0.1  # how often a draining --workers worker checks that its supervisor's agent still listens
 # glibc malloc settings (mallopt): bodies move as 64-256 KiB bytes objects. By default glibc serves those with
 # mmap, or returns freed heap tops to the system, so each one costs fresh pages (page faults, zeroing): a third of
 # the router's CPU on 1 MiB responses. Up to 4 MiB from the heap, and up to 32 MiB of free heap kept.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MALLOC_SETTINGS = ((_M_MMAP_THRESHOLD, 4 * 1024 * 1024), (_M_TRIM_THRESHOLD, 32 * 1024 * 1024))
+
+
+async def _strand_when_scheduler_gone(registry: ServiceRegistry) -> None:
+    """While the router drains: once its --workers supervisor is found dead (killed with -9: the agent and the
+    instances it ran died with it; the worker's SIGTERM may come before its socket is closed), requests waiting for
+    an instance can only be answered, at once rather than at the drain timeout (Service.strand)."""
+    scheduler = registry.scheduler
+    if not isinstance(scheduler, AgentScheduler):
+        return
+    while True:
+        why = await scheduler.gone()
+        if why is not None:
+            break
+        await asyncio.sleep(_GONE_POLL_SECS)  # a kernel fact (a socket nobody listens on): polled, no event
+    log.warning("stopping without a scheduler: %s; requests waiting for an instance get a 503", why)
+    registry.strand(why)
 
 
 def tune_malloc() -> bool:
@@ -170,12 +189,11 @@ class RouterServer:
         if self._door is not None and self._dispatcher is not None:
             registry = self._dispatcher.router.registry
             self._dispatcher.router.draining = True
-            # A --workers supervisor killed with -9: its agent and the instances it ran are gone, so requests
-            # waiting for one can only be answered (at once, not at the drain timeout).
-            if isinstance(registry.scheduler, AgentScheduler) and (why := await registry.scheduler.gone()):
-                log.warning("stopping without a scheduler: %s; requests waiting for an instance get a 503", why)
-                registry.strand(why)
-            await self._door.drain(self.settings.drain_timeout_secs, listening)
+            stranding = asyncio.create_task(_strand_when_scheduler_gone(registry))
+            try:
+                await self._door.drain(self.settings.drain_timeout_secs, listening)
+            finally:
+                await stop([stranding])
         if listening is not None:
             await listening
         await self._close()
