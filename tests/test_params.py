@@ -208,7 +208,7 @@ PROBLEMS: list[tuple[str, Any, list[str]]] = [
         "cors-rules",
         [{"origin-regex": "("}],
         [
-            "cors-rules[0].origin-regex must be a valid regular expression (missing ), unterminated subpattern at "
+            "cors-rules[0].origin-regex must be a valid regular expression in Python's syntax (it breaks at "
             'position 0). Got "(".'
         ],
     ),

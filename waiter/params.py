@@ -261,8 +261,9 @@ def _regex_problems(value: Any, label: str) -> list[str]:
         try:
             re.compile(value)
             return []
-        except re.error as err:
-            return [f"{label} must be a valid regular expression ({err}). Got {show(value)}."]
+        except re.error as err:  # its text ("missing ), unterminated subpattern") is the library's: only where
+            where = f" (it breaks at position {err.pos})" if err.pos is not None else ""
+            return [f"{label} must be a valid regular expression in Python's syntax{where}. Got {show(value)}."]
     return [f"{label} must be a regular expression string. Got {show(value)}."]
 
 
