@@ -136,12 +136,15 @@ async def test_kill_without_replace_lowers_requested(make_scheduler: MakeSchedul
     assert state_of(scheduler).requested == 1
 
 
-async def test_kill_with_replace_starts_another_and_records_why(make_scheduler: MakeScheduler) -> None:
+@pytest.mark.parametrize("when", ["at-once", "once-answering"])
+async def test_kill_with_replace_starts_another_and_records_why(make_scheduler: MakeScheduler, when: str) -> None:
     scheduler, changes = await make_scheduler()
     await scheduler.create_service(spec(), 1)
     await changes.until(running(scheduler, 1))
     (victim,) = state_of(scheduler).active
-    await eventually(lambda: answers(victim))  # started: the kill meets a running instance
+    if when == "once-answering":
+        await eventually(lambda: answers(victim))
+    # else killed the moment it appears: it may not run yet (a Mesos task staging or starting, a pod pending)
     flags = frozenset({InstanceFlag.NEVER_PASSED_HEALTH_CHECKS.value})
 
     result = await scheduler.kill_instance(
@@ -152,7 +155,9 @@ async def test_kill_with_replace_starts_another_and_records_why(make_scheduler: 
     ended = next(i for i in state_of(scheduler).failed if i.id == victim.id)
     assert (ended.message, ended.flags, ended.failed, ended.killed) == ("Exceeded grace period", flags, True, False)
     await changes.until(lambda: any(i.id != victim.id for i in state_of(scheduler).active))
-    assert victim.id not in [i.id for i in state_of(scheduler).active]
+    (replacement,) = state_of(scheduler).active
+    assert replacement.id != victim.id
+    await eventually(lambda: answers(replacement), "the replacement to answer")
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,8 @@ class MesosScheduler:
         self._background: set[asyncio.Task[Any]] = set()
         self._tick_task: asyncio.Task[None] | None = None
         self._suppressed = False
-        self._reviving = False
+        self._offer_call: str | None = None  # the REVIVE or SUPPRESS to send next (see _tell_offers)
+        self._offer_calls_sending = False
         self._closing = False
         self.reconciliation = Reconciliation(settings.reconcile_retry_secs, settings.reconcile_retry_max_secs)
         self.failover = Failover(framework_ids, settings, self._spawn)
@@ -313,7 +314,7 @@ class MesosScheduler:
                 book.shortfall = shortfall(Need.of(book.spec), left)
         if not self._has_missing() and not self._suppressed:
             self._suppressed = True
-            self._spawn("SUPPRESS", self.client.suppress())
+            self._tell_offers("SUPPRESS")
 
     def _on_update(self, status: TaskStatus) -> None:
         if self.failover.hold(status):
@@ -378,18 +379,33 @@ class MesosScheduler:
 
     def _want_offers(self) -> None:
         """Clear our offer filters and unsuppress, so offers for new instances arrive at once."""
-        if self._reviving or not self.client.connected.is_set():
+        if not self.client.connected.is_set():
             return
         self._suppressed = False
-        self._reviving = True
+        self._tell_offers("REVIVE")
 
-        async def revive() -> None:
+    def _tell_offers(self, call: str) -> None:
+        """Send REVIVE or SUPPRESS after the one in flight, if any, so the one decided last reaches the master last:
+        two sent at once may arrive in either order, and a REVIVE skipped while another was in flight left the
+        framework suppressed by a SUPPRESS sent meanwhile (a kill with replace right after a launch then never got
+        its replacement). Calls decided while one is in flight collapse into the latest."""
+        self._offer_call = call
+        if self._offer_calls_sending:
+            return
+        self._offer_calls_sending = True
+
+        async def send() -> None:
             try:
-                await self.client.revive()
+                while (next_call := self._offer_call) is not None:
+                    self._offer_call = None
+                    try:
+                        await (self.client.revive() if next_call == "REVIVE" else self.client.suppress())
+                    except MesosError as error:
+                        log.warning("%s failed: %s", next_call, error)
             finally:
-                self._reviving = False
+                self._offer_calls_sending = False
 
-        self._spawn("REVIVE", revive())
+        self._spawn("REVIVE/SUPPRESS", send())
 
     # -- ending and killing --
 
