@@ -451,6 +451,7 @@ async def test_drain_waits_for_the_first_request_of_a_new_connection() -> None:
 async def test_a_request_still_unanswered_when_the_drain_times_out_gets_a_503() -> None:
     """Queued for an instance that never comes: answered and its handler stopped, never cut without a word."""
     stopped: list[bytes] = []
+    answered: dict[bytes, int] = {}  # what the access log reports for each (waiter.exchange)
 
     async def stuck(conn: Connection, req: Request) -> None:
         try:
@@ -459,6 +460,7 @@ async def test_a_request_still_unanswered_when_the_drain_times_out_gets_a_503() 
             await asyncio.Event().wait()
         finally:
             stopped.append(req.url)
+            answered[req.url] = conn.answered_status
 
     waiting, waiting_transport, door = connect(stuck)
     waiting.data_received(b"GET /1 HTTP/1.1\r\nx-cid: kept\r\n\r\n")
@@ -474,6 +476,7 @@ async def test_a_request_still_unanswered_when_the_drain_times_out_gets_a_503() 
     assert b"The router stopped before this request was served (drain-timeout-secs: 0.05); send it again." in answer
     assert waiting_transport.closed and streaming_transport.closed
     assert statuses(streaming_transport.take()) == [200]  # cut: nothing else could end it
+    assert answered == {b"/1": 503, b"/2": 200}
 
 
 def test_limits_are_validated() -> None:

@@ -322,7 +322,8 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue_and_does_not_h
 
             # The only slot is held by a download its client does not read.
             busy_reader, busy = await asyncio.open_connection("127.0.0.1", r.port)
-            busy.write(b"GET /download?bytes=1073741824 HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\n\r\n")
+            busy.write(b"GET /download?bytes=1073741824 HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\n")
+            busy.write(b"x-cid: busy\r\n\r\n")
             await busy_reader.readexactly(100_000)
             for reset in (False, True):
                 _, writer = await asyncio.open_connection("127.0.0.1", r.port)
@@ -345,6 +346,8 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue_and_does_not_h
     gone = {line["cid"]: line for line in logged if line["cid"].startswith("gone-")}
     assert {cid: line["status"] for cid, line in gone.items()} == {"gone-closed": 499, "gone-reset": 499}, gone
     assert all(line["instance-id"] is None and line["service-id"] == sid for line in gone.values()), gone
+    (busy_line,) = (line for line in logged if line["cid"] == "busy")
+    assert busy_line["status"] == 200, busy_line  # answered, then cut when its client reset the connection
 
 
 async def _is(state: Any, **expected: int) -> bool:

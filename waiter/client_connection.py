@@ -77,6 +77,7 @@ class Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tunnel: Tunnel | None = None
         self._responded = False  # the current request's response head is written
+        self._head = b""  # the last response head written (for answered_status)
         self._abandonable = False  # see abandonable
 
     # asyncio.Protocol
@@ -491,6 +492,14 @@ class Connection(asyncio.Protocol):
         """Write a response head (and maybe its body): from here on an error can only close the connection."""
         self.write(data)
         self._responded = True
+        self._head = data  # a reference, read only when the access log needs a cut response's status
+
+    @property
+    def answered_status(self) -> int:
+        """The status of the current request's response head, 101 once tunnelled, 0 before either."""
+        if self._tunnel is not None:
+            return 101
+        return int(self._head[9:12]) if self._responded and self._head[9:12].isdigit() else 0
 
     def start_tunnel(self, tunnel: Tunnel) -> None:
         """From now on the client's bytes go to ``tunnel`` and back."""

@@ -158,8 +158,9 @@ class Dispatcher:
                 add_to_error(err, DebugInfo(rid, cid.decode(ENC, ERRORS), received_at, protocol, limits=limits))
             conn.answer_error(req, err, cid)
         except (ConnectionResetError, asyncio.CancelledError):
-            if not conn.responded:
-                status = CLIENT_CLOSED
+            # Cut short: by the client (499 before the head), or after a head was written (the drain's 503, or a
+            # response the client stopped reading), which the access log reports as answered.
+            status = conn.answered_status if conn.responded else CLIENT_CLOSED
             raise
         finally:
             if access is not None:
