@@ -52,7 +52,7 @@ async def test_a_backend_that_breaks_off_is_a_502_naming_the_instance(make_route
     async with r.client.get(r.url + "/crash-before", headers={**TOKEN, **JSON}) as resp:  # it exits unanswered
         assert resp.status == 502
         error = (await resp.json())["waiter-error"]
-    # The instance that failed: a pooled connection's request is replayed, so this may be the replacement.
+    # The instance that failed (the request read by it was sent nowhere else; it may be listed as failed by now).
     instances = await r.instances(error["service-id"])
     known = instances["active-instances"] + instances["failed-instances"]
     (failed,) = [instance for instance in known if instance["id"] == error["instance-id"]]

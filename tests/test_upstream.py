@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -675,43 +677,57 @@ def _body_kind(kind: str) -> bytes | AsyncIterator[bytes] | None:
 
 @pytest.mark.parametrize("case", ["none", "bytes", "iterator"])
 @on_both_loops
-async def test_pooled_connection_dying_before_the_answer_is_retried_on_a_fresh_one(case: str) -> None:
-    """The backend drops a kept-alive connection just as the second request arrives on it."""
+async def test_pooled_connection_dropped_after_the_request_was_read_is_not_sent_again(case: str) -> None:
+    """The backend reads the second request of a kept-alive connection and closes without answering: it may have
+    acted on it, so the request fails and is sent nowhere else (a resend made backends see requests twice)."""
+    requests: list[tuple[bytes, bytes]] = []
 
     async def drop_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _, body = await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
-        if backend.connections == 1:
-            await reader.readuntil(b"\r\n\r\n")
-            return  # closes without answering
-        await canned(OK)(reader, writer)
-
-    async with RawBackend(drop_second) as backend, open_pool() as pool:
-        assert await get(pool, backend.port) == (200, b"")
-        body = _body_kind(case)
-        assert await get(pool, backend.port, method="POST", body=body) == (200, b"" if body is None else b"streamed")
-        assert backend.connections == 2
-
-
-@on_both_loops
-async def test_pooled_connection_dying_after_a_large_streamed_body_is_not_retried() -> None:
-    async def drop_second(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
+        requests.append(await read_request(reader))
         writer.write(OK)
-        await reader.readuntil(b"\r\n\r\n")
-        await reader.readexactly(100 * 1024)  # past the 64 KiB the client keeps for a replay
-
-    async def big() -> AsyncGenerator[bytes, None]:
-        for _ in range(8):
-            yield b"b" * 65536
+        requests.append(await read_request(reader))  # closes without answering
 
     async with RawBackend(drop_second) as backend, open_pool() as pool:
         assert await get(pool, backend.port) == (200, b"ok")
-        body = big()
         with pytest.raises(UpstreamClosed, match="before the response head was complete"):
-            await pool.request("127.0.0.1", backend.port, "POST", "/", [], body, idle_timeout=5.0)
-        await body.aclose()
+            await get(pool, backend.port, method="POST", body=_body_kind(case))
         assert backend.connections == 1
+        assert [head.split(b" ")[0] for head, _ in requests] == [b"GET", b"POST"]
+        assert pool.endpoint_count() == 0
+
+
+@on_both_loops
+async def test_pooled_connection_the_backend_closed_unnoticed_is_replaced_before_writing() -> None:
+    """The backend closed an idle connection and the loop has not read that yet (reading is paused here, as on a
+    busy loop): the pool sees it first and sends the request on a fresh connection, once."""
+    heads: list[bytes] = []
+    close_first = asyncio.Event()
+
+    async def close_idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            heads.append((await read_request(reader))[0])
+            writer.write(OK)
+            if backend.connections == 1:
+                await close_first.wait()
+                return
+
+    async with RawBackend(close_idle) as backend, open_pool() as pool:
+        assert await get(pool, backend.port) == (200, b"ok")
+        (idle,) = pool._conns
+        idle.transport.pause_reading()
+        close_first.set()
+
+        def closed_by_backend() -> bool:
+            with socket.socket(fileno=os.dup(idle.transport.get_extra_info("socket").fileno())) as peek:
+                try:
+                    return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+                except BlockingIOError:
+                    return False
+
+        await eventually(closed_by_backend, "the backend's end of the idle connection to reach the pool's socket")
+        assert await get(pool, backend.port, target="/second") == (200, b"ok")
+        assert backend.connections == 2
+        assert [head.split(b" ")[1] for head in heads] == [b"/", b"/second"]
 
 
 @on_both_loops

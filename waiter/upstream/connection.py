@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from waiter.upstream.errors import Body, StaleConnection, UpstreamClosed, UpstreamTimeout
+from waiter.upstream.errors import Body, UpstreamClosed, UpstreamTimeout
 from waiter.upstream.response import _ENC, _ERRORS, Chunk, UpstreamResponse
 
 if TYPE_CHECKING:
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 _READ_HIGH_WATER = 256 * 1024
 # Bytes bodies up to this size share one write (one syscall) with the head; larger ones are not copied for it.
 _COALESCE_LIMIT = 64 * 1024
-# A streamed request body is held for a transparent retry on a fresh connection while it stays this small.
-_REPLAY_LIMIT = 64 * 1024
 # Reads larger than this that hold a response head are split after it (see Connection.data_received).
 _SPLIT_MIN = 16 * 1024
 
@@ -49,12 +47,10 @@ class Exchange:
         "keep_alive",
         "raw_left",
         "reason",
-        "replay",
-        "replay_size",
         "status",
     )
 
-    def __init__(self, head_only: bool, idle_timeout: float, reused: bool) -> None:
+    def __init__(self, head_only: bool, idle_timeout: float) -> None:
         self.head_only, self.idle_timeout = head_only, idle_timeout
         self.head_done = self.done = self.interim = self.got_byte = self.chunked = self.keep_alive = False
         self.exc: BaseException | None = None  # what ended the exchange early
@@ -62,19 +58,10 @@ class Exchange:
         self.status, self.reason = 0, b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.clen: int | None = None
-        self.buffered = self.replay_size = self.body_seen = self.raw_left = 0
+        self.buffered = self.body_seen = self.raw_left = 0
         self.chunks: list[Chunk] = []
         self.body_task: asyncio.Task[None] | None = None
         self.body_iter: AsyncIterator[bytes] | None = None
-        # What was sent of a streamed body, for a replay on a fresh connection if this pooled one proves dead.
-        self.replay: list[bytes] | None = [] if reused else None
-
-
-async def _replay_then(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    for chunk in held:
-        yield chunk
-    async for chunk in rest:
-        yield chunk
 
 
 def build_head(
@@ -123,7 +110,7 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
         self.pool, self.key, self.loop = pool, key, loop
-        self.reused = self.lost = self._parser_dirty = self._write_paused = self._read_paused = False
+        self.lost = self._parser_dirty = self._write_paused = self._read_paused = False
         self.idle_since = self._last_io = 0.0
         # Idle timers of the read (False) and the drain (True) waits: (handle, when it fires). A timer outlives its
         # wait and is re-armed only when it fires early, so a request costs no timer of its own.
@@ -142,7 +129,7 @@ class Connection(asyncio.Protocol):
             self._parser = httptools.HttpResponseParser(self)
             self._parser_dirty = False
         self.active = True
-        self.ex = Exchange(head_only, idle_timeout, self.reused)
+        self.ex = Exchange(head_only, idle_timeout)
 
     # asyncio.Protocol
 
@@ -403,7 +390,7 @@ class Connection(asyncio.Protocol):
                 ex.body_task = self.loop.create_task(self._send_body(body, content_length))
             while not ex.head_done:
                 if ex.exc is not None:
-                    await self._raise_failure(body)
+                    raise ex.body_exc or ex.exc
                 fut = self._wait_start(idle_timeout, "sent no response head", False)
                 try:
                     await fut
@@ -414,20 +401,6 @@ class Connection(asyncio.Protocol):
             raise
         return UpstreamResponse(self)
 
-    async def _raise_failure(self, body: Body) -> None:
-        task = self.ex.body_task
-        stale = self.reused and not self.ex.got_byte and isinstance(self.ex.exc, UpstreamClosed)
-        if task is not None and stale:
-            await task  # it stops after at most one more chunk, which it keeps for the replay
-        if self.ex.body_exc is not None:
-            raise self.ex.body_exc
-        if stale and task is None:
-            raise StaleConnection(body, False)
-        if stale and self.ex.replay is not None and self.ex.body_iter is not None:
-            raise StaleConnection(_replay_then(self.ex.replay, self.ex.body_iter), bool(self.ex.replay))
-        assert self.ex.exc is not None
-        raise self.ex.exc
-
     async def _send_body(self, body: AsyncIterator[bytes], content_length: int | None) -> None:
         sent = 0
         try:
@@ -437,10 +410,8 @@ class Connection(asyncio.Protocol):
                 sent += len(chunk)
                 if content_length is not None and sent > content_length:
                     raise ValueError(f"The request body is longer than content_length={content_length}.")
-                if self.ex.replay is not None:
-                    self._hold(chunk)
                 if self.ex.exc is not None or self.lost:
-                    return  # the connection is gone; the chunk survives in the replay list if it still fits
+                    return
                 self.transport.write(chunk if content_length is not None else b"%x\r\n%b\r\n" % (len(chunk), chunk))
                 self._last_io = self.loop.time()
                 if self._write_paused:
@@ -455,13 +426,27 @@ class Connection(asyncio.Protocol):
             self.ex.body_exc = exc
             self._fail(UpstreamClosed(f"Sending the request body failed: {exc}"))
 
-    def _hold(self, chunk: bytes) -> None:
-        self.ex.replay_size += len(chunk)
-        if self.ex.got_byte or self.ex.replay_size > _REPLAY_LIMIT:
-            self.ex.replay = None  # past the point of a transparent retry; stop holding memory for it
-        else:
-            assert self.ex.replay is not None
-            self.ex.replay.append(chunk)
+    def reusable(self) -> bool:
+        """Whether this idle connection can carry a request. The backend may have closed it (or sent bytes nobody
+        asked for) while it was idle without the loop having read that yet: a request written onto it then breaks
+        exactly as one the backend read and dropped, which must never be sent again (the backend may have acted on
+        it). A peek at the socket tells the two apart before anything is written."""
+        if self.transport.is_closing():
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return True
+        # A socket object over the transport's descriptor, detached after: one recv call, no dup/close.
+        peek = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+        try:
+            peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True  # nothing to read: open, and silent as an idle connection should be
+        except OSError:
+            return False  # reset
+        finally:
+            peek.detach()
+        return False  # the end of the stream, or bytes beyond the last response
 
     def discard(self) -> None:
         """Close the connection and stop whatever this exchange still had running."""
@@ -489,7 +474,7 @@ class Connection(asyncio.Protocol):
             and self.transport.get_write_buffer_size() == 0
         ):
             self.active = False
-            ex.body_task = ex.body_iter = ex.replay = None
+            ex.body_task = ex.body_iter = None
             self.pool._put(self)
         else:
             self.discard()

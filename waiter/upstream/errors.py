@@ -21,11 +21,3 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamClosed(UpstreamError):
     """The backend closed or broke the connection before the response was complete."""
-
-
-class StaleConnection(Exception):
-    """A pooled connection died before answering; the request may be replayed with ``body`` on a fresh one."""
-
-    def __init__(self, body: Body, consumed: bool) -> None:
-        super().__init__("stale pooled connection")
-        self.body, self.consumed = body, consumed

@@ -6,7 +6,7 @@ import asyncio
 import os
 
 from waiter.upstream.connection import Connection, build_head
-from waiter.upstream.errors import Body, ConnectError, StaleConnection, UpstreamClosed, UpstreamError
+from waiter.upstream.errors import Body, ConnectError, UpstreamClosed, UpstreamError
 from waiter.upstream.response import UpstreamResponse
 
 
@@ -50,8 +50,9 @@ class UpstreamPool:
 
         The head gets Host (unless given) and framing: Content-Length for a bytes body or a given content_length,
         else chunked for an async iterator. A streamed body is sent by a task, so the backend may answer before it
-        ends. A pooled connection found dead before any response byte is replaced by a fresh one, replaying the body
-        if all of it consumed so far is still held (up to 64 KiB). Raises ConnectError, UpstreamTimeout,
+        ends. A pooled connection the backend closed while it was idle is replaced by a fresh one before anything is
+        written; once the request is written it is never sent again, since the backend may have read it and acted
+        on it before the connection broke (that is UpstreamClosed). Raises ConnectError, UpstreamTimeout,
         UpstreamClosed, ValueError for a malformed request, and whatever the body iterator raises.
         """
         head = build_head(method, target, headers, host, port, body, content_length)
@@ -78,17 +79,7 @@ class UpstreamPool:
             raise ValueError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}.")
         key = (host, port)
         conn = self._pop_idle(key) or await self._connect(key)
-        try:
-            return await conn.exchange(head, body, head_only, idle_timeout, content_length)
-        except StaleConnection as stale:
-            try:
-                conn = await self._connect(key)
-            except ConnectError as exc:
-                if stale.consumed:
-                    # Part of the caller's body stream is spent, so another instance could not get it whole.
-                    raise UpstreamClosed(f"{exc} (after a pooled connection to it had closed)") from exc
-                raise
-            return await conn.exchange(head, stale.body, head_only, idle_timeout, content_length)
+        return await conn.exchange(head, body, head_only, idle_timeout, content_length)
 
     async def close(self) -> None:
         """Close every connection, idle or in use; responses still being read end with UpstreamClosed."""
@@ -131,8 +122,9 @@ class UpstreamPool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.transport.is_closing():
+            if conn.reusable():
                 return conn
+            conn.discard()
         return None
 
     def _put(self, conn: Connection) -> None:
@@ -140,7 +132,7 @@ class UpstreamPool:
         if self._closed or len(idle) >= self._max_idle:
             conn.transport.close()
             return
-        conn.reused, conn.idle_since = True, conn.loop.time()
+        conn.idle_since = conn.loop.time()
         idle.append(conn)
         if self._sweeper is None:
             self._sweeper = conn.loop.call_at(conn.idle_since + self._keepalive, self._sweep, conn.loop)
