@@ -257,7 +257,7 @@ def build_core(token_params: Mapping[str, Any], headers: WaiterHeaders, requeste
     """
     if not (has_token or headers.tokens or headers.on_the_fly):
         raise DescriptorError("Unable to identify service using waiter headers/token")
-    core = {k: v for k, v in token_params.items() if k in SERVICE_PARAMS}  # new objects only: copied at the end
+    core = {k: v for k, v in token_params.items() if k in SERVICE_PARAMS}  # shared until the deep copy at the end
     header_env = headers.params.get("env", {})
     for key, value in headers.params.items():
         if key == "metadata":
