@@ -221,3 +221,9 @@ def test_an_instance_back_after_its_last_request_starts_afresh() -> None:
     r.add(A, capacity=1)
     assert [r.try_acquire(), r.try_acquire()] == [A, None]
     assert r.routable_ids() == [A.id]
+
+
+async def test_a_waiter_queued_without_a_time_counts_as_queued_at_the_epoch() -> None:
+    r = Reservations(concurrency_level=1)
+    r.enqueue()
+    assert (r.oldest_wait(), r.queued_since(0.0)) == (0.0, 1)

@@ -152,7 +152,7 @@ class Reservations:
         for entry in self._waiters:
             if entry[0] is fut:
                 self._waiters.remove(entry)
-                break
+                return
 
     def fail_waiters(self, exc: BaseException) -> None:
         """Answer every queued request with ``exc`` (e.g. a deployment error)."""
