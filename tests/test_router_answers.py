@@ -89,6 +89,20 @@ async def test_backend_errors_and_answers_carry_the_instance_in_debug_headers(ma
     assert crashed.startswith(sid + ".")
 
 
+async def test_a_request_the_instance_read_and_dropped_is_a_502_and_reaches_it_once(make_router) -> None:
+    """The instance reads the request, then closes the kept-alive connection it came on without answering: it may
+    have acted on it, so the router answers 502 and sends it nowhere again (it used to resend it)."""
+    r = await make_router([backend_token("echo", **{"max-instances": 1})])
+    async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200  # the router keeps this connection to the instance for the next request
+    async with r.client.get(r.url + "/drop", headers={**TOKEN, **JSON}) as resp:
+        assert resp.status == 502
+        assert "closed the connection" in (await resp.json())["waiter-error"]["message"]
+    (instance,) = (await r.instances(await r.service_id(TOKEN)))["active-instances"]
+    async with r.client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
+        assert (await resp.json())["total"] == 2  # /hello and /drop, each once
+
+
 async def test_ping_of_a_service_that_cannot_start_is_its_503_as_json(make_router) -> None:
     r = await make_router([backend_token("echo", cmd="exit 1")])
     sid = await r.service_id(TOKEN)

@@ -1,4 +1,4 @@
-"""A test backend: echo, slow, streaming, crashing, websocket endpoints.
+"""A test backend: echo, slow, streaming, crashing, dropping, websocket endpoints.
 
 Run as a real instance process (``python tests/backends/app.py``, listening on $PORT0), or served in the test's own
 process by ``tests.fakes.FakeScheduler`` (``build_app`` with the instance's environment and an ``exit`` that ends
@@ -135,6 +135,13 @@ async def crash_before(request: web.Request) -> web.Response:
     return web.Response(status=500)  # never sent: the instance is gone
 
 
+async def drop(request: web.Request) -> web.Response:
+    """Reads the request, then closes its connection unanswered; the instance lives on (and counted it)."""
+    assert request.transport is not None
+    request.transport.close()
+    return web.Response(status=500)  # never sent: the connection is closed
+
+
 async def ws(request: web.Request) -> web.WebSocketResponse:
     sock = web.WebSocketResponse()
     await sock.prepare(request)
@@ -198,6 +205,7 @@ def build_app(env: Mapping[str, str], exit: Callable[[int], None] = os._exit) ->
     app.router.add_get("/download", download)
     app.router.add_get("/stream", stream)
     app.router.add_get("/crash", crash)
+    app.router.add_get("/drop", drop)
     app.router.add_get("/crash-before", crash_before)
     app.router.add_get("/ws", ws)
     app.router.add_get("/close-listener", close_listener)
