@@ -30,7 +30,6 @@ class Exchange:
 
     __slots__ = (
         "body_exc",
-        "body_iter",
         "body_seen",
         "body_task",
         "buffered",
@@ -39,7 +38,6 @@ class Exchange:
         "clen",
         "done",
         "exc",
-        "got_byte",
         "head_done",
         "head_only",
         "headers",
@@ -53,7 +51,7 @@ class Exchange:
 
     def __init__(self, head_only: bool, idle_timeout: float) -> None:
         self.head_only, self.idle_timeout = head_only, idle_timeout
-        self.head_done = self.done = self.interim = self.got_byte = self.chunked = self.keep_alive = False
+        self.head_done = self.done = self.interim = self.chunked = self.keep_alive = False
         self.exc: BaseException | None = None  # what ended the exchange early
         self.body_exc: Exception | None = None  # what the request body's iterator raised
         self.status, self.reason = 0, b""
@@ -62,7 +60,6 @@ class Exchange:
         self.buffered = self.body_seen = self.raw_left = 0
         self.chunks: list[Chunk] = []
         self.body_task: asyncio.Task[None] | None = None
-        self.body_iter: AsyncIterator[bytes] | None = None
 
 
 def build_head(
@@ -151,7 +148,6 @@ class Connection(asyncio.Protocol):
             else:
                 self.transport.abort()  # unsolicited bytes on an idle connection
             return
-        ex.got_byte = True
         self._last_io = self.loop.time()
         if ex.raw_left:
             self._raw_body(data)
@@ -389,7 +385,6 @@ class Connection(asyncio.Protocol):
                     self.transport.write(body)
             else:
                 self.transport.write(head)
-                ex.body_iter = body
                 ex.body_task = self.loop.create_task(self._send_body(body, content_length))
             while not ex.head_done:
                 if ex.exc is not None:
@@ -469,7 +464,7 @@ class Connection(asyncio.Protocol):
             and self.transport.get_write_buffer_size() == 0
         ):
             self.active = False
-            ex.body_task = ex.body_iter = None
+            ex.body_task = None
             self.pool._put(self)
         else:
             self.discard()
