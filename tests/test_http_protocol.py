@@ -510,3 +510,15 @@ def test_the_header_name_cache_keeps_no_long_names_and_stops_at_its_limit(monkey
     for i in range(HEADER_NAMES_LIMIT + 10):
         header_name(b"X-Name-%d" % i)
     assert len(http1.HEADER_NAMES) == HEADER_NAMES_LIMIT
+
+
+async def test_a_handler_that_meets_a_reset_ends_the_connection_instead_of_leaving_it_stuck() -> None:
+    """A reset met on the way (ConnectionResetError) while the transport still looks open: the request can never
+    be answered, so the connection is closed rather than left with a request that blocks every later one."""
+
+    async def reset(conn: Connection, req: Request) -> None:
+        raise ConnectionResetError("met on the way")
+
+    conn, transport, _ = connect(reset)
+    conn.data_received(GET % 1)
+    await eventually(lambda: transport.closed, what="the connection to close", timeout=5)

@@ -309,6 +309,10 @@ class Connection(asyncio.Protocol):
                 try:
                     await self._serve(req)
                 except ConnectionResetError:
+                    # The client's side is gone (or closing): nothing more can be said on this connection, and
+                    # one left open with its request still active would never serve another.
+                    if not self._closed:
+                        self.transport.abort()
                     return
                 except Exception:
                     log.exception("front door failed serving %s %s", req.method_str(), printable(req.path))
