@@ -212,6 +212,12 @@ PROBLEMS: list[tuple[str, Any, list[str]]] = [
             'position 0). Got "(".'
         ],
     ),
+    # an error Python places nowhere: no position is made up
+    (
+        "cors-rules",
+        [{"origin-regex": "(?<=a+)b"}],
+        ['cors-rules[0].origin-regex must be a valid regular expression in Python\'s syntax. Got "(?<=a+)b".'],
+    ),
 ]
 
 
