@@ -66,6 +66,9 @@ SERVICE = int(os.environ["SERVICE_MS"]) / 1000
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The head and the body go out as two writes: with Nagle on, the body waits for the router's delayed ACK
+    # (40 ms on Linux), which made every request hold its slot 0.14 s instead of 0.1 s.
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         if self.path != "/health":
