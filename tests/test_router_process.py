@@ -416,3 +416,16 @@ async def test_a_killed_supervisors_workers_answer_waiting_requests_at_once(tmp_
         r.stop()
         if socket_dir is not None:  # a supervisor killed by SIGKILL cannot remove its socket
             shutil.rmtree(socket_dir, ignore_errors=True)
+
+
+async def test_a_router_told_to_stop_while_starting_stops(tmp_path: Path) -> None:
+    # A worker whose agent is gone (its supervisor died while the worker started) retries the agent for ever:
+    # SIGTERM (the parent-death signal) must end that start-up, not wait for it.
+    r = RouterProcess(tmp_path, [], None, "--worker-of", f"unix:{tmp_path / 'no-agent.sock'}")
+    try:
+        await eventually(lambda: "unreachable" in r.output(), timeout=30, what="start-up to retry the agent")
+        r.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(r.proc.wait, 20) == 0, r.output()[-3000:]
+        assert "stopping during start-up" in r.output()
+    finally:
+        r.stop()

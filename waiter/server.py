@@ -258,7 +258,17 @@ async def serve(
         loop.add_signal_handler(sig, stopping.set)
     server = RouterServer(settings, reuse_port=reuse_port)
     try:
-        await server.start()
+        starting = asyncio.ensure_future(server.start())
+        interrupted = asyncio.ensure_future(stopping.wait())
+        await asyncio.wait((starting, interrupted), return_when=asyncio.FIRST_COMPLETED)
+        interrupted.cancel()
+        if not starting.done():
+            # Told to stop while starting: a --workers worker whose supervisor died meanwhile would otherwise
+            # retry the gone agent for ever. Start-up unwinds what it opened when cancelled.
+            log.info("stopping during start-up")
+            await stop([starting])
+            return
+        starting.result()
         # What start-up made lives as long as the process: keep it out of the cyclic collector's full passes.
         gc.collect()
         gc.freeze()
