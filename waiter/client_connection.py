@@ -7,19 +7,17 @@ answered here and never reaches the handler; after that its body fails with BadR
 takes a truncated body for a whole one.
 """
 
-
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from waiter.errors import WaiterError, internal_error, render_error_parts
+from waiter.errors import WaiterError, internal_error, render_error_parts, router_draining
 from waiter.forwarding import new_cid_bytes
 from waiter.http1 import (
     ENC,
@@ -34,6 +32,7 @@ from waiter.http1 import (
     header_name,
     malformed,
 )
+from waiter.listener import unread_bytes_waiting
 from waiter.text import printable
 
 if TYPE_CHECKING:
@@ -47,7 +46,6 @@ LINGER_SECS = 2.0  # at most this long reading what a refused client still sends
 # A client opens a connection to send a request: closing one that has not sent it yet would lose that request (the
 # client sees the close after sending), so on drain it gets this long to send one, then is closed if still silent.
 FIRST_REQUEST_GRACE_SECS = 1.0
-
 
 
 class Connection(asyncio.Protocol):
@@ -365,7 +363,9 @@ class Connection(asyncio.Protocol):
     def close_if_idle(self, first_request_grace: float = 0.0) -> None:
         """Close unless a request is in progress or arriving; a connection that has sent nothing yet is given
         ``first_request_grace`` seconds first (FIRST_REQUEST_GRACE_SECS)."""
-        if self.active is not None or self._closed or self._in_head or self._request_waiting():
+        if self.active is not None or self._closed or self._in_head:
+            return
+        if unread_bytes_waiting(self.transport.get_extra_info("socket")):  # closing would reset it: served first
             return
         if self.received == 0 and first_request_grace > 0:
             self.loop.call_later(first_request_grace, self.close_if_idle)
@@ -380,10 +380,8 @@ class Connection(asyncio.Protocol):
         if req is None or self._responded or self._closed or self._tunnel is not None:
             self.transport.abort()
             return
-        err = WaiterError(
-            503,
-            f"The router stopped before this request was served (drain-timeout-secs: {timeout:g}); send it again.",
-            error_class="waiter.RouterDraining",
+        err = router_draining(
+            f"The router stopped before this request was served (drain-timeout-secs: {timeout:g}); send it again."
         )
         req.keep_alive = False
         self.answer_error(req, err, req.special.get(b"x-cid") or new_cid_bytes())
@@ -393,18 +391,6 @@ class Connection(asyncio.Protocol):
             self._linger()  # closing with its body unread would reset the connection, and the answer with it
         else:
             self.transport.close()
-
-    def _request_waiting(self) -> bool:
-        """Bytes of a request arrived but are not read yet: closing now would reset the connection (unread data
-        makes the kernel send RST) and lose that request. It is served instead, and the connection closed after."""
-        sock = self.transport.get_extra_info("socket")
-        if sock is None:
-            return False
-        try:
-            with socket.socket(fileno=os.dup(sock.fileno())) as peek:
-                return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except OSError:
-            return False
 
     # One timer per connection for both deadlines; it is re-armed when it fires, not per request.
     def _arm_timer(self) -> None:

@@ -70,6 +70,11 @@ def internal_error(cid: str) -> WaiterError:
     return WaiterError(500, f"Internal error: the router logged the details under cid {printable(cid)}.")
 
 
+def router_draining(message: str, service_id: str | None = None) -> WaiterError:
+    """503 to a request the stopping router can no longer serve; ``message`` tells the client to send it again."""
+    return WaiterError(503, message, error_class="waiter.RouterDraining", service_id=service_id)
+
+
 def iso_millis(epoch_secs: float | None) -> str | None:
     """Waiter's timestamp format: ISO-8601 UTC with milliseconds, e.g. 2023-03-22T16:56:20.123Z."""
     if epoch_secs is None:

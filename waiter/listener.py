@@ -20,6 +20,7 @@ flight at that instant, as before.
 from __future__ import annotations
 
 import ctypes
+import os
 import socket
 import struct
 from pathlib import Path
@@ -51,6 +52,18 @@ def refuse_new_handshakes(sock: socket.socket) -> bool:
     return True
 
 
+def unread_bytes_waiting(sock: socket.socket | None) -> bool:
+    """Bytes the peer sent that were not read yet: closing ``sock`` now would make the kernel send RST instead of
+    FIN, and the peer would lose what it is still to be told."""
+    if sock is None:
+        return False
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:
+            return bool(peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
+
+
 def half_open(port: int) -> int | None:
     """Handshakes in progress to local ``port`` (the kernel's SYN_RECV entries); None when that cannot be read."""
     count, readable = 0, False
@@ -67,4 +80,4 @@ def half_open(port: int) -> int | None:
     return count if readable else None
 
 
-__all__ = ["half_open", "refuse_new_handshakes"]
+__all__ = ["half_open", "refuse_new_handshakes", "unread_bytes_waiting"]

@@ -15,7 +15,7 @@ import aiohttp
 from waiter.aio import stop
 from waiter.description import ServiceDescription
 from waiter.diagnosis import explain
-from waiter.errors import WaiterError
+from waiter.errors import WaiterError, router_draining
 from waiter.histogram import Buckets
 from waiter.instances import InstanceTracker
 from waiter.lifecycle import deployment_error
@@ -357,12 +357,10 @@ class Service:
         return err
 
     def _stranded_failure(self) -> WaiterError:
-        err = WaiterError(
-            503,
+        err = router_draining(
             f"The router is stopping and {self.stranded}: no instance of this service is left and none can start "
             "here. Send the request again.",
-            error_class="waiter.RouterDraining",
-            service_id=self.id,
+            self.id,
         )
         err.for_service = True
         return err
