@@ -28,7 +28,15 @@ from aiohttp import web
 
 from tests.backends import app as backend
 from waiter.scheduler.base import Instance, KillOutcome, KillResult, Listener, SchedulerError, ServiceSpec, ServiceState
-from waiter.scheduler.book import Ending, ServiceBook, check_spec, exit_message, not_running, restart_delay
+from waiter.scheduler.book import (
+    Ending,
+    ServiceBook,
+    check_spec,
+    exit_message,
+    not_running,
+    restart_delay,
+    scale_book,
+)
 from waiter.scheduler.environment import instance_environment
 from waiter.scheduler.local import ended_instance
 
@@ -128,12 +136,7 @@ class FakeScheduler:
         return True
 
     async def scale_service(self, service_id: str, instances: int) -> None:
-        if instances < 0:
-            raise SchedulerError(f"instances for service {service_id} is {instances}; it must be 0 or more.")
-        book = self._books.get(service_id)
-        if book is None or book.deleting:
-            raise SchedulerError(f"Cannot scale service {service_id}: the fake scheduler does not know it.")
-        book.requested = instances
+        scale_book(self._books, service_id, instances, "fake")
         self._notify(service_id)
         await self._fill(service_id)
 

@@ -12,7 +12,9 @@ import asyncio
 import collections
 import re
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from waiter.scheduler.base import Instance, KillOutcome, KillResult, SchedulerError, ServiceSpec, ServiceState
 
@@ -147,6 +149,21 @@ class ServiceBook:
             killed=tuple(self.killed),
             error=self.error,
         )
+
+
+_Book = TypeVar("_Book", bound=ServiceBook)
+
+
+def scale_book(books: Mapping[str, _Book], service_id: str, instances: int, scheduler: str) -> _Book:
+    """The book of ``service_id`` with ``instances`` requested; SchedulerError for a negative count or a service
+    the ``scheduler`` does not know (or is deleting)."""
+    if instances < 0:
+        raise SchedulerError(f"instances for service {service_id} is {instances}; it must be 0 or more.")
+    book = books.get(service_id)
+    if book is None or book.deleting:
+        raise SchedulerError(f"Cannot scale service {service_id}: the {scheduler} scheduler does not know it.")
+    book.requested = instances
+    return book
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,15 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
-from waiter.scheduler.book import Ending, ServiceBook, check_spec, exit_message, not_running, restart_delay
+from waiter.scheduler.book import (
+    Ending,
+    ServiceBook,
+    check_spec,
+    exit_message,
+    not_running,
+    restart_delay,
+    scale_book,
+)
 from waiter.scheduler.environment import format_number, instance_environment
 from waiter.scheduler.ports import PortAllocator
 from waiter.scheduler.processes import open_sandbox, signal_group, tree_rss_bytes, wait_exit
@@ -190,12 +198,7 @@ class LocalScheduler:
         return True
 
     async def scale_service(self, service_id: str, instances: int) -> None:
-        if instances < 0:
-            raise SchedulerError(f"instances for service {service_id} is {instances}; it must be 0 or more.")
-        book = self._books.get(service_id)
-        if book is None or book.deleting:
-            raise SchedulerError(f"Cannot scale service {service_id}: the local scheduler does not know it.")
-        book.requested = instances
+        scale_book(self._books, service_id, instances, "local")
         self._notify(service_id)
         await self._fill(service_id)
 

@@ -31,7 +31,7 @@ from waiter.scheduler.base import (
     ServiceSpec,
     ServiceState,
 )
-from waiter.scheduler.book import Ending, check_spec, not_running, restart_delay
+from waiter.scheduler.book import Ending, check_spec, not_running, restart_delay, scale_book
 from waiter.scheduler.mesos_client import ClientSettings, MesosClient
 from waiter.scheduler.mesos_events import note_unacted
 from waiter.scheduler.mesos_failover import Failover, FrameworkIdStore, Reconciliation
@@ -127,12 +127,7 @@ class MesosScheduler:
         return True
 
     async def scale_service(self, service_id: str, instances: int) -> None:
-        if instances < 0:
-            raise SchedulerError(f"instances for service {service_id} is {instances}; it must be 0 or more.")
-        book = self._books.get(service_id)
-        if book is None or book.deleting:
-            raise SchedulerError(f"Cannot scale service {service_id}: the Mesos scheduler does not know it.")
-        book.requested = instances
+        scale_book(self._books, service_id, instances, "Mesos")
         self._notify(service_id)
         self._want_offers()
 
