@@ -17,19 +17,16 @@ import contextlib
 import http.client
 import os
 import platform
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from proxy_overhead import RouterProcess, free_port, others_cores, raise_interrupt, stop_group
+from proxy_overhead import RouterProcess, free_port, others_cores, run_in_workdir, stop_group
 
 TARGET_MS = 50.0
 POLL_SECS = 0.001
@@ -203,21 +200,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error(f"--runs is {args.runs}; it must be 1 or more.")
-    signal.signal(signal.SIGTERM, raise_interrupt)
     print(f"cold_start machine nproc={os.cpu_count()} python={platform.python_version()} "
           f"runs={args.runs} others_cores_before={others_cores():.2f}", flush=True)
-    workdir = Path(tempfile.mkdtemp(prefix="waiter-cold-"))
-    try:
-        run(args, workdir)
-    except KeyboardInterrupt:
-        print("# interrupted: everything started was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            print(f"# work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_in_workdir("waiter-cold-", args.keep, lambda workdir: run(args, workdir))
 
 
 if __name__ == "__main__":

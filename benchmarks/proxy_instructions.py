@@ -21,11 +21,8 @@ import contextlib
 import http.client
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +36,7 @@ from proxy_overhead import (
     ensure_tools,
     free_port,
     nginx_token,
-    raise_interrupt,
+    run_in_workdir,
     start_backend,
     stop_group,
     wait_http,
@@ -189,19 +186,7 @@ def main() -> int:
             "connection and at least one request per connection."
         )
     ensure_tools("nginx", "valgrind")
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="waiter-instructions-"))
-    try:
-        run(args, workdir)
-    except KeyboardInterrupt:
-        print("# interrupted: everything started was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            print(f"# work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_in_workdir("waiter-instructions-", args.keep, lambda workdir: run(args, workdir))
 
 
 if __name__ == "__main__":

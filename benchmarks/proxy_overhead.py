@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -602,6 +602,23 @@ def raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def run_in_workdir(prefix: str, keep: bool, body: Callable[[Path], None]) -> int:
+    """Run ``body`` in a new temp work directory, removed after unless ``keep``; 130 when interrupted (Ctrl-C or
+    SIGTERM: what ``body`` started is stopped by its own cleanup), else 0."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        body(workdir)
+    except KeyboardInterrupt:
+        print("# interrupted: everything started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if keep:
+            print(f"# work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="whole seconds measured per result (default 10)")
@@ -621,18 +638,7 @@ def main() -> int:
     ensure_tools("nginx", "wrk")
     signal.signal(signal.SIGTERM, raise_interrupt)
     print(header(args), flush=True)
-    workdir = Path(tempfile.mkdtemp(prefix="waiter-bench-"))
-    try:
-        run(args, workdir)
-    except KeyboardInterrupt:
-        print("# interrupted: everything started was stopped", file=sys.stderr)
-        return 130
-    finally:
-        if args.keep:
-            print(f"# work directory kept: {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+    return run_in_workdir("waiter-bench-", args.keep, lambda workdir: run(args, workdir))
 
 
 if __name__ == "__main__":
