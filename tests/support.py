@@ -1,4 +1,5 @@
-"""Tools every test module shares: free ports, one poll-until-true helper, scheduler change events."""
+"""Tools every test module shares: free ports, one poll-until-true helper, scheduler change events, one HTTP
+response read off a raw connection."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import inspect
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -51,3 +53,36 @@ class Changes:
             while not predicate():
                 self._changed.clear()
                 await self._changed.wait()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -> Response:
+    """One response off the wire: Content-Length, chunked or (neither) until the connection closes."""
+    async with asyncio.timeout(15):
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if head_only or status in (100, 204, 304):
+            return Response(status, headers, b"")
+        if "content-length" in headers:
+            return Response(status, headers, await reader.readexactly(int(headers["content-length"])))
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                body += await reader.readexactly(size + 2)
+                if size == 0:
+                    return Response(status, headers, body[:-2])
+                body = body[:-2]
+        return Response(status, headers, await reader.read())

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import aiohttp
 import pytest
 
 from tests.conftest import FAKE, RunningRouter, backend_token
-from tests.support import eventually
+from tests.support import eventually, read_response
 from waiter.errors import RenderedError
 from waiter.http1 import Request, error_response
 
@@ -19,39 +19,6 @@ from waiter.http1 import Request, error_response
 pytestmark = pytest.mark.schedulers(FAKE)
 
 TOKEN_LINE = b"x-waiter-token: echo\r\n"
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -> Response:
-    """One response off the wire: Content-Length, chunked or (neither) until the connection closes."""
-    async with asyncio.timeout(15):
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        if head_only or status in (100, 204, 304):
-            return Response(status, headers, b"")
-        if "content-length" in headers:
-            return Response(status, headers, await reader.readexactly(int(headers["content-length"])))
-        if headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
-                body += await reader.readexactly(size + 2)
-                if size == 0:
-                    return Response(status, headers, body[:-2])
-                body = body[:-2]
-        return Response(status, headers, await reader.read())
 
 
 async def connect(r: RunningRouter) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import BACKEND_CMD, FAKE, RunningRouter, backend_token
-from tests.support import eventually
-from tests.test_frontdoor import Response, close, connect, read_response
+from tests.support import Response, eventually, read_response
+from tests.test_frontdoor import close, connect
 from waiter import jsonbounds
 from waiter.availability import Availability
 from waiter.text import printable

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import json
 import os
 import signal
 import socket
@@ -20,7 +22,7 @@ import yaml
 
 from tests.conftest import RunningRouter, backend_token
 from tests.redis_server import REDIS_SERVER
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, read_response
 from waiter.scheduler.agent import remove_dead_agent_dirs, serve_agent, stop_agent
 from waiter.scheduler.local import LocalScheduler, LocalSettings
 from waiter.state.redis import RedisState
@@ -412,10 +414,12 @@ async def test_a_router_that_stops_cleanly_leaves_the_shared_state_at_once(redis
     try:
         assert set(await state.routers()) == {a.settings.router_id, b.settings.router_id}
 
-        async def a_published() -> bool:
-            return bool((await state.all_stats()).get(a.settings.router_id))
+        async def both_published() -> bool:
+            stats = await state.all_stats()
+            return bool(stats.get(a.settings.router_id)) and bool(stats.get(b.settings.router_id))
 
-        await eventually(a_published, what="router A to publish its counts")
+        # B learns of the service at its next service sync (1 s), and publishes its counts from then on.
+        await eventually(both_published, what="both routers to publish their counts")
         await a.server.stop()
         assert set(await state.routers()) == {b.settings.router_id}
         assert set(await state.all_stats()) == {b.settings.router_id}
@@ -429,3 +433,60 @@ async def test_a_router_that_stops_cleanly_leaves_the_shared_state_at_once(redis
         await eventually(lambda: b.router.autoscaler.is_leader, what="router B to take the free leader lease")
     finally:
         await state.close()
+
+
+async def test_a_router_without_the_slot_hands_the_connection_to_the_router_holding_it(
+    redis_server, agent, make_router
+) -> None:
+    # Routers sharing an agent, as --workers do: once one router was given the one slot, a connection that reaches
+    # the other goes to it with its request (waiter.handoff). The holder answers it, body and all, and the
+    # connection's next request too; the slot stays. A holder that stops taking connections is not asked again:
+    # the other serves, and the slot moves.
+    token = backend_token("echo", **{"concurrency-level": 1, "max-instances": 1})
+    a, b = await two_routers(make_router, redis_server.url, agent[0], token)
+    sid = await a.service_id(TOKEN)
+    pair: list[RunningRouter] = []
+
+    async def one_was_given_the_slot_and_the_other_heard() -> bool:
+        for r in (a, b):  # whoever lacks the slot waits for it, and the holder gives it (waiter.handover)
+            async with r.client.get(r.url + "/hello", headers=TOKEN) as resp:
+                assert resp.status == 200
+        for x, y in ((a, b), (b, a)):
+            handoff, service = x.router.handoff, x.router.registry.get(sid)
+            assert handoff is not None and service is not None
+            if handoff.holders.get(sid) == y.settings.router_id and not service.reservations.capacity:
+                pair[:] = [x, y]
+                return True
+        return False
+
+    await eventually(one_was_given_the_slot_and_the_other_heard, what="one router to hear the other holds the slot")
+    sender, holder = pair
+    s_handoff, h_handoff = sender.router.handoff, holder.router.handoff
+    s_service, h_service = sender.router.registry.get(sid), holder.router.registry.get(sid)
+    assert s_handoff is not None and h_handoff is not None and s_service is not None and h_service is not None
+    sent, received, answered = s_handoff.sent, h_handoff.received, (s_service.responses[2], h_service.responses[2])
+
+    # Head and body in one write, so A has the whole request when it decides (a body still arriving stays).
+    body = os.urandom(30_000)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sender.server.port)
+    try:
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\nx-cid: handed-1\r\n"
+        writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        first = await read_response(reader)
+        assert (first.status, first.headers["x-cid"]) == (200, "handed-1")
+        assert json.loads(first.body) == {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        writer.write(b"GET /hello HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\n\r\n")  # now B's connection
+        assert (await read_response(reader)).status == 200
+    finally:
+        writer.close()
+    assert (s_handoff.sent, h_handoff.received) == (sent + 1, received + 1)
+    assert (s_service.responses[2], h_service.responses[2]) == (answered[0], answered[1] + 2)
+
+    h_handoff.stop_receiving()  # as a draining router does
+    async with aiohttp.ClientSession() as client, client.get(sender.url + "/hello", headers=TOKEN) as resp:
+        assert resp.status == 200
+    assert (s_handoff.sent, s_handoff.declined, s_service.responses[2]) == (sent + 1, 1, answered[0] + 1)
+    assert sid not in s_handoff.holders
+    (instance,) = (await app_of(a, sid))["instances"]["active-instances"]
+    async with a.client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
+        assert (await resp.json())["peak"] == 1

@@ -18,6 +18,7 @@ from waiter.auth import Gate
 from waiter.autoscaler import Autoscaler, wake_when_unserved
 from waiter.coordinator import Coordinator, slots_policy, wake_on_demand
 from waiter.frontdoor import ClientTraffic
+from waiter.handoff import Handoff
 from waiter.handover import SlotDemand
 from waiter.peers import refuse_mixed_schedulers, this_identity
 from waiter.reaper import Reaper
@@ -113,6 +114,13 @@ async def compose(
     await sched.start()
     opened.push_async_callback(sched.close)
 
+    # Routers sharing a scheduler agent (--workers) pass connections to the one holding their service's slots.
+    handoff: Handoff | None = None
+    if isinstance(sched, AgentScheduler) and settings.handoff and state.shared:
+        handoff = Handoff(sched.directory, settings.router_id)
+        handoff.open()
+        opened.callback(handoff.close)
+
     # A request that queues wakes the handover (to lease slots) and the autoscaler (to decide at once).
     slot_demand, autoscaler_wake = SlotDemand(), asyncio.Event()
     registry = ServiceRegistry(
@@ -132,6 +140,7 @@ async def compose(
         router_ttl_ms=scaling.router_ttl_ms,
         scheduler=identity,
         demand=slot_demand,
+        gave=handoff.gave if handoff is not None else None,
     )
     autoscaler = Autoscaler(
         state,
@@ -172,6 +181,7 @@ async def compose(
         admin_routes(),
         client_traffic=client_traffic,
         metrics_peers=peers,
+        handoff=handoff,
     )
     opened.push_async_callback(router.async_holds.close)  # before the registry closes: their slots are released
     reaper = Reaper(

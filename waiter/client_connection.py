@@ -53,8 +53,13 @@ class Connection(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, door: FrontDoor) -> None:
+    def __init__(self, door: FrontDoor, handed: bytes = b"", context: object = None) -> None:
+        """``handed``: a request another process read from this connection and passed on with it
+        (waiter.handoff), parsed as if it had just arrived; ``context``: what that process said of it, for the
+        handler (taken once)."""
         self.door = door
+        self.context = context
+        self._handed = handed
         self.limits = door.limits
         self.loop = asyncio.get_running_loop()
         self.peer = b""
@@ -77,6 +82,7 @@ class Connection(asyncio.Protocol):
         self._responded = False  # the current request's response head is written
         self._head = b""  # the last response head written (for answered_status)
         self._abandonable = False  # see abandonable
+        self._moved = False  # handed to another process (moved())
 
     # asyncio.Protocol
 
@@ -93,6 +99,8 @@ class Connection(asyncio.Protocol):
         self._arm_timer()
         if self.door.draining:  # accepted while the router stops listening: served, then closed
             self.close_if_idle(FIRST_REQUEST_GRACE_SECS)
+        if self._handed:
+            self.data_received(self._handed)
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -147,6 +155,8 @@ class Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._moved:
+            return  # the other process serves it now
         gone = ConnectionResetError("The client closed the connection.")
         for req in (self.active, self._parsing, *self._queue):
             if req is not None and req.body is not None:
@@ -463,6 +473,30 @@ class Connection(asyncio.Protocol):
     @property
     def draining(self) -> bool:
         return self.door.draining
+
+    def movable(self) -> bool:
+        """The connection may move to another process with its active request (waiter.handoff): it never moved
+        before, nothing else was read from it (no pipelined request, no upgrade), and all written is sent."""
+        req = self.active
+        return (
+            req is not None
+            and not self._handed
+            and not self._queue
+            and self._parsing is None
+            and not req.upgrade
+            and not self._closed
+            and self.transport.get_write_buffer_size() == 0
+        )
+
+    def fileno(self) -> int:
+        return int(self.transport.get_extra_info("socket").fileno())
+
+    def moved(self) -> None:
+        """Another process took the connection (its descriptor went with a handoff): close this process's
+        descriptor only, which neither ends nor resets the connection, and forget its request."""
+        self._moved = self._closed = True
+        self.active = None
+        self.transport.abort()
 
     @property
     def write_paused(self) -> bool:

@@ -20,7 +20,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,8 +121,10 @@ class Coordinator:
         service_sync_interval: float = 1.0,
         scheduler: str = "",
         demand: SlotDemand | None = None,
+        gave: Callable[[str, str], None] | None = None,
     ) -> None:
-        """``demand`` is marked when a service's slots should be settled now (see ``slots_policy``)."""
+        """``demand`` is marked when a service's slots should be settled now (see ``slots_policy``); ``gave`` hears
+        who was given slots of which service (waiter.handoff)."""
         self.state = state
         self.registry = registry
         self.router_id = router_id
@@ -143,6 +145,7 @@ class Coordinator:
             demand or SlotDemand(),
             want_ttl=max(0.5, 3 * publish_interval),  # a waiting router tells again every tick
             failed=self._failed,
+            gave=gave,
         )
         self._last_service_sync = 0.0
         self._registered: set[str] = set()

@@ -44,6 +44,7 @@ from waiter.forwarding import (
     open_upstream,
     timeouts,
 )
+from waiter.handoff import Handed, Handoff
 from waiter.http1 import CRLF, ENC, ERRORS, AuthView, Request, Tunnel, empty_response
 from waiter.interstitial import BYPASS_BYTES
 from waiter.router import Router
@@ -99,15 +100,27 @@ class Dispatcher:
     """Serves one request for the front door: the router's own (admin API) or a service's (docs/api.md §0.2)."""
 
     def __init__(
-        self, router: Router, pool: UpstreamPool, internal: tuple[str, int], access: AccessLog | None = None
+        self,
+        router: Router,
+        pool: UpstreamPool,
+        internal: tuple[str, int],
+        access: AccessLog | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.router = router
         self.pool = pool
         self.internal = internal  # the aiohttp app's loopback address
         self.access = access
+        self.handoff = handoff  # sibling routers of this machine, which take requests for the slots they hold
 
     async def __call__(self, conn: Connection, req: Request) -> None:
-        cid = req.special.get(b"x-cid") or new_cid_bytes()
+        handed = conn.context
+        if handed is not None:  # the first request of a connection a sibling handed here, admitted there
+            conn.context = None
+            assert isinstance(handed, Handed)
+            cid = handed.cid
+        else:
+            cid = req.special.get(b"x-cid") or new_cid_bytes()
         waiter = tuple(req.waiter)
         host = req.host()
         router = self.router
@@ -125,7 +138,10 @@ class Dispatcher:
             view = AuthView(req, conn.peer)
             url = req.url.decode(ENC, ERRORS)
             # Authentication (and the API's authorization) first, for every request: waiter.router.Router.admit.
-            admission = router.admit_now(view, method, path, url, api, waiter, host)
+            if handed is not None:
+                admission: Admission | None = handed.admission
+            else:
+                admission = router.admit_now(view, method, path, url, api, waiter, host)
             if admission is None:
                 admission = await router.admit(view, method, path, url, api, waiter, host)
             if admission.answer is not None:
@@ -137,6 +153,9 @@ class Dispatcher:
                 status = await self.relay(conn, req, admission)
             else:
                 service, options = router.service_for(waiter, host, admission.caller)
+                if self.handoff is not None and self.handoff.offer(conn, req, service, admission, cid):
+                    access = None  # the sibling serves and logs it
+                    return
                 limits = timeouts(options, service.timeouts)
                 # find(), not ``in``: bytes.__contains__ first tries its operand as an integer and formats the
                 # TypeError that fails, every time.

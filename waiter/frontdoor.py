@@ -6,12 +6,12 @@ This module is the server: what a client may ask (``Limits``), the connections i
 Each connection is a ``waiter.client_connection.Connection``.
 """
 
-
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -84,6 +84,7 @@ class FrontDoor:
         self.connections = self.counts.connections
         self.draining = False
         self._emptied: asyncio.Event | None = None
+        self._adopting: set[asyncio.Task[object]] = set()  # handed connections being taken on (adopt)
 
     @property
     def accepted(self) -> int:
@@ -95,6 +96,19 @@ class FrontDoor:
 
     def __call__(self) -> Connection:
         return Connection(self)
+
+    def adopt(self, sock: socket.socket, request: bytes, context: object) -> None:
+        """Serve a connection another process accepted, with the request it read from it (waiter.handoff)."""
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(loop.connect_accepted_socket(lambda: Connection(self, request, context), sock))
+        self._adopting.add(task)
+        task.add_done_callback(lambda done: self._adopted(done, sock))
+
+    def _adopted(self, task: asyncio.Task[object], sock: socket.socket) -> None:
+        self._adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not serve a connection handed to this router: %s", task.exception())
+            sock.close()
 
     def busy(self) -> int:
         """How many connections have a request in progress."""

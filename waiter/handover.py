@@ -133,13 +133,16 @@ class Handover:
         *,
         want_ttl: float,
         failed: Callable[[StateUnavailable], None],
+        gave: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``gave(service id, router id)`` hears every slot given back for a router (waiter.handoff)."""
         self.state = state
         self.registry = registry
         self.router_id = router_id
         self.demand = demand
         self.want_ttl = want_ttl
         self._failed = failed
+        self._gave = gave
         self.leases: dict[str, dict[str, int]] = {}  # service id -> instance id -> slots leased in the state
         self._wants: dict[str, dict[str, Want]] = {}  # service id -> peer router id -> its want
         self._sent: dict[str, tuple[int, float | None]] = {}  # service id -> (need, oldest) last told
@@ -151,7 +154,11 @@ class Handover:
 
     def heard(self, text: str) -> None:
         message = decode(text)
-        if message is None or message.sender == self.router_id:
+        if message is None:
+            return
+        if message.kind == GAVE and self._gave is not None:
+            self._gave(message.service, message.to)  # this router's own gifts too
+        if message.sender == self.router_id:
             return
         sid, sender = message.service, message.sender
         service = self.registry.services.get(sid)

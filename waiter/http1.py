@@ -187,6 +187,24 @@ class Request:
     def method_str(self) -> str:
         return self.method.decode("ascii", ERRORS)
 
+    def as_received(self, limit: int) -> bytes | None:
+        """The request as the client sent it, for another process to parse again (waiter.handoff): its head and
+        whole body; None when its body is still arriving or was taken, or it would be longer than ``limit``."""
+        body = self.body
+        chunks: tuple[bytes, ...] = ()
+        if body is not None:
+            whole = body.whole()
+            if whole is None or self.content_length is None:  # a chunked body would need framing again
+                return None
+            chunks = whole
+        parts = [self.method, b" ", self.url, b" HTTP/1.1\r\n" if self.http11 else b" HTTP/1.0\r\n"]
+        for name, value, _ in self.headers:
+            parts += (name, b": ", value, CRLF)
+        parts.append(CRLF)
+        parts += chunks
+        data = b"".join(parts)
+        return data if len(data) <= limit else None
+
     def framing(self) -> bytes:
         """The request's body framing header for the next hop."""
         if self.body is not None and self.content_length is None:
@@ -269,12 +287,24 @@ class RequestBody:
     The client connection is paused while more than BODY_HIGH_WATER bytes wait here, so a fast client never makes
     the router hold a big body; ``Expect: 100-continue`` is answered when the body is first pulled."""
 
-    __slots__ = ("_chunks", "_exc", "_pause", "_paused", "_size", "_waiter", "_write", "done", "expect_continue")
+    __slots__ = (
+        "_chunks",
+        "_exc",
+        "_pause",
+        "_paused",
+        "_size",
+        "_streamed",
+        "_waiter",
+        "_write",
+        "done",
+        "expect_continue",
+    )
 
     def __init__(self, pause: Callable[[bool], None], write: Callable[[bytes], None], expect_continue: bool) -> None:
         self._pause, self._write = pause, write
         self._chunks: deque[bytes] = deque()
         self._size = 0
+        self._streamed = False
         self._paused = False
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -293,6 +323,12 @@ class RequestBody:
         self.done = True
         self._wake()
 
+    def whole(self) -> tuple[bytes, ...] | None:
+        """The whole body, when it has arrived and nothing of it was taken yet."""
+        if not self.done or self._exc is not None or self._streamed:
+            return None
+        return tuple(self._chunks)
+
     def fail(self, exc: BaseException) -> None:
         if not self.done:
             self._exc = exc
@@ -304,6 +340,7 @@ class RequestBody:
             waiter.set_result(None)
 
     async def stream(self) -> AsyncIterator[bytes]:
+        self._streamed = True
         if self.expect_continue and not self.done and not self._chunks:
             self.expect_continue = False
             self._write(CONTINUE)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from waiter.api.metrics import Peers
     from waiter.api.routes import RouteTable
     from waiter.frontdoor import ClientTraffic
+    from waiter.handoff import Handoff
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Router:
         *,
         client_traffic: ClientTraffic,
         metrics_peers: Peers | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.settings = settings
         self.tokens = tokens
@@ -90,6 +92,7 @@ class Router:
         self.async_holds = AsyncHolds()  # slots kept for async requests in progress (waiter.async_requests)
         self.client_traffic = client_traffic  # what the front door counts (/metrics)
         self.metrics_peers = metrics_peers  # the supervisor, when this router is one of --workers
+        self.handoff = handoff  # the routers of this machine, which take requests for the slots they hold
         self._own_hosts = _LOCAL_HOSTS | set(settings.hostnames) | {settings.host}
         # resolve_for's answers that passed the permission checks, until the tokens change
         self._allowed: dict[AllowedKey, tuple[ResolvedService, RequestOptions]] = {}

@@ -166,8 +166,10 @@ class RouterServer:
             internal_port = int(self._runner.addresses[0][1])
             router = self._runner.app[ROUTER]
             access = AccessLog(self.settings.router_id) if self.settings.access_log == "json" else None
-            self._dispatcher = Dispatcher(router, router.pool, (INTERNAL_HOST, internal_port), access)
-            self._door = FrontDoor(self._dispatcher, self._limits, self._traffic)
+            self._dispatcher = Dispatcher(router, router.pool, (INTERNAL_HOST, internal_port), access, router.handoff)
+            door = self._door = FrontDoor(self._dispatcher, self._limits, self._traffic)
+            if router.handoff is not None:
+                router.handoff.receive(lambda sock, handed: door.adopt(sock, handed.data, handed))
             await self._server.start_serving()
         except BaseException:
             await self._close()
@@ -189,6 +191,8 @@ class RouterServer:
         if self._door is not None and self._dispatcher is not None:
             registry = self._dispatcher.router.registry
             self._dispatcher.router.draining = True
+            if self._dispatcher.handoff is not None:
+                self._dispatcher.handoff.stop_receiving()  # siblings keep what they would have handed here
             stranding = asyncio.create_task(_strand_when_scheduler_gone(registry))
             try:
                 await self._door.drain(self.settings.drain_timeout_secs, listening)

@@ -65,6 +65,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "waiter_leader_changes": ("counter", "Times this router became or stopped being the scaling leader."),
     "waiter_shared_state_available": ("gauge", "1 while the shared state (Redis) answers."),
     "waiter_scaling_leader": ("gauge", "1 while this router holds the scaling lease."),
+    "waiter_handoffs": (
+        "counter",
+        "Client connections handed to another router of this machine holding their service's slots (sent), taken "
+        "from one (received), or kept here because the holder could not take them (declined).",
+    ),
 }
 
 
@@ -162,6 +167,13 @@ class RouterCollector(Collector):
             gauge = _gauge(name)
             gauge.add_metric([], value)
             yield gauge
+        handoff = router.handoff
+        if handoff is not None:
+            handoffs = _counter("waiter_handoffs", ["direction"])
+            counts = {"sent": handoff.sent, "received": handoff.received, "declined": handoff.declined}
+            for direction, count in counts.items():
+                handoffs.add_metric([direction], count)
+            yield handoffs
 
 
 def instance_counts(service: Service) -> dict[str, int]:

@@ -263,6 +263,7 @@ class AgentScheduler:
             raise SchedulerError(f"scheduler.agent.url is {url!r} but must be the agent's socket, unix:/path.")
         self.url = url
         self._socket = url.removeprefix(UNIX)
+        self.directory = Path(self._socket).parent  # private to this user (see the module's doc)
         self.request_timeout = request_timeout
         self.poll_wait = poll_wait
         self._listeners: list[Listener] = []

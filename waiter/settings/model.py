@@ -189,6 +189,7 @@ class Settings:
     token_admins: tuple[str, ...] = ()  # load_settings defaults it to (run_as_user,), as Waiter's process user
     scheduler_kind: str = "local"
     agent_url: str = ""  # kind "agent": the scheduler agent that shares one local scheduler between routers
+    handoff: bool = True  # kind "agent": pass connections to the sibling router holding their service's slots
     workers: int = 1  # router processes on one port (SO_REUSEPORT); more than one needs redis
     local: LocalSchedulerConfig = LocalSchedulerConfig()
     marathon: MarathonSchedulerConfig = MarathonSchedulerConfig()
@@ -237,7 +238,7 @@ class Settings:
             "scheduler-syncer-interval-secs": self.scheduler_syncer_interval_secs,
             "scheduler-config": {
                 "kind": self.scheduler_kind,
-                "agent": {"url": self.agent_url},
+                "agent": {"url": self.agent_url, "handoff": self.handoff},
                 "local": {
                     "work-dir": str(self.local.work_dir),
                     "port-range": list(self.local.port_range),

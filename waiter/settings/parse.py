@@ -98,6 +98,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
     )
     agent_r = _Reader(sched.mapping("agent"), "scheduler.agent.", problems)
     agent_url = agent_r.string("url", base.agent_url)
+    handoff = agent_r.boolean("handoff", base.handoff)
     if kind == "agent" and not agent_url.startswith("unix:/"):
         problems.append(
             f"scheduler.agent.url is {agent_url!r} but must be the agent's socket, unix:/path, with kind agent."
@@ -159,6 +160,7 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         token_admins=token_admins,
         scheduler_kind=kind,
         agent_url=agent_url,
+        handoff=handoff,
         workers=workers,
         local=LocalSchedulerConfig(
             work_dir=work_dir,
@@ -180,7 +182,6 @@ def _parse(data: Mapping[str, Any], base: Settings) -> Settings:
         insecure=insecure,
         trusted_proxies=trusted_proxies,
     )
-
 
 
 def _token_store(

@@ -1,0 +1,203 @@
+"""Client connections handed between the routers of one machine (``--workers``), with the request they carry.
+
+Routers that share a scheduler agent share its private directory (mode 0700), and each receives connections on a
+Unix datagram socket there named for its router id. A router that receives a request for a service of which it
+holds no slot, while a sibling was last given that service's slots (the handover's ``gave`` messages say who),
+passes the client's socket to the sibling (SCM_RIGHTS) with the request as received and what its front door
+established (who calls, the request's cid); the sibling serves that request, and the connection's later ones, as
+if it had accepted the connection itself. That takes tens of microseconds where moving the slot takes three
+exchanges with Redis (waiter.handover), so a sequential client whose connections the kernel spreads over the
+workers is served as by one router, and its requests never queue on two routers at once (which the autoscaler
+would count as two).
+
+A connection moves at most once, between its requests: nothing read from it is left behind but the request handed
+along, and nothing written to it is unsent. A sibling that is gone, draining or behind (its queue of handed
+connections full), a request with a body still arriving or larger than MAX_MESSAGE, a protocol upgrade: served
+here, as without a sibling, and the slot moves instead.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from waiter.auth.base import Caller
+from waiter.auth.gate import Admission
+
+if TYPE_CHECKING:
+    from waiter.client_connection import Connection
+    from waiter.http1 import Request
+    from waiter.service import Service
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE = 64 * 1024  # a request's head and body handed along; a larger one stays where it arrived
+_LATIN1 = "latin-1"  # head bytes carried through JSON unchanged
+
+
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """What arrives with a handed connection: the request as received, and what the first router's front door
+    established for it (authentication is not repeated: a Kerberos token would be a replay)."""
+
+    admission: Admission
+    cid: bytes
+    data: bytes
+
+
+def encode(handed: Handed) -> bytes:
+    caller = handed.admission.caller
+    meta = {
+        "cid": handed.cid.decode(_LATIN1),
+        "caller": [caller.user, caller.principal, caller.method] if caller is not None else None,
+        "lines": handed.admission.response_lines.decode(_LATIN1),
+        "strip": handed.admission.strip_authorization,
+    }
+    return json.dumps(meta).encode() + b"\n" + handed.data  # compact JSON has no newline of its own
+
+
+def decode(message: bytes) -> Handed | None:
+    """The handed request, or None for a message that is not one (never fatal)."""
+    meta_text, newline, data = message.partition(b"\n")
+    try:
+        meta = json.loads(meta_text)
+        who = meta["caller"]
+        caller = Caller(str(who[0]), str(who[1]), str(who[2])) if who is not None else None
+        admission = Admission(
+            caller, response_lines=str(meta["lines"]).encode(_LATIN1), strip_authorization=bool(meta["strip"])
+        )
+        cid = str(meta["cid"]).encode(_LATIN1)
+    except (ValueError, TypeError, KeyError, IndexError, UnicodeEncodeError):
+        return None
+    return Handed(admission, cid, data) if newline else None
+
+
+def socket_path(directory: Path, router_id: str) -> Path:
+    """Where a router receives connections: named by a digest, as router ids may be long or hold any character
+    (a Unix socket's path has at most 107 bytes)."""
+    return directory / f"handoff-{hashlib.sha256(router_id.encode()).hexdigest()[:16]}.sock"
+
+
+Adopt = Callable[[socket.socket, Handed], None]
+
+
+class Handoff:
+    """This router's side: hands connections to siblings (``offer``) and receives theirs (``receive``)."""
+
+    def __init__(self, directory: Path, router_id: str) -> None:
+        self.directory = directory
+        self.router_id = router_id
+        self.path = socket_path(directory, router_id)
+        self.holders: dict[str, str] = {}  # service id -> the sibling router last given its slots
+        self.sent = self.received = self.declined = 0  # connections handed, taken in, kept for want of a sibling
+        self._inbox: socket.socket | None = None
+        self._adopt: Adopt | None = None
+        self._outbox: socket.socket | None = None
+
+    def open(self) -> None:
+        """Bind this router's socket (receiving starts with ``receive``) and the one it sends through."""
+        self.path.unlink(missing_ok=True)  # a killed router's, which nobody reads any more
+        inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            inbox.bind(str(self.path))
+            inbox.setblocking(False)
+        except OSError:
+            inbox.close()
+            raise
+        outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        outbox.setblocking(False)  # a sibling whose queue is full is not waited for: the request stays here
+        self._inbox, self._outbox = inbox, outbox
+
+    def receive(self, adopt: Adopt) -> None:
+        """Serve what siblings hand here: ``adopt`` takes each connection's socket and its request."""
+        if self._inbox is not None:
+            self._adopt = adopt
+            asyncio.get_running_loop().add_reader(self._inbox.fileno(), self._read)
+
+    def stop_receiving(self) -> None:
+        """No sibling hands anything here from now on (this router drains); what they handed already is adopted."""
+        inbox, self._inbox = self._inbox, None
+        if inbox is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.remove_reader(inbox.fileno()):
+            self.path.unlink(missing_ok=True)  # a sibling's send fails at once from here on
+            self._read(inbox)
+        inbox.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(RuntimeError):  # no loop: it never received
+            self.stop_receiving()
+        if self._inbox is not None:
+            self._inbox.close()
+            self._inbox = None
+        self.path.unlink(missing_ok=True)
+        if self._outbox is not None:
+            self._outbox.close()
+            self._outbox = None
+
+    # -- who holds what -------------------------------------------------------------------------------------------
+
+    def gave(self, service_id: str, to: str) -> None:
+        """The handover said a router gave slots of a service to ``to`` ("" anyone): a sibling there is where its
+        requests go while this router holds none."""
+        if to and to != self.router_id and socket_path(self.directory, to).exists():
+            self.holders[service_id] = to
+        else:
+            self.holders.pop(service_id, None)
+
+    # -- handing over ---------------------------------------------------------------------------------------------
+
+    def offer(self, conn: Connection, req: Request, service: Service, admission: Admission, cid: bytes) -> bool:
+        """Hand ``conn`` with ``req`` to the sibling holding ``service``'s slots when this router holds none;
+        True when it went (``conn`` is then closed here, silently, and the sibling answers)."""
+        to = self.holders.get(service.id)
+        if to is None or service.reservations.capacity or self._outbox is None or not conn.movable():
+            return False
+        data = req.as_received(MAX_MESSAGE)
+        if data is None:
+            return False
+        message = encode(Handed(admission, cid, data))
+        try:
+            # sendmsg, not socket.send_fds, which drops its address argument (CPython 3.11)
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
+            self._outbox.sendmsg([message], rights, 0, str(socket_path(self.directory, to)))
+        except OSError as exc:
+            self.declined += 1
+            if not isinstance(exc, BlockingIOError):  # gone or draining, not just behind: ask it no more
+                self.holders.pop(service.id, None)
+            log.debug("could not hand a connection to %s: %s", to, exc)
+            return False
+        self.sent += 1
+        conn.moved()
+        return True
+
+    def _read(self, inbox: socket.socket | None = None) -> None:
+        inbox, adopt = inbox or self._inbox, self._adopt
+        while inbox is not None:
+            try:
+                message, fds, _flags, _address = socket.recv_fds(inbox, MAX_MESSAGE + 4096, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("receiving a handed connection failed: %s", exc)
+                return
+            if not fds:
+                continue
+            sock = socket.socket(fileno=fds[0])
+            handed = decode(message)
+            if handed is None or adopt is None:
+                log.warning("closing a handed connection whose request could not be read")
+                sock.close()
+                continue
+            self.received += 1
+            adopt(sock, handed)
