@@ -522,3 +522,64 @@ async def test_a_handler_that_meets_a_reset_ends_the_connection_instead_of_leavi
     conn, transport, _ = connect(reset)
     conn.data_received(GET % 1)
     await eventually(lambda: transport.closed, what="the connection to close", timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("sent", "whole"),
+    [
+        pytest.param(b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Two: 1\r\nX-Two: 2\r\n\r\n", True, id="head"),
+        pytest.param(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True, id="http-1.0"),
+        pytest.param(b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab\0cd", True, id="body"),
+        pytest.param(b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabcd", False, id="body-arriving"),
+        pytest.param(b"POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", False, id="te"),
+        pytest.param(b"POST /u HTTP/1.1\r\nContent-Length: 300\r\n\r\n" + b"x" * 300, False, id="over-the-limit"),
+    ],
+)
+async def test_a_request_as_received_parses_again_to_the_same_request(sent: bytes, whole: bool) -> None:
+    # What a handoff carries to another process (waiter.handoff): parsed there, it is the same request.
+    seen: list[tuple[Request, bool]] = []
+
+    async def record(conn: Connection, req: Request) -> None:
+        seen.append((req, conn.movable()))
+
+    conn, _, _ = connect(record)
+    conn.data_received(sent)
+    await eventually(lambda: len(seen) == 1, what="the handler", timeout=5)
+    req, movable = seen[0]
+    again = req.as_received(200)
+    if not whole:
+        assert again is None
+        return
+    assert again is not None and movable
+    copy, _, _ = connect(record)
+    copy.data_received(again)
+    await eventually(lambda: len(seen) == 2, what="the handler of the copy", timeout=5)
+    parsed = seen[1][0]
+    assert (parsed.method, parsed.url, parsed.headers, parsed.http11, parsed.keep_alive) == (
+        req.method,
+        req.url,
+        req.headers,
+        req.http11,
+        req.keep_alive,
+    )
+    assert (parsed.body is None) == (req.body is None)
+    if parsed.body is not None and req.body is not None:
+        assert parsed.body.whole() == req.body.whole() == (b"ab\0cd",)
+
+
+async def test_a_connection_moves_once_and_only_with_nothing_but_its_request_read() -> None:
+    seen: list[tuple[bytes, bool, object]] = []
+
+    async def record(conn: Connection, req: Request) -> None:
+        seen.append((req.url, conn.movable(), conn.context))
+        conn.context = None  # taken, as the router's handler takes it
+
+    conn, _, door = connect(record)
+    conn.data_received(GET % 0 + GET % 1)  # a pipelined request behind the first would be left behind
+    await eventually(lambda: len(seen) == 2, what="both answers", timeout=5)
+    assert seen == [(b"/0", False, None), (b"/1", True, None)]
+
+    handed = Connection(door, GET % 2, "what the first router said")  # as waiter.handoff adopts one
+    handed.connection_made(MockTransport(handed))
+    await eventually(lambda: len(seen) == 3, what="the handed request", timeout=5)
+    assert seen[2] == (b"/2", False, "what the first router said")  # it moved once already

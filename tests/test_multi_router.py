@@ -45,10 +45,12 @@ async def agent(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     await scheduler.close()
 
 
-async def two_routers(make_router, redis_url: str, agent_url: str, token: dict[str, Any], **extra: Any):  # type: ignore[no-untyped-def]
+async def two_routers(  # type: ignore[no-untyped-def]
+    make_router, redis_url: str, agent_url: str, token: dict[str, Any], handoff: bool = True, **extra: Any
+):
     config = {
         "redis": redis_url,
-        "scheduler": {"kind": "agent", "agent": {"url": agent_url}},
+        "scheduler": {"kind": "agent", "agent": {"url": agent_url, "handoff": handoff}},
         # drain-secs 0.4 (one request of the burst below): a queue of closed-loop clients is their whole demand.
         "autoscaler": {**FAST_SCALING, "burst": {"stable-window-secs": 1, "drain-secs": 0.4}},
         **extra,
@@ -316,12 +318,12 @@ async def test_a_sequential_client_alternating_routers_gets_the_slot_handed_over
 ) -> None:
     # Ticks 250 ms apart and a 200 ms queue timeout: a slot that moved only at ticks (the other router publishes
     # its queue at one, the holder gives the slot back at its next) would time requests out (503); handed over on
-    # a nudge, it takes a few round trips to Redis.
+    # a nudge, it takes a few round trips to Redis. (Connections stay where they arrive: handoff off.)
     slow_ticks = {**FAST_SCALING, "publish-interval-ms": 250, "router-ttl-ms": 3000}
     token = backend_token("echo", **{"concurrency-level": 1, "max-instances": 1})
     config = {
         "redis": redis_server.url,
-        "scheduler": {"kind": "agent", "agent": {"url": agent[0]}},
+        "scheduler": {"kind": "agent", "agent": {"url": agent[0], "handoff": False}},
         "autoscaler": slow_ticks,
     }
     a = await make_router([token], **config)
@@ -341,12 +343,16 @@ async def test_a_sequential_client_alternating_routers_gets_the_slot_handed_over
     assert stats["peak"] == 1  # the slot moved; it was never held by both routers at once
 
 
-async def test_one_sequential_client_across_two_routers_is_one_request(redis_server, agent, make_router) -> None:
+@pytest.mark.parametrize("handoff", [True, False], ids=["connections-handed", "slot-moved"])
+async def test_one_sequential_client_across_two_routers_is_one_request(
+    redis_server, agent, make_router, handoff: bool
+) -> None:
     # A sequential client whose requests land on either router (as --workers spreads connections): every request
-    # answered, the one slot handed over between the routers and never held by both, and the request counted once
-    # across routers, so the service is never scaled up (burst mode on, decisions every 200 ms).
+    # answered, by the router holding the one slot (its connection handed there) or with the slot handed over
+    # between the routers, never held by both; the request counted once across routers, so the service is never
+    # scaled up (burst mode on, decisions every 200 ms).
     token = backend_token("echo", **{"concurrency-level": 1, "max-instances": 3})
-    a, b = await two_routers(make_router, redis_server.url, agent[0], token)
+    a, b = await two_routers(make_router, redis_server.url, agent[0], token, handoff)
     sid = await a.service_id(TOKEN)
     async with a.client.get(a.url + "/hello", headers=TOKEN) as resp:  # the cold start
         assert resp.status == 200
@@ -368,6 +374,8 @@ async def test_one_sequential_client_across_two_routers_is_one_request(redis_ser
     async with a.client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
         stats = await resp.json()
     assert (stats["total"], stats["peak"]) == (49, 1)
+    handed = [r.router.handoff.sent for r in (a, b) if r.router.handoff is not None]
+    assert sum(handed) > 0 if handoff else handed == []
 
 
 @pytest.mark.parametrize("instances", [1, 2])

@@ -293,6 +293,42 @@ async def test_any_worker_answers_metrics_for_all_workers(tmp_path: Path, redis_
         r.stop()
 
 
+async def test_workers_serve_a_sequential_client_of_one_slot_from_the_worker_holding_it(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    # --workers 2, a concurrency-level 1 service, one sequential client with a new connection per request (the
+    # kernel spreads them over both workers): the worker without the slot hands its connections to the one with
+    # it (waiter.handoff), so every request is answered, none twice at once, and nothing scales up.
+    token = backend_token("echo", mem=512, **{"concurrency-level": 1, "max-instances": 3})
+    r = RouterProcess(tmp_path, [token], None, "--workers", "2", redis=redis_server.url)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+            await r.ready(client)
+            for _ in range(40):
+                async with client.get(r.url + "/hello", headers=TOKEN) as resp:
+                    assert resp.status == 200, await resp.text()
+            async with client.get(r.url + "/service-id", headers=TOKEN) as resp:
+                sid = await resp.text()
+            async with client.get(f"{r.url}/apps/{sid}") as resp:
+                (instance,) = (await resp.json())["instances"]["active-instances"]
+            async with client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
+                assert (await resp.json())["peak"] == 1
+            handed: dict[str, float] = {}
+
+            async def handoffs_seen() -> bool:
+                # A scrape reaches either worker, and holds the other's figures as it last pushed them.
+                async with client.get(r.url + "/metrics") as resp:
+                    text = await resp.text()
+                sent = r'waiter_handoffs_total\{direction="sent",worker="([^"]+)"\} (\S+)'
+                for worker, count in re.findall(sent, text):
+                    handed[worker] = float(count)
+                return sum(handed.values()) > 0
+
+            await eventually(handoffs_seen, timeout=30, what="a worker to have handed connections")
+    finally:
+        r.stop()
+
+
 def _hang_up(writer: asyncio.StreamWriter, reset: bool) -> None:
     """Close a client socket: with a FIN as a client's close() sends, or with a reset (RST, SO_LINGER 0)."""
     if reset:

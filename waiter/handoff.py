@@ -22,9 +22,9 @@ import array
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 64 * 1024  # a request's head and body handed along; a larger one stays where it arrived
-_LATIN1 = "latin-1"  # head bytes carried through JSON unchanged
+_UTF8 = ("utf-8", "surrogateescape")  # names as the gate encodes them (waiter.auth.gate)
+_LENGTHS = struct.Struct("!7I")  # a message's fields' lengths (encode), then the fields, then the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,29 +57,30 @@ class Handed:
 
 def encode(handed: Handed) -> bytes:
     caller = handed.admission.caller
-    meta = {
-        "cid": handed.cid.decode(_LATIN1),
-        "caller": [caller.user, caller.principal, caller.method] if caller is not None else None,
-        "lines": handed.admission.response_lines.decode(_LATIN1),
-        "strip": handed.admission.strip_authorization,
-    }
-    return json.dumps(meta).encode() + b"\n" + handed.data  # compact JSON has no newline of its own
+    who = (caller.user, caller.principal, caller.method) if caller is not None else ("", "", "")
+    fields = [
+        b"C" if caller is not None else b"",
+        b"S" if handed.admission.strip_authorization else b"",
+        handed.cid,
+        *(text.encode(*_UTF8) for text in who),
+        handed.admission.response_lines,
+    ]
+    return _LENGTHS.pack(*map(len, fields)) + b"".join(fields) + handed.data
 
 
 def decode(message: bytes) -> Handed | None:
     """The handed request, or None for a message that is not one (never fatal)."""
-    meta_text, newline, data = message.partition(b"\n")
-    try:
-        meta = json.loads(meta_text)
-        who = meta["caller"]
-        caller = Caller(str(who[0]), str(who[1]), str(who[2])) if who is not None else None
-        admission = Admission(
-            caller, response_lines=str(meta["lines"]).encode(_LATIN1), strip_authorization=bool(meta["strip"])
-        )
-        cid = str(meta["cid"]).encode(_LATIN1)
-    except (ValueError, TypeError, KeyError, IndexError, UnicodeEncodeError):
+    if len(message) < _LENGTHS.size:
         return None
-    return Handed(admission, cid, data) if newline else None
+    fields, at = [], _LENGTHS.size
+    for length in _LENGTHS.unpack_from(message):
+        fields.append(message[at : at + length])
+        at += length
+    if at > len(message):
+        return None
+    called, strip, cid, user, principal, method, lines = fields
+    caller = Caller(user.decode(*_UTF8), principal.decode(*_UTF8), method.decode(*_UTF8)) if called else None
+    return Handed(Admission(caller, response_lines=lines, strip_authorization=bool(strip)), cid, message[at:])
 
 
 def socket_path(directory: Path, router_id: str) -> Path:
@@ -101,10 +103,10 @@ class Handoff:
         self.sent = self.received = self.declined = 0  # connections handed, taken in, kept for want of a sibling
         self._inbox: socket.socket | None = None
         self._adopt: Adopt | None = None
-        self._outbox: socket.socket | None = None
+        self._peers: dict[str, socket.socket] = {}  # sibling router id -> a socket connected to its inbox
 
     def open(self) -> None:
-        """Bind this router's socket (receiving starts with ``receive``) and the one it sends through."""
+        """Bind this router's socket; receiving starts with ``receive``."""
         self.path.unlink(missing_ok=True)  # a killed router's, which nobody reads any more
         inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
@@ -113,9 +115,7 @@ class Handoff:
         except OSError:
             inbox.close()
             raise
-        outbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        outbox.setblocking(False)  # a sibling whose queue is full is not waited for: the request stays here
-        self._inbox, self._outbox = inbox, outbox
+        self._inbox = inbox
 
     def receive(self, adopt: Adopt) -> None:
         """Serve what siblings hand here: ``adopt`` takes each connection's socket and its request."""
@@ -141,9 +141,9 @@ class Handoff:
             self._inbox.close()
             self._inbox = None
         self.path.unlink(missing_ok=True)
-        if self._outbox is not None:
-            self._outbox.close()
-            self._outbox = None
+        for peer in self._peers.values():
+            peer.close()
+        self._peers.clear()
 
     # -- who holds what -------------------------------------------------------------------------------------------
 
@@ -161,25 +161,38 @@ class Handoff:
         """Hand ``conn`` with ``req`` to the sibling holding ``service``'s slots when this router holds none;
         True when it went (``conn`` is then closed here, silently, and the sibling answers)."""
         to = self.holders.get(service.id)
-        if to is None or service.reservations.capacity or self._outbox is None or not conn.movable():
+        if to is None or service.reservations.capacity or not conn.movable():
             return False
         data = req.as_received(MAX_MESSAGE)
         if data is None:
             return False
-        message = encode(Handed(admission, cid, data))
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
         try:
-            # sendmsg, not socket.send_fds, which drops its address argument (CPython 3.11)
-            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
-            self._outbox.sendmsg([message], rights, 0, str(socket_path(self.directory, to)))
+            self._peer(to).sendmsg([encode(Handed(admission, cid, data))], rights)
         except OSError as exc:
             self.declined += 1
             if not isinstance(exc, BlockingIOError):  # gone or draining, not just behind: ask it no more
                 self.holders.pop(service.id, None)
+                with contextlib.suppress(KeyError):
+                    self._peers.pop(to).close()
             log.debug("could not hand a connection to %s: %s", to, exc)
             return False
         self.sent += 1
         conn.moved()
         return True
+
+    def _peer(self, router_id: str) -> socket.socket:
+        peer = self._peers.get(router_id)
+        if peer is None:
+            peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            peer.setblocking(False)  # a sibling whose queue is full is not waited for: the request stays here
+            try:
+                peer.connect(str(socket_path(self.directory, router_id)))
+            except OSError:
+                peer.close()
+                raise
+            self._peers[router_id] = peer
+        return peer
 
     def _read(self, inbox: socket.socket | None = None) -> None:
         inbox, adopt = inbox or self._inbox, self._adopt
