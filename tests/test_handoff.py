@@ -1,16 +1,19 @@
 """What a router sends with a connection it hands to a sibling (waiter.handoff): the request as received, who
-called, and the cid, read back exactly; anything else is refused, never fatal."""
+called, and the cid, read back exactly; the socket arrives with it; anything else is refused and closed, never fatal."""
 
 from __future__ import annotations
 
+import array
+import socket
 import struct
 from pathlib import Path
 
 import pytest
 
+from tests.support import eventually
 from waiter.auth.base import Caller
 from waiter.auth.gate import Admission
-from waiter.handoff import Handed, decode, encode, socket_path
+from waiter.handoff import Handed, Handoff, decode, encode, socket_path
 
 REQUEST = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\n\0\0\r\n"
 
@@ -60,3 +63,32 @@ def test_socket_paths_fit_a_unix_socket_and_differ_per_router() -> None:
     paths = {socket_path(directory, rid) for rid in ("a-w0", "a-w1", long_id)}
     assert len(paths) == 3
     assert all(path.parent == directory and len(str(path).encode()) < 108 for path in paths)
+
+
+async def test_a_sibling_receives_the_socket_with_its_request_and_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    # Real sockets: a connection (one end of a socket pair) handed over with a message, as offer() sends it.
+    adopted: list[tuple[socket.socket, Handed]] = []
+    inbox = Handoff(tmp_path, "w1")
+    inbox.open()
+    inbox.receive(lambda sock, handed: adopted.append((sock, handed)))
+    ours, client = socket.socketpair()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.connect(str(socket_path(tmp_path, "w1")))
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [ours.fileno()]))]
+            handed = Handed(Admission(None), b"cid-9", REQUEST)
+            sender.sendmsg([encode(handed)], rights)
+            sender.sendmsg([b"not a handed request"], rights)
+            await eventually(lambda: inbox.received == 1, what="the handed connection", timeout=5)
+        ours.close()  # as the first router does once the message is sent
+        ((sock, got),) = adopted
+        assert got == handed
+        sock.sendall(b"answered by the sibling")
+        assert client.recv(100) == b"answered by the sibling"
+        sock.close()  # the refused copy is closed too: the client sees the end of the stream
+        client.settimeout(5)
+        assert client.recv(100) == b""
+    finally:
+        inbox.close()
+        client.close()
+    assert not socket_path(tmp_path, "w1").exists()

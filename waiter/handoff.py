@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 64 * 1024  # a request's head and body handed along; a larger one stays where it arrived
+MAX_MESSAGE = 64 * 1024  # what goes with a connection (its request's head and body); a larger one stays
 _UTF8 = ("utf-8", "surrogateescape")  # names as the gate encodes them (waiter.auth.gate)
 _LENGTHS = struct.Struct("!7I")  # a message's fields' lengths (encode), then the fields, then the request
 
@@ -121,26 +121,21 @@ class Handoff:
         """Serve what siblings hand here: ``adopt`` takes each connection's socket and its request."""
         if self._inbox is not None:
             self._adopt = adopt
-            asyncio.get_running_loop().add_reader(self._inbox.fileno(), self._read)
+            asyncio.get_running_loop().add_reader(self._inbox.fileno(), self._read, self._inbox, adopt)
 
     def stop_receiving(self) -> None:
         """No sibling hands anything here from now on (this router drains); what they handed already is adopted."""
         inbox, self._inbox = self._inbox, None
         if inbox is None:
             return
-        loop = asyncio.get_running_loop()
-        if loop.remove_reader(inbox.fileno()):
-            self.path.unlink(missing_ok=True)  # a sibling's send fails at once from here on
-            self._read(inbox)
+        self.path.unlink(missing_ok=True)  # a sibling's send fails at once from here on
+        if self._adopt is not None:
+            asyncio.get_running_loop().remove_reader(inbox.fileno())
+            self._read(inbox, self._adopt)
         inbox.close()
 
     def close(self) -> None:
-        with contextlib.suppress(RuntimeError):  # no loop: it never received
-            self.stop_receiving()
-        if self._inbox is not None:
-            self._inbox.close()
-            self._inbox = None
-        self.path.unlink(missing_ok=True)
+        self.stop_receiving()
         for peer in self._peers.values():
             peer.close()
         self._peers.clear()
@@ -164,11 +159,12 @@ class Handoff:
         if to is None or service.reservations.capacity or not conn.movable():
             return False
         data = req.as_received(MAX_MESSAGE)
-        if data is None:
+        message = encode(Handed(admission, cid, data)) if data is not None else b""
+        if not message or len(message) > MAX_MESSAGE:
             return False
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
         try:
-            self._peer(to).sendmsg([encode(Handed(admission, cid, data))], rights)
+            self._peer(to).sendmsg([message], rights)
         except OSError as exc:
             self.declined += 1
             if not isinstance(exc, BlockingIOError):  # gone or draining, not just behind: ask it no more
@@ -194,11 +190,10 @@ class Handoff:
             self._peers[router_id] = peer
         return peer
 
-    def _read(self, inbox: socket.socket | None = None) -> None:
-        inbox, adopt = inbox or self._inbox, self._adopt
-        while inbox is not None:
+    def _read(self, inbox: socket.socket, adopt: Adopt) -> None:
+        while True:
             try:
-                message, fds, _flags, _address = socket.recv_fds(inbox, MAX_MESSAGE + 4096, 1)
+                message, fds, flags, _address = socket.recv_fds(inbox, MAX_MESSAGE, 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -207,8 +202,8 @@ class Handoff:
             if not fds:
                 continue
             sock = socket.socket(fileno=fds[0])
-            handed = decode(message)
-            if handed is None or adopt is None:
+            handed = None if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) else decode(message)
+            if handed is None:
                 log.warning("closing a handed connection whose request could not be read")
                 sock.close()
                 continue
