@@ -568,18 +568,17 @@ async def test_a_request_as_received_parses_again_to_the_same_request(sent: byte
 
 
 async def test_a_connection_moves_once_and_only_with_nothing_but_its_request_read() -> None:
-    seen: list[tuple[bytes, bool, object]] = []
+    seen: list[tuple[bytes, bool]] = []
 
     async def record(conn: Connection, req: Request) -> None:
-        seen.append((req.url, conn.movable(), conn.context))
-        conn.context = None  # taken, as the router's handler takes it
+        seen.append((req.url, conn.movable()))
 
     conn, _, door = connect(record)
     conn.data_received(GET % 0 + GET % 1)  # a pipelined request behind the first would be left behind
     await eventually(lambda: len(seen) == 2, what="both answers", timeout=5)
-    assert seen == [(b"/0", False, None), (b"/1", True, None)]
+    assert seen == [(b"/0", False), (b"/1", True)]
 
-    handed = Connection(door, GET % 2, "what the first router said")  # as waiter.handoff adopts one
+    handed = Connection(door, GET % 2)  # as waiter.handoff adopts one
     handed.connection_made(MockTransport(handed))
     await eventually(lambda: len(seen) == 3, what="the handed request", timeout=5)
-    assert seen[2] == (b"/2", False, "what the first router said")  # it moved once already
+    assert seen[2] == (b"/2", False)  # it moved once already

@@ -53,12 +53,10 @@ class Connection(asyncio.Protocol):
 
     transport: asyncio.Transport
 
-    def __init__(self, door: FrontDoor, handed: bytes = b"", context: object = None) -> None:
+    def __init__(self, door: FrontDoor, handed: bytes = b"") -> None:
         """``handed``: a request another process read from this connection and passed on with it
-        (waiter.handoff), parsed as if it had just arrived; ``context``: what that process said of it, for the
-        handler (taken once)."""
+        (waiter.handoff), parsed as if it had just arrived."""
         self.door = door
-        self.context = context
         self._handed = handed
         self.limits = door.limits
         self.loop = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ from waiter.forwarding import (
     open_upstream,
     timeouts,
 )
-from waiter.handoff import Handed, Handoff
+from waiter.handoff import Handoff
 from waiter.http1 import CRLF, ENC, ERRORS, AuthView, Request, Tunnel, empty_response
 from waiter.interstitial import BYPASS_BYTES
 from waiter.router import Router
@@ -114,13 +114,7 @@ class Dispatcher:
         self.handoff = handoff  # sibling routers of this machine, which take requests for the slots they hold
 
     async def __call__(self, conn: Connection, req: Request) -> None:
-        handed = conn.context
-        if handed is not None:  # the first request of a connection a sibling handed here, admitted there
-            conn.context = None
-            assert isinstance(handed, Handed)
-            cid = handed.cid
-        else:
-            cid = req.special.get(b"x-cid") or new_cid_bytes()
+        cid = req.special.get(b"x-cid") or new_cid_bytes()
         waiter = tuple(req.waiter)
         host = req.host()
         router = self.router
@@ -135,13 +129,14 @@ class Dispatcher:
         try:
             path, method = req.path, req.method_str()
             api = router.is_api(path, host or "", waiter)
+            handoff = self.handoff
+            if handoff is not None and handoff.holders and not api and self._handed_off(conn, req, waiter, host):
+                access = None  # the sibling serves it (authentication included) and logs it
+                return
             view = AuthView(req, conn.peer)
             url = req.url.decode(ENC, ERRORS)
             # Authentication (and the API's authorization) first, for every request: waiter.router.Router.admit.
-            if handed is not None:
-                admission: Admission | None = handed.admission
-            else:
-                admission = router.admit_now(view, method, path, url, api, waiter, host)
+            admission = router.admit_now(view, method, path, url, api, waiter, host)
             if admission is None:
                 admission = await router.admit(view, method, path, url, api, waiter, host)
             if admission.answer is not None:
@@ -153,9 +148,6 @@ class Dispatcher:
                 status = await self.relay(conn, req, admission)
             else:
                 service, options = router.service_for(waiter, host, admission.caller)
-                if self.handoff is not None and self.handoff.offer(conn, req, service, admission, cid):
-                    access = None  # the sibling serves and logs it
-                    return
                 limits = timeouts(options, service.timeouts)
                 # find(), not ``in``: bytes.__contains__ first tries its operand as an integer and formats the
                 # TypeError that fails, every time.
@@ -197,6 +189,20 @@ class Dispatcher:
                         held=served[2] if served else None,
                     )
                 )
+
+    def _handed_off(
+        self, conn: Connection, req: Request, waiter: tuple[tuple[str, str], ...], host: str | None
+    ) -> bool:
+        """Whether the connection went to the sibling holding the slots of the request's service (waiter.handoff),
+        decided before authentication, which the sibling does: by the service its tokens name, as far as that is
+        known without the caller (a service that depends on who calls is served here)."""
+        assert self.handoff is not None
+        resolved = self.router.before_auth(waiter, host)
+        if resolved is None:
+            return False
+        service = self.router.registry.get(resolved.service_id)
+        held = service.reservations.capacity if service is not None else 0
+        return self.handoff.offer(conn, req, resolved.service_id, held)
 
     async def proxy(
         self,

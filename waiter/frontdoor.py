@@ -97,10 +97,10 @@ class FrontDoor:
     def __call__(self) -> Connection:
         return Connection(self)
 
-    def adopt(self, sock: socket.socket, request: bytes, context: object) -> None:
+    def adopt(self, sock: socket.socket, request: bytes) -> None:
         """Serve a connection another process accepted, with the request it read from it (waiter.handoff)."""
         loop = asyncio.get_running_loop()
-        task = loop.create_task(loop.connect_accepted_socket(lambda: Connection(self, request, context), sock))
+        task = loop.create_task(loop.connect_accepted_socket(lambda: Connection(self, request), sock))
         self._adopting.add(task)
         task.add_done_callback(lambda done: self._adopted(done, sock))
 

@@ -3,17 +3,17 @@
 Routers that share a scheduler agent share its private directory (mode 0700), and each receives connections on a
 Unix datagram socket there named for its router id. A router that receives a request for a service of which it
 holds no slot, while a sibling was last given that service's slots (the handover's ``gave`` messages say who),
-passes the client's socket to the sibling (SCM_RIGHTS) with the request as received and what its front door
-established (who calls, the request's cid); the sibling serves that request, and the connection's later ones, as
-if it had accepted the connection itself. That takes tens of microseconds where moving the slot takes three
+passes the client's socket to the sibling (SCM_RIGHTS) with the request as received, before doing anything else
+for it; the sibling serves that request (authentication included) and the connection's later ones as if it had
+accepted the connection itself. That takes about a hundred microseconds where moving the slot takes three
 exchanges with Redis (waiter.handover), so a sequential client whose connections the kernel spreads over the
-workers is served as by one router, and its requests never queue on two routers at once (which the autoscaler
+workers is served as by one router, and its requests never wait on two routers at once (which the autoscaler
 would count as two).
 
 A connection moves at most once, between its requests: nothing read from it is left behind but the request handed
 along, and nothing written to it is unsent. A sibling that is gone, draining or behind (its queue of handed
-connections full), a request with a body still arriving or larger than MAX_MESSAGE, a protocol upgrade: served
-here, as without a sibling, and the slot moves instead.
+connections full), a request whose body is still arriving or larger than MAX_MESSAGE, a protocol upgrade, a
+service that depends on who calls: served here, as without a sibling, and the slot moves instead.
 """
 
 from __future__ import annotations
@@ -24,63 +24,17 @@ import contextlib
 import hashlib
 import logging
 import socket
-import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from waiter.auth.base import Caller
-from waiter.auth.gate import Admission
 
 if TYPE_CHECKING:
     from waiter.client_connection import Connection
     from waiter.http1 import Request
-    from waiter.service import Service
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 64 * 1024  # what goes with a connection (its request's head and body); a larger one stays
-_UTF8 = ("utf-8", "surrogateescape")  # names as the gate encodes them (waiter.auth.gate)
-_LENGTHS = struct.Struct("!7I")  # a message's fields' lengths (encode), then the fields, then the request
-
-
-@dataclass(frozen=True, slots=True)
-class Handed:
-    """What arrives with a handed connection: the request as received, and what the first router's front door
-    established for it (authentication is not repeated: a Kerberos token would be a replay)."""
-
-    admission: Admission
-    cid: bytes
-    data: bytes
-
-
-def encode(handed: Handed) -> bytes:
-    caller = handed.admission.caller
-    who = (caller.user, caller.principal, caller.method) if caller is not None else ("", "", "")
-    fields = [
-        b"C" if caller is not None else b"",
-        b"S" if handed.admission.strip_authorization else b"",
-        handed.cid,
-        *(text.encode(*_UTF8) for text in who),
-        handed.admission.response_lines,
-    ]
-    return _LENGTHS.pack(*map(len, fields)) + b"".join(fields) + handed.data
-
-
-def decode(message: bytes) -> Handed | None:
-    """The handed request, or None for a message that is not one (never fatal)."""
-    if len(message) < _LENGTHS.size:
-        return None
-    fields, at = [], _LENGTHS.size
-    for length in _LENGTHS.unpack_from(message):
-        fields.append(message[at : at + length])
-        at += length
-    if at > len(message):
-        return None
-    called, strip, cid, user, principal, method, lines = fields
-    caller = Caller(user.decode(*_UTF8), principal.decode(*_UTF8), method.decode(*_UTF8)) if called else None
-    return Handed(Admission(caller, response_lines=lines, strip_authorization=bool(strip)), cid, message[at:])
 
 
 def socket_path(directory: Path, router_id: str) -> Path:
@@ -89,7 +43,7 @@ def socket_path(directory: Path, router_id: str) -> Path:
     return directory / f"handoff-{hashlib.sha256(router_id.encode()).hexdigest()[:16]}.sock"
 
 
-Adopt = Callable[[socket.socket, Handed], None]
+Adopt = Callable[[socket.socket, bytes], None]
 
 
 class Handoff:
@@ -152,15 +106,14 @@ class Handoff:
 
     # -- handing over ---------------------------------------------------------------------------------------------
 
-    def offer(self, conn: Connection, req: Request, service: Service, admission: Admission, cid: bytes) -> bool:
-        """Hand ``conn`` with ``req`` to the sibling holding ``service``'s slots when this router holds none;
-        True when it went (``conn`` is then closed here, silently, and the sibling answers)."""
-        to = self.holders.get(service.id)
-        if to is None or service.reservations.capacity or not conn.movable():
+    def offer(self, conn: Connection, req: Request, service_id: str, held: int) -> bool:
+        """Hand ``conn`` with ``req`` to the sibling holding the service's slots when this router holds none
+        (``held``); True when it went (``conn`` is then closed here, silently, and the sibling answers)."""
+        to = self.holders.get(service_id)
+        if to is None or held or not conn.movable():
             return False
-        data = req.as_received(MAX_MESSAGE)
-        message = encode(Handed(admission, cid, data)) if data is not None else b""
-        if not message or len(message) > MAX_MESSAGE:
+        message = req.as_received(MAX_MESSAGE)
+        if message is None:
             return False
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))]
         try:
@@ -168,7 +121,7 @@ class Handoff:
         except OSError as exc:
             self.declined += 1
             if not isinstance(exc, BlockingIOError):  # gone or draining, not just behind: ask it no more
-                self.holders.pop(service.id, None)
+                self.holders.pop(service_id, None)
                 with contextlib.suppress(KeyError):
                     self._peers.pop(to).close()
             log.debug("could not hand a connection to %s: %s", to, exc)
@@ -202,10 +155,9 @@ class Handoff:
             if not fds:
                 continue
             sock = socket.socket(fileno=fds[0])
-            handed = None if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) else decode(message)
-            if handed is None:
-                log.warning("closing a handed connection whose request could not be read")
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                log.warning("closing a handed connection whose request did not arrive whole")
                 sock.close()
                 continue
             self.received += 1
-            adopt(sock, handed)
+            adopt(sock, message)

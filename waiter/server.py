@@ -169,7 +169,7 @@ class RouterServer:
             self._dispatcher = Dispatcher(router, router.pool, (INTERNAL_HOST, internal_port), access, router.handoff)
             door = self._door = FrontDoor(self._dispatcher, self._limits, self._traffic)
             if router.handoff is not None:
-                router.handoff.receive(lambda sock, handed: door.adopt(sock, handed.data, handed))
+                router.handoff.receive(door.adopt)
             await self._server.start_serving()
         except BaseException:
             await self._close()
