@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import eventually
 from waiter import http1
-from waiter.client_connection import Connection
+from waiter.client_connection import UPGRADE_TAIL_LIMIT, Connection
 from waiter.errors import WaiterError
 from waiter.frontdoor import FrontDoor, Limits
 from waiter.http1 import (
@@ -582,3 +582,31 @@ async def test_a_connection_moves_once_and_only_with_nothing_but_its_request_rea
     handed.connection_made(MockTransport(handed))
     await eventually(lambda: len(seen) == 3, what="the handed request", timeout=5)
     assert seen[2] == (b"/2", False)  # it moved once already
+
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+async def test_an_upgrade_waiting_for_its_tunnel_keeps_reading_to_see_its_client_leave() -> None:
+    # What the client sends meanwhile is kept for the tunnel, up to a limit; its leaving (EOF) is seen at once.
+    waiting: list[Request] = []
+
+    async def queued(conn: Connection, req: Request) -> None:
+        waiting.append(req)
+        conn.abandonable(True)
+        try:
+            await asyncio.Event().wait()  # a slot that never comes
+        finally:
+            conn.abandonable(False)
+
+    conn, transport, _ = connect(queued)
+    conn.data_received(UPGRADE + b"early")
+    await eventually(lambda: len(waiting) == 1, what="the upgrade to wait", timeout=5)
+    assert transport.reading
+    conn.data_received(b"x" * UPGRADE_TAIL_LIMIT)
+    assert b"".join(waiting[0].tail) == b"early" + b"x" * UPGRADE_TAIL_LIMIT and not transport.reading
+    transport.reading = True
+    assert conn.eof_received() is False  # asyncio closes the transport then, which cancels the wait
+    transport.close()
+    await eventually(lambda: conn.closed, what="the connection to close", timeout=5)
+    assert transport.take() == b""

@@ -361,10 +361,14 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue_and_does_not_h
             busy.write(b"GET /download?bytes=1073741824 HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\n")
             busy.write(b"x-cid: busy\r\n\r\n")
             await busy_reader.readexactly(100_000)
-            for reset in (False, True):
+            upgrade = b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            upgrade += b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            legs = ((False, b"gone-closed", b""), (True, b"gone-reset", b""), (False, b"gone-ws", upgrade))
+            for reset, cid, extra in legs:
                 _, writer = await asyncio.open_connection("127.0.0.1", r.port)
-                cid = b"gone-reset" if reset else b"gone-closed"
-                writer.write(b"GET /second HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\nx-cid: " + cid + b"\r\n\r\n")
+                path = b"/ws" if extra else b"/second"
+                head = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nx-waiter-token: echo\r\n" + extra
+                writer.write(head + b"x-cid: " + cid + b"\r\n\r\n")
                 await eventually(lambda: _is(counts(), queued=1), what="the second request to queue")
                 _hang_up(writer, reset)
                 await eventually(lambda: _is(counts(), queued=0, **{"in-flight": 1}), what="the queue to empty")
@@ -372,15 +376,16 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue_and_does_not_h
             await eventually(lambda: _is(counts(), outstanding=0), what="the download's slot to be released")
             async with client.get(f"http://{instance['host']}:{instance['port']}/stats") as resp:
                 seen = await resp.json()
-            assert seen["total"] == 2, seen  # /hello and the download: neither abandoned request was forwarded
+            assert seen["total"] == 2, seen  # /hello and the download: no abandoned request was forwarded
             r.proc.send_signal(signal.SIGTERM)
             # Nothing is left to drain: it exits long before drain-timeout-secs (120).
             assert await asyncio.to_thread(r.proc.wait, 60) == 0, r.output()[-3000:]
     finally:
         r.stop()
     logged = [json.loads(line) for line in r.output().splitlines() if line.startswith('{"time"')]
+    gone_cids = ("gone-closed", "gone-reset", "gone-ws")
     gone = {line["cid"]: line for line in logged if line["cid"].startswith("gone-")}
-    assert {cid: line["status"] for cid, line in gone.items()} == {"gone-closed": 499, "gone-reset": 499}, gone
+    assert {cid: line["status"] for cid, line in gone.items()} == dict.fromkeys(gone_cids, 499), gone
     assert all(line["instance-id"] is None and line["service-id"] == sid for line in gone.values()), gone
     (busy_line,) = (line for line in logged if line["cid"] == "busy")
     assert busy_line["status"] == 200, busy_line  # answered, then cut when its client reset the connection

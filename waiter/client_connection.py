@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 # Reasons reading from a client is paused (bits): a body backlog, requests waiting their turn, a tunnel, a fault.
 _BODY, _PIPELINE, _TUNNEL, _STOPPED = 1, 2, 4, 8
+UPGRADE_TAIL_LIMIT = 64 * 1024  # bytes a client may send after an upgrade's head before its tunnel opens
 LINGER_SECS = 2.0  # at most this long reading what a refused client still sends (see Connection._linger)
 # A client opens a connection to send a request: closing one that has not sent it yet would lose that request (the
 # client sees the close after sending), so on drain it gets this long to send one, then is closed if still silent.
@@ -108,8 +109,11 @@ class Connection(asyncio.Protocol):
             self._tunnel.transport.write(data)
             return
         if self._paused & _STOPPED:
-            if self._parsing is not None and self._parsing.upgrade:
-                self._parsing.tail.append(data)  # an upgrade waiting for its tunnel
+            req = self._parsing
+            if req is not None and req.upgrade:  # an upgrade waiting for its tunnel: kept for it
+                req.tail.append(data)
+                if sum(map(len, req.tail)) > UPGRADE_TAIL_LIMIT:
+                    self.transport.pause_reading()
             return
         self._last_io = self.loop.time()
         if self._in_head:
@@ -283,6 +287,8 @@ class Connection(asyncio.Protocol):
         if tail:
             req.tail.append(tail)
         self._pause(_STOPPED, True)
+        # Still read while it waits for its tunnel, so that a client that leaves meanwhile is seen (abandonable).
+        self.transport.resume_reading()
         self._enqueue(req)
 
     def _fault(self, fault: BadRequest) -> None:

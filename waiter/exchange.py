@@ -364,7 +364,7 @@ class Dispatcher:
                 raise UpstreamClosed(str(exc)) from None
             return tunnel
 
-        instance, tunnel, taken = await open_upstream(service, limits, open_tunnel)
+        instance, tunnel, taken = await open_upstream(service, limits, open_tunnel, conn.abandonable)
         try:
             drop = RESPONSE_DROP_101 if tunnel.upgraded else RESPONSE_DROP
             parts = [b"HTTP/1.1 %d %s\r\n" % (tunnel.status, tunnel.reason)]
