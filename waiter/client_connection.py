@@ -58,7 +58,8 @@ class Connection(asyncio.Protocol):
         """``handed``: a request another process read from this connection and passed on with it
         (waiter.handoff), parsed as if it had just arrived."""
         self.door = door
-        self._handed = handed
+        self._handed = handed  # until connection_made parses it
+        self._adopted = bool(handed)  # it moved here once already (movable())
         self.limits = door.limits
         self.loop = asyncio.get_running_loop()
         self.peer = b""
@@ -99,7 +100,8 @@ class Connection(asyncio.Protocol):
         if self.door.draining:  # accepted while the router stops listening: served, then closed
             self.close_if_idle(FIRST_REQUEST_GRACE_SECS)
         if self._handed:
-            self.data_received(self._handed)
+            handed, self._handed = self._handed, b""
+            self.data_received(handed)
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
@@ -484,7 +486,7 @@ class Connection(asyncio.Protocol):
         req = self.active
         return (
             req is not None
-            and not self._handed
+            and not self._adopted
             and not self._queue
             and self._parsing is None
             and not req.upgrade
