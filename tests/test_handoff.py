@@ -96,9 +96,14 @@ async def test_a_draining_router_serves_what_was_handed_and_refuses_the_rest(tmp
     inbox = Handoff(tmp_path, "w1")
     inbox.open()
     inbox.receive(lambda sock, request: (adopted.append(request), sock.close()))
-    hand(tmp_path, "w1", REQUEST, ours)
-    inbox.stop_receiving()  # before the loop read it: adopted now
-    assert adopted == [REQUEST]
-    with pytest.raises(OSError):
-        hand(tmp_path, "w1", REQUEST, ours)  # a sibling's send fails at once: it serves the request itself
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [ours.fileno()]))]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sibling:  # connected before, as siblings keep theirs
+        sibling.connect(str(socket_path(tmp_path, "w1")))
+        sibling.sendmsg([REQUEST], rights)
+        inbox.stop_receiving()  # before the loop read it: adopted now
+        assert adopted == [REQUEST]
+        with pytest.raises((BrokenPipeError, ConnectionRefusedError)):
+            sibling.sendmsg([REQUEST], rights)  # fails at once: the sibling serves the request itself
+    with pytest.raises(FileNotFoundError):
+        hand(tmp_path, "w1", REQUEST, ours)  # and a new sibling finds nobody
     inbox.close()
