@@ -34,6 +34,7 @@ from waiter.scheduler.environment import format_number
 from waiter.scheduler.leftovers import InstanceRecord
 from waiter.scheduler.local import LocalScheduler, LocalSettings, ended_instance
 from waiter.scheduler.ports import PortAllocator, port_is_bindable
+from waiter.scheduler.processes import trees_rss_bytes
 from waiter.scheduler.sandboxes import EndedSandbox, to_remove
 
 HTTP_SERVER = 'exec python3 -m http.server "$PORT0" --bind 127.0.0.1'
@@ -778,3 +779,22 @@ async def test_sandboxes_of_ended_instances_are_swept(make_scheduler: MakeSchedu
     assert await scheduler.sweep_sandboxes() == 2
     assert not service_dir.exists()
     assert stranger.is_dir()  # what the router did not make is not its to remove
+
+
+async def test_tree_memory_is_read_for_every_instance_from_one_reading_of_the_process_table() -> None:
+    # Two process trees (a shell and its two children each): each leader's size is its tree's, and a leader that
+    # is gone has none.
+    trees = [subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"], start_new_session=True) for _ in range(2)]
+    try:
+        await eventually(lambda: all(len(psutil.Process(p.pid).children()) == 2 for p in trees), timeout=10.0)
+        members = {p.pid: [psutil.Process(p.pid), *psutil.Process(p.pid).children(recursive=True)] for p in trees}
+        sizes = trees_rss_bytes([*members, 2**22 + 1])  # above pid_max's default: nobody
+        assert set(sizes) == set(members)
+        for leader, processes in members.items():
+            expected = sum(process.memory_info().rss for process in processes)
+            assert abs(sizes[leader] - expected) < 1024 * 1024, (sizes[leader], expected)  # sleeping: steady sizes
+            assert sizes[leader] > psutil.Process(leader).memory_info().rss  # the children count too
+    finally:
+        for p in trees:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

@@ -47,7 +47,7 @@ from waiter.scheduler.book import (
 )
 from waiter.scheduler.environment import format_number, instance_environment
 from waiter.scheduler.ports import PortAllocator
-from waiter.scheduler.processes import open_sandbox, signal_group, tree_rss_bytes, wait_exit
+from waiter.scheduler.processes import open_sandbox, signal_group, trees_rss_bytes, wait_exit
 from waiter.text import failure_reason
 
 log = logging.getLogger(__name__)
@@ -465,13 +465,17 @@ class LocalScheduler:
         return removed
 
     def _check_memory(self) -> None:
-        for running in list(self._processes.values()):
+        watched = [r for r in self._processes.values() if r.ending is None and r.service_id in self._books]
+        if not watched:
+            return
+        sizes = trees_rss_bytes([running.pid for running in watched])
+        for running in watched:
             book = self._books.get(running.service_id)
-            if book is None or running.ending is not None:
+            rss = sizes.get(running.pid)
+            if book is None or running.ending is not None or rss is None:
                 continue
-            rss = tree_rss_bytes(running.pid)
             limit_mib = book.spec.mem
-            if rss is None or rss <= limit_mib * 1024 * 1024:
+            if rss <= limit_mib * 1024 * 1024:
                 continue
             message = f"Exceeded allocated memory usage ({rss // (1024 * 1024)} MiB > {format_number(limit_mib)} MiB)"
             log.info("Instance %s: %s; killing it", running.instance.id, message)

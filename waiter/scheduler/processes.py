@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 from typing import BinaryIO
 
@@ -51,15 +52,29 @@ def signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-def tree_rss_bytes(pid: int) -> int | None:
-    """RSS of a process and its descendants, skipping any that vanish meanwhile; None if the leader is gone."""
-    try:
-        leader = psutil.Process(pid)
-        processes = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return None
-    total = 0
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            total += process.memory_info().rss
-    return total
+def trees_rss_bytes(leaders: Collection[int]) -> dict[int, int]:
+    """RSS of each leader process with its descendants, from one reading of the process table (finding one tree's
+    descendants reads every process's parent, so one reading per tree would cost as many); processes that vanish
+    meanwhile are skipped, and a leader that is gone has no entry."""
+    children: dict[int, list[int]] = {}
+    table: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter(["ppid"]):
+        table[process.pid] = process
+        ppid = process.info["ppid"]
+        if ppid is not None:
+            children.setdefault(ppid, []).append(process.pid)
+    sizes: dict[int, int] = {}
+    for leader in leaders:
+        if leader not in table:
+            continue
+        total, seen, stack = 0, set(), [leader]
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            with contextlib.suppress(psutil.Error):
+                total += table[pid].memory_info().rss
+            stack.extend(children.get(pid, ()))
+        sizes[leader] = total
+    return sizes
