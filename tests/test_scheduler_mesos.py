@@ -1284,3 +1284,31 @@ def test_reconciliation_asks_again_only_when_due_and_only_about_known_tasks(
     if due:
         assert reconciliation.due(now + 1.5, known={"t1"}) is None  # the wait doubled
         assert reconciliation.due(now + 2.0, known={"t1"}) == due
+
+
+async def test_a_revive_reaches_the_master_after_the_declines_sent_before_it(
+    start_emulator: StartEmulator, make_scheduler: MakeScheduler
+) -> None:
+    # Two agents with room for one instance each. Launching one declines the other agent's offer (a 30 s filter),
+    # and that DECLINE reaches the master 3 s late, as a call on its own connection may. Scaling to two meanwhile
+    # sends a REVIVE: handled before the late DECLINE, it would clear nothing, and the DECLINE's filter would hide
+    # the second agent for 30 s. Sent after the DECLINE was answered, it clears that filter.
+    emulator = await start_emulator("--agents", "2", "--cpus", "0.5", "--mem", "256")
+    scheduler = await make_scheduler(emulator, decline_refuse_secs=30.0, request_timeout_secs=10.0)
+    changes = Changes(scheduler)
+
+    async def calls() -> dict[str, int]:
+        return (await emulator.framework())["calls"]  # type: ignore[no-any-return]
+
+    async def idle() -> bool:  # the offers made before there was anything to launch declined, and suppressed
+        return (await calls()).get("SUPPRESS", 0) > 0
+
+    await eventually(idle, what="the framework to suppress offers")
+    declined = (await calls()).get("DECLINE", 0)
+    await emulator.control("slow-calls", {"type": "DECLINE", "delay-ms": 3000, "count": 1})
+    await scheduler.create_service(make_spec(cpus=0.5, mem=128.0), 1)
+    await changes.until(running(scheduler, 1))
+    assert (await calls()).get("DECLINE", 0) == declined  # the second agent's DECLINE is still on its way
+    await scheduler.scale_service("svc-test", 2)
+    await changes.until(running(scheduler, 2), timeout=10)
+    assert (await calls())["DECLINE"] > declined

@@ -3,8 +3,9 @@
 The scheduler API is in ``mesos_master``, the agents in ``mesos_agent``. Emulator-only controls live under
 ``/emulator/`` for tests: read the state, close the event stream, kill a task (with a signal), lose it (and have it
 come back), run it out of memory, change the first agent's resources, remove an agent, pause heartbeats, fail the
-master over, send an event of any type the master sends, and switch real-master behaviours on and off
-(``POST /emulator/behaviours``, see ``mesos_master.Behaviours``).
+master over, send an event of any type the master sends, have the next calls of a type arrive late
+(``POST /emulator/slow-calls`` ``{"type": "DECLINE", "delay-ms": 2000, "count": 1}``), and switch real-master
+behaviours on and off (``POST /emulator/behaviours``, see ``mesos_master.Behaviours``).
 
 Run from the project root: ``python -m tests.emulators.mesos --port 5050`` (``--port 0`` picks a free port; the
 first line on stdout says where it listens). ``--leader HOST:PORT`` makes it a non-leading master that answers
@@ -116,6 +117,12 @@ def controls(master: Master) -> Iterator[web.RouteDef]:
         master.rescind_all()
         return web.json_response(master.state()["agent"])
 
+    async def slow_calls(request: web.Request) -> web.Response:
+        body = await body_of(request)
+        kind, delay, count = str(body.get("type")), float(body.get("delay-ms", 0)) / 1000, int(body.get("count", 1))
+        master.slow_calls[kind] = (delay, count)
+        return web.json_response({"type": kind, "delay-ms": delay * 1000, "count": count})
+
     async def heartbeats(request: web.Request) -> web.Response:
         master.heartbeats = bool((await request.json()).get("enabled", True))
         return web.json_response({"enabled": master.heartbeats})
@@ -131,6 +138,7 @@ def controls(master: Master) -> Iterator[web.RouteDef]:
     yield web.post("/emulator/events", send_event)
     yield web.post("/emulator/agent", agent)
     yield web.post("/emulator/heartbeats", heartbeats)
+    yield web.post("/emulator/slow-calls", slow_calls)
 
 
 def build_app(config: Config) -> web.Application:

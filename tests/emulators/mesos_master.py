@@ -175,6 +175,9 @@ class Master:
         self.reregistering_until: float = 0.0  # monotonic: agents re-register after a master failover
         self.heartbeats = True
         self.unavailable = 0  # calls answered 503 while recovering
+        # call type -> (seconds, how many more): calls that reach the master late (/emulator/slow-calls), as a
+        # call on its own connection may arrive after one sent later
+        self.slow_calls: dict[str, tuple[float, int]] = {}
         self.set_behaviours(config.behaviours)
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -209,6 +212,14 @@ class Master:
         if call["type"] == "SUBSCRIBE":
             return await self.subscribe(request, call)
         framework = self._caller(request, call)
+        slow = self.slow_calls.get(call["type"])
+        if slow is not None:
+            delay, left = slow
+            if left <= 1:
+                del self.slow_calls[call["type"]]
+            else:
+                self.slow_calls[call["type"]] = (delay, left - 1)
+            await asyncio.sleep(delay)
         framework.calls[call["type"]] += 1
         self.dispatch(framework, call)
         return web.Response(status=200 if call["type"] == "UPDATE_FRAMEWORK" else 202)

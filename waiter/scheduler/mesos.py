@@ -83,6 +83,7 @@ class MesosScheduler:
         self._tick_task: asyncio.Task[None] | None = None
         self._suppressed = False
         self._offer_call: str | None = None  # the REVIVE or SUPPRESS to send next (see _tell_offers)
+        self._declining: set[asyncio.Task[None]] = set()  # DECLINEs in flight (a REVIVE waits for them)
         self._offer_calls_sending = False
         self._closing = False
         self.reconciliation = Reconciliation(settings.reconcile_retry_secs, settings.reconcile_retry_max_secs)
@@ -289,7 +290,7 @@ class MesosScheduler:
                 log.warning(
                     "Declining offer %s allocated to role %s, which this framework does not hold", offer.id, offer.role
                 )
-                self._spawn("DECLINE", self.client.decline([offer.id], self.settings.decline_refuse_secs))
+                self._decline(offer.id, self.settings.decline_refuse_secs)
                 continue
             task_infos: list[dict[str, Any]] = []
             for book in demands:
@@ -303,7 +304,7 @@ class MesosScheduler:
                 self._spawn_accept(offer.id, task_infos)
             else:
                 refuse = self.settings.waiting_refuse_secs if self._has_missing() else self.settings.decline_refuse_secs
-                self._spawn("DECLINE", self.client.decline([offer.id], refuse))
+                self._decline(offer.id, refuse)
         for book in demands:
             if book.missing() > 0:
                 book.shortfall = shortfall(Need.of(book.spec), left)
@@ -372,6 +373,12 @@ class MesosScheduler:
 
         self._spawn(f"ACCEPT of offer {offer_id}", accept())
 
+    def _decline(self, offer_id: str, refuse_secs: float) -> None:
+        task = self._start("DECLINE", self.client.decline([offer_id], refuse_secs))
+        if task is not None:
+            self._declining.add(task)
+            task.add_done_callback(self._declining.discard)
+
     def _want_offers(self) -> None:
         """Clear our offer filters and unsuppress, so offers for new instances arrive at once."""
         if not self.client.connected.is_set():
@@ -393,6 +400,11 @@ class MesosScheduler:
             try:
                 while (next_call := self._offer_call) is not None:
                     self._offer_call = None
+                    declining = list(self._declining)
+                    if next_call == "REVIVE" and declining:
+                        # A DECLINE the master handles after the REVIVE would filter that agent's offers for its
+                        # refuse time again (REVIVE clears only the filters set before it).
+                        await asyncio.wait(declining)
                     try:
                         await (self.client.revive() if next_call == "REVIVE" else self.client.suppress())
                     except MesosError as error:
@@ -481,6 +493,10 @@ class MesosScheduler:
             self._notify(task.service_id)
 
     def _spawn(self, what: str, call: Coroutine[Any, Any, Any]) -> None:
+        self._start(what, call)
+
+    def _start(self, what: str, call: Coroutine[Any, Any, Any]) -> asyncio.Task[None] | None:
+        """Run a call in the background (its failure logged); None once closing (the call is dropped)."""
         async def run() -> None:
             try:
                 await call
@@ -489,10 +505,11 @@ class MesosScheduler:
 
         if self._closing:
             call.close()
-            return
+            return None
         task = asyncio.create_task(run(), name=f"mesos {what}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _notify(self, service_id: str) -> None:
         loop = asyncio.get_running_loop()
