@@ -452,7 +452,10 @@ async def test_a_killed_supervisors_workers_answer_waiting_requests_at_once(tmp_
             assert status == 503, text
             assert "The router is stopping and the scheduler agent at unix:" in text, text
             assert "is gone: no instance of this service is left and none can start here" in text, text
-        await eventually(lambda: not any(_running(w) for w in workers), timeout=20, what="the workers to exit")
+        try:
+            await eventually(lambda: not any(_running(w) for w in workers), timeout=20, what="the workers to exit")
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}; their log ends:\n{r.output()[-4000:]}") from None
     finally:
         r.stop()
         if socket_dir is not None:  # a supervisor killed by SIGKILL cannot remove its socket

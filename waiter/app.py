@@ -104,8 +104,9 @@ async def compose(
     identity = this_identity(settings)
     await refuse_mixed_schedulers(state, settings, identity, scaling.router_ttl_ms)
     tokens = open_registry(settings)
-    await tokens.start()
+    # Before start: a start-up cancelled while the token store connects must still stop its follower task.
     opened.push_async_callback(tokens.close)
+    await tokens.start()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
     opened.push_async_callback(session.close)
     pool = UpstreamPool(connect_timeout=5.0)

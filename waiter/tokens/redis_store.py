@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from waiter.aio import cancel_and_wait
+from waiter.aio import cancel_and_wait, raise_if_cancelling
 from waiter.redis_client import RedisConnection
 from waiter.settings import redact_url
 from waiter.text import failure_reason
@@ -274,6 +274,7 @@ class RedisTokenStore(CachedStore):
             try:
                 await self._follow_once()
             except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelling()  # a cancellation a timeout below turned into TimeoutError
                 if self._closing:
                     return
                 # retry at once after a connection that worked, slower and slower while Redis stays away
