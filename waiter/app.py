@@ -93,18 +93,18 @@ async def compose(
 ) -> tuple[Router, Scheduler]:
     """The composition root: every component built once, in dependency order, and handed to whoever needs it.
 
-    Each resource registers its own cleanup on ``opened`` right after it opened, so a start that fails half-way
-    (a scheduler that cannot reach its cluster, say) unwinds exactly what was opened, in reverse order.
+    Each resource registers its own cleanup on ``opened`` as soon as it is made, before it starts, so a start that
+    fails or is cancelled half-way (a scheduler that cannot reach its cluster, SIGTERM while starting) unwinds
+    exactly what was opened, in reverse order, tasks a start began included.
     """
     scaling = settings.scaling
     state = open_state(settings)
-    await state.start()
     opened.push_async_callback(state.close)
+    await state.start()
     # Before anything runs: routers sharing a Redis must share one scheduler (see waiter.peers).
     identity = this_identity(settings)
     await refuse_mixed_schedulers(state, settings, identity, scaling.router_ttl_ms)
     tokens = open_registry(settings)
-    # Before start: a start-up cancelled while the token store connects must still stop its follower task.
     opened.push_async_callback(tokens.close)
     await tokens.start()
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=False)
@@ -112,8 +112,8 @@ async def compose(
     pool = UpstreamPool(connect_timeout=5.0)
     opened.push_async_callback(pool.close)
     sched = scheduler or create_scheduler(settings, framework_ids=framework_ids(settings, state))
-    await sched.start()
     opened.push_async_callback(sched.close)
+    await sched.start()
 
     # Routers sharing a scheduler agent (--workers) pass connections to the one holding their service's slots.
     handoff: Handoff | None = None
@@ -167,8 +167,8 @@ async def compose(
 
     opened.push_async_callback(withdraw)
     gate = Gate(settings)
-    await gate.start()
     opened.push_async_callback(gate.close)
+    await gate.start()
     # One of --workers: the supervisor (the scheduler agent) gathers the workers' metrics (waiter.api.metrics).
     peers = sched if isinstance(sched, AgentScheduler) else None
     router = Router(
