@@ -100,19 +100,13 @@ def router_process(tmp_path: Path) -> Iterator[RouterProcess]:
 async def test_sigterm_drains_in_flight_requests_and_stops_instances(router_process: RouterProcess) -> None:
     r = router_process
     async with aiohttp.ClientSession() as client:
-        await r.ready(client)
-        async with client.get(r.url + "/hello", headers=TOKEN) as resp:
-            assert resp.status == 200
-        async with client.get(r.url + "/apps") as resp:
-            (app,) = await resp.json()
-        async with client.get(r.url + f"/apps/{app['service-id']}") as resp:
-            (instance,) = (await resp.json())["instances"]["active-instances"]
+        sid, instance = await _serve_once(r, client)
         pid = instance["shell-scheduler/pid"]
         pgid = os.getpgid(pid)
         slow = asyncio.create_task(client.get(r.url + "/sleep?ms=1500&id=drained", headers=TOKEN))
 
         async def in_flight() -> bool:
-            async with client.get(r.url + f"/apps/{app['service-id']}") as resp:
+            async with client.get(r.url + f"/apps/{sid}") as resp:
                 return bool((await resp.json())["request-metrics"]["outstanding"] == 1)
 
         await eventually(in_flight, what="the slow request to be in flight")
@@ -159,8 +153,8 @@ async def test_large_bodies_leave_router_memory_flat(router_process: RouterProce
     assert grown < 48 * 1024 * 1024, f"router RSS grew by {grown / 2**20:.0f} MiB moving 256 MiB each way"
 
 
-async def _serve_once(r: RouterProcess, client: aiohttp.ClientSession) -> int:
-    """Start the echo service with one request; the pid of its instance."""
+async def _serve_once(r: RouterProcess, client: aiohttp.ClientSession) -> tuple[str, dict[str, Any]]:
+    """Start the echo service with one request; its service id and its one instance (as /apps shows it)."""
     await r.ready(client)
     async with client.get(r.url + "/hello", headers=TOKEN) as resp:
         assert resp.status == 200
@@ -168,7 +162,12 @@ async def _serve_once(r: RouterProcess, client: aiohttp.ClientSession) -> int:
         (app,) = await resp.json()
     async with client.get(r.url + f"/apps/{app['service-id']}") as resp:
         (instance,) = (await resp.json())["instances"]["active-instances"]
-    return int(instance["shell-scheduler/pid"])
+    return app["service-id"], instance
+
+
+async def _serve_once_pid(r: RouterProcess, client: aiohttp.ClientSession) -> int:
+    """Start the echo service with one request; the pid of its instance."""
+    return int((await _serve_once(r, client))[1]["shell-scheduler/pid"])
 
 
 def _group(pgid: int) -> list[int]:
@@ -177,7 +176,7 @@ def _group(pgid: int) -> list[int]:
 
 async def test_kill_9_of_the_router_leaves_no_instance(router_process: RouterProcess) -> None:
     async with aiohttp.ClientSession() as client:
-        pid = await _serve_once(router_process, client)
+        pid = await _serve_once_pid(router_process, client)
     assert _group(pid) != []
     router_process.proc.kill()
     router_process.proc.wait()
@@ -193,7 +192,7 @@ async def test_a_restarted_router_stops_what_a_killed_one_left(tmp_path: Path) -
     first = RouterProcess(tmp_path / "first", [token], work_dir=tmp_path / "work")
     try:
         async with aiohttp.ClientSession() as client:
-            pid = await _serve_once(first, client)
+            pid = await _serve_once_pid(first, client)
         # The watchdog dies first, with the router: nothing but the next router can clean up now.
         (watchdog,) = [c for c in psutil.Process(first.proc.pid).children() if "leftovers" in " ".join(c.cmdline())]
         watchdog.kill()
@@ -243,7 +242,7 @@ async def test_workers_share_a_private_agent_and_a_killed_supervisor_leaves_noth
     socket_dir: Path | None = None
     try:
         async with aiohttp.ClientSession() as client:
-            pid = await _serve_once(r, client)
+            pid = await _serve_once_pid(r, client)
         workers = [c for c in psutil.Process(r.proc.pid).children() if "--worker-of" in c.cmdline()]
         assert len(workers) == 2
         argv = workers[0].cmdline()
@@ -343,14 +342,7 @@ async def test_a_client_that_leaves_while_queued_leaves_the_queue_and_does_not_h
     r = RouterProcess(tmp_path, [token], drain_timeout_secs=120, access_log="json")
     try:
         async with aiohttp.ClientSession() as client:
-            await r.ready(client)
-            async with client.get(r.url + "/hello", headers=TOKEN) as resp:
-                assert resp.status == 200
-            async with client.get(r.url + "/apps") as resp:
-                (app,) = await resp.json()
-            sid = app["service-id"]
-            async with client.get(r.url + f"/apps/{sid}") as resp:
-                (instance,) = (await resp.json())["instances"]["active-instances"]
+            sid, instance = await _serve_once(r, client)
 
             async def counts() -> dict[str, Any]:
                 async with client.get(r.url + f"/state/{sid}") as resp:

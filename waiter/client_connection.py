@@ -1,6 +1,6 @@
-"""One client connection of the front door (waiter.frontdoor), on asyncio.Protocol and httptools.
+"""One client connection of the front door (waiter.frontdoor), on asyncio.Protocol.
 
-Parsing with limits (414, 431, 400 for malformed heads and framing, 408 for a head that takes too long), one
+Requests read with limits (waiter.request_reader; 408 here for a head that takes too long), one
 request served at a time in order (pipelined ones wait, reading paused), keep-alive and its idle timeout,
 half-closed clients, flow control both ways, drain. A request whose framing breaks before its handler started is
 answered here and never reaches the handler; after that its body fails with BadRequest, so nothing downstream
@@ -15,24 +15,11 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
-import httptools
-
 from waiter.errors import WaiterError, internal_error, render_error_parts, router_draining
 from waiter.forwarding import new_cid_bytes
-from waiter.http1 import (
-    ENC,
-    ERRORS,
-    HEADER_NAMES,
-    BadRequest,
-    ErrorView,
-    Request,
-    RequestBody,
-    Tunnel,
-    error_response,
-    header_name,
-    malformed,
-)
+from waiter.http1 import ENC, ERRORS, BadRequest, ErrorView, Request, Tunnel, error_response
 from waiter.listener import unread_bytes_waiting
+from waiter.request_reader import RequestReader
 from waiter.text import printable
 
 if TYPE_CHECKING:
@@ -50,7 +37,7 @@ FIRST_REQUEST_GRACE_SECS = 1.0
 
 
 class Connection(asyncio.Protocol):
-    """One client connection: parses requests (it is also the httptools callback object) and serves them in order."""
+    """One client connection: reads requests (waiter.request_reader) and serves them in order."""
 
     transport: asyncio.Transport
 
@@ -65,15 +52,11 @@ class Connection(asyncio.Protocol):
         self.peer = b""
         self.received = self.sent = 0  # bytes, for /metrics and the access log
         self.active: Request | None = None
-        self._parser = httptools.HttpRequestParser(self)
-        self._parsing: Request | None = None
+        self._reader = RequestReader(door.limits, self._enqueue, self._pause_body, self._write_continue, self.loop.time)
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None  # the idle task waits on it for the next request
         self._paused = 0
-        self._in_head = False
-        self._head_bytes = self._fields_size = self._field_count = 0  # of an unfinished head
-        self._head_started = 0.0
         self._write_paused = self._closed = self._eof = self._lingering = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._last_io = 0.0
@@ -111,31 +94,21 @@ class Connection(asyncio.Protocol):
             self._tunnel.transport.write(data)
             return
         if self._paused & _STOPPED:
-            req = self._parsing
+            req = self._reader.parsing
             if req is not None and req.upgrade:  # an upgrade waiting for its tunnel: kept for it
                 req.tail.append(data)
                 if sum(map(len, req.tail)) > UPGRADE_TAIL_LIMIT:
                     self.transport.pause_reading()
             return
         self._last_io = self.loop.time()
-        if self._in_head:
-            self._head_bytes += len(data)
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgraded(data[upgrade.args[0] :])
-        except httptools.HttpParserError as exc:
-            cause = exc.__context__
-            if isinstance(cause, BadRequest):
-                self._fault(cause)
-            else:
-                log.debug("malformed request from %s: %s", self.peer.decode(), exc)
-                self._fault(malformed(str(exc), self._in_head))
-        else:
-            if self._in_head and self._head_bytes > self.limits.max_head:
-                self._fault(
-                    BadRequest(431, f"The request head is larger than the limit of {self.limits.max_head} bytes.")
-                )
+            tail = self._reader.feed(data)
+        except BadRequest as fault:
+            log.debug("refused a request from %s: %s", self.peer.decode(), fault.message)
+            self._fault(fault)
+            return
+        if tail is not None:
+            self._upgraded(tail)
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -147,7 +120,7 @@ class Connection(asyncio.Protocol):
             return True
         if self._abandonable:
             return False  # the transport closes: connection_lost cancels the handler
-        if self._parsing is not None and self._parsing.body is not None:
+        if self._reader.parsing is not None and self._reader.parsing.body is not None:
             # Half-closed before the body's end: the client's fault, and it can still read the answer.
             self._fault(BadRequest(400, "The client closed its side of the connection before the request body ended."))
         # Half-closed: still answer the requests already received, then close.
@@ -162,7 +135,7 @@ class Connection(asyncio.Protocol):
         if self._moved:
             return  # the other process serves it now
         gone = ConnectionResetError("The client closed the connection.")
-        for req in (self.active, self._parsing, *self._queue):
+        for req in (self.active, self._reader.parsing, *self._queue):
             if req is not None and req.body is not None:
                 req.body.fail(gone)
         self._queue.clear()
@@ -183,89 +156,6 @@ class Connection(asyncio.Protocol):
         if self._tunnel is not None and not self._tunnel.transport.is_closing():
             self._tunnel.transport.resume_reading()
 
-    # httptools callbacks
-
-    def on_message_begin(self) -> None:
-        self._parsing = Request()
-        self._in_head, self._head_bytes, self._fields_size, self._field_count = True, 0, 0, 0
-        self._head_started = self._last_io
-
-    def on_url(self, url: bytes) -> None:
-        req = self._parsing
-        assert req is not None
-        req.url += url
-        if len(req.url) > self.limits.max_url:
-            raise BadRequest(414, f"The request target is longer than the limit of {self.limits.max_url} bytes.")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._parsing
-        assert req is not None
-        limits = self.limits
-        size = len(name) + len(value)
-        if size > limits.max_field:
-            raise BadRequest(
-                431, f"The header {name.decode(ENC, ERRORS)} is larger than the limit of {limits.max_field} bytes."
-            )
-        self._fields_size += size
-        if self._fields_size > limits.max_head:
-            raise BadRequest(431, f"The request head is larger than the limit of {limits.max_head} bytes.")
-        self._field_count += 1
-        if self._field_count > limits.max_headers:
-            raise BadRequest(431, f"The request has more headers than the limit of {limits.max_headers}.")
-        lname, waiter_name, special = HEADER_NAMES.get(name) or header_name(name)
-        req.headers.append((name, value, lname))
-        if waiter_name is not None:
-            req.waiter.append((waiter_name, value.decode(ENC, ERRORS)))
-        elif special:
-            known = req.special.get(lname)
-            if known is None:
-                req.special[lname] = value
-            elif lname == b"connection" or lname == b"transfer-encoding":
-                req.special[lname] = known + b", " + value
-
-    def on_headers_complete(self) -> None:
-        req = self._parsing
-        assert req is not None
-        parser = self._parser
-        req.method = parser.get_method()
-        req.http11 = parser.get_http_version() == "1.1"
-        req.keep_alive = parser.should_keep_alive()
-        special = req.special
-        coding = special.get(b"transfer-encoding")
-        chunked = coding is not None
-        if coding is not None and coding.strip().lower() != b"chunked":
-            # Any other coding would be passed on undone or framed wrongly: refused, as llhttp refuses it too.
-            raise BadRequest(
-                400,
-                f"The request's Transfer-Encoding {coding.decode(ENC, ERRORS)!r} is not supported; only 'chunked' is.",
-            )
-        length = special.get(b"content-length")
-        if length is not None:
-            if chunked:
-                raise BadRequest(400, "The request has both Content-Length and Transfer-Encoding; only one is allowed.")
-            req.content_length = int(length)  # llhttp checked it is digits
-        self._in_head = False
-        if chunked or (req.content_length or 0) > 0:
-            expect = special.get(b"expect", b"").lower() == b"100-continue"
-            req.body = RequestBody(self._pause_body, self._write_continue, expect)
-        if parser.should_upgrade():
-            req.upgrade = True
-            return  # queued once the parser hands over the bytes after the head (HttpParserUpgrade)
-        self._enqueue(req)
-
-    def on_body(self, body: bytes) -> None:
-        req = self._parsing
-        assert req is not None and req.body is not None
-        req.body.feed(body)
-
-    def on_message_complete(self) -> None:
-        req = self._parsing
-        assert req is not None
-        if req.body is not None:
-            req.body.finish()
-        if not req.upgrade:
-            self._parsing = None
-
     # the request pipeline
 
     def _enqueue(self, req: Request) -> None:
@@ -281,7 +171,7 @@ class Connection(asyncio.Protocol):
             self._ready.set_result(None)
 
     def _upgraded(self, tail: bytes) -> None:
-        req = self._parsing
+        req = self._reader.parsing
         if req is None or not req.upgrade:
             self._fault(BadRequest(400, "The request asked for a protocol upgrade the router could not follow."))
             return
@@ -295,9 +185,9 @@ class Connection(asyncio.Protocol):
 
     def _fault(self, fault: BadRequest) -> None:
         """Stop parsing; answer ``fault`` after the requests already received, then close."""
-        req, self._parsing = self._parsing, None
+        req, self._reader.parsing = self._reader.parsing, None
         self._pause(_STOPPED, True)
-        if req is not None and not self._in_head:
+        if req is not None and not self._reader.in_head:
             # Its head was fine, so it is queued or served already, and its body is what broke. Not yet taken by
             # its handler: answered here, nothing was forwarded. Taken: its body fails, so it never ends whole.
             req.keep_alive = False
@@ -306,7 +196,7 @@ class Connection(asyncio.Protocol):
             elif req.body is not None:
                 req.body.fail(fault)
             return
-        self._in_head = False
+        self._reader.in_head = False
         req = req or Request()
         req.fault, req.keep_alive = fault, False
         self._enqueue(req)
@@ -379,7 +269,7 @@ class Connection(asyncio.Protocol):
     def close_if_idle(self, first_request_grace: float = 0.0) -> None:
         """Close unless a request is in progress or arriving; a connection that has sent nothing yet is given
         ``first_request_grace`` seconds first (FIRST_REQUEST_GRACE_SECS)."""
-        if self.active is not None or self._closed or self._in_head:
+        if self.active is not None or self._closed or self._reader.in_head:
             return
         if unread_bytes_waiting(self.transport.get_extra_info("socket")):  # closing would reset it: served first
             return
@@ -415,8 +305,8 @@ class Connection(asyncio.Protocol):
             due = self.loop.time() + limits.idle_timeout  # a request in progress has its own timeouts
         else:
             due = self._last_io + limits.idle_timeout
-            if self._in_head:
-                due = min(due, self._head_started + limits.head_timeout)
+            if self._reader.in_head:
+                due = min(due, self._reader.head_started + limits.head_timeout)
             else:
                 due = min(due, self.loop.time() + limits.head_timeout)  # a head may start meanwhile
         self._timer = self.loop.call_at(due, self._check_time)
@@ -427,11 +317,11 @@ class Connection(asyncio.Protocol):
             return
         now, limits = self.loop.time(), self.limits
         if self.active is None and not self._paused & _STOPPED:
-            if self._in_head and now >= self._head_started + limits.head_timeout:
+            if self._reader.in_head and now >= self._reader.head_started + limits.head_timeout:
                 self._fault(
                     BadRequest(408, f"The request head was not received within {limits.head_timeout:g} seconds.")
                 )
-            elif not self._in_head and now >= self._last_io + limits.idle_timeout:
+            elif not self._reader.in_head and now >= self._last_io + limits.idle_timeout:
                 self.transport.close()
                 return
         self._arm_timer()
@@ -488,7 +378,7 @@ class Connection(asyncio.Protocol):
             req is not None
             and not self._adopted
             and not self._queue
-            and self._parsing is None
+            and self._reader.parsing is None
             and not req.upgrade
             and not self._closed
             and self.transport.get_write_buffer_size() == 0
